@@ -1,0 +1,1 @@
+"""Dagster assets, thin over the science modules.  One module per stage of the pipeline."""

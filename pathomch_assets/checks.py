@@ -1,0 +1,72 @@
+"""Asset checks: leakage and balance guards that block downstream assets when they fail."""
+
+
+import dagster as dg
+import pandas as pd
+
+from .reporting import md_table
+from .resources import PathomchResource
+from .splits import leakage
+
+
+def _cohort_of(context) -> str | None:
+    return context.run.tags.get("dagster/partition") if context.run else None
+
+
+def _read(pathomch: PathomchResource, table: str, context) -> pd.DataFrame:
+    cohort = _cohort_of(context)
+    store = pathomch.get_store()
+    if cohort and "/" not in cohort and "|" not in cohort:
+        return store.read(table, "cohort = ?", [cohort])
+    return store.read(table)
+
+
+def split_leakage(splits: pd.DataFrame) -> dg.AssetCheckResult:
+    bad = leakage(splits)
+    return dg.AssetCheckResult(passed=bad.empty, metadata={"patients_in_two_splits": len(bad)},
+                               description=None if bad.empty else f"{len(bad)} patient-rounds in two splits")
+
+
+def same_test_set(splits: pd.DataFrame) -> dg.AssetCheckResult:
+    sets = {(c, r): frozenset(g.loc[g["split"] == "test", "patient_id"])
+            for (c, r), g in splits.groupby(["cohort", "round"])}
+    bad = [f"{c} round {r}" for (c, r), s in sets.items()
+           if s != next(v for (c2, _), v in sorted(sets.items()) if c2 == c)]
+    return dg.AssetCheckResult(passed=not bad, metadata={"rounds_differing": len(bad)},
+                               description="; ".join(bad) if bad else None)
+
+
+def label_balance(labels: pd.DataFrame, splits: pd.DataFrame) -> dg.AssetCheckResult:
+    """Both classes present among labelled patients in train, val and test of every round."""
+    lab = labels[labels["subset"] == "labeled"].merge(splits, on=["cohort", "patient_id"])
+    counts = lab.pivot_table(index=["cohort", "trait", "round", "split"], columns="label", values="patient_id",
+                             aggfunc="count", fill_value=0)
+    for cls in (0, 1):
+        if cls not in counts.columns:
+            counts[cls] = 0
+    counts = counts.rename(columns={0: "low", 1: "high"}).reset_index()
+    bad = counts[(counts["low"] == 0) | (counts["high"] == 0)]
+    return dg.AssetCheckResult(
+        passed=bad.empty and not counts.empty,
+        metadata={"missing_class": len(bad), "counts": md_table(counts.query("round == 0"))},
+        description=None if bad.empty else "a split lacks one class: " + ", ".join(
+            f"{r.cohort}/{r.trait} round {r.round} {r.split}" for r in bad.head(8).itertuples()))
+
+
+def build(splits_asset, labels_asset):
+    @dg.asset_check(asset=splits_asset, blocking=True,
+                    description="No patient appears in two splits of one round.")
+    def no_patient_in_two_splits(context, pathomch: PathomchResource) -> dg.AssetCheckResult:
+        return split_leakage(_read(pathomch, "splits", context))
+
+    @dg.asset_check(asset=splits_asset, blocking=True,
+                    description="The held-out test set is the same in every round.")
+    def test_set_same_every_round(context, pathomch: PathomchResource) -> dg.AssetCheckResult:
+        return same_test_set(_read(pathomch, "splits", context))
+
+    @dg.asset_check(asset=labels_asset, blocking=True,
+                    description="Both label classes are present in train, validation and test of every round.")
+    def label_classes_present(context, pathomch: PathomchResource) -> dg.AssetCheckResult:
+        return label_balance(_read(pathomch, "labels", context), _read(pathomch, "splits", context))
+
+    return [no_patient_in_two_splits, test_set_same_every_round, label_classes_present]

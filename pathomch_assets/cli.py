@@ -1,0 +1,110 @@
+"""``pathomch``: build the demo, materialize assets, query the results with SQL."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+
+from .config import DEMO_CONFIG, ENV_VAR, ConfigError, load_config
+
+
+def _defs_and_config(config: str | None):
+    if config:
+        os.environ[ENV_VAR] = str(Path(config).resolve())
+    cfg = load_config(config)
+    from .definitions import build_definitions
+
+    return build_definitions(cfg), cfg
+
+
+def cmd_materialize(args) -> int:
+    from .runner import materialize_all
+
+    defs, cfg = _defs_and_config(args.config)
+    parts = [p for p in (args.partition or "").split(",") if p] or None
+    summary = materialize_all(defs, cfg, args.select, parts)
+    print(f"{summary.runs} runs in {summary.seconds:.0f} s; results in {cfg.duckdb_path}")
+    if summary.failed:
+        print("failed:\n  " + "\n  ".join(summary.failed), file=sys.stderr)
+        return 1
+    return 0
+
+
+def demo_dir(cfg) -> Path:
+    """The folder the demo config's cohorts live in (``data/demo``)."""
+    first = next(iter(cfg.cohorts.values()))
+    return Path(first.slides_dir).parent.parent
+
+
+def cmd_demo(args) -> int:
+    from .demo_cohort import build_demo
+    from .runner import materialize_all
+
+    os.environ[ENV_VAR] = str(DEMO_CONFIG)
+    cfg = load_config(DEMO_CONFIG, check_files=False)
+    out = demo_dir(cfg)
+    stamp = out / "demo.json"
+    if args.rebuild or not stamp.exists() or json.loads(stamp.read_text()).get("seed") != cfg.seed:
+        print(f"building the demo cohorts in {out} (seed {cfg.seed}) ...")
+        build_demo(out, seed=cfg.seed, workers=cfg.tiling.workers, write_config=False)
+    else:
+        print(f"demo cohorts already built in {out} (use --rebuild to rebuild)")
+    if args.no_materialize:
+        return 0
+    defs, cfg = _defs_and_config(str(DEMO_CONFIG))
+    summary = materialize_all(defs, cfg)
+    from .storage import TableStore
+
+    store = TableStore(cfg.tables_dir, cfg.duckdb_path)
+    counts = store.query(" UNION ALL ".join(f"SELECT '{t}' AS table_name, count(*) AS n_rows FROM {t}"
+                                           for t in ("slides", "tiles", "labels", "splits")))
+    print(counts.to_markdown(index=False, tablefmt="simple"))
+    print(f"\n{summary.runs} runs in {summary.seconds:.0f} s.")
+    print(f"Results: {cfg.duckdb_path} (DuckDB; try: pathomch sql \"select status, count(*) from slides group by 1\")")
+    print(f"Files:   {cfg.data_dir}")
+    print(f"UI:      make ui   (dagster dev on http://127.0.0.1:3000, DAGSTER_HOME={os.environ.get('DAGSTER_HOME')})")
+    if summary.failed:
+        print("failed:\n  " + "\n  ".join(summary.failed), file=sys.stderr)
+        return 1
+    return 0
+
+
+def cmd_sql(args) -> int:
+    from .storage import TableStore
+
+    cfg = load_config(args.config, check_files=False)
+    df = TableStore(cfg.tables_dir, cfg.duckdb_path).query(args.query)
+    print(df.to_markdown(index=False, tablefmt="psql", floatfmt=".4g") if len(df.columns) else "(no columns)")
+    print(f"({len(df)} rows)")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="pathomch", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+    p = sub.add_parser("demo", help="build the demo cohorts and materialize every asset")
+    p.add_argument("--rebuild", action="store_true", help="rebuild the demo cohorts even if present")
+    p.add_argument("--no-materialize", action="store_true", help="only build the demo cohorts")
+    p.set_defaults(func=cmd_demo)
+    p = sub.add_parser("materialize", help="materialize assets for every partition")
+    p.add_argument("--config", help=f"YAML configuration (default: ${ENV_VAR} or the demo)")
+    p.add_argument("--select", help="Dagster asset selection, e.g. 'slide_tiles' or 'key:labels+'")
+    p.add_argument("--partition", help="only these partition keys (comma separated)")
+    p.set_defaults(func=cmd_materialize)
+    p = sub.add_parser("sql", help="run a SQL query against the result tables")
+    p.add_argument("query")
+    p.add_argument("--config", help=f"YAML configuration (default: ${ENV_VAR} or the demo)")
+    p.set_defaults(func=cmd_sql)
+    args = parser.parse_args(argv)
+    try:
+        return args.func(args)
+    except ConfigError as err:
+        print(f"pathomch: {err}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,276 @@
+"""Deployment configuration: one YAML file, chosen by ``PATHOMCH_CONFIG``.
+
+Every setting has the paper's value as its default (SPEC 3); a deployment names only its
+cohorts and output locations.  Relative paths are resolved against the YAML file's folder.
+Errors name the file and the key that is wrong.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+from typing import Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+PACKAGE_DIR = Path(__file__).resolve().parent
+DEMO_CONFIG = PACKAGE_DIR / "configs" / "demo.yaml"
+ENV_VAR = "PATHOMCH_CONFIG"
+
+_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+
+
+class ConfigError(ValueError):
+    """The configuration file is missing, unreadable or invalid."""
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class TilingConfig(_Strict):
+    """SPEC 3.3: non-overlapping tiles at a target magnification, background filtered."""
+
+    magnification: float = Field(20.0, gt=0, description="target objective power (20x = 0.5 um/px)")
+    tile_px: int = Field(512, ge=16, le=4096)
+    background_threshold: int = Field(220, ge=0, le=255, description="a pixel is background when all channels exceed this")
+    max_background_fraction: float = Field(0.5, ge=0, le=1)
+    jpeg_quality: int = Field(90, ge=50, le=100)
+    workers: int = Field(2, ge=1, description="slides tiled in parallel")
+    magnification_tolerance: float = Field(0.05, ge=0, lt=0.5, description="relative; a level this close to the target is read as is")
+
+
+class LabelConfig(_Strict):
+    """SPEC 3.2: percentile labels and out-of-distribution subsets."""
+
+    low_percentile: float = Field(20.0, gt=0, lt=50)
+    high_percentile: float = Field(80.0, gt=50, lt=100)
+    ood_near_width: float = Field(10.0, gt=0, le=30)
+
+
+class SplitConfig(_Strict):
+    """SPEC 3.1: subject-level splits, frozen."""
+
+    test_fraction: float = Field(0.10, gt=0, lt=1)
+    val_fraction: float = Field(0.10, gt=0, lt=1, description="share of all patients; the rest is train (80/10)")
+    rounds: int = Field(5, ge=1, le=20)
+
+    @model_validator(mode="after")
+    def _fractions(self):
+        if self.test_fraction + self.val_fraction >= 1:
+            raise ValueError("test_fraction + val_fraction must be below 1")
+        return self
+
+
+class TrainingConfig(_Strict):
+    """SPEC 3.4.  The demo shrinks input size and steps; the code path is the same."""
+
+    architecture: Literal["inception_v3", "small_cnn"] = "inception_v3"
+    input_px: int = Field(512, ge=16, le=1024, description="tiles are resized to this before the network")
+    batch_size: int = Field(32, ge=1)
+    learning_rate: float = Field(1e-3, gt=0)
+    evals_per_epoch: int = Field(16, ge=1, description="validation by slide-level AUC every 1/N epoch")
+    reduce_lr_patience: int = Field(10, ge=1, description="evaluations without AUC gain before the LR is reduced")
+    reduce_lr_factor: float = Field(0.1, gt=0, lt=1)
+    early_stop_patience: int = Field(30, ge=1, description="evaluations without AUC gain before training stops")
+    max_epochs: float = Field(100.0, gt=0)
+    max_tiles_per_slide: int | None = Field(None, ge=1, description="cap on tiles per slide per epoch (None: all)")
+    mixed_precision: bool = False
+    cache_decoded: bool = Field(False, description="keep decoded tiles in memory (small cohorts only)")
+
+
+class EnsembleConfig(_Strict):
+    """SPEC 3.5-3.6."""
+
+    size: int = Field(3, ge=1)
+    min_votes: int = Field(2, ge=1)
+    threshold: float = Field(0.5, gt=0, lt=1)
+
+    @model_validator(mode="after")
+    def _votes(self):
+        if self.min_votes > self.size:
+            raise ValueError("min_votes cannot exceed size")
+        return self
+
+
+class SurvivalConfig(_Strict):
+    """SPEC 3.10: HTI groups."""
+
+    hti_split: float = Field(0.5, ge=0, le=1)
+    contrast_low: float = Field(0.3, ge=0, le=1)
+    contrast_high: float = Field(0.7, ge=0, le=1)
+
+
+class CohortConfig(_Strict):
+    """One cohort: where its slides and molecular tables are, and which traits to model."""
+
+    slides_dir: Path
+    mrna: Path
+    mirna: Path | None = None
+    clinical: Path | None = None
+    manifest: Path | None = Field(None, description="GDC manifest; when given, only its slides are used")
+    traits: list[str] = Field(min_length=1)
+    survival_pairs: list[list[str]] = Field(default_factory=list, description="empty: the two traits with the best ensemble test AUC")
+    hti_sets: list[list[str]] = Field(default_factory=list, description="extra trait sets for HTI (any size)")
+    default_magnification: float | None = Field(None, gt=0, description="used when a slide has neither mpp nor objective power")
+    diagnostic_only: bool = True
+    er_status_column: str = "ER_STATUS_BY_IHC"
+    subtype_column: str = "SUBTYPE"
+
+    @field_validator("traits")
+    @classmethod
+    def _unique_traits(cls, traits: list[str]) -> list[str]:
+        dup = sorted({t for t in traits if traits.count(t) > 1})
+        if dup:
+            raise ValueError(f"traits listed twice: {dup}")
+        for t in traits:
+            if not _NAME.match(t):
+                raise ValueError(f"trait {t!r} may only hold letters, digits, '_', '.', '-'")
+        return traits
+
+    @model_validator(mode="after")
+    def _sets_use_known_traits(self):
+        for group in [*self.survival_pairs, *self.hti_sets]:
+            unknown = [t for t in group if t not in self.traits]
+            if unknown:
+                raise ValueError(f"trait set {group} names traits not in 'traits': {unknown}")
+        for pair in self.survival_pairs:
+            if len(pair) != 2 or pair[0] == pair[1]:
+                raise ValueError(f"survival_pairs entries are two different traits, got {pair}")
+        if any(is_mirna(t) for t in self.traits) and self.mirna is None:
+            raise ValueError("a miRNA trait is configured but 'mirna' (the miRNA table) is not")
+        return self
+
+    def all_paths(self) -> dict[str, Path | None]:
+        return {"slides_dir": self.slides_dir, "mrna": self.mrna, "mirna": self.mirna,
+                "clinical": self.clinical, "manifest": self.manifest}
+
+
+class PathomchConfig(_Strict):
+    data_dir: Path
+    duckdb_path: Path
+    seed: int = 2020
+    cohorts: dict[str, CohortConfig] = Field(min_length=1)
+    tiling: TilingConfig = TilingConfig()
+    labels: LabelConfig = LabelConfig()
+    splits: SplitConfig = SplitConfig()
+    training: TrainingConfig = TrainingConfig()
+    ensemble: EnsembleConfig = EnsembleConfig()
+    survival: SurvivalConfig = SurvivalConfig()
+    source: Path | None = Field(None, description="the YAML file this was read from (set by the loader)")
+
+    @field_validator("cohorts")
+    @classmethod
+    def _cohort_names(cls, cohorts: dict[str, CohortConfig]) -> dict[str, CohortConfig]:
+        for name in cohorts:
+            if not _NAME.match(name) or "/" in name:
+                raise ValueError(f"cohort name {name!r} may only hold letters, digits, '_', '.', '-'")
+        return cohorts
+
+    @model_validator(mode="after")
+    def _ensemble_fits_rounds(self):
+        if self.ensemble.size > self.splits.rounds:
+            raise ValueError(f"ensemble.size {self.ensemble.size} exceeds splits.rounds {self.splits.rounds}")
+        return self
+
+    # ---- derived names shared by assets, partitions and tables ----
+    def targets(self) -> list[str]:
+        """Partition keys ``cohort/trait`` for every configured trait."""
+        return [target_key(c, t) for c, cfg in self.cohorts.items() for t in cfg.traits]
+
+    def round_names(self) -> list[str]:
+        return [f"round_{i}" for i in range(self.splits.rounds)]
+
+    @property
+    def tiles_dir(self) -> Path:
+        return self.data_dir / "tiles"
+
+    @property
+    def models_dir(self) -> Path:
+        return self.data_dir / "models"
+
+    @property
+    def tables_dir(self) -> Path:
+        return self.data_dir / "tables"
+
+    @property
+    def maps_dir(self) -> Path:
+        return self.data_dir / "cartography"
+
+
+def is_mirna(trait: str) -> bool:
+    """SPEC 2: a trait starting with ``miR-``, ``hsa-miR-`` or ``let-`` is a miRNA."""
+    return trait.startswith(("miR-", "hsa-miR-", "let-", "hsa-let-"))
+
+
+def target_key(cohort: str, trait: str) -> str:
+    return f"{cohort}/{trait}"
+
+
+def split_target(key: str) -> tuple[str, str]:
+    cohort, _, trait = key.partition("/")
+    return cohort, trait
+
+
+def _resolve(value, base: Path):
+    if isinstance(value, str) and value and not os.path.isabs(value):
+        return str((base / value).resolve())
+    return value
+
+
+_PATH_KEYS = {"slides_dir", "mrna", "mirna", "clinical", "manifest", "data_dir", "duckdb_path"}
+
+
+def _resolve_paths(raw: dict, base: Path) -> dict:
+    out = {k: (_resolve(v, base) if k in _PATH_KEYS else v) for k, v in raw.items()}
+    if isinstance(out.get("cohorts"), dict):
+        out["cohorts"] = {
+            name: ({k: (_resolve(v, base) if k in _PATH_KEYS else v) for k, v in c.items()} if isinstance(c, dict) else c)
+            for name, c in out["cohorts"].items()
+        }
+    return out
+
+
+def _format_errors(path: Path, err: ValidationError) -> str:
+    lines = [f"{path}: invalid configuration"]
+    for e in err.errors():
+        key = ".".join(str(p) for p in e["loc"]) or "(top level)"
+        msg = "unknown key" if e["type"] == "extra_forbidden" else e["msg"]
+        lines.append(f"  {key}: {msg}")
+    return "\n".join(lines)
+
+
+def parse_config(raw: dict, source: Path, check_files: bool = True) -> PathomchConfig:
+    """Validate a mapping as read from ``source``; relative paths are taken from its folder."""
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{source}: expected a mapping at the top level, found {type(raw).__name__}")
+    resolved = _resolve_paths(raw, source.parent)
+    resolved["source"] = str(source)
+    try:
+        cfg = PathomchConfig.model_validate(resolved)
+    except ValidationError as err:
+        raise ConfigError(_format_errors(source, err)) from None
+    if check_files:
+        missing = [
+            f"  cohorts.{name}.{key}: {p} does not exist"
+            for name, c in cfg.cohorts.items()
+            for key, p in c.all_paths().items()
+            if p is not None and not Path(p).exists()
+        ]
+        if missing:
+            raise ConfigError(f"{source}: missing input files\n" + "\n".join(missing))
+    return cfg
+
+
+def load_config(path: str | os.PathLike | None = None, check_files: bool = True) -> PathomchConfig:
+    """Read the YAML at ``path``, else ``$PATHOMCH_CONFIG``, else the shipped demo config."""
+    path = Path(path or os.environ.get(ENV_VAR) or DEMO_CONFIG).resolve()
+    if not path.is_file():
+        raise ConfigError(f"{path}: configuration file not found (set {ENV_VAR} or pass --config)")
+    try:
+        raw = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as err:
+        raise ConfigError(f"{path}: not valid YAML: {err}") from None
+    return parse_config(raw, path, check_files=check_files)

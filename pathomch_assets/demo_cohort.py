@@ -1,0 +1,500 @@
+"""The demo cohorts: real TCGA tissue, planted trait morphology, real file formats.
+
+Two cohorts (breast-like ``brca`` and lung-like ``luad``).  Each slide is laid out from the
+shipped TCGA-BRCA tiles (``data/tcga_tiles``, one source slide per demo slide so the stain is
+consistent) on a tile grid at 20x, as a tissue blob on white background with ragged edges, and
+written as a pyramidal tiled JPEG TIFF that OpenSlide opens: most as Aperio SVS at 20x
+(AppMag and MPP), some at 40x with objective power only, some as generic TIFFs with mpp only.
+
+Planted signal: per trait a spatial region of the tissue (a smooth random field, thresholded
+to the patient's share) where a visible change is applied to the tissue pixels:
+
+- ``dark_nuclei``: hematoxylin-dense pixels darkened (hyperchromasia),
+- ``blue_tint``: tissue shifted towards blue,
+- ``pale_eosin``: eosin-rich stroma paler and less saturated,
+- ``none``: a negative control with no change.
+
+A patient's expression follows the planted share of positive tissue plus noise; survival
+follows the planted heterogeneity (HTI) of the cohort's trait pair.  Ground truth is written
+beside the data (per tile and trait: planted on/off; per slide: planted shares and HTI).
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import string
+import uuid
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import asdict, dataclass, field
+from multiprocessing import get_context
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import yaml
+
+from .heterogeneity import hti_from_calls
+
+REPO_TILES = Path(__file__).resolve().parent.parent / "data" / "tcga_tiles"
+SOURCE_PX = 512  # shipped tiles: 512 px at 20x
+
+#: real Entrez ids of the genes used (PanCanAtlas ``SYMBOL|Entrez``)
+ENTREZ = {"MKI67": 4288, "FOXA1": 3169, "MYC": 4609, "ESR1": 2099, "CD24": 100133941, "FOXC1": 2296,
+          "ERBB2": 2064, "EGFR": 1956, "KRAS": 3845, "CD274": 29126, "GAPDH": 2597, "ACTB": 60,
+          "TP53": 7157, "PTEN": 5728, "CDH1": 999, "VIM": 7431, "KRT5": 3852, "PGR": 5241}
+EXTRA_MIRNAS = ["hsa-let-7a-5p", "hsa-miR-21-5p", "hsa-miR-29a-3p", "hsa-miR-155-5p", "hsa-miR-200c-3p"]
+
+
+@dataclass(frozen=True)
+class DemoCohortSpec:
+    name: str
+    tss: tuple[str, ...]  # TCGA tissue source site codes used in barcodes
+    traits: dict[str, str]  # trait -> planted effect
+    survival_pair: tuple[str, str]
+    n_patients: int = 120
+    second_slide_share: float = 0.12
+    gdc_layout: bool = False  # slides in <uuid>/<file>, as gdc-client writes them
+
+
+DEFAULT_COHORTS = (
+    DemoCohortSpec("brca", ("A1", "A2", "AR", "BH", "E2"),
+                   {"MKI67": "dark_nuclei", "miR-17-5p": "blue_tint", "ESR1": "none"}, ("MKI67", "miR-17-5p"),
+                   n_patients=200),
+    DemoCohortSpec("luad", ("05", "38", "44", "49", "55"),
+                   {"miR-17-5p": "dark_nuclei", "KRAS": "pale_eosin", "EGFR": "none"}, ("miR-17-5p", "KRAS"),
+                   n_patients=160, gdc_layout=True),
+)
+
+
+# --------------------------------------------------------------------------- planted effects
+def _tissue_mask(rgb: np.ndarray) -> np.ndarray:
+    return ~np.all(rgb > 220, axis=-1)
+
+
+def apply_effect(rgb: np.ndarray, effect: str) -> np.ndarray:
+    """Apply a planted morphology change to the tissue pixels of a uint8 RGB tile."""
+    if effect == "none":
+        return rgb
+    img = rgb.astype(np.float32)
+    tissue = _tissue_mask(rgb)
+    lum = img.mean(axis=-1)
+    if effect == "dark_nuclei":
+        sel = tissue & (lum < 165)
+        img[sel] *= 0.55
+    elif effect == "blue_tint":
+        img[tissue] *= np.array([0.72, 0.88, 1.0], np.float32)
+        img[tissue, 2] += 18
+    elif effect == "pale_eosin":
+        sel = tissue & (lum >= 140)
+        grey = img[sel].mean(axis=-1, keepdims=True)
+        img[sel] = 0.35 * img[sel] + 0.65 * (grey * 0.92 + 12)
+    else:
+        raise ValueError(f"unknown planted effect {effect!r}; expected dark_nuclei, blue_tint, pale_eosin or none")
+    return np.clip(img, 0, 255).astype(np.uint8)
+
+
+# --------------------------------------------------------------------------- layout helpers
+def _smooth_field(rng: np.random.Generator, shape: tuple[int, int], scale: float = 1.6) -> np.ndarray:
+    """A smooth random field on the grid (Gaussian-blurred noise)."""
+    from scipy.ndimage import gaussian_filter
+
+    return gaussian_filter(rng.standard_normal(shape), sigma=scale, mode="reflect")
+
+
+def _tissue_blob(rng: np.random.Generator, rows: int, cols: int) -> np.ndarray:
+    """A connected-looking tissue region covering about 60% of the grid."""
+    yy, xx = np.mgrid[0:rows, 0:cols]
+    cy, cx = (rows - 1) / 2 + rng.uniform(-0.5, 0.5), (cols - 1) / 2 + rng.uniform(-0.5, 0.5)
+    r = ((yy - cy) / (rows / 2)) ** 2 + ((xx - cx) / (cols / 2)) ** 2
+    f = -r + 0.35 * _smooth_field(rng, (rows, cols), 1.0)
+    return f > np.quantile(f, 0.4)
+
+
+def _on_map(field_: np.ndarray, tissue: np.ndarray, share: float) -> np.ndarray:
+    """Tissue positions where the trait is on: the top ``share`` of the field."""
+    vals = field_[tissue]
+    k = int(round(share * vals.size))
+    on = np.zeros_like(tissue)
+    if k > 0:
+        thr = np.sort(vals)[::-1][k - 1]
+        on = tissue & (field_ >= thr)
+    return on
+
+
+def _random_id(rng: np.random.Generator, n: int = 4) -> str:
+    alphabet = np.array(list(string.ascii_uppercase + string.digits))
+    return "".join(rng.choice(alphabet, n))
+
+
+def load_source_tiles(tiles_dir: str | Path = REPO_TILES) -> dict[str, list[np.ndarray]]:
+    """Shipped tiles per source slide, decoded (uint8 512x512x3)."""
+    from PIL import Image
+
+    out = {}
+    for d in sorted(Path(tiles_dir).iterdir()):
+        if d.is_dir():
+            out[d.name] = [np.asarray(Image.open(f).convert("RGB")) for f in sorted(d.glob("*.jpeg"))]
+    if not out:
+        raise FileNotFoundError(f"{tiles_dir}: no tile folders found (expected <slide>/<col>_<row>.jpeg)")
+    return out
+
+
+# --------------------------------------------------------------------------- slide writing
+@dataclass
+class SlidePlan:
+    cohort: str
+    slide_id: str
+    file: str  # relative to the cohort's slide folder
+    source: str
+    rows: int
+    cols: int
+    style: str  # aperio20 | aperio40_power | generic_mpp
+    seed: int
+    tissue: list = field(default_factory=list)  # rows x cols bool
+    edge_white: list = field(default_factory=list)  # rows x cols float, share of the tile blanked
+    on: dict = field(default_factory=dict)  # trait -> rows x cols bool
+    effects: dict = field(default_factory=dict)  # trait -> effect
+
+
+_VARIANTS: dict = {}
+
+
+def _variant(sources, source: str, index: int, effects: tuple[str, ...]) -> np.ndarray:
+    """A source tile with planted effects applied, cached (effects are pixel-wise)."""
+    key = (source, index, effects)
+    if key not in _VARIANTS:
+        t = sources[source][index]
+        for effect in effects:
+            t = apply_effect(t, effect)
+        _VARIANTS[key] = t
+    return _VARIANTS[key]
+
+
+def compose_slide(plan: SlidePlan, sources: dict[str, list[np.ndarray]], scale: int = 1) -> np.ndarray:
+    """The level-0 RGB image of a planned slide (``scale`` = 2 for a 40x base)."""
+    from PIL import Image
+
+    rng = np.random.default_rng(plan.seed)
+    px = SOURCE_PX * scale
+    canvas = np.full((plan.rows * px, plan.cols * px, 3), 255, np.uint8)
+    n_tiles = len(sources[plan.source])
+    tissue = np.asarray(plan.tissue, bool)
+    white = np.asarray(plan.edge_white, float)
+    on = {t: np.asarray(v, bool) for t, v in plan.on.items()}
+    for r in range(plan.rows):
+        for c in range(plan.cols):
+            if not tissue[r, c]:
+                continue
+            effects = tuple(e for t, e in plan.effects.items() if on[t][r, c])
+            t = _variant(sources, plan.source, int(rng.integers(n_tiles)), effects)
+            t = np.rot90(t, rng.integers(4))
+            if rng.random() < 0.5:
+                t = t[:, ::-1]
+            t = np.ascontiguousarray(t)
+            if white[r, c] > 0:  # ragged tissue edge: blank a band of the tile (a copy: cache stays)
+                t = t.copy()
+                w = int(round(white[r, c] * SOURCE_PX))
+                side = rng.integers(4)
+                if side == 0:
+                    t[:w] = 255
+                elif side == 1:
+                    t[-w:] = 255
+                elif side == 2:
+                    t[:, :w] = 255
+                else:
+                    t[:, -w:] = 255
+            if scale != 1:
+                t = np.asarray(Image.fromarray(t).resize((px, px), Image.Resampling.BICUBIC))
+            canvas[r * px:(r + 1) * px, c * px:(c + 1) * px] = t
+    return canvas
+
+
+def _downsample(img: np.ndarray, factor: int) -> np.ndarray:
+    from PIL import Image
+
+    return np.asarray(Image.fromarray(img).reduce(factor))
+
+
+def write_pyramid(path: str | Path, base: np.ndarray, style: str, quality: int = 80) -> None:
+    """Write a tiled JPEG pyramid (levels /4) that OpenSlide opens with every level (SPEC 6)."""
+    import tifffile
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    levels = [base]
+    while min(levels[-1].shape[:2]) >= 1024:
+        levels.append(_downsample(levels[-1], 4))
+    h, w = base.shape[:2]
+    mag, mpp = (40, 0.25) if style == "aperio40_power" else (20, 0.5)
+    tmp = path.with_name(f".{path.name}.tmp")
+    with tifffile.TiffWriter(tmp, bigtiff=False) as tif:
+        for i, lev in enumerate(levels):
+            kw = dict(tile=(256, 256), compression="jpeg", compressionargs={"level": quality},
+                      photometric="rgb", metadata=None)
+            if i == 0 and style.startswith("aperio"):
+                desc = f"Aperio Image Library v12.0.15\r\n{w}x{h} (256x256) JPEG/RGB Q={quality}|AppMag = {mag}"
+                if style == "aperio20":
+                    desc += f"|MPP = {mpp:.4f}"
+                kw["description"] = desc
+            if style == "generic_mpp":
+                # mpp only, from TIFF resolution in px/cm (0.5 um/px = 20000 px/cm at level 0)
+                res = 1e4 / (mpp * (4 ** i))
+                kw.update(resolution=(res, res), resolutionunit="CENTIMETER")
+            tif.write(lev, subfiletype=0 if i == 0 else 1, **kw)
+    tmp.replace(path)
+
+
+def _build_slide(args) -> str:
+    plan_dict, slides_dir, tiles_dir = args
+    plan = SlidePlan(**plan_dict)
+    sources = _SOURCES_CACHE.get(tiles_dir) or _SOURCES_CACHE.setdefault(tiles_dir, load_source_tiles(tiles_dir))
+    scale = 2 if plan.style == "aperio40_power" else 1
+    base = compose_slide(plan, sources, scale)
+    write_pyramid(Path(slides_dir) / plan.file, base, plan.style)
+    return plan.slide_id
+
+
+_SOURCES_CACHE: dict = {}
+
+
+# --------------------------------------------------------------------------- cohort
+def plan_cohort(spec: DemoCohortSpec, seed: int, sources: list[str]):
+    """Patients, slides, planted maps and molecular values of one demo cohort (no I/O)."""
+    rng = np.random.default_rng([seed, sum(map(ord, spec.name))])
+    ids = set()
+    while len(ids) < int(spec.n_patients * 1.15):  # ~15% extra patients have expression but no slide
+        ids.add(f"TCGA-{rng.choice(list(spec.tss))}-{_random_id(rng)}")
+    patients = sorted(ids)
+    rng.shuffle(patients)
+    with_slides, without = sorted(patients[: spec.n_patients]), sorted(patients[spec.n_patients:])
+    planted = [t for t, e in spec.traits.items() if e != "none"]
+    shares = {t: {} for t in spec.traits}
+    mixing = {}
+    plans: list[SlidePlan] = []
+    for pid in with_slides:
+        for t in spec.traits:
+            shares[t][pid] = float(rng.uniform(0.0, 1.0))
+        mixing[pid] = float(rng.uniform(0.0, 1.0))
+        n_slides = 2 if rng.random() < spec.second_slide_share else 1
+        for dx in range(1, n_slides + 1):
+            plans.append(_plan_slide(spec, rng, pid, f"DX{dx}", sources, shares, mixing[pid], planted))
+        if rng.random() < 0.03:  # a frozen-section tissue slide: not diagnostic, must be skipped
+            plans.append(_plan_slide(spec, rng, pid, "TS1", sources, shares, mixing[pid], planted, sample="01A-01"))
+    return patients, with_slides, without, shares, mixing, plans
+
+
+def _plan_slide(spec, rng, pid, kind, sources, shares, mix, planted, sample="01Z-00") -> SlidePlan:
+    rows, cols = int(rng.integers(4, 6)), int(rng.integers(5, 7))
+    tissue = _tissue_blob(rng, rows, cols)
+    # ragged edges: some border tissue tiles are partly blank, a few mostly blank
+    edge_white = np.zeros((rows, cols))
+    border = tissue & ~_eroded(tissue)
+    for r, c in zip(*np.nonzero(border)):
+        u = rng.random()
+        edge_white[r, c] = rng.uniform(0.7, 0.85) if u < 0.2 else (rng.uniform(0.1, 0.3) if u < 0.5 else 0.0)
+    kept = tissue & (edge_white < 0.5)
+    base_field = _smooth_field(rng, (rows, cols))
+    on = {}
+    for i, t in enumerate(planted):
+        f = base_field if i == 0 else (1 - mix) * base_field + mix * _smooth_field(rng, (rows, cols))
+        on[t] = _on_map(f, kept, shares[t][pid]).tolist()
+    u = rng.random()
+    style = "aperio20" if u < 0.75 else ("aperio40_power" if u < 0.87 else "generic_mpp")
+    sid = f"{pid}-{sample}-{kind}.{uuid.UUID(int=int(rng.integers(2**63)) << 64 | int(rng.integers(2**63))).hex[:8].upper()}"
+    ext = ".tif" if style == "generic_mpp" else ".svs"
+    file = f"{sid}{ext}"
+    if spec.gdc_layout:
+        file = f"{uuid.UUID(int=int(rng.integers(2**63)))}/{file}"
+    return SlidePlan(spec.name, sid, file, str(rng.choice(sources)), rows, cols, style, int(rng.integers(2**31)),
+                     tissue.tolist(), edge_white.tolist(), on, {t: spec.traits[t] for t in planted})
+
+
+def _eroded(mask: np.ndarray) -> np.ndarray:
+    from scipy.ndimage import binary_erosion
+
+    return binary_erosion(mask, border_value=0)
+
+
+def _aliquot(rng, pid: str, sample: str = "01A") -> str:
+    return f"{pid}-{sample}-{rng.integers(11, 99):02d}R-A{_random_id(rng, 3)}-07"
+
+
+def expression_tables(spec: DemoCohortSpec, seed: int, patients, with_slides, shares):
+    """mRNA (PanCanAtlas TSV layout) and miRNA (CSV layout) frames with barcodes as columns."""
+    rng = np.random.default_rng([seed, 7, sum(map(ord, spec.name))])
+    columns, col_patient = [], []
+    for pid in patients:
+        columns.append(_aliquot(rng, pid))
+        col_patient.append((pid, "01"))
+        if rng.random() < 0.1:  # a second primary aliquot: averaged
+            columns.append(_aliquot(rng, pid, "01B"))
+            col_patient.append((pid, "01"))
+        if rng.random() < 0.1:  # solid tissue normal: must be ignored
+            columns.append(_aliquot(rng, pid, "11A"))
+            col_patient.append((pid, "11"))
+
+    def values_for(trait: str) -> list:
+        out = []
+        for pid, stype in col_patient:
+            if stype != "01":
+                out.append(float(rng.uniform(1e4, 1e5)))  # wildly off: would show if not ignored
+                continue
+            s = shares.get(trait, {}).get(pid, rng.uniform(0, 1))
+            log2 = 6 + 5 * s + rng.normal(0, 0.35)
+            out.append(float(2**log2))
+        return out
+
+    traits = list(spec.traits)
+    genes = [t for t in traits if not t.startswith(("miR-", "let-"))]
+    mirs = [t for t in traits if t.startswith(("miR-", "let-"))]
+    mrna_rows = {f"{g}|{ENTREZ[g]}": values_for(g) for g in genes}
+    for g, eid in ENTREZ.items():
+        if g not in genes:
+            mrna_rows[f"{g}|{eid}"] = [float(2 ** rng.normal(8, 2)) for _ in columns]
+    mrna_rows["?|100130426"] = [float(rng.uniform(0, 2)) for _ in columns]
+    mrna = pd.DataFrame(mrna_rows, index=columns).T
+    mrna = mrna.sample(frac=1.0, random_state=seed)  # genes in no particular order
+    mrna = mrna.mask(rng.random(mrna.shape) < 0.01)  # sprinkled NA
+    mirna_rows = {f"hsa-{m}": values_for(m) for m in mirs}
+    for m in EXTRA_MIRNAS:
+        if m not in mirna_rows:
+            mirna_rows[m] = [float(2 ** rng.normal(10, 2)) for _ in columns]
+    mirna = pd.DataFrame(mirna_rows, index=columns).T
+    return mrna, mirna
+
+
+def write_mrna(df: pd.DataFrame, path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    out = df.copy()
+    out.index.name = "gene_id"
+    out.to_csv(path, sep="\t", na_rep="NA", float_format="%.4f")
+
+
+def write_mirna(df: pd.DataFrame, path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    out = df.copy()
+    out.insert(0, "Correction", "Corrected")
+    out.index.name = "Genes"
+    out.to_csv(path, sep=",", na_rep="NA", float_format="%.4f")
+
+
+def clinical_table(spec: DemoCohortSpec, seed: int, with_slides, planted_hti: dict[str, float], shares) -> pd.DataFrame:
+    """cBioPortal patient table; hazard rises steeply with the planted HTI of the trait pair."""
+    rng = np.random.default_rng([seed, 11, sum(map(ord, spec.name))])
+    rows = []
+    for pid in with_slides:
+        h = planted_hti.get(pid, 0.0)
+        hazard = 0.01 * np.exp(3.2 * h)
+        t_event = rng.exponential(1 / hazard)
+        t_cens = rng.uniform(24, 160)
+        event = int(t_event <= t_cens)
+        er = "Positive" if shares.get("ESR1", {}).get(pid, rng.uniform()) > 0.3 else "Negative"
+        subtype = rng.choice(["LumA", "LumB", "Her2", "Basal", "Normal"], p=[0.4, 0.2, 0.12, 0.18, 0.1])
+        rows.append({"PATIENT_ID": pid, "OS_STATUS": "1:DECEASED" if event else "0:LIVING",
+                     "OS_MONTHS": round(min(t_event, t_cens), 2), "AGE": int(rng.integers(30, 85)),
+                     "ER_STATUS_BY_IHC": er if spec.name == "brca" else "[Not Available]",
+                     "SUBTYPE": f"BRCA_{subtype}" if spec.name == "brca" else "[Not Available]"})
+    return pd.DataFrame(rows)
+
+
+def write_clinical(df: pd.DataFrame, path: Path) -> None:
+    """cBioPortal ``data_clinical_patient.txt``: four ``#`` lines, then the header."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    names = {"PATIENT_ID": "Patient Identifier", "OS_STATUS": "Overall Survival Status",
+             "OS_MONTHS": "Overall Survival (Months)", "AGE": "Diagnosis Age",
+             "ER_STATUS_BY_IHC": "ER Status By IHC", "SUBTYPE": "Subtype"}
+    types = {"OS_MONTHS": "NUMBER", "AGE": "NUMBER"}
+    cols = list(df.columns)
+    lines = ["#" + "\t".join(names.get(c, c) for c in cols),
+             "#" + "\t".join(names.get(c, c) for c in cols),
+             "#" + "\t".join(types.get(c, "STRING") for c in cols),
+             "#" + "\t".join("1" for _ in cols),
+             "\t".join(cols)]
+    lines += ["\t".join(str(v) for v in rec) for rec in df.itertuples(index=False)]
+    path.write_text("\n".join(lines) + "\n")
+
+
+def write_manifest(plans: list[SlidePlan], slides_dir: Path, path: Path) -> None:
+    """A GDC manifest (``id filename md5 size state``) of the written slides."""
+    import hashlib
+
+    rows = []
+    for p in plans:
+        f = slides_dir / p.file
+        rows.append((p.file.split("/")[0] if "/" in p.file else str(uuid.uuid5(uuid.NAMESPACE_URL, p.slide_id)),
+                     Path(p.file).name, hashlib.md5(f.read_bytes()).hexdigest(), f.stat().st_size, "released"))
+    pd.DataFrame(rows, columns=["id", "filename", "md5", "size", "state"]).to_csv(path, sep="\t", index=False)
+
+
+def build_demo(out_dir: str | Path, seed: int = 2020, cohorts=DEFAULT_COHORTS, workers: int = 2,
+               tiles_dir: str | Path = REPO_TILES, progress=print, write_config: bool = True,
+               overrides: dict | None = None) -> Path:
+    """Build every demo cohort under ``out_dir``.
+
+    With ``write_config``, also writes ``out_dir/pathomch.yaml``: the shipped demo settings
+    with this folder's cohorts and an ``output`` folder beside them; returns its path.
+    """
+    from .config import DEMO_CONFIG
+
+    out_dir = Path(out_dir)
+    sources = sorted(load_source_tiles(tiles_dir))
+    shipped = yaml.safe_load(DEMO_CONFIG.read_text())
+    settings = {k: v for k, v in shipped.items() if k not in ("cohorts", "data_dir", "duckdb_path", "seed")}
+    for section, values in (overrides or {}).items():
+        settings[section] = {**settings.get(section, {}), **values} if isinstance(values, dict) else values
+    config = {"data_dir": "output", "duckdb_path": "output/pathomch.duckdb", "seed": seed, "cohorts": {}, **settings}
+    all_plans, truth_tiles, truth_slides = [], [], []
+    for spec in cohorts:
+        cdir = out_dir / spec.name
+        patients, with_slides, without, shares, mixing, plans = plan_cohort(spec, seed, sources)
+        pair = spec.survival_pair
+        planted_hti = {}
+        for p in plans:
+            on = np.stack([np.asarray(p.on[t], bool) for t in pair], axis=-1) if all(t in p.on for t in pair) else None
+            kept = np.asarray(p.tissue, bool) & (np.asarray(p.edge_white) < 0.5)
+            h = float(hti_from_calls(on[kept])) if on is not None else 0.0
+            if "-DX1." in p.slide_id:
+                planted_hti[p.slide_id[:12]] = h
+            truth_slides.append({"cohort": spec.name, "slide_id": p.slide_id, "patient_id": p.slide_id[:12],
+                                 "traits": "+".join(pair), "planted_hti": h, "style": p.style,
+                                 "source_slide": p.source, "n_tissue_positions": int(kept.sum()),
+                                 **{f"share_{t}": shares[t][p.slide_id[:12]] for t in spec.traits}})
+            for r, c in zip(*np.nonzero(kept)):
+                for t in spec.traits:
+                    truth_tiles.append((spec.name, p.slide_id, int(c), int(r), t,
+                                        int(t in p.on and bool(p.on[t][r][c]))))
+        mrna, mirna = expression_tables(spec, seed, patients, with_slides, shares)
+        write_mrna(mrna, cdir / "EBPlusPlusAdjustPANCAN_IlluminaHiSeq_RNASeqV2.geneExp.tsv")
+        write_mirna(mirna, cdir / "pancanMiRs_EBadjOnProtocolPlatformWithoutRepsWithUnCorrectMiRs_08_04_16.csv")
+        write_clinical(clinical_table(spec, seed, with_slides, planted_hti, shares), cdir / "data_clinical_patient.txt")
+        config["cohorts"][spec.name] = {
+            "slides_dir": f"{spec.name}/slides",
+            "mrna": f"{spec.name}/EBPlusPlusAdjustPANCAN_IlluminaHiSeq_RNASeqV2.geneExp.tsv",
+            "mirna": f"{spec.name}/pancanMiRs_EBadjOnProtocolPlatformWithoutRepsWithUnCorrectMiRs_08_04_16.csv",
+            "clinical": f"{spec.name}/data_clinical_patient.txt",
+            "traits": list(spec.traits),
+            "survival_pairs": [list(pair)],
+        }
+        all_plans.extend((p, cdir / "slides") for p in plans)
+    jobs = [(asdict(p), str(d), str(tiles_dir)) for p, d in all_plans]
+    progress(f"writing {len(jobs)} demo slides to {out_dir} ...")
+    if workers > 1:
+        with ProcessPoolExecutor(workers, mp_context=get_context("spawn")) as pool:
+            for i, _ in enumerate(pool.map(_build_slide, jobs, chunksize=4), 1):
+                if i % 50 == 0 or i == len(jobs):
+                    progress(f"  {i}/{len(jobs)} slides")
+    else:
+        for i, job in enumerate(jobs, 1):
+            _build_slide(job)
+    for spec in cohorts:
+        plans = [p for p, _ in all_plans if p.cohort == spec.name]
+        write_manifest(plans, out_dir / spec.name / "slides", out_dir / spec.name / "gdc_manifest.txt")
+    pd.DataFrame(truth_tiles, columns=["cohort", "slide_id", "col", "row", "trait", "planted_on"]).to_csv(
+        out_dir / "ground_truth_tiles.csv", index=False)
+    pd.DataFrame(truth_slides).to_csv(out_dir / "ground_truth_slides.csv", index=False)
+    (out_dir / "demo.json").write_text(json.dumps({"seed": seed, "cohorts": [asdict(c) for c in cohorts]}, indent=1))
+    cfg_path = out_dir / "pathomch.yaml"
+    if write_config:
+        cfg_path.write_text("# written by pathomch_assets.demo_cohort.build_demo\n" + yaml.safe_dump(config, sort_keys=False))
+    return cfg_path

@@ -1,0 +1,243 @@
+"""Molecular inputs in their real public layouts (SPEC 2).
+
+- PanCanAtlas mRNA (``EBPlusPlusAdjustPANCAN_IlluminaHiSeq_RNASeqV2.geneExp.tsv``): tab
+  separated, first column ``gene_id`` = ``SYMBOL|EntrezID``, then aliquot barcodes, ``NA`` missing.
+- PanCanAtlas miRNA (``pancanMiRs_EBadjOnProtocolPlatformWithoutRepsWithUnCorrectMiRs_08_04_16.csv``):
+  comma separated, ``Genes``, ``Correction``, then aliquot barcodes.
+- cBioPortal ``data_clinical_patient.txt``: tab separated, ``#`` header lines, ``PATIENT_ID``,
+  ``OS_STATUS``, ``OS_MONTHS``.
+
+The expression files are streamed: the header is read once, then only the lines of the wanted
+genes are split, and only primary-tumour (sample type ``01``) columns are kept, so a 1.9 GB
+file never sits in memory.  Every format error names the file, the line and what was expected.
+"""
+
+from __future__ import annotations
+
+import csv
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from .config import is_mirna
+
+_BARCODE = re.compile(r"^TCGA-[A-Z0-9]{2}-[A-Z0-9]{4}-\d{2}")
+NA_STRINGS = {"", "NA", "NaN", "nan", "null", "[Not Available]", "[Not Applicable]", "[Unknown]",
+              "[Discrepancy]", "[Not Evaluated]", "[Completed]"}
+PRIMARY_TUMOUR = "01"
+
+
+class ExpressionFormatError(ValueError):
+    """An expression or clinical file that does not have the expected layout."""
+
+
+@dataclass(frozen=True)
+class TableLayout:
+    sep: str
+    id_column: str
+    meta_columns: tuple[str, ...]  # columns between the id and the first barcode
+    name: str
+
+
+MRNA = TableLayout("\t", "gene_id", (), "PanCanAtlas mRNA (tab separated, gene_id = SYMBOL|EntrezID)")
+MIRNA = TableLayout(",", "Genes", ("Correction",), "PanCanAtlas miRNA (comma separated, Genes, Correction)")
+
+
+def sample_type(barcode: str) -> str:
+    """Characters 14-15 of a TCGA barcode: ``01`` primary tumour, ``11`` normal, ..."""
+    return barcode[13:15]
+
+
+def mrna_symbol(gene_id: str) -> str:
+    return gene_id.split("|", 1)[0]
+
+
+def mirna_name(trait: str) -> str:
+    """``miR-17-5p`` -> ``hsa-miR-17-5p`` (the PanCanAtlas row name)."""
+    return trait if trait.startswith("hsa-") else f"hsa-{trait}"
+
+
+@dataclass
+class ExpressionTable:
+    """Per-patient values (aliquots averaged) for the wanted rows of one file."""
+
+    values: pd.DataFrame  # index: row name (trait), columns: patient_id
+    n_aliquots: pd.Series  # per patient
+    source: Path
+    skipped_columns: int = 0  # non-primary or unwanted aliquots
+    notes: list[str] = field(default_factory=list)
+
+
+def read_expression(path: str | Path, layout: TableLayout, rows: list[str], key=lambda s: s,
+                    patients: set[str] | None = None) -> ExpressionTable:
+    """Stream ``path`` and return the ``rows`` (matched on ``key(first field)``) for primary tumours.
+
+    Parameters
+    ----------
+    path : str or Path
+        The expression file.
+    layout : TableLayout
+        :data:`MRNA` or :data:`MIRNA`.
+    rows : list of str
+        Row names wanted, as ``key`` returns them (gene symbols, ``hsa-miR-...`` names).
+    key : callable, optional (default=identity)
+        Maps the first field of a line to a row name (``mrna_symbol`` for ``SYMBOL|Entrez``).
+    patients : set of str, optional (default=None)
+        Keep only these patients' aliquots; ``None`` keeps every primary-tumour aliquot.
+    """
+    path = Path(path)
+    wanted = set(rows)
+    with path.open("r", newline="") as fh:
+        header_line = fh.readline()
+        if not header_line:
+            raise ExpressionFormatError(f"{path}: line 1: file is empty, expected a {layout.name} header")
+        header = next(csv.reader([header_line.rstrip("\r\n")], delimiter=layout.sep))
+        expected = [layout.id_column, *layout.meta_columns]
+        if header[: len(expected)] != expected:
+            raise ExpressionFormatError(
+                f"{path}: line 1: expected the header to start with {expected} ({layout.name}), "
+                f"found {header[: len(expected)]}")
+        first = len(expected)
+        keep_idx, keep_patients, skipped = [], [], 0
+        for i, bc in enumerate(header[first:], start=first):
+            if not _BARCODE.match(bc):
+                raise ExpressionFormatError(
+                    f"{path}: line 1, column {i + 1}: expected a TCGA aliquot barcode "
+                    f"(TCGA-XX-XXXX-01A-...), found {bc!r}")
+            pid = bc[:12]
+            if sample_type(bc) != PRIMARY_TUMOUR or (patients is not None and pid not in patients):
+                skipped += 1
+                continue
+            keep_idx.append(i)
+            keep_patients.append(pid)
+        found: dict[str, np.ndarray] = {}
+        found_line: dict[str, int] = {}
+        n_fields = len(header)
+        for lineno, line in enumerate(fh, start=2):
+            name = key(line.split(layout.sep, 1)[0].strip('"'))
+            if name not in wanted:
+                continue
+            if name in found:
+                raise ExpressionFormatError(
+                    f"{path}: line {lineno}: {name!r} appears again (first on line {found_line[name]}); "
+                    f"expected one row per {'gene' if layout is MRNA else 'miRNA'}")
+            fields = next(csv.reader([line.rstrip("\r\n")], delimiter=layout.sep))
+            if len(fields) != n_fields:
+                raise ExpressionFormatError(
+                    f"{path}: line {lineno}: expected {n_fields} fields as in the header, found {len(fields)} "
+                    f"(truncated or malformed file?)")
+            found[name] = _parse_values(fields, keep_idx, header, path, lineno)
+            found_line[name] = lineno
+    missing = [r for r in rows if r not in found]
+    if missing:
+        raise ExpressionFormatError(f"{path}: no row for {missing} (looked up in column {layout.id_column!r})")
+    values = pd.DataFrame({name: found[name] for name in rows}, index=keep_patients).T
+    # several primary aliquots of one patient are averaged (NA ignored)
+    averaged = values.T.groupby(level=0).mean().T
+    n_aliquots = pd.Series(keep_patients).value_counts().sort_index()
+    return ExpressionTable(averaged, n_aliquots, path, skipped)
+
+
+def _parse_values(fields: list[str], idx: list[int], header: list[str], path: Path, lineno: int) -> np.ndarray:
+    out = np.empty(len(idx), dtype=float)
+    for j, i in enumerate(idx):
+        raw = fields[i].strip()
+        if raw in NA_STRINGS:
+            out[j] = np.nan
+            continue
+        try:
+            out[j] = float(raw)
+        except ValueError:
+            raise ExpressionFormatError(
+                f"{path}: line {lineno}, column {i + 1} ({header[i]}): expected a number or NA, found {raw!r}") from None
+    return out
+
+
+def read_traits(traits: list[str], mrna: str | Path, mirna: str | Path | None,
+                patients: set[str] | None = None) -> pd.DataFrame:
+    """Long table ``trait, patient_id, value, n_aliquots`` for configured traits.
+
+    miRNA traits (``miR-``/``let-``) come from the miRNA file, others from the mRNA file.
+    """
+    genes = [t for t in traits if not is_mirna(t)]
+    mirs = [t for t in traits if is_mirna(t)]
+    frames = []
+    if genes:
+        tab = read_expression(mrna, MRNA, genes, key=mrna_symbol, patients=patients)
+        frames.append(_long(tab, dict(zip(genes, genes))))
+    if mirs:
+        if mirna is None:
+            raise ExpressionFormatError(f"miRNA traits {mirs} need a miRNA file (config key 'mirna')")
+        names = {mirna_name(t): t for t in mirs}
+        tab = read_expression(mirna, MIRNA, list(names), patients=patients)
+        frames.append(_long(tab, names))
+    return pd.concat(frames, ignore_index=True)
+
+
+def _long(tab: ExpressionTable, names: dict[str, str]) -> pd.DataFrame:
+    df = tab.values.rename(index=names).rename_axis(index="trait", columns="patient_id").stack(future_stack=True)
+    df = df.rename("value").reset_index()
+    df["n_aliquots"] = df["patient_id"].map(tab.n_aliquots).astype(int)
+    return df
+
+
+# --------------------------------------------------------------------------- clinical
+@dataclass
+class ClinicalTable:
+    patients: pd.DataFrame  # patient_id, os_months, os_event, er_status, subtype
+    problems: list[str] = field(default_factory=list)  # rows left out, each naming file and line
+
+
+_STATUS = {"1:DECEASED": 1, "DECEASED": 1, "0:LIVING": 0, "LIVING": 0, "1": 1, "0": 0, "DEAD": 1, "ALIVE": 0}
+
+
+def read_clinical(path: str | Path, er_column: str = "ER_STATUS_BY_IHC", subtype_column: str = "SUBTYPE") -> ClinicalTable:
+    """Read a cBioPortal clinical patient table; rows with NA or negative survival are left out
+    and listed in ``problems``; a wrong header raises :class:`ExpressionFormatError`."""
+    path = Path(path)
+    problems: list[str] = []
+    with path.open(newline="") as fh:
+        lines = [(n, ln) for n, ln in enumerate(fh, start=1) if not ln.startswith("#") and ln.strip()]
+    if not lines:
+        raise ExpressionFormatError(f"{path}: no header line (expected PATIENT_ID, OS_STATUS, OS_MONTHS)")
+    hline, header_text = lines[0]
+    header = header_text.rstrip("\r\n").split("\t")
+    need = ["PATIENT_ID", "OS_STATUS", "OS_MONTHS"]
+    missing = [c for c in need if c not in header]
+    if missing:
+        raise ExpressionFormatError(f"{path}: line {hline}: expected columns {need} in the tab-separated "
+                                    f"cBioPortal header, missing {missing}")
+    ix = {c: header.index(c) for c in header}
+    rows = []
+    for lineno, text in lines[1:]:
+        f = text.rstrip("\r\n").split("\t")
+        if len(f) != len(header):
+            problems.append(f"{path}: line {lineno}: expected {len(header)} fields, found {len(f)}; row left out")
+            continue
+        pid, status, months = f[ix["PATIENT_ID"]].strip(), f[ix["OS_STATUS"]].strip(), f[ix["OS_MONTHS"]].strip()
+        if status in NA_STRINGS or months in NA_STRINGS:
+            problems.append(f"{path}: line {lineno}: {pid} has no OS_STATUS/OS_MONTHS; left out of survival")
+            continue
+        if status.upper() not in _STATUS:
+            problems.append(f"{path}: line {lineno}: OS_STATUS {status!r} is not 1:DECEASED/0:LIVING; row left out")
+            continue
+        try:
+            t = float(months)
+        except ValueError:
+            problems.append(f"{path}: line {lineno}: OS_MONTHS {months!r} is not a number; row left out")
+            continue
+        if not np.isfinite(t) or t < 0:
+            problems.append(f"{path}: line {lineno}: OS_MONTHS {months} is negative; row left out")
+            continue
+        er = f[ix[er_column]].strip() if er_column in ix else ""
+        sub = f[ix[subtype_column]].strip() if subtype_column in ix else ""
+        rows.append((pid, t, _STATUS[status.upper()], None if er in NA_STRINGS else er,
+                     None if sub in NA_STRINGS else sub.removeprefix("BRCA_").removeprefix("LUAD_")))
+    df = pd.DataFrame(rows, columns=["patient_id", "os_months", "os_event", "er_status", "subtype"])
+    dup = df["patient_id"].duplicated(keep="first")
+    for pid in df.loc[dup, "patient_id"]:
+        problems.append(f"{path}: patient {pid} appears more than once; the first row is used")
+    return ClinicalTable(df[~dup].reset_index(drop=True), problems)

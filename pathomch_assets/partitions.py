@@ -1,0 +1,27 @@
+"""Partitions.  Slides arrive over time (dynamic); cohorts, ``cohort/trait`` targets and
+training rounds come from the configuration (static).  Dagster's multi-partitions take exactly
+two dimensions, so a model partition is ``target`` x ``round``."""
+
+from __future__ import annotations
+
+import dagster as dg
+
+from .config import PathomchConfig
+
+SLIDES = dg.DynamicPartitionsDefinition(name="slides")
+
+
+def cohorts(cfg: PathomchConfig) -> dg.StaticPartitionsDefinition:
+    return dg.StaticPartitionsDefinition(list(cfg.cohorts))
+
+
+def targets(cfg: PathomchConfig) -> dg.StaticPartitionsDefinition:
+    return dg.StaticPartitionsDefinition(cfg.targets())
+
+
+def target_rounds(cfg: PathomchConfig) -> dg.MultiPartitionsDefinition:
+    return dg.MultiPartitionsDefinition({"target": targets(cfg), "round": dg.StaticPartitionsDefinition(cfg.round_names())})
+
+
+def model_key(target: str, round_name: str) -> dg.MultiPartitionKey:
+    return dg.MultiPartitionKey({"target": target, "round": round_name})

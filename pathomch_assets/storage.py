@@ -1,0 +1,245 @@
+"""Storage: atomic files, the per-slide tile store, and the result tables.
+
+Result tables are written as one Parquet file per (table, partition) and exposed as DuckDB
+views at ``duckdb_path``.  Why not plain DuckDB tables: DuckDB allows one writing process per
+database file, and Dagster runs partitions in parallel processes.  Per-partition files are
+written to a temporary name and renamed, so re-materializing a partition replaces exactly its
+rows (idempotent), parallel writers never meet, and a killed run leaves no half-written rows.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import tempfile
+import time
+import urllib.parse
+from pathlib import Path
+
+import duckdb
+import numpy as np
+import pandas as pd
+
+# --------------------------------------------------------------------------- schemas
+#: Column names are the SPEC 5 contract (extra columns follow the required ones).
+SCHEMAS: dict[str, dict[str, str]] = {
+    "slides": {"cohort": "VARCHAR", "slide_id": "VARCHAR", "patient_id": "VARCHAR", "path": "VARCHAR",
+               "status": "VARCHAR", "error": "VARCHAR", "n_tiles": "INTEGER", "width": "BIGINT",
+               "height": "BIGINT", "vendor": "VARCHAR", "base_magnification": "DOUBLE",
+               "magnification_source": "VARCHAR", "mpp": "DOUBLE", "level": "INTEGER",
+               "level_magnification": "DOUBLE", "read_px": "INTEGER", "seconds": "DOUBLE"},
+    "tiles": {"cohort": "VARCHAR", "slide_id": "VARCHAR", "col": "INTEGER", "row": "INTEGER",
+              "tissue_fraction": "DOUBLE", "idx": "INTEGER"},
+    "labels": {"cohort": "VARCHAR", "trait": "VARCHAR", "patient_id": "VARCHAR", "percentile": "DOUBLE",
+               "label": "INTEGER", "subset": "VARCHAR", "expression": "DOUBLE"},
+    "splits": {"cohort": "VARCHAR", "round": "INTEGER", "patient_id": "VARCHAR", "split": "VARCHAR"},
+    "expression": {"cohort": "VARCHAR", "trait": "VARCHAR", "patient_id": "VARCHAR", "value": "DOUBLE",
+                   "n_aliquots": "INTEGER"},
+    "clinical": {"cohort": "VARCHAR", "patient_id": "VARCHAR", "os_months": "DOUBLE", "os_event": "INTEGER",
+                 "er_status": "VARCHAR", "subtype": "VARCHAR"},
+    "slide_scores": {"cohort": "VARCHAR", "trait": "VARCHAR", "model": "VARCHAR", "slide_id": "VARCHAR",
+                     "score": "DOUBLE", "n_tiles": "INTEGER"},
+    "model_metrics": {"cohort": "VARCHAR", "trait": "VARCHAR", "model": "VARCHAR", "eval_set": "VARCHAR",
+                      "auc": "DOUBLE", "n_slides": "INTEGER"},
+    "correlations": {"cohort": "VARCHAR", "trait": "VARCHAR", "eval_set": "VARCHAR", "spearman_rho": "DOUBLE",
+                     "p_value": "DOUBLE", "fdr": "DOUBLE", "n_slides": "INTEGER"},
+    "hti": {"cohort": "VARCHAR", "traits": "VARCHAR", "slide_id": "VARCHAR", "patient_id": "VARCHAR",
+            "hti": "DOUBLE", "n_tiles": "INTEGER", "n_positive": "INTEGER"},
+    "survival": {"cohort": "VARCHAR", "traits": "VARCHAR", "grouping": "VARCHAR", "n_low": "INTEGER",
+                 "n_high": "INTEGER", "logrank_p": "DOUBLE", "test_statistic": "DOUBLE"},
+}
+
+_PANDAS_TYPES = {"VARCHAR": "string", "INTEGER": "Int32", "BIGINT": "Int64", "DOUBLE": "float64"}
+
+
+# --------------------------------------------------------------------------- atomic files
+@contextlib.contextmanager
+def atomic_path(path: str | Path):
+    """Yield a temporary path beside ``path``; rename it into place only if the block succeeds."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        yield Path(tmp)
+        os.replace(tmp, path)
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+
+
+def partition_filename(partition_key: str) -> str:
+    """A file name for a partition key (``brca/TCGA-..`` -> ``brca%2FTCGA-..``), reversible."""
+    return urllib.parse.quote(partition_key, safe="-_.") or "_all"
+
+
+# --------------------------------------------------------------------------- tile store
+class TileWriter:
+    """Write JPEG tiles of one slide into a TFRecord file, atomically.
+
+    Each record is a ``tf.train.Example`` with ``image`` (JPEG bytes), ``col`` and ``row``.
+    The file appears under its final name only when the writer closes without error.
+    """
+
+    def __init__(self, path: str | Path, quality: int = 90):
+        self.path, self.quality = Path(path), quality
+        self._ctx = atomic_path(self.path)
+        self._aborted = False
+
+    def __enter__(self):
+        import tensorflow as tf
+
+        self._tf = tf
+        self._tmp = self._ctx.__enter__()
+        self._writer = tf.io.TFRecordWriter(str(self._tmp))
+        return self
+
+    def write(self, rgb: np.ndarray, col: int, row: int) -> None:
+        import imagecodecs
+
+        tf = self._tf
+        jpeg = imagecodecs.jpeg8_encode(np.ascontiguousarray(rgb), level=self.quality)
+        ex = tf.train.Example(features=tf.train.Features(feature={
+            "image": tf.train.Feature(bytes_list=tf.train.BytesList(value=[bytes(jpeg)])),
+            "col": tf.train.Feature(int64_list=tf.train.Int64List(value=[int(col)])),
+            "row": tf.train.Feature(int64_list=tf.train.Int64List(value=[int(row)])),
+        }))
+        self._writer.write(ex.SerializeToString())
+
+    def abort(self) -> None:
+        """Do not publish the file (e.g. a slide with no tissue)."""
+        self._aborted = True
+
+    def __exit__(self, exc_type, exc, tb):
+        self._writer.close()
+        if exc_type is None and self._aborted:
+            self.path.unlink(missing_ok=True)  # a stale file from an earlier run must not survive
+            abort = _Aborted()
+            return self._ctx.__exit__(_Aborted, abort, None)  # removes the temporary file
+        return self._ctx.__exit__(exc_type, exc, tb)
+
+
+class _Aborted(Exception):
+    pass
+
+
+def tile_file(tiles_dir: str | Path, cohort: str, slide_id: str) -> Path:
+    return Path(tiles_dir) / cohort / f"{slide_id}.tfrecord"
+
+
+TILE_FEATURES = {"image": "string", "col": "int64", "row": "int64"}
+
+
+def parse_tile_record(serialized):
+    """``tf.data`` map function: record -> (uint8 image, col, row)."""
+    import tensorflow as tf
+
+    spec = {"image": tf.io.FixedLenFeature([], tf.string), "col": tf.io.FixedLenFeature([], tf.int64),
+            "row": tf.io.FixedLenFeature([], tf.int64)}
+    ex = tf.io.parse_single_example(serialized, spec)
+    return tf.io.decode_jpeg(ex["image"], channels=3), ex["col"], ex["row"]
+
+
+def read_tiles(path: str | Path) -> tuple[np.ndarray, np.ndarray]:
+    """All tiles of one slide as ``(images N x H x W x 3, positions N x 2 [col, row])``."""
+    import tensorflow as tf
+
+    images, pos = [], []
+    for img, col, row in tf.data.TFRecordDataset(str(path)).map(parse_tile_record):
+        images.append(img.numpy())
+        pos.append((int(col), int(row)))
+    if not images:
+        return np.zeros((0, 0, 0, 3), np.uint8), np.zeros((0, 2), int)
+    return np.stack(images), np.asarray(pos)
+
+
+# --------------------------------------------------------------------------- tables
+class TableStore:
+    """Per-partition Parquet files under ``tables_dir``, seen as DuckDB views at ``duckdb_path``."""
+
+    def __init__(self, tables_dir: str | Path, duckdb_path: str | Path):
+        self.tables_dir = Path(tables_dir)
+        self.duckdb_path = Path(duckdb_path)
+
+    def _dir(self, table: str) -> Path:
+        if table not in SCHEMAS:
+            raise KeyError(f"unknown table {table!r}; known: {sorted(SCHEMAS)}")
+        return self.tables_dir / table
+
+    def _glob(self, table: str) -> str:
+        return str(self._dir(table) / "*.parquet")
+
+    def conform(self, table: str, df: pd.DataFrame) -> pd.DataFrame:
+        """Order and type ``df``'s columns as the table's schema; missing required ones raise."""
+        schema = SCHEMAS[table]
+        required = list(schema)[: _required_count(table)]
+        missing = [c for c in required if c not in df.columns]
+        if missing:
+            raise ValueError(f"table {table}: missing columns {missing}")
+        out = pd.DataFrame(index=df.index)
+        for col, typ in schema.items():
+            values = df[col] if col in df.columns else pd.Series(pd.NA, index=df.index, dtype="object")
+            if typ == "VARCHAR":
+                out[col] = values.astype("string")
+            else:
+                out[col] = pd.to_numeric(values, errors="coerce").astype(_PANDAS_TYPES[typ])
+        return out.reset_index(drop=True)
+
+    def write(self, table: str, partition_key: str, df: pd.DataFrame) -> Path:
+        """Replace the rows of ``partition_key`` in ``table`` with ``df`` (atomically)."""
+        self.ensure_schema_file(table)
+        path = self._dir(table) / f"{partition_filename(partition_key)}.parquet"
+        data = self.conform(table, df)
+        with atomic_path(path) as tmp:
+            data.to_parquet(tmp, index=False)
+        return path
+
+    def delete(self, table: str, partition_key: str) -> None:
+        (self._dir(table) / f"{partition_filename(partition_key)}.parquet").unlink(missing_ok=True)
+
+    def ensure_schema_file(self, table: str) -> None:
+        """An empty file with the schema, so a table with no partitions yet still reads."""
+        path = self._dir(table) / "_schema.parquet"
+        if not path.exists():
+            with atomic_path(path) as tmp:
+                self.conform(table, pd.DataFrame(columns=list(SCHEMAS[table]))).to_parquet(tmp, index=False)
+
+    def read(self, table: str, where: str | None = None, params: list | None = None) -> pd.DataFrame:
+        """Rows of ``table`` (optionally filtered by a SQL ``where`` clause with ``?`` params)."""
+        self.ensure_schema_file(table)
+        sql = f"SELECT * FROM read_parquet('{self._glob(table)}', union_by_name=true)"
+        if where:
+            sql += f" WHERE {where}"
+        with duckdb.connect() as con:
+            return con.execute(sql, params or []).df()
+
+    def ensure_views(self, retries: int = 20) -> None:
+        """Create (or refresh) one DuckDB view per table at ``duckdb_path``."""
+        for table in SCHEMAS:
+            self.ensure_schema_file(table)
+        self.duckdb_path.parent.mkdir(parents=True, exist_ok=True)
+        for attempt in range(retries):
+            try:
+                with duckdb.connect(str(self.duckdb_path)) as con:
+                    for table in SCHEMAS:
+                        con.execute(f"CREATE OR REPLACE VIEW {table} AS SELECT * FROM "
+                                    f"read_parquet('{self._glob(table)}', union_by_name=true)")
+                return
+            except duckdb.IOException:  # another process holds the file; views are tiny, wait
+                if attempt == retries - 1:
+                    raise
+                time.sleep(0.25 * (attempt + 1))
+
+    def query(self, sql: str) -> pd.DataFrame:
+        """Run SQL against the views (read-only connection)."""
+        self.ensure_views()
+        with duckdb.connect(str(self.duckdb_path), read_only=True) as con:
+            return con.execute(sql).df()
+
+
+_REQUIRED = {"slides": 6, "tiles": 5, "labels": 6, "splits": 4, "expression": 4, "clinical": 4,
+             "slide_scores": 5, "model_metrics": 6, "correlations": 6, "hti": 6, "survival": 6}
+
+
+def _required_count(table: str) -> int:
+    return _REQUIRED[table]

@@ -1,0 +1,189 @@
+"""Tiling (SPEC 3.3): non-overlapping tiles at the target magnification, background dropped.
+
+A slide is read from the pyramid level closest to (not below) the target magnification, a
+row band of tiles per ``read_region`` call, so no whole level is ever held in memory.  Tiles
+are JPEG-encoded into one TFRecord file per slide (fast ``tf.data`` input, see
+:mod:`pathomch_assets.storage`).  A slide that fails is reported in the result, never raised
+past :func:`tile_slide`, so one bad slide never stops the others.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from concurrent.futures import ProcessPoolExecutor, as_completed
+from dataclasses import dataclass, field
+from multiprocessing import get_context
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from .slides import LevelChoice, SlideError, choose_level, open_slide, slide_info
+
+#: tiles read per ``read_region`` call along a row (bounds memory: 16 x 512 px x 512 px x 4 B = 16 MB)
+BAND_TILES = 16
+
+
+@dataclass(frozen=True)
+class TilingParams:
+    magnification: float = 20.0
+    tile_px: int = 512
+    background_threshold: int = 220
+    max_background_fraction: float = 0.5
+    jpeg_quality: int = 90
+    magnification_tolerance: float = 0.05
+
+    @classmethod
+    def from_config(cls, cfg) -> "TilingParams":
+        t = cfg.tiling
+        return cls(t.magnification, t.tile_px, t.background_threshold, t.max_background_fraction,
+                   t.jpeg_quality, t.magnification_tolerance)
+
+
+@dataclass
+class SlideTilingResult:
+    """Outcome for one slide: a ``slides`` row and the ``tiles`` rows."""
+
+    cohort: str
+    slide_id: str
+    path: str
+    status: str  # ok | error | no_tissue
+    error: str | None = None
+    tiles: pd.DataFrame = field(default_factory=lambda: pd.DataFrame(columns=["col", "row", "tissue_fraction", "idx"]))
+    info: dict = field(default_factory=dict)
+    seconds: float = 0.0
+
+
+def tissue_fraction(rgb: np.ndarray, threshold: int = 220) -> np.ndarray | float:
+    """Share of pixels that are not background; background = every channel above ``threshold``.
+
+    ``rgb`` is ``(..., H, W, 3)`` uint8; the fraction is taken over the last three axes.
+    """
+    background = np.all(rgb > threshold, axis=-1)
+    return 1.0 - background.mean(axis=(-2, -1))
+
+
+def rgba_to_rgb_on_white(rgba: np.ndarray) -> np.ndarray:
+    """OpenSlide returns premultiplied RGBA; transparent (unscanned) pixels become white."""
+    rgb = rgba[..., :3].astype(np.uint16)
+    alpha = rgba[..., 3:4].astype(np.uint16)
+    out = rgb + (255 - alpha)  # premultiplied: colour + (1 - a) * white
+    return np.minimum(out, 255).astype(np.uint8)
+
+
+def qc_read(slide, info, path, max_px: int = 4096 * 4096) -> np.ndarray | None:
+    """Read the smallest level whole (when small): corrupt tile data fails here, before tiling."""
+    level = len(info.level_dimensions) - 1
+    w, h = info.level_dimensions[level]
+    if w * h > max_px:
+        return None
+    try:
+        return rgba_to_rgb_on_white(np.asarray(slide.read_region((0, 0), level, (w, h))))
+    except Exception as err:  # OpenSlideError
+        raise SlideError(path, f"read failed at level {level} (whole-level QC read): {err}") from None
+
+
+def grid_shape(info, choice: LevelChoice) -> tuple[int, int]:
+    """Complete tiles per row and column at the chosen level."""
+    w, h = info.level_dimensions[choice.level]
+    return w // choice.read_px, h // choice.read_px
+
+
+def iter_tiles(slide, info, params: TilingParams, path: str | Path = "slide"):
+    """Yield ``(col, row, tissue_fraction, rgb uint8 tile_px x tile_px x 3)`` for tissue tiles."""
+    from PIL import Image
+
+    choice = choose_level(info.base_magnification, info.level_downsamples, params.magnification,
+                          params.tile_px, params.magnification_tolerance)
+    n_cols, n_rows = grid_shape(info, choice)
+    down = info.level_downsamples[choice.level]
+    s = choice.read_px
+    for row in range(n_rows):
+        for c0 in range(0, n_cols, BAND_TILES):
+            n = min(BAND_TILES, n_cols - c0)
+            x0, y0 = round(c0 * s * down), round(row * s * down)
+            try:
+                band = np.asarray(slide.read_region((x0, y0), choice.level, (n * s, s)))
+            except Exception as err:  # OpenSlideError: corrupt tile data
+                raise SlideError(path, f"read failed at level {choice.level}, x={x0}, y={y0}: {err}") from None
+            band = rgba_to_rgb_on_white(band)
+            tiles = band.reshape(s, n, s, 3).transpose(1, 0, 2, 3)
+            if s != params.tile_px:
+                tiles = np.stack([np.asarray(Image.fromarray(t).resize((params.tile_px, params.tile_px),
+                                                                       Image.Resampling.BOX)) for t in tiles])
+            fracs = tissue_fraction(tiles, params.background_threshold)
+            for k in np.flatnonzero(fracs >= 1.0 - params.max_background_fraction):
+                yield c0 + int(k), row, float(fracs[k]), tiles[k]
+
+
+def tile_slide(cohort: str, slide_id: str, path: str | Path, out_file: str | Path, params: TilingParams,
+               default_magnification: float | None = None) -> SlideTilingResult:
+    """Tile one slide into ``out_file`` (TFRecord, written atomically); never raises for bad slides."""
+    from . import storage
+
+    t0 = time.perf_counter()
+    res = SlideTilingResult(cohort, slide_id, str(path), status="ok")
+    slide = None
+    try:
+        slide = open_slide(path)
+        info = slide_info(slide, path, default_magnification)
+        qc_read(slide, info, path)
+        choice = choose_level(info.base_magnification, info.level_downsamples, params.magnification,
+                              params.tile_px, params.magnification_tolerance)
+        res.info = {
+            "width": info.width, "height": info.height, "vendor": info.vendor,
+            "base_magnification": info.base_magnification, "magnification_source": info.magnification_source,
+            "mpp": info.mpp, "level": choice.level, "level_magnification": choice.level_magnification,
+            "read_px": choice.read_px,
+        }
+        records = []
+        with storage.TileWriter(out_file, params.jpeg_quality) as writer:
+            for col, row, frac, rgb in iter_tiles(slide, info, params, path):
+                writer.write(rgb, col, row)
+                records.append((col, row, frac, len(records)))
+            if not records:
+                writer.abort()
+        res.tiles = pd.DataFrame(records, columns=["col", "row", "tissue_fraction", "idx"])
+        if not records:
+            res.status, res.error = "no_tissue", f"{path}: no tile with at least {1 - params.max_background_fraction:.0%} tissue"
+    except SlideError as err:
+        res.status, res.error = "error", str(err)
+        res.tiles = res.tiles.iloc[0:0]
+        Path(out_file).unlink(missing_ok=True)
+    finally:
+        if slide is not None:
+            slide.close()
+    res.seconds = time.perf_counter() - t0
+    return res
+
+
+def _tile_job(args):
+    return tile_slide(*args)
+
+
+def tile_slides(jobs: list[tuple], workers: int = 1, progress=None):
+    """Tile several slides, ``workers`` at a time (fresh processes: TensorFlow is not fork-safe).
+
+    ``jobs`` are ``tile_slide`` argument tuples.  Yields results as slides finish; ``progress``
+    is called as ``progress(done, total, result)``.
+    """
+    total = len(jobs)
+    if workers <= 1 or total <= 1:
+        for i, job in enumerate(jobs, 1):
+            res = tile_slide(*job)
+            if progress:
+                progress(i, total, res)
+            yield res
+        return
+    with ProcessPoolExecutor(max_workers=min(workers, total), mp_context=get_context("spawn")) as pool:
+        futures = [pool.submit(_tile_job, job) for job in jobs]
+        for i, fut in enumerate(as_completed(futures), 1):
+            res = fut.result()
+            if progress:
+                progress(i, total, res)
+            yield res
+
+
+def default_workers(configured: int) -> int:
+    return max(1, min(configured, os.cpu_count() or 1))

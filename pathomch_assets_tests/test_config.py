@@ -1,0 +1,107 @@
+"""The configuration contract (SPEC 5): paper defaults, clear errors naming file and key."""
+
+import textwrap
+
+import pytest
+
+from pathomch_assets.config import DEMO_CONFIG, ConfigError, is_mirna, load_config
+
+
+def write(tmp_path, text, name="pathomch.yaml"):
+    p = tmp_path / name
+    p.write_text(textwrap.dedent(text))
+    return p
+
+
+MINIMAL = """
+data_dir: out
+duckdb_path: out/p.duckdb
+cohorts:
+  brca:
+    slides_dir: slides
+    mrna: mrna.tsv
+    mirna: mirna.csv
+    traits: [MKI67, miR-17-5p]
+"""
+
+
+@pytest.fixture
+def minimal(tmp_path):
+    (tmp_path / "slides").mkdir()
+    (tmp_path / "mrna.tsv").write_text("gene_id\n")
+    (tmp_path / "mirna.csv").write_text("Genes,Correction\n")
+    return write(tmp_path, MINIMAL)
+
+
+def test_paper_values_are_the_defaults(minimal):
+    cfg = load_config(minimal)
+    assert (cfg.tiling.magnification, cfg.tiling.tile_px, cfg.tiling.background_threshold) == (20, 512, 220)
+    assert cfg.tiling.max_background_fraction == 0.5
+    assert (cfg.labels.low_percentile, cfg.labels.high_percentile) == (20, 80)
+    assert (cfg.splits.test_fraction, cfg.splits.val_fraction, cfg.splits.rounds) == (0.1, 0.1, 5)
+    t = cfg.training
+    assert (t.architecture, t.learning_rate, t.evals_per_epoch) == ("inception_v3", 1e-3, 16)
+    assert (t.reduce_lr_patience, t.early_stop_patience) == (10, 30)
+    assert (cfg.ensemble.size, cfg.ensemble.min_votes, cfg.ensemble.threshold) == (3, 2, 0.5)
+    assert cfg.targets() == ["brca/MKI67", "brca/miR-17-5p"]
+
+
+def test_relative_paths_resolve_against_the_file(minimal, tmp_path):
+    cfg = load_config(minimal)
+    assert cfg.cohorts["brca"].slides_dir == (tmp_path / "slides").resolve()
+    assert cfg.data_dir == (tmp_path / "out").resolve()
+
+
+def test_env_var_chooses_the_file(minimal, monkeypatch):
+    monkeypatch.setenv("PATHOMCH_CONFIG", str(minimal))
+    assert load_config().source == minimal.resolve()
+
+
+def test_unknown_key_names_file_and_key(minimal, tmp_path):
+    p = write(tmp_path, MINIMAL + "tiling:\n  magnificaton: 20\n", "bad.yaml")
+    with pytest.raises(ConfigError) as err:
+        load_config(p)
+    assert str(p) in str(err.value) and "tiling.magnificaton: unknown key" in str(err.value)
+
+
+def test_bad_value_names_key(minimal, tmp_path):
+    p = write(tmp_path, MINIMAL + "labels:\n  high_percentile: 40\n", "bad.yaml")
+    with pytest.raises(ConfigError, match=r"labels.high_percentile"):
+        load_config(p)
+
+
+def test_missing_input_file_is_named(tmp_path):
+    (tmp_path / "slides").mkdir()
+    p = write(tmp_path, MINIMAL)
+    with pytest.raises(ConfigError) as err:
+        load_config(p)
+    assert "cohorts.brca.mrna" in str(err.value) and "mrna.tsv does not exist" in str(err.value)
+
+
+def test_mirna_trait_needs_a_mirna_table(tmp_path):
+    p = write(tmp_path, MINIMAL.replace("    mirna: mirna.csv\n", ""))
+    with pytest.raises(ConfigError, match="miRNA"):
+        load_config(p, check_files=False)
+
+
+def test_survival_pair_must_name_configured_traits(tmp_path):
+    p = write(tmp_path, MINIMAL + "    survival_pairs: [[MKI67, FOXA1]]\n")
+    with pytest.raises(ConfigError, match="FOXA1"):
+        load_config(p, check_files=False)
+
+
+def test_missing_config_file(tmp_path):
+    with pytest.raises(ConfigError, match="not found"):
+        load_config(tmp_path / "nope.yaml")
+
+
+def test_shipped_demo_config_is_valid():
+    cfg = load_config(DEMO_CONFIG, check_files=False)
+    assert set(cfg.cohorts) == {"brca", "luad"}
+    assert cfg.cohorts["brca"].survival_pairs == [["MKI67", "miR-17-5p"]]
+
+
+@pytest.mark.parametrize("name,expected", [("miR-17-5p", True), ("hsa-miR-21-5p", True), ("let-7a-5p", True),
+                                           ("MKI67", False), ("MIR17HG", False)])
+def test_mirna_names(name, expected):
+    assert is_mirna(name) is expected

@@ -1,0 +1,52 @@
+"""The Dagster definitions load, validate with Dagster's own CLI, and the sensor adds slides."""
+
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import dagster as dg
+
+from pathomch_assets.config import load_config
+from pathomch_assets.definitions import build_definitions
+from pathomch_assets.partitions import SLIDES
+
+from .conftest import OPENSLIDE
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def test_asset_graph_has_partitions():
+    defs = build_definitions()
+    graph = defs.resolve_asset_graph()
+    pdefs = {k.to_user_string(): graph.get(k).partitions_def for k in graph.get_all_asset_keys()}
+    assert isinstance(pdefs["slide_tiles"], dg.DynamicPartitionsDefinition)
+    assert pdefs["labels"].get_partition_keys() == ["brca", "luad"]
+    assert {"expression", "labels", "splits", "clinical"} <= set(pdefs)
+
+
+def test_dagster_validates_the_workspace():
+    out = subprocess.run([sys.executable, "-m", "dagster", "definitions", "validate", "-w", "workspace.yaml"],
+                         cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stdout + out.stderr
+
+
+def test_sensor_adds_new_slides_once(small_demo, tmp_path):
+    cfg = load_config(small_demo)
+    defs = build_definitions(cfg)
+    sensor = defs.get_sensor_def("new_slides_sensor")
+    with dg.instance_for_test() as instance:
+        result = sensor(dg.build_sensor_context(instance=instance))
+        keys = result.dynamic_partitions_requests[0].partition_keys
+        assert len(keys) > 50 and all(k.split("/")[0] in ("brca", "luad") for k in keys)
+        assert {r.partition_key for r in result.run_requests} == set(keys)
+        instance.add_dynamic_partitions(SLIDES.name, keys)
+        again = sensor(dg.build_sensor_context(instance=instance))
+        assert isinstance(again, dg.SkipReason)
+        new = cfg.cohorts["brca"].slides_dir / "TCGA-ZZ-0001-01Z-00-DX1.new.svs"
+        shutil.copy(OPENSLIDE / "small.svs", new)
+        try:
+            third = sensor(dg.build_sensor_context(instance=instance))
+            assert [r.partition_key for r in third.run_requests] == ["brca/TCGA-ZZ-0001-01Z-00-DX1.new"]
+        finally:
+            new.unlink()

@@ -1,0 +1,119 @@
+"""Slides on real OpenSlide fixtures: ids, magnification provenance, level choice, bad slides."""
+
+import shutil
+
+import pandas as pd
+import pytest
+
+from pathomch_assets.slides import (SlideError, base_magnification, choose_level, discover_slides, open_slide,
+                                    patient_id, primary_slides, read_gdc_manifest, slide_id_from_path, slide_info)
+from pathomch_assets.tiling import TilingParams, tile_slide
+
+from .conftest import FIXTURES, OPENSLIDE
+
+TINY = TilingParams(magnification=20, tile_px=8, max_background_fraction=1.0)
+
+
+def test_ids_follow_tcga_rules():
+    sid = slide_id_from_path("x/TCGA-AR-A5QM-01Z-00-DX1.A9017CED-FF57-4090-95B9-94DC91854347.svs")
+    assert sid == "TCGA-AR-A5QM-01Z-00-DX1.A9017CED-FF57-4090-95B9-94DC91854347"
+    assert patient_id(sid) == "TCGA-AR-A5QM"
+    assert slide_id_from_path("study/TCGA-AA-0001-01Z-00-DX1/frame_0.dcm") == "TCGA-AA-0001-01Z-00-DX1"
+
+
+def test_magnification_from_mpp_on_a_real_svs():
+    with open_slide(OPENSLIDE / "small.svs") as s:
+        info = slide_info(s, OPENSLIDE / "small.svs")
+    assert info.magnification_source == "mpp"
+    assert info.base_magnification == pytest.approx(10 / 0.499, rel=1e-3)
+    assert info.vendor == "aperio"
+
+
+def test_nonsense_mpp_without_objective_power_is_an_error_naming_the_file():
+    path = OPENSLIDE / "boxes.tiff"
+    with open_slide(path) as s:
+        with pytest.raises(SlideError) as err:
+            slide_info(s, path)
+        assert str(path) in str(err.value) and "implausible mpp of 352.7" in str(err.value)
+        # ...unless the cohort sets a default magnification
+        info = slide_info(s, path, default_magnification=20)
+    assert (info.base_magnification, info.magnification_source) == (20, "config_default")
+    assert len(info.level_downsamples) == 4
+
+
+def test_objective_power_used_when_mpp_is_missing():
+    assert base_magnification({"openslide.objective-power": "40"}, "x.svs") == (40.0, "objective_power", None)
+    with pytest.raises(SlideError, match="no objective power and no mpp"):
+        base_magnification({}, "x.svs")
+
+
+def test_dicom_slide_opens():
+    with open_slide(OPENSLIDE / "boxes_0.dcm") as s:
+        assert slide_info(s, "boxes_0.dcm").magnification_source == "mpp"
+
+
+@pytest.mark.parametrize("base,downs,target,expect", [
+    (40.0, (1.0, 2.0, 8.0), 20.0, (1, 20.0, 512)),     # 40x slide with a 20x level: read it as is
+    (40.0, (1.0, 4.0, 16.0), 20.0, (0, 40.0, 1024)),   # no 20x level: 1024 px at 40x, resized
+    (20.0, (1.0, 4.0), 20.0, (0, 20.0, 512)),
+    (20.04, (1.0, 4.0), 20.0, (0, 20.04, 512)),        # within tolerance: no resampling
+    (10.0, (1.0, 4.0), 20.0, (0, 10.0, 256)),          # below target everywhere: upsample level 0
+    (20.0, (1.0, 4.0, 16.0), 5.0, (1, 5.0, 512)),
+])
+def test_level_choice_is_closest_not_below(base, downs, target, expect):
+    c = choose_level(base, downs, target, 512)
+    assert (c.level, pytest.approx(c.level_magnification), c.read_px) == expect
+
+
+def test_unopenable_slide_is_recorded_with_the_openslide_error(tmp_path):
+    res = tile_slide("c", "unopenable", OPENSLIDE / "unopenable.tiff", tmp_path / "u.tfrecord", TINY)
+    assert res.status == "error"
+    assert "unopenable.tiff" in res.error and "Unsupported TIFF compression" in res.error
+    assert res.tiles.empty and not (tmp_path / "u.tfrecord").exists()
+
+
+def test_corrupt_slide_fails_mid_read_and_leaves_no_file(tmp_path):
+    res = tile_slide("c", "unreadable", OPENSLIDE / "unreadable.svs", tmp_path / "r.tfrecord", TINY)
+    assert res.status == "error"
+    assert "unreadable.svs" in res.error and "read failed" in res.error
+    assert not list(tmp_path.iterdir())
+
+
+def test_small_real_svs_tiles(tmp_path):
+    res = tile_slide("c", "small", OPENSLIDE / "small.svs", tmp_path / "s.tfrecord", TINY)
+    assert res.status == "ok" and len(res.tiles) == 4  # 16 x 16 px -> 2 x 2 tiles of 8 px
+    assert res.info["magnification_source"] == "mpp"
+
+
+def test_gdc_manifest_real_layout():
+    m = read_gdc_manifest(FIXTURES / "gdc" / "gdc_manifest_brca_head.txt")
+    assert list(m.columns) == ["id", "filename", "md5", "size", "state"] and len(m) == 5
+    assert m.filename[0].startswith("TCGA-AR-A5QM-01Z-00-DX1.")
+
+
+def test_manifest_with_wrong_header_names_the_file(tmp_path):
+    p = tmp_path / "m.txt"
+    p.write_text("uuid\tfile\n1\tTCGA.svs\n")
+    with pytest.raises(ValueError, match=r"m\.txt: line 1: expected GDC manifest header"):
+        read_gdc_manifest(p)
+
+
+def test_discovery_in_gdc_client_layout_and_by_manifest(tmp_path):
+    m = read_gdc_manifest(FIXTURES / "gdc" / "gdc_manifest_brca_head.txt")
+    for rec in m.head(3).itertuples():  # gdc-client writes <id>/<filename>
+        (tmp_path / rec.id).mkdir()
+        shutil.copy(OPENSLIDE / "small.svs", tmp_path / rec.id / rec.filename)
+    (tmp_path / "notes.txt").write_text("not a slide")
+    found = discover_slides("brca", tmp_path)
+    assert len(found) == 3 and all(r.patient_id.startswith("TCGA-") for r in found)
+    by_manifest = discover_slides("brca", tmp_path, FIXTURES / "gdc" / "gdc_manifest_brca_head.txt")
+    assert len(by_manifest) == 5 and sum(r.missing for r in by_manifest) == 2
+
+
+def test_primary_slide_is_dx1():
+    df = pd.DataFrame({"cohort": "c", "slide_id": ["TCGA-AA-0001-01Z-00-DX2.x", "TCGA-AA-0001-01Z-00-DX1.y",
+                                                   "TCGA-AA-0002-01Z-00-DX3.z", "TCGA-AA-0003-01Z-00-DX1.w"],
+                       "status": ["ok", "ok", "ok", "error"]})
+    df["patient_id"] = df.slide_id.str[:12]
+    p = primary_slides(df)
+    assert p.slide_id.tolist() == ["TCGA-AA-0001-01Z-00-DX1.y", "TCGA-AA-0002-01Z-00-DX3.z"]
