@@ -5,9 +5,9 @@ from __future__ import annotations
 import dagster as dg
 
 from . import checks, sensors
-from .assets import ingest, molecular
+from .assets import ingest, models, molecular
 from .config import PathomchConfig, load_config
-from .resources import PathomchResource
+from .resources import AcceleratorResource, PathomchResource
 
 
 def build_definitions(cfg: PathomchConfig | None = None, config_path: str | None = None) -> dg.Definitions:
@@ -15,7 +15,8 @@ def build_definitions(cfg: PathomchConfig | None = None, config_path: str | None
     path = config_path or (str(cfg.source) if cfg.source else None)
     mol = molecular.build(cfg)
     expression, labels, splits, clinical = mol
-    assets = [ingest.slide_tiles, *mol]
+    model_assets = models.build(cfg, labels, splits)
+    assets = [ingest.slide_tiles, *mol, *model_assets]
     asset_checks = checks.build(splits, labels)
     tiling_job = dg.define_asset_job("tile_new_slides", selection=[ingest.slide_tiles], partitions_def=None)
     return dg.Definitions(
@@ -23,7 +24,7 @@ def build_definitions(cfg: PathomchConfig | None = None, config_path: str | None
         asset_checks=asset_checks,
         jobs=[tiling_job],
         sensors=[sensors.build(cfg, tiling_job)],
-        resources={"pathomch": PathomchResource(config_path=path)},
+        resources={"pathomch": PathomchResource(config_path=path), "accelerator": AcceleratorResource()},
     )
 
 

@@ -86,9 +86,9 @@ def apply_effect(rgb: np.ndarray, effect: str) -> np.ndarray:
         img[tissue] *= np.array([0.72, 0.88, 1.0], np.float32)
         img[tissue, 2] += 18
     elif effect == "pale_eosin":
-        sel = tissue & (lum >= 140)
+        sel = tissue & (lum >= 120)
         grey = img[sel].mean(axis=-1, keepdims=True)
-        img[sel] = 0.35 * img[sel] + 0.65 * (grey * 0.92 + 12)
+        img[sel] = (0.2 * img[sel] + 0.8 * grey) * np.array([1.04, 0.97, 0.82], np.float32)
     else:
         raise ValueError(f"unknown planted effect {effect!r}; expected dark_nuclei, blue_tint, pale_eosin or none")
     return np.clip(img, 0, 255).astype(np.uint8)

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import os
+
 import dagster as dg
+from pydantic import PrivateAttr
 
 from .config import PathomchConfig, load_config
 from .storage import TableStore
@@ -20,3 +23,52 @@ class PathomchResource(dg.ConfigurableResource):
     def get_store(self) -> TableStore:
         cfg = self.get_config()
         return TableStore(cfg.tables_dir, cfg.duckdb_path)
+
+
+class AcceleratorResource(dg.ConfigurableResource):
+    """TensorFlow on whatever accelerators are visible.
+
+    Enables memory growth on every GPU, spreads training over all of them with a
+    ``MirroredStrategy`` (one GPU or none: the default strategy), and says which in the run
+    log.  ``use_gpu=False`` hides GPUs (tests, CPU-only runs).
+    """
+
+    use_gpu: bool = True
+    mixed_precision: bool = False
+    _gpus: list = PrivateAttr(default_factory=list)
+
+    def setup_for_execution(self, context: dg.InitResourceContext) -> None:
+        import tensorflow as tf
+
+        gpus = tf.config.list_physical_devices("GPU")
+        if gpus and not self.use_gpu:
+            tf.config.set_visible_devices([], "GPU")
+            gpus = []
+        for gpu in gpus:
+            try:
+                tf.config.experimental.set_memory_growth(gpu, True)
+            except RuntimeError:  # already initialised in this process
+                pass
+        if self.mixed_precision and gpus:
+            import keras
+
+            keras.mixed_precision.set_global_policy("mixed_float16")
+        self._gpus = [g.name for g in gpus]
+        if context.log:
+            if gpus:
+                context.log.info(f"TensorFlow {tf.__version__}: training on {len(gpus)} GPU(s) {self._gpus}"
+                                 f"{', mixed precision' if self.mixed_precision else ''}")
+            else:
+                context.log.info(f"TensorFlow {tf.__version__}: no GPU visible, training on the CPU "
+                                 f"({len(tf.config.list_physical_devices('CPU'))} device, {os.cpu_count()} cores)")
+
+    def strategy(self):
+        import tensorflow as tf
+
+        if len(self._gpus) > 1:
+            return tf.distribute.MirroredStrategy()
+        return tf.distribute.get_strategy()
+
+    def describe(self) -> str:
+        gpus = self._gpus
+        return f"{len(gpus)} GPU(s)" if gpus else "CPU"

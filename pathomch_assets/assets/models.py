@@ -1,0 +1,183 @@
+"""Per-trait models, ensembles and their evaluation (SPEC 3.4-3.7)."""
+
+import json
+
+import dagster as dg
+import numpy as np
+import pandas as pd
+
+from ..config import PathomchConfig, split_target
+from ..evaluation import (correlation_rows, ensemble_calls, evaluation_sets, metrics_rows, select_ensemble,
+                          slide_scores_from_tiles)
+from ..partitions import cohorts, target_rounds, targets
+from ..plots import plot_score_boxes, plot_training_curve
+from ..reporting import md_table, png_md
+from ..resources import AcceleratorResource, PathomchResource
+from ..storage import atomic_path, tile_file
+from ..training import SlideSet, model_dir, predict_files, save_model, train_model
+from .molecular import cohort_slides
+
+ALL = dg.AllPartitionMapping()
+
+
+def predictions_path(cfg: PathomchConfig, cohort: str, trait: str, model: str):
+    return cfg.data_dir / "predictions" / cohort / trait / f"{model}.parquet"
+
+
+def slide_set(cfg, cohort: str, frame: pd.DataFrame) -> SlideSet:
+    return SlideSet(frame["slide_id"].tolist(), [str(tile_file(cfg.tiles_dir, cohort, s)) for s in frame["slide_id"]],
+                    frame["label"].astype(int).tolist())
+
+
+def tile_positions(store, cohort: str) -> dict[str, pd.DataFrame]:
+    tiles = store.read("tiles", "cohort = ?", [cohort]).sort_values(["slide_id", "idx"])
+    return {sid: g[["col", "row"]].reset_index(drop=True) for sid, g in tiles.groupby("slide_id")}
+
+
+def score_rows(cohort, trait, model, preds: pd.DataFrame, slides: pd.DataFrame, threshold: float) -> pd.DataFrame:
+    """``slide_scores`` rows from tile predictions (``slide_id, p``) or calls (``slide_id, call``)."""
+    col = "p" if "p" in preds.columns else "call"
+    agg = preds.groupby("slide_id")[col].agg(
+        score=lambda v: slide_scores_from_tiles(v, threshold) if col == "p" else 100.0 * np.mean(v),
+        n_tiles="size").reset_index()
+    agg = agg.merge(slides[["slide_id", "patient_id"]], on="slide_id")
+    return agg.assign(cohort=cohort, trait=trait, model=model)
+
+
+def build(cfg: PathomchConfig, labels_asset, splits_asset):
+    multi = target_rounds(cfg)
+
+    @dg.asset(
+        partitions_def=multi, group_name="models", kinds={"tensorflow", "keras"}, pool="gpu",
+        deps=[dg.AssetDep(labels_asset, partition_mapping=ALL), dg.AssetDep(splits_asset, partition_mapping=ALL)],
+        description="One tile classifier per (cohort/trait, round) (SPEC 3.4): trained on the round's training "
+        "patients, validated by slide-level AUC every 1/16 epoch, best weights kept. Then scores every tile of "
+        "every usable slide. Writes the model, its history, tile predictions, and its rows of `slide_scores` "
+        "and `model_metrics`; re-materializing one partition retrains that model only.",
+    )
+    def trait_model(context: dg.AssetExecutionContext, pathomch: PathomchResource,
+                    accelerator: AcceleratorResource) -> dg.MaterializeResult:
+        cfg, store = pathomch.get_config(), pathomch.get_store()
+        keys = context.partition_key.keys_by_dimension
+        target, round_name = keys["target"], keys["round"]
+        cohort, trait = split_target(target)
+        r = int(round_name.split("_")[1])
+        slides = cohort_slides(store, cohort)
+        labels = store.read("labels", "cohort = ? AND trait = ?", [cohort, trait])
+        splits = store.read("splits", "cohort = ? AND round = ?", [cohort, r])
+        lab = labels[labels["subset"] == "labeled"].merge(splits, on="patient_id").merge(slides, on="patient_id")
+        train, val = (slide_set(cfg, cohort, lab[lab["split"] == s]) for s in ("train", "val"))
+        seed = cfg.seed * 1000 + r
+        model, res = train_model(train, val, cfg.training, cfg.ensemble.threshold, seed, accelerator.strategy(),
+                                 log=context.log.info)
+        directory = model_dir(cfg.models_dir, cohort, trait, round_name)
+        save_model(model, res, directory, {"cohort": cohort, "trait": trait, "round": r, "seed": seed,
+                                           "training": cfg.training.model_dump(), "device": accelerator.describe()})
+        # every tile of every usable slide
+        files = [str(tile_file(cfg.tiles_dir, cohort, s)) for s in slides["slide_id"]]
+        context.log.info(f"scoring {len(files)} slides with {round_name}")
+        probs = predict_files(model, files, cfg.training.input_px)
+        pos = tile_positions(store, cohort)
+        preds = pd.concat([pos[s].assign(slide_id=s, p=p) for s, p in zip(slides["slide_id"], probs)],
+                          ignore_index=True)
+        with atomic_path(predictions_path(cfg, cohort, trait, round_name)) as tmp:
+            preds.to_parquet(tmp, index=False)
+        scores = score_rows(cohort, trait, round_name, preds, slides, cfg.ensemble.threshold)
+        part = f"{target}/{round_name}"
+        store.write("slide_scores", part, scores)
+        metrics = metrics_rows(scores[["patient_id", "score"]], evaluation_sets(labels, splits, r))
+        store.write("model_metrics", part, metrics.assign(cohort=cohort, trait=trait, model=round_name))
+        store.ensure_views()
+        auc = dict(zip(metrics["eval_set"], metrics["auc"]))
+        return dg.MaterializeResult(metadata={
+            "best_val_slide_auc": res.best_val_auc, "best_evaluation": res.best_eval, "evaluations": res.evals,
+            "train_slides": res.n_train_slides, "train_tiles": res.n_train_tiles, "seconds": round(res.seconds, 1),
+            "test_auc": float(auc.get("test", np.nan)), "device": accelerator.describe(),
+            "metrics": md_table(metrics), "training_curve": png_md(plot_training_curve(res.history), "training curve"),
+            "model_path": dg.MetadataValue.path(str(directory / "model.keras")),
+        })
+
+    @dg.asset(
+        partitions_def=targets(cfg), group_name="models", kinds={"pandas", "parquet"},
+        deps=[dg.AssetDep(trait_model, partition_mapping=dg.MultiToSingleDimensionPartitionMapping("target"))],
+        description="Ensemble per trait (SPEC 3.6): the 3 of 5 rounds with the best validation AUC; a tile is "
+        "positive when at least 2 of them say so. Writes ensemble tile calls and the `ensemble` rows of "
+        "`slide_scores` and `model_metrics`.",
+    )
+    def ensemble(context: dg.AssetExecutionContext, pathomch: PathomchResource) -> dg.MaterializeResult:
+        cfg, store = pathomch.get_config(), pathomch.get_store()
+        target = context.partition_key
+        cohort, trait = split_target(target)
+        metrics = store.read("model_metrics", "cohort = ? AND trait = ? AND eval_set = 'val' AND model LIKE 'round_%'",
+                             [cohort, trait])
+        val_auc = dict(zip(metrics["model"], metrics["auc"]))
+        missing = [m for m in cfg.round_names() if m not in val_auc]
+        if missing:
+            raise dg.Failure(f"{target}: no trained model for {missing}; materialize trait_model for them first")
+        members = select_ensemble(val_auc, cfg.ensemble.size)
+        frames = [pd.read_parquet(predictions_path(cfg, cohort, trait, m)) for m in members]
+        base = frames[0][["slide_id", "col", "row"]]
+        for f in frames[1:]:
+            if not f[["slide_id", "col", "row"]].equals(base):
+                raise dg.Failure(f"{target}: tile predictions of {members} cover different tiles; re-run trait_model "
+                                 f"for every round after re-tiling")
+        probs = np.stack([f["p"].to_numpy() for f in frames])
+        calls = ensemble_calls(probs, cfg.ensemble.threshold, cfg.ensemble.min_votes)
+        preds = base.assign(call=calls, votes=(probs >= cfg.ensemble.threshold).sum(axis=0))
+        with atomic_path(predictions_path(cfg, cohort, trait, "ensemble")) as tmp:
+            preds.to_parquet(tmp, index=False)
+        slides = cohort_slides(store, cohort)
+        scores = score_rows(cohort, trait, "ensemble", preds, slides, cfg.ensemble.threshold)
+        store.write("slide_scores", f"{target}/ensemble", scores)
+        labels = store.read("labels", "cohort = ? AND trait = ?", [cohort, trait])
+        splits = store.read("splits", "cohort = ?", [cohort])
+        m = metrics_rows(scores[["patient_id", "score"]], evaluation_sets(labels, splits, None))
+        store.write("model_metrics", f"{target}/ensemble", m.assign(cohort=cohort, trait=trait, model="ensemble"))
+        store.ensure_views()
+        with atomic_path(cfg.models_dir / cohort / trait / "ensemble.json") as tmp:
+            tmp.write_text(json.dumps({"members": members, "val_auc": val_auc, "min_votes": cfg.ensemble.min_votes,
+                                       "threshold": cfg.ensemble.threshold}, indent=1))
+        auc = dict(zip(m["eval_set"], m["auc"]))
+        return dg.MaterializeResult(metadata={
+            "members": ", ".join(members), "test_auc": float(auc.get("test", np.nan)),
+            "ood_near_auc": float(auc.get("ood_near", np.nan)), "ood_all_auc": float(auc.get("ood_all", np.nan)),
+            "metrics": md_table(m), "dagster/row_count": len(scores),
+        })
+
+    @dg.asset(
+        partitions_def=cohorts(cfg), group_name="models", kinds={"pandas", "parquet"},
+        deps=[dg.AssetDep(ensemble, partition_mapping=ALL)],
+        description="Per cohort: the paper's Table 1 (slide-level AUC: test 5-run mean, test ensemble, OOD-near "
+        "and OOD-all ensemble), Figure 2 (ensemble scores by label), and Spearman correlations of ensemble "
+        "scores with expression percentiles with Benjamini-Hochberg FDR across traits (`correlations`).",
+    )
+    def model_evaluation(context: dg.AssetExecutionContext, pathomch: PathomchResource) -> dg.MaterializeResult:
+        cfg, store = pathomch.get_config(), pathomch.get_store()
+        cohort = context.partition_key
+        metrics = store.read("model_metrics", "cohort = ?", [cohort])
+        table1 = table_one(metrics, cfg.cohorts[cohort].traits)
+        scores = store.read("slide_scores", "cohort = ? AND model = 'ensemble'", [cohort])
+        labels = store.read("labels", "cohort = ?", [cohort])
+        splits = store.read("splits", "cohort = ? AND round = 0", [cohort])
+        corr = correlation_rows(scores, labels, splits).assign(cohort=cohort)
+        store.write("correlations", cohort, corr)
+        store.ensure_views()
+        fig = plot_score_boxes(scores, labels, splits, cfg.cohorts[cohort].traits)
+        return dg.MaterializeResult(metadata={
+            "table_1": md_table(table1, floatfmt=".2f"), "figure_2": png_md(fig, f"{cohort} ensemble scores"),
+            "correlations": md_table(corr[["trait", "eval_set", "spearman_rho", "p_value", "fdr", "n_slides"]]),
+        })
+
+    return [trait_model, ensemble, model_evaluation]
+
+
+def table_one(metrics: pd.DataFrame, traits: list[str]) -> pd.DataFrame:
+    """Paper Table 1 layout: per trait, test 5-run mean, test ensemble, OOD-near and OOD-all ensemble."""
+    rows = []
+    for trait in traits:
+        m = metrics[metrics["trait"] == trait]
+        rounds = m[m["model"].str.startswith("round_") & (m["eval_set"] == "test")]["auc"]
+        ens = m[m["model"] == "ensemble"].set_index("eval_set")["auc"]
+        rows.append({"trait": trait, "test (mean of runs)": rounds.mean(), "test (ensemble)": ens.get("test", np.nan),
+                     "OOD-near (ensemble)": ens.get("ood_near", np.nan), "OOD-all (ensemble)": ens.get("ood_all", np.nan)})
+    return pd.DataFrame(rows)

@@ -1,0 +1,303 @@
+"""Per-trait tile classifiers (SPEC 3.4): model, tf.data input, training with slide-level AUC.
+
+Inception v3 from random initialisation with one sigmoid output, binary cross-entropy, Adam
+(lr 1e-3), random horizontal and vertical flips.  Every ``1/evals_per_epoch`` epoch the model
+scores the validation slides (share of tiles with p >= 0.5) and the slide-level AUC is logged
+as ``val_slide_auc``; Keras' ``ReduceLROnPlateau`` and ``EarlyStopping`` watch it (patience 10
+and 30 evaluations), and the best weights are restored at the end.  The demo swaps in a small
+CNN and a smaller input through config; the loop is the same.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import time
+from collections import OrderedDict
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from .evaluation import slide_auc, slide_scores_from_tiles
+from .storage import atomic_path, parse_tile_record
+
+AUTOTUNE = -1  # tf.data.AUTOTUNE
+
+
+@dataclass
+class SlideSet:
+    """Slides of one split with their labels and tile files."""
+
+    slide_ids: list[str]
+    files: list[str]
+    labels: list[int]
+
+    def __len__(self):
+        return len(self.slide_ids)
+
+
+@dataclass
+class TrainResult:
+    best_val_auc: float
+    best_eval: int
+    evals: int
+    n_train_slides: int
+    n_train_tiles: int
+    n_val_slides: int
+    seconds: float
+    history: pd.DataFrame = field(repr=False, default_factory=pd.DataFrame)
+
+
+# --------------------------------------------------------------------------- model
+def build_model(architecture: str, input_px: int, learning_rate: float = 1e-3, seed: int = 0):
+    """A compiled binary classifier taking uint8-valued RGB tiles of ``input_px``."""
+    import keras
+
+    keras.utils.set_random_seed(seed)
+    inputs = keras.Input((input_px, input_px, 3), name="tile")
+    x = keras.layers.Rescaling(1 / 127.5, offset=-1.0)(inputs)  # Inception's [-1, 1] scaling
+    if architecture == "inception_v3":
+        if input_px < 75:
+            raise ValueError(f"inception_v3 needs input_px >= 75, got {input_px}")
+        base = keras.applications.InceptionV3(include_top=False, weights=None, input_shape=(input_px, input_px, 3),
+                                              pooling="avg")
+        x = base(x)
+    elif architecture == "small_cnn":
+        # no batch normalisation: with a few hundred steps its moving statistics lag the
+        # weights, and inference-mode outputs collapse around one value (seen on the demo)
+        for filters in (16, 32, 64, 64):
+            x = keras.layers.Conv2D(filters, 3, strides=2, padding="same", activation="relu")(x)
+        x = keras.layers.GlobalAveragePooling2D()(x)
+    else:
+        raise ValueError(f"unknown architecture {architecture!r}; expected inception_v3 or small_cnn")
+    outputs = keras.layers.Dense(1, activation="sigmoid", dtype="float32", name="p_high")(x)
+    model = keras.Model(inputs, outputs, name=f"pathomch_{architecture}")
+    model.compile(optimizer=keras.optimizers.Adam(learning_rate), loss="binary_crossentropy")
+    return model
+
+
+# --------------------------------------------------------------------------- input
+def _decode(input_px: int):
+    import tensorflow as tf
+
+    def fn(serialized):
+        img, _, _ = parse_tile_record(serialized)
+        img = tf.cast(img, tf.float32)
+        if img.shape[0] != input_px:
+            img = tf.image.resize(img, (input_px, input_px), method="area")
+        return img
+
+    return fn
+
+
+def _augment(img, label):
+    import tensorflow as tf
+
+    img = tf.image.random_flip_left_right(img)
+    img = tf.image.random_flip_up_down(img)
+    return img, label
+
+
+def train_dataset(slides: SlideSet, input_px: int, batch_size: int, seed: int, cache: bool = False,
+                  max_tiles_per_slide: int | None = None):
+    """Shuffled, augmented, endless batches of (tile, slide label); tiles read in parallel."""
+    import tensorflow as tf
+
+    files = tf.data.Dataset.from_tensor_slices((slides.files, np.asarray(slides.labels, np.float32)))
+
+    def per_slide(path, label):
+        ds = tf.data.TFRecordDataset(path)
+        if max_tiles_per_slide:
+            ds = ds.shuffle(4096, seed=seed).take(max_tiles_per_slide)
+        return ds.map(lambda r: (r, label))
+
+    ds = files.shuffle(len(slides), seed=seed).interleave(per_slide, cycle_length=min(16, max(1, len(slides))),
+                                                           num_parallel_calls=AUTOTUNE, deterministic=False)
+    decode = _decode(input_px)
+    ds = ds.map(lambda r, y: (decode(r), y), num_parallel_calls=AUTOTUNE)
+    if cache:
+        ds = ds.cache()
+    return (ds.shuffle(4096, seed=seed, reshuffle_each_iteration=True).repeat()
+            .map(_augment, num_parallel_calls=AUTOTUNE).batch(batch_size).prefetch(AUTOTUNE))
+
+
+def tile_dataset(files: list[str], input_px: int, batch_size: int):
+    """Every tile of ``files``, in file order, batched (for prediction)."""
+    import tensorflow as tf
+
+    ds = tf.data.TFRecordDataset(files, num_parallel_reads=1)
+    return ds.map(_decode(input_px), num_parallel_calls=AUTOTUNE).batch(batch_size).prefetch(AUTOTUNE)
+
+
+def count_tiles(files: list[str]) -> list[int]:
+    import tensorflow as tf
+
+    return [int(tf.data.TFRecordDataset(f).reduce(np.int64(0), lambda n, _: n + 1)) for f in files]
+
+
+#: decoded tiles kept between runs of one process (the in-process CLI runs every model in one)
+_DECODED: "OrderedDict[tuple, np.ndarray]" = OrderedDict()
+DECODED_CACHE_BYTES = 2 * 1024**3
+
+
+def decode_files(files: list[str], input_px: int, batch_size: int = 512) -> list[np.ndarray]:
+    """Decoded, resized tiles of each file (uint8, N x input_px x input_px x 3), in file order.
+
+    One ``tf.data`` pipeline reads every file (parallel decode, order kept); results are kept
+    in a bounded in-process LRU cache keyed by file, modification time and size.
+    """
+    import tensorflow as tf
+
+    keys = [(f, os.stat(f).st_mtime_ns, input_px) for f in files]
+    todo = [i for i, k in enumerate(keys) if k not in _DECODED]
+    if todo:
+        names = [files[i] for i in todo]
+        ds = tf.data.Dataset.from_tensor_slices((names, np.arange(len(names), dtype=np.int64)))
+        ds = ds.flat_map(lambda f, i: tf.data.TFRecordDataset(f).map(lambda r: (r, i)))
+        decode = _decode(input_px)
+        ds = ds.map(lambda r, i: (tf.cast(tf.round(decode(r)), tf.uint8), i), num_parallel_calls=AUTOTUNE,
+                    deterministic=True).batch(batch_size).prefetch(AUTOTUNE)
+        imgs, idx = [], []
+        for x, i in ds:
+            imgs.append(x.numpy())
+            idx.append(i.numpy())
+        imgs = np.concatenate(imgs) if imgs else np.zeros((0, input_px, input_px, 3), np.uint8)
+        idx = np.concatenate(idx) if idx else np.zeros(0, np.int64)
+        parts = np.split(imgs, np.cumsum(np.bincount(idx, minlength=len(names)))[:-1])
+        for j, part in zip(todo, parts):
+            _DECODED[keys[j]] = part
+    out = []
+    for k in keys:
+        _DECODED.move_to_end(k)
+        out.append(_DECODED[k])
+    while sum(a.nbytes for a in _DECODED.values()) > DECODED_CACHE_BYTES and len(_DECODED) > len(keys):
+        _DECODED.popitem(last=False)
+    return out
+
+
+def predict_arrays(model, arrays: list[np.ndarray], batch_size: int = 256) -> list[np.ndarray]:
+    """Tile probabilities for several slides' decoded tiles, in one pass over all of them."""
+    sizes = [len(a) for a in arrays]
+    if not sum(sizes):
+        return [np.zeros(0, np.float32) for _ in arrays]
+    x = np.concatenate([a for a in arrays if len(a)])
+    p = np.concatenate([np.asarray(model(x[i:i + batch_size].astype(np.float32), training=False))[:, 0]
+                        for i in range(0, len(x), batch_size)]).astype(np.float32)
+    return np.split(p, np.cumsum(sizes)[:-1])
+
+
+def predict_files(model, files: list[str], input_px: int, batch_size: int = 256) -> list[np.ndarray]:
+    """Tile probabilities per file, in file order."""
+    return predict_arrays(model, decode_files(files, input_px), batch_size)
+
+
+# --------------------------------------------------------------------------- training
+def _slide_auc_callback(val: SlideSet, input_px: int, batch_size: int, threshold: float, log):
+    import keras
+
+    class SlideAUC(keras.callbacks.Callback):
+        """Scores validation slides after each evaluation period; keeps the best weights."""
+
+        def __init__(self):
+            super().__init__()
+            self.best, self.best_eval, self.best_weights, self.rows = -np.inf, -1, None, []
+
+        def on_epoch_end(self, epoch, logs=None):
+            probs = predict_files(self.model, val.files, input_px, batch_size)
+            scores = [slide_scores_from_tiles(p, threshold) for p in probs]
+            auc = slide_auc(val.labels, scores)
+            logs = logs if logs is not None else {}
+            logs["val_slide_auc"] = auc
+            lr = float(keras.ops.convert_to_numpy(self.model.optimizer.learning_rate))
+            self.rows.append({"eval": epoch + 1, "loss": float(logs.get("loss", np.nan)), "val_slide_auc": auc,
+                              "learning_rate": lr})
+            if auc > self.best:
+                self.best, self.best_eval, self.best_weights = auc, epoch + 1, self.model.get_weights()
+            log(f"evaluation {epoch + 1}: loss {logs.get('loss', float('nan')):.4f}, validation slide AUC {auc:.3f} "
+                f"(best {self.best:.3f} at {self.best_eval}), lr {lr:.2g}")
+
+        def on_train_end(self, logs=None):
+            if self.best_weights is not None:
+                self.model.set_weights(self.best_weights)
+
+    return SlideAUC()
+
+
+def train_model(train: SlideSet, val: SlideSet, tcfg, threshold: float = 0.5, seed: int = 0, strategy=None,
+                log=print) -> tuple[object, TrainResult]:
+    """Train one model; returns it (best weights) and a :class:`TrainResult`.
+
+    ``tcfg`` is the ``training`` section of the configuration.
+    """
+    import keras
+
+    t0 = time.perf_counter()
+    n_tiles = sum(count_tiles(train.files))
+    if tcfg.max_tiles_per_slide:
+        n_tiles = min(n_tiles, tcfg.max_tiles_per_slide * len(train))
+    if n_tiles == 0 or len(set(train.labels)) < 2:
+        raise ValueError(f"training needs tiles of both classes; got {n_tiles} tiles, labels {sorted(set(train.labels))}")
+    if len(set(val.labels)) < 2:
+        raise ValueError(f"validation needs slides of both classes for an AUC; got {sorted(set(val.labels))}")
+    steps_per_epoch = max(1, math.ceil(n_tiles / tcfg.batch_size))
+    steps_per_eval = max(1, math.ceil(steps_per_epoch / tcfg.evals_per_epoch))
+    n_evals = max(1, math.ceil(tcfg.max_epochs * tcfg.evals_per_epoch))
+    if tcfg.mixed_precision:
+        keras.mixed_precision.set_global_policy("mixed_float16")
+    scope = strategy.scope() if strategy is not None else _null()
+    with scope:
+        model = build_model(tcfg.architecture, tcfg.input_px, tcfg.learning_rate, seed)
+    ds = train_dataset(train, tcfg.input_px, tcfg.batch_size, seed, tcfg.cache_decoded, tcfg.max_tiles_per_slide)
+    auc_cb = _slide_auc_callback(val, tcfg.input_px, max(tcfg.batch_size, 256), threshold, log)
+    callbacks = [
+        auc_cb,
+        keras.callbacks.ReduceLROnPlateau(monitor="val_slide_auc", mode="max", factor=tcfg.reduce_lr_factor,
+                                          patience=tcfg.reduce_lr_patience, min_delta=0.0, verbose=0),
+        keras.callbacks.EarlyStopping(monitor="val_slide_auc", mode="max", patience=tcfg.early_stop_patience,
+                                      min_delta=0.0, verbose=0),
+    ]
+    log(f"training {tcfg.architecture} at {tcfg.input_px} px on {len(train)} slides ({n_tiles} tiles), "
+        f"validating on {len(val)} slides every {steps_per_eval} steps, at most {n_evals} evaluations")
+    model.fit(ds, epochs=n_evals, steps_per_epoch=steps_per_eval, callbacks=callbacks, verbose=0)
+    history = pd.DataFrame(auc_cb.rows)
+    res = TrainResult(float(auc_cb.best), int(auc_cb.best_eval), len(history), len(train), int(n_tiles), len(val),
+                      time.perf_counter() - t0, history)
+    return model, res
+
+
+class _null:
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        return False
+
+
+# --------------------------------------------------------------------------- persistence
+def save_model(model, result: TrainResult, directory: str | Path, settings: dict) -> Path:
+    """``model.keras``, ``history.csv`` and ``model.json`` (settings and results), each atomically."""
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    path = directory / "model.keras"
+    tmp = directory / f".model.{os.getpid()}.keras"
+    model.save(tmp)
+    os.replace(tmp, path)
+    with atomic_path(directory / "history.csv") as t:
+        result.history.to_csv(t, index=False)
+    meta = {**{k: v for k, v in asdict(result).items() if k != "history"}, "settings": settings}
+    with atomic_path(directory / "model.json") as t:
+        t.write_text(json.dumps(meta, indent=1, default=str))
+    return path
+
+
+def load_model(directory: str | Path):
+    import keras
+
+    return keras.models.load_model(Path(directory) / "model.keras", compile=False)
+
+
+def model_dir(models_dir: str | Path, cohort: str, trait: str, round_name: str) -> Path:
+    return Path(models_dir) / cohort / trait / round_name
