@@ -19,10 +19,10 @@ demo: venv                       ## build the demo cohorts and materialize every
 	$(BIN)/pathomch demo
 
 test: venv                       ## every test, slow end-to-end ones included
-	$(BIN)/pytest -n $(PYTEST_WORKERS) --durations=15 pathomch_assets_tests
+	$(BIN)/pytest -n $(PYTEST_WORKERS) --dist loadfile --durations=15 pathomch_assets_tests
 
 test-fast: venv                  ## skip the slow end-to-end tests
-	$(BIN)/pytest -n $(PYTEST_WORKERS) -m "not slow" pathomch_assets_tests
+	$(BIN)/pytest -n $(PYTEST_WORKERS) --dist loadfile -m "not slow" pathomch_assets_tests
 
 ui: venv                         ## the Dagster UI on http://127.0.0.1:3000 over the demo's instance
 	mkdir -p $(DAGSTER_HOME)

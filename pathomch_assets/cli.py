@@ -27,6 +27,12 @@ def cmd_materialize(args) -> int:
     parts = [p for p in (args.partition or "").split(",") if p] or None
     summary = materialize_all(defs, cfg, args.select, parts)
     print(f"{summary.runs} runs in {summary.seconds:.0f} s; results in {cfg.duckdb_path}")
+    return _report_failures(summary)
+
+
+def _report_failures(summary) -> int:
+    if summary.skipped:
+        print("skipped (upstream failed):\n  " + "\n  ".join(summary.skipped), file=sys.stderr)
     if summary.failed:
         print("failed:\n  " + "\n  ".join(summary.failed), file=sys.stderr)
         return 1
@@ -66,10 +72,7 @@ def cmd_demo(args) -> int:
     print(f"Results: {cfg.duckdb_path} (DuckDB; try: pathomch sql \"select status, count(*) from slides group by 1\")")
     print(f"Files:   {cfg.data_dir}")
     print(f"UI:      make ui   (dagster dev on http://127.0.0.1:3000, DAGSTER_HOME={os.environ.get('DAGSTER_HOME')})")
-    if summary.failed:
-        print("failed:\n  " + "\n  ".join(summary.failed), file=sys.stderr)
-        return 1
-    return 0
+    return _report_failures(summary)
 
 
 def cmd_sql(args) -> int:

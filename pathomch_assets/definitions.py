@@ -5,7 +5,7 @@ from __future__ import annotations
 import dagster as dg
 
 from . import checks, sensors
-from .assets import ingest, models, molecular
+from .assets import cartography, ingest, models, molecular, outcomes
 from .config import PathomchConfig, load_config
 from .resources import AcceleratorResource, PathomchResource
 
@@ -16,8 +16,10 @@ def build_definitions(cfg: PathomchConfig | None = None, config_path: str | None
     mol = molecular.build(cfg)
     expression, labels, splits, clinical = mol
     model_assets = models.build(cfg, labels, splits)
-    assets = [ingest.slide_tiles, *mol, *model_assets]
-    asset_checks = checks.build(splits, labels)
+    carto_assets, carto_checks = cartography.build(cfg, model_assets[1])
+    survival_assets, survival_checks = outcomes.build(cfg, carto_assets[0], clinical)
+    assets = [ingest.slide_tiles, *mol, *model_assets, *carto_assets, *survival_assets]
+    asset_checks = [*checks.build(splits, labels), *carto_checks, *survival_checks]
     tiling_job = dg.define_asset_job("tile_new_slides", selection=[ingest.slide_tiles], partitions_def=None)
     return dg.Definitions(
         assets=assets,

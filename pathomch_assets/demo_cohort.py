@@ -285,7 +285,7 @@ def plan_cohort(spec: DemoCohortSpec, seed: int, sources: list[str]):
 
 
 def _plan_slide(spec, rng, pid, kind, sources, shares, mix, planted, sample="01Z-00") -> SlidePlan:
-    rows, cols = int(rng.integers(4, 6)), int(rng.integers(5, 7))
+    rows, cols = int(rng.integers(5, 7)), int(rng.integers(6, 8))
     tissue = _tissue_blob(rng, rows, cols)
     # ragged edges: some border tissue tiles are partly blank, a few mostly blank
     edge_white = np.zeros((rows, cols))
@@ -438,6 +438,13 @@ def build_demo(out_dir: str | Path, seed: int = 2020, cohorts=DEFAULT_COHORTS, w
     from .config import DEMO_CONFIG
 
     out_dir = Path(out_dir)
+    if (out_dir / "demo.json").exists():  # an earlier demo build: replace it whole
+        import shutil
+
+        for spec in cohorts:
+            shutil.rmtree(out_dir / spec.name, ignore_errors=True)
+    elif out_dir.exists() and any(out_dir.iterdir()):
+        raise FileExistsError(f"{out_dir}: not empty and not a demo build (no demo.json); choose an empty folder")
     sources = sorted(load_source_tiles(tiles_dir))
     shipped = yaml.safe_load(DEMO_CONFIG.read_text())
     settings = {k: v for k, v in shipped.items() if k not in ("cohorts", "data_dir", "duckdb_path", "seed")}

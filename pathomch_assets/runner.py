@@ -4,7 +4,8 @@ A Dagster run holds assets of one partitioning, so the graph is walked in batche
 that are ready and share a partitions definition run together, once per partition key (the
 slide partitions as one range run, which tiles slides in a worker pool).  Runs land in the
 instance at ``$DAGSTER_HOME`` (default ``<data_dir>/dagster_home``), so ``dagster dev`` with
-the same home shows them.  This is what ``dagster asset materialize`` does for one asset,
+the same home shows them.  A batch whose upstream failed (a blocking check, say) is skipped, as
+Dagster skips downstream steps within a run.  This is what ``dagster asset materialize`` does for one asset,
 for the whole graph; a deployment with a daemon launches the same runs as backfills.
 """
 
@@ -70,6 +71,7 @@ def plan_batches(defs: dg.Definitions, selection: set[dg.AssetKey] | None = None
 class RunSummary:
     runs: int = 0
     failed: list[str] = field(default_factory=list)
+    skipped: list[str] = field(default_factory=list)
     seconds: float = 0.0
 
 
@@ -86,18 +88,37 @@ def materialize_all(defs: dg.Definitions, cfg: PathomchConfig, selection: str | 
     all_assets = list(defs.assets or []) + list(defs.asset_checks or [])
     resources = defs.resources
     summary = RunSummary()
+    failed_keys: set = set()
     for pdef, batch in plan_batches(defs, keys):
         names = ", ".join(k.to_user_string() for k in batch)
+        blocked = [k for k in batch if _upstream(graph, k) & failed_keys]
+        if blocked:
+            failed_keys.update(batch)
+            summary.skipped.append(names)
+            log(f"skipping {names}: an upstream asset failed")
+            continue
         for label, kwargs in _partition_runs(pdef, instance, partitions):
             log(f"materializing {names} [{label}]")
             result = dg.materialize(all_assets, selection=batch, instance=instance, resources=resources,
                                     raise_on_error=False, **kwargs)
             summary.runs += 1
             if not result.success:
+                failed_keys.update(batch)
                 summary.failed.append(f"{names} [{label}] (run {result.run_id})")
                 log(f"  FAILED: {names} [{label}]; see `dagster dev` run {result.run_id}")
     summary.seconds = time.perf_counter() - t0
     return summary
+
+
+def _upstream(graph, key) -> set:
+    """Every asset ``key`` depends on, transitively."""
+    seen, todo = set(), list(graph.get(key).parent_keys)
+    while todo:
+        k = todo.pop()
+        if k not in seen:
+            seen.add(k)
+            todo.extend(graph.get(k).parent_keys)
+    return seen
 
 
 def parse_selection(text: str) -> dg.AssetSelection:

@@ -38,7 +38,7 @@ SCHEMAS: dict[str, dict[str, str]] = {
     "clinical": {"cohort": "VARCHAR", "patient_id": "VARCHAR", "os_months": "DOUBLE", "os_event": "INTEGER",
                  "er_status": "VARCHAR", "subtype": "VARCHAR"},
     "slide_scores": {"cohort": "VARCHAR", "trait": "VARCHAR", "model": "VARCHAR", "slide_id": "VARCHAR",
-                     "score": "DOUBLE", "n_tiles": "INTEGER"},
+                     "score": "DOUBLE", "n_tiles": "INTEGER", "patient_id": "VARCHAR"},
     "model_metrics": {"cohort": "VARCHAR", "trait": "VARCHAR", "model": "VARCHAR", "eval_set": "VARCHAR",
                       "auc": "DOUBLE", "n_slides": "INTEGER"},
     "correlations": {"cohort": "VARCHAR", "trait": "VARCHAR", "eval_set": "VARCHAR", "spearman_rho": "DOUBLE",
@@ -46,7 +46,9 @@ SCHEMAS: dict[str, dict[str, str]] = {
     "hti": {"cohort": "VARCHAR", "traits": "VARCHAR", "slide_id": "VARCHAR", "patient_id": "VARCHAR",
             "hti": "DOUBLE", "n_tiles": "INTEGER", "n_positive": "INTEGER"},
     "survival": {"cohort": "VARCHAR", "traits": "VARCHAR", "grouping": "VARCHAR", "n_low": "INTEGER",
-                 "n_high": "INTEGER", "logrank_p": "DOUBLE", "test_statistic": "DOUBLE"},
+                 "n_high": "INTEGER", "logrank_p": "DOUBLE", "test_statistic": "DOUBLE", "method": "VARCHAR",
+                 "hazard_ratio": "DOUBLE", "hr_ci_low": "DOUBLE", "hr_ci_high": "DOUBLE", "p_value": "DOUBLE",
+                 "n_patients": "INTEGER"},
 }
 
 _PANDAS_TYPES = {"VARCHAR": "string", "INTEGER": "Int32", "BIGINT": "Int64", "DOUBLE": "float64"}

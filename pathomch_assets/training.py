@@ -4,7 +4,9 @@ Inception v3 from random initialisation with one sigmoid output, binary cross-en
 (lr 1e-3), random horizontal and vertical flips.  Every ``1/evals_per_epoch`` epoch the model
 scores the validation slides (share of tiles with p >= 0.5) and the slide-level AUC is logged
 as ``val_slide_auc``; Keras' ``ReduceLROnPlateau`` and ``EarlyStopping`` watch it (patience 10
-and 30 evaluations), and the best weights are restored at the end.  The demo swaps in a small
+and 30 evaluations), and the best weights are restored at the end.  Evaluations with equal slide
+AUC (an easy trait reaches 1.0 early) are ranked by validation tile loss, so training goes on
+improving tile calls, which the cartography and HTI depend on.  The demo swaps in a small
 CNN and a smaller input through config; the loop is the same.
 """
 
@@ -34,6 +36,7 @@ class SlideSet:
     slide_ids: list[str]
     files: list[str]
     labels: list[int]
+    n_tiles: list[int] | None = None  # known tile counts (the `tiles` table) save reading the files
 
     def __len__(self):
         return len(self.slide_ids)
@@ -195,6 +198,18 @@ def predict_files(model, files: list[str], input_px: int, batch_size: int = 256)
 
 
 # --------------------------------------------------------------------------- training
+#: weight of the validation tile loss in the selection score: far below one AUC step, so it only
+#: orders evaluations with equal slide AUC
+TIE_BREAK = 1e-3
+
+
+def tile_loss(probs: list[np.ndarray], labels: list[int]) -> float:
+    """Mean binary cross-entropy of validation tiles against their slide's label."""
+    p = np.clip(np.concatenate(probs), 1e-7, 1 - 1e-7) if probs else np.zeros(0)
+    y = np.concatenate([np.full(len(pr), lab, float) for pr, lab in zip(probs, labels)]) if probs else np.zeros(0)
+    return float(-(y * np.log(p) + (1 - y) * np.log(1 - p)).mean()) if p.size else float("nan")
+
+
 def _slide_auc_callback(val: SlideSet, input_px: int, batch_size: int, threshold: float, log):
     import keras
 
@@ -204,17 +219,24 @@ def _slide_auc_callback(val: SlideSet, input_px: int, batch_size: int, threshold
         def __init__(self):
             super().__init__()
             self.best, self.best_eval, self.best_weights, self.rows = -np.inf, -1, None, []
+            self.best_selection = -np.inf
 
         def on_epoch_end(self, epoch, logs=None):
             probs = predict_files(self.model, val.files, input_px, batch_size)
             scores = [slide_scores_from_tiles(p, threshold) for p in probs]
             auc = slide_auc(val.labels, scores)
+            loss = tile_loss(probs, val.labels)
             logs = logs if logs is not None else {}
             logs["val_slide_auc"] = auc
+            logs["val_tile_loss"] = loss
+            # selection: slide AUC first; equal AUCs (often 1.0 on easy traits) ranked by tile loss
+            logs["val_selection"] = auc - TIE_BREAK * loss
             lr = float(keras.ops.convert_to_numpy(self.model.optimizer.learning_rate))
             self.rows.append({"eval": epoch + 1, "loss": float(logs.get("loss", np.nan)), "val_slide_auc": auc,
-                              "learning_rate": lr})
-            if auc > self.best:
+                              "val_tile_loss": loss, "learning_rate": lr})
+            # float32, as Keras' EarlyStopping and ReduceLROnPlateau compare (keras.ops.greater)
+            if np.float32(logs["val_selection"]) > np.float32(self.best_selection):
+                self.best_selection = logs["val_selection"]
                 self.best, self.best_eval, self.best_weights = auc, epoch + 1, self.model.get_weights()
             log(f"evaluation {epoch + 1}: loss {logs.get('loss', float('nan')):.4f}, validation slide AUC {auc:.3f} "
                 f"(best {self.best:.3f} at {self.best_eval}), lr {lr:.2g}")
@@ -235,7 +257,7 @@ def train_model(train: SlideSet, val: SlideSet, tcfg, threshold: float = 0.5, se
     import keras
 
     t0 = time.perf_counter()
-    n_tiles = sum(count_tiles(train.files))
+    n_tiles = sum(train.n_tiles if train.n_tiles is not None else count_tiles(train.files))
     if tcfg.max_tiles_per_slide:
         n_tiles = min(n_tiles, tcfg.max_tiles_per_slide * len(train))
     if n_tiles == 0 or len(set(train.labels)) < 2:
@@ -254,9 +276,9 @@ def train_model(train: SlideSet, val: SlideSet, tcfg, threshold: float = 0.5, se
     auc_cb = _slide_auc_callback(val, tcfg.input_px, max(tcfg.batch_size, 256), threshold, log)
     callbacks = [
         auc_cb,
-        keras.callbacks.ReduceLROnPlateau(monitor="val_slide_auc", mode="max", factor=tcfg.reduce_lr_factor,
+        keras.callbacks.ReduceLROnPlateau(monitor="val_selection", mode="max", factor=tcfg.reduce_lr_factor,
                                           patience=tcfg.reduce_lr_patience, min_delta=0.0, verbose=0),
-        keras.callbacks.EarlyStopping(monitor="val_slide_auc", mode="max", patience=tcfg.early_stop_patience,
+        keras.callbacks.EarlyStopping(monitor="val_selection", mode="max", patience=tcfg.early_stop_patience,
                                       min_delta=0.0, verbose=0),
     ]
     log(f"training {tcfg.architecture} at {tcfg.input_px} px on {len(train)} slides ({n_tiles} tiles), "

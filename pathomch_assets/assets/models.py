@@ -25,8 +25,9 @@ def predictions_path(cfg: PathomchConfig, cohort: str, trait: str, model: str):
 
 
 def slide_set(cfg, cohort: str, frame: pd.DataFrame) -> SlideSet:
+    """Slides of ``frame`` (``slide_id, label, n_tiles``) with their tile files."""
     return SlideSet(frame["slide_id"].tolist(), [str(tile_file(cfg.tiles_dir, cohort, s)) for s in frame["slide_id"]],
-                    frame["label"].astype(int).tolist())
+                    frame["label"].astype(int).tolist(), frame["n_tiles"].astype(int).tolist())
 
 
 def tile_positions(store, cohort: str) -> dict[str, pd.DataFrame]:

@@ -1,0 +1,110 @@
+"""Tensor molecular cartography and HTI per slide (SPEC 3.8-3.9)."""
+
+import dagster as dg
+import matplotlib.pyplot as plt
+import numpy as np
+import pandas as pd
+
+from ..cartography import Cartography, build_cartography, plot_heterogeneity_map, write_geojson
+from ..config import PathomchConfig, target_key
+from ..heterogeneity import hti_from_calls
+from ..partitions import SLIDES
+from ..reporting import md_table, png_md
+from ..resources import PathomchResource
+from .models import predictions_path
+
+ALL = dg.AllPartitionMapping()
+
+
+def analysis_sets(cfg: PathomchConfig, cohort: str, store) -> list[list[str]]:
+    """Trait sets for HTI: the survival pairs (default: the two traits with the best ensemble test
+    AUC), then any configured larger sets."""
+    c = cfg.cohorts[cohort]
+    pairs = [list(p) for p in c.survival_pairs]
+    if not pairs and len(c.traits) >= 2:
+        m = store.read("model_metrics", "cohort = ? AND model = 'ensemble' AND eval_set = 'test'", [cohort])
+        best = m.sort_values(["auc", "trait"], ascending=[False, True])["trait"].tolist()[:2]
+        pairs = [best] if len(best) == 2 else [c.traits[:2]]
+    return pairs + [list(s) for s in c.hti_sets if list(s) not in pairs]
+
+
+def cartography_file(cfg: PathomchConfig, cohort: str, slide_id: str, ext: str = "npz"):
+    return cfg.maps_dir / cohort / f"{slide_id}.{ext}"
+
+
+def ensemble_calls_long(cfg: PathomchConfig, cohort: str) -> pd.DataFrame:
+    frames = []
+    for trait in cfg.cohorts[cohort].traits:
+        path = predictions_path(cfg, cohort, trait, "ensemble")
+        if not path.exists():
+            raise dg.Failure(f"{target_key(cohort, trait)}: no ensemble tile calls at {path}; materialize ensemble first")
+        frames.append(pd.read_parquet(path, columns=["slide_id", "col", "row", "call"]).assign(trait=trait))
+    return pd.concat(frames, ignore_index=True)
+
+
+def build(cfg: PathomchConfig, ensemble_asset):
+    @dg.asset(
+        partitions_def=SLIDES, backfill_policy=dg.BackfillPolicy.single_run(), group_name="cartography",
+        kinds={"numpy", "geojson"}, deps=[dg.AssetDep(ensemble_asset, partition_mapping=ALL)],
+        description="Per slide: the tensor molecular cartography (traits x rows x cols ensemble tile calls "
+        "with a tissue mask, .npz), a QuPath GeoJSON of the tile calls, and the HTI of each analysed trait "
+        "set (`hti` table). Heterogeneity maps of a sample of slides are shown here.",
+    )
+    def slide_cartography(context: dg.AssetExecutionContext, pathomch: PathomchResource) -> dg.MaterializeResult:
+        cfg, store = pathomch.get_config(), pathomch.get_store()
+        by_cohort: dict[str, list[str]] = {}
+        for key in context.partition_keys:
+            cohort, _, sid = key.partition("/")
+            by_cohort.setdefault(cohort, []).append(sid)
+        gallery, rows_all, skipped = [], [], 0
+        for cohort, sids in by_cohort.items():
+            traits = cfg.cohorts[cohort].traits
+            sets = analysis_sets(cfg, cohort, store)
+            calls = ensemble_calls_long(cfg, cohort)
+            calls = calls[calls["slide_id"].isin(sids)]
+            slides = store.read("slides", "cohort = ?", [cohort]).set_index("slide_id")
+            for sid, g in calls.groupby("slide_id"):
+                carto = build_cartography(g, traits)
+                carto.save(cartography_file(cfg, cohort, sid))
+                s = slides.loc[sid]
+                level0_px = cfg.tiling.tile_px * float(s["base_magnification"]) / cfg.tiling.magnification
+                write_geojson(carto, cartography_file(cfg, cohort, sid, "geojson"), level0_px, sid)
+                rows = []
+                for tset in sets:
+                    idx = [traits.index(t) for t in tset]
+                    sub = Cartography(tset, carto.tensor[idx], carto.mask)
+                    c = sub.calls()
+                    rows.append({"cohort": cohort, "traits": "+".join(tset), "slide_id": sid, "patient_id": sid[:12],
+                                 "hti": hti_from_calls(c), "n_tiles": int(carto.mask.sum()),
+                                 "n_positive": int(c.any(axis=1).sum())})
+                store.write("hti", f"{cohort}/{sid}", pd.DataFrame(rows))
+                rows_all.extend(rows)
+                if len(gallery) < 6:
+                    gallery.append((sid, Cartography(sets[0], carto.tensor[[traits.index(t) for t in sets[0]]],
+                                                     carto.mask), rows[0]["hti"]))
+            for sid in set(sids) - set(calls["slide_id"]):
+                store.delete("hti", f"{cohort}/{sid}")
+                skipped += 1
+        store.ensure_views()
+        hti = pd.DataFrame(rows_all)
+        meta = {"slides_mapped": int(hti["slide_id"].nunique()) if len(hti) else 0, "slides_without_calls": skipped}
+        if len(hti):
+            meta["hti_summary"] = md_table(hti.groupby(["cohort", "traits"])["hti"].describe().reset_index())
+            meta["dagster/row_count"] = len(hti)
+        if gallery:
+            fig, axes = plt.subplots(2, 3, figsize=(11, 6))
+            for ax in axes.flat:
+                ax.axis("off")
+            for ax, (sid, carto, h) in zip(axes.flat, gallery):
+                plot_heterogeneity_map(carto, sid[:23], h, ax=ax)
+            fig.tight_layout()
+            meta["heterogeneity_maps"] = png_md(fig, "heterogeneity maps")
+        return dg.MaterializeResult(metadata=meta)
+
+    @dg.asset_check(asset=slide_cartography, description="Every HTI lies in [0, 1].")
+    def hti_within_unit_interval(pathomch: PathomchResource) -> dg.AssetCheckResult:
+        hti = pathomch.get_store().read("hti")
+        bad = hti[(hti["hti"] < 0) | (hti["hti"] > 1) | hti["hti"].isna()]
+        return dg.AssetCheckResult(passed=bad.empty, metadata={"rows": len(hti), "out_of_range": len(bad)})
+
+    return [slide_cartography], [hti_within_unit_interval]

@@ -1,0 +1,116 @@
+"""Survival by heterogeneity per cohort (SPEC 3.10, paper Figures 4-6)."""
+
+import dagster as dg
+import matplotlib.pyplot as plt
+import numpy as np
+import pandas as pd
+
+from ..config import PathomchConfig
+from ..partitions import cohorts
+from ..reporting import md_table, png_md
+from ..resources import PathomchResource
+from ..survival import cox_hti, expression_groupings, hti_groupings, leaked_patients, plot_km, survival_set
+from .cartography import analysis_sets
+from .molecular import cohort_slides
+
+ALL = dg.AllPartitionMapping()
+
+
+def survival_frame(store, cohort: str, pair: list[str]) -> tuple[pd.DataFrame, set[str]]:
+    """One row per survival-set patient (primary slide): HTI of the pair, survival, percentiles."""
+    labels = store.read("labels", "cohort = ?", [cohort])
+    splits = store.read("splits", "cohort = ? AND round = 0", [cohort])
+    patients = survival_set(labels, splits, pair)
+    slides = cohort_slides(store, cohort)
+    hti = store.read("hti", "cohort = ? AND traits = ?", [cohort, "+".join(pair)])
+    clinical = store.read("clinical", "cohort = ?", [cohort])
+    df = slides[slides["patient_id"].isin(patients)][["patient_id", "slide_id"]]
+    df = df.merge(hti[["slide_id", "hti"]], on="slide_id").merge(
+        clinical[["patient_id", "os_months", "os_event", "er_status", "subtype"]], on="patient_id")
+    for t in pair:
+        pct = labels[labels["trait"] == t].drop_duplicates("patient_id").set_index("patient_id")["percentile"]
+        df[f"percentile_{t}"] = df["patient_id"].map(pct)
+    return df, patients
+
+
+def build(cfg: PathomchConfig, cartography_asset, clinical_asset):
+    @dg.asset(
+        partitions_def=cohorts(cfg), group_name="survival", kinds={"lifelines"},
+        deps=[dg.AssetDep(cartography_asset, partition_mapping=ALL), clinical_asset],
+        description="Per cohort and trait pair: the survival set (test patients plus patients OOD for both "
+        "traits, one DX1 slide each), Kaplan-Meier curves with 95% CI and log-rank tests for HTI > 0.5 vs "
+        "<= 0.5 and > 0.7 vs <= 0.3, the bulk-expression baseline per trait, a Cox model with HTI as a "
+        "continuous covariate, and (breast) HTI by ER status and PAM50 subtype. Writes `survival`.",
+    )
+    def survival_analysis(context: dg.AssetExecutionContext, pathomch: PathomchResource) -> dg.MaterializeResult:
+        cfg, store = pathomch.get_config(), pathomch.get_store()
+        cohort = context.partition_key
+        sv = cfg.survival
+        rows, meta = [], {}
+        for pair in analysis_sets(cfg, cohort, store):
+            if len(pair) != 2:
+                continue
+            name = "+".join(pair)
+            df, _ = survival_frame(store, cohort, pair)
+            tests = hti_groupings(df, sv.hti_split, sv.contrast_low, sv.contrast_high) + expression_groupings(df, pair)
+            for t in tests:
+                rows.append({"cohort": cohort, "traits": name, "grouping": t.grouping, "n_low": t.n_low,
+                             "n_high": t.n_high, "logrank_p": t.logrank_p, "test_statistic": t.test_statistic,
+                             "method": "logrank", "p_value": t.logrank_p, "n_patients": t.n_low + t.n_high})
+            cox = cox_hti(df)
+            rows.append({"cohort": cohort, "traits": name, "grouping": "hti continuous (Cox)", "method": "cox",
+                         "hazard_ratio": cox.hazard_ratio, "hr_ci_low": cox.ci_low, "hr_ci_high": cox.ci_high,
+                         "p_value": cox.p_value, "n_patients": cox.n})
+            fig, axes = plt.subplots(1, len(tests), figsize=(3.6 * len(tests), 3.2))
+            for ax, t in zip(np.atleast_1d(axes), tests):
+                plot_km(t, ax=ax)
+            fig.suptitle(f"{cohort}: {name} (n = {len(df)})", fontsize=9)
+            fig.tight_layout()
+            meta[f"kaplan_meier_{name}"] = png_md(fig, f"Kaplan-Meier {name}")
+            meta[f"patients_{name}"] = len(df)
+            groups = [c for c in ("er_status", "subtype") if df[c].notna().sum() >= 5]
+            if groups:
+                meta[f"hti_by_clinical_{name}"] = png_md(_hti_by(df, groups), f"HTI by {groups}")
+        table = pd.DataFrame(rows)
+        store.write("survival", cohort, table)
+        store.ensure_views()
+        meta["survival"] = md_table(table[["traits", "grouping", "n_low", "n_high", "logrank_p", "hazard_ratio",
+                                           "p_value"]], floatfmt=".3g")
+        meta["dagster/row_count"] = len(table)
+        return dg.MaterializeResult(metadata=meta)
+
+    @dg.asset_check(asset=survival_analysis, blocking=True,
+                    description="No survival-set patient was in a train or validation split of either trait.")
+    def survival_set_never_trained_on(context, pathomch: PathomchResource) -> dg.AssetCheckResult:
+        store = pathomch.get_store()
+        leaks = []
+        for cohort in pathomch.get_config().cohorts:
+            labels = store.read("labels", "cohort = ?", [cohort])
+            splits = store.read("splits", "cohort = ?", [cohort])
+            if labels.empty or splits.empty:
+                continue
+            for pair in analysis_sets(pathomch.get_config(), cohort, store):
+                patients = survival_set(labels, splits[splits["round"] == 0], pair)
+                leaks += [f"{cohort} {'+'.join(pair)} {p}" for p in sorted(leaked_patients(patients, labels, splits, pair))]
+        return dg.AssetCheckResult(passed=not leaks, metadata={"leaked": len(leaks)},
+                                   description="; ".join(leaks[:10]) or None)
+
+    return [survival_analysis], [survival_set_never_trained_on]
+
+
+def _hti_by(df: pd.DataFrame, columns: list[str]):
+    """HTI boxplots by clinical group (paper Figure 6), with a Kruskal-Wallis p-value each."""
+    from scipy.stats import kruskal
+
+    fig, axes = plt.subplots(1, len(columns), figsize=(4 * len(columns), 3), squeeze=False)
+    for ax, col in zip(axes[0], columns):
+        d = df.dropna(subset=[col])
+        groups = sorted(d[col].unique())
+        data = [d.loc[d[col] == g, "hti"].to_numpy() for g in groups]
+        p = kruskal(*data).pvalue if len(groups) > 1 and all(len(x) > 0 for x in data) else np.nan
+        ax.boxplot(data)
+        ax.set_xticks(range(1, len(groups) + 1), groups, fontsize=7)
+        ax.set_title(f"HTI by {col} (Kruskal-Wallis p = {p:.3g})", fontsize=8)
+        ax.set_ylabel("HTI")
+    fig.tight_layout()
+    return fig

@@ -1,0 +1,150 @@
+"""Molecular cartography (SPEC 3.8): tile calls on the slide's tile grid.
+
+Per slide and trait, a 2-D binary matrix on the tile grid (1 positive tile, 0 negative tissue
+tile, masked where there is no tissue); the tensor cartography stacks the traits.  Maps are
+kept as small arrays (one cell per tile) and rendered small, never as full-resolution canvases.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from .heterogeneity import combination_codes
+from .storage import atomic_path
+
+
+@dataclass
+class Cartography:
+    """``tensor[k, row, col]`` = 1 where trait *k* is positive; ``mask`` marks tissue tiles."""
+
+    traits: list[str]
+    tensor: np.ndarray  # uint8, traits x rows x cols
+    mask: np.ndarray  # bool, rows x cols
+
+    def calls(self) -> np.ndarray:
+        """Tissue tiles x traits booleans (input of :func:`~pathomch_assets.heterogeneity.hti_from_calls`)."""
+        return self.tensor[:, self.mask].T.astype(bool)
+
+    def masked(self) -> np.ma.MaskedArray:
+        return np.ma.MaskedArray(self.tensor, mask=np.broadcast_to(~self.mask, self.tensor.shape))
+
+    def save(self, path: str | Path) -> Path:
+        path = Path(path)
+        with atomic_path(path) as tmp:
+            with open(tmp, "wb") as fh:
+                np.savez_compressed(fh, tensor=self.tensor, mask=self.mask, traits=np.array(self.traits))
+        return path
+
+    @classmethod
+    def load(cls, path: str | Path) -> "Cartography":
+        with np.load(path) as z:
+            return cls([str(t) for t in z["traits"]], z["tensor"], z["mask"])
+
+
+def build_cartography(calls: pd.DataFrame, traits: list[str], shape: tuple[int, int] | None = None) -> Cartography:
+    """From long tile calls (``col, row, trait, call``) of one slide.
+
+    ``shape`` (rows, cols) defaults to the extent of the tiles.  Every tissue tile must have a
+    call for every trait.
+    """
+    if calls.empty:
+        rows, cols = shape or (0, 0)
+        return Cartography(list(traits), np.zeros((len(traits), rows, cols), np.uint8), np.zeros((rows, cols), bool))
+    rows, cols = shape or (int(calls["row"].max()) + 1, int(calls["col"].max()) + 1)
+    tensor = np.zeros((len(traits), rows, cols), np.uint8)
+    mask = np.zeros((rows, cols), bool)
+    for k, trait in enumerate(traits):
+        t = calls[calls["trait"] == trait]
+        tensor[k, t["row"].to_numpy(), t["col"].to_numpy()] = t["call"].to_numpy().astype(np.uint8)
+        mask[t["row"].to_numpy(), t["col"].to_numpy()] = True
+    counts = calls.groupby(["col", "row"])["trait"].nunique()
+    if (counts != len(traits)).any():
+        raise ValueError(f"{int((counts != len(traits)).sum())} tiles lack a call for some of {traits}")
+    return Cartography(list(traits), tensor, mask)
+
+
+def combination_names(traits: list[str]) -> list[str]:
+    """Names of the 2^N - 1 positive combinations, indexed by code - 1 (bit k = trait k)."""
+    return ["+".join(t for k, t in enumerate(traits) if code >> k & 1) for code in range(1, 2 ** len(traits))]
+
+
+def combination_colours(n_traits: int) -> np.ndarray:
+    """One readable RGB colour (0-255) per combination code 1..2^N-1."""
+    import matplotlib
+
+    n = 2**n_traits - 1
+    cmap = matplotlib.colormaps["tab10" if n <= 10 else "tab20"]
+    return (np.array([cmap(i % cmap.N)[:3] for i in range(n)]) * 255).astype(np.uint8)
+
+
+NEGATIVE_RGB = (200, 200, 200)
+BACKGROUND_RGB = (255, 255, 255)
+
+
+def heterogeneity_image(carto: Cartography) -> np.ndarray:
+    """RGB image, one pixel per tile: combination colour, grey for negative tissue, white elsewhere."""
+    codes = np.zeros(carto.mask.shape, np.int64)
+    if carto.mask.any():
+        codes[carto.mask] = combination_codes(carto.calls())
+    img = np.empty((*carto.mask.shape, 3), np.uint8)
+    img[:] = BACKGROUND_RGB
+    img[carto.mask & (codes == 0)] = NEGATIVE_RGB
+    colours = combination_colours(len(carto.traits))
+    pos = carto.mask & (codes > 0)
+    img[pos] = colours[codes[pos] - 1]
+    return img
+
+
+def plot_heterogeneity_map(carto: Cartography, title: str = "", hti: float | None = None, ax=None):
+    """The heterogeneity map with a legend of trait combinations; returns the axes."""
+    import matplotlib.pyplot as plt
+    from matplotlib.patches import Patch
+
+    if ax is None:
+        ax = plt.gca()
+    ax.imshow(heterogeneity_image(carto), interpolation="nearest")
+    ax.set_xticks([])
+    ax.set_yticks([])
+    colours = combination_colours(len(carto.traits)) / 255
+    handles = [Patch(color=colours[i], label=name) for i, name in enumerate(combination_names(carto.traits))]
+    handles.append(Patch(color=np.array(NEGATIVE_RGB) / 255, label="negative"))
+    ax.legend(handles=handles, fontsize=6, loc="upper left", bbox_to_anchor=(1.01, 1), frameon=False)
+    ax.set_title(f"{title}" + (f"\nHTI {hti:.2f}" if hti is not None else ""), fontsize=8)
+    return ax
+
+
+def to_geojson(carto: Cartography, tile_px_level0: float, name: str = "") -> dict:
+    """Tile calls as a QuPath-readable GeoJSON FeatureCollection in level-0 pixel coordinates.
+
+    Each tissue tile is a square polygon with its combination as QuPath classification and
+    one 0/1 measurement per trait (File > Import objects in QuPath, over the same slide).
+    """
+    colours = combination_colours(len(carto.traits))
+    names = combination_names(carto.traits)
+    features = []
+    rows, cols = np.nonzero(carto.mask)
+    codes = combination_codes(carto.tensor[:, rows, cols].T.astype(bool)) if len(rows) else []
+    s = float(tile_px_level0)
+    for r, c, code in zip(rows, cols, codes):
+        x0, y0 = c * s, r * s
+        klass = {"name": names[code - 1], "color": [int(v) for v in colours[code - 1]]} if code else \
+            {"name": "negative", "color": list(NEGATIVE_RGB)}
+        features.append({
+            "type": "Feature",
+            "geometry": {"type": "Polygon", "coordinates": [[[x0, y0], [x0 + s, y0], [x0 + s, y0 + s], [x0, y0 + s], [x0, y0]]]},
+            "properties": {"objectType": "tile", "name": f"{name} col {c} row {r}", "classification": klass,
+                           "measurements": {t: int(carto.tensor[k, r, c]) for k, t in enumerate(carto.traits)}},
+        })
+    return {"type": "FeatureCollection", "features": features}
+
+
+def write_geojson(carto: Cartography, path: str | Path, tile_px_level0: float, name: str = "") -> Path:
+    path = Path(path)
+    with atomic_path(path) as tmp:
+        tmp.write_text(json.dumps(to_geojson(carto, tile_px_level0, name)))
+    return path

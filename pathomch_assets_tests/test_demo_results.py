@@ -1,0 +1,56 @@
+"""Acceptance numbers of the full demo (`make demo`), read from its DuckDB results.
+
+CI runs `make demo` before `make test`; locally these tests are skipped until the demo has run.
+"""
+
+import pandas as pd
+import pytest
+from scipy.stats import spearmanr
+
+from pathomch_assets.config import DEMO_CONFIG, load_config
+from pathomch_assets.storage import TableStore
+
+cfg = load_config(DEMO_CONFIG, check_files=False)
+DEMO = cfg.cohorts["brca"].slides_dir.parent.parent
+pytestmark = pytest.mark.skipif(not (cfg.tables_dir / "survival").exists() or not (DEMO / "demo.json").exists(),
+                                reason="run `make demo` first")
+
+
+@pytest.fixture(scope="module")
+def store():
+    return TableStore(cfg.tables_dir, cfg.duckdb_path)
+
+
+def signal_and_control(cohort):
+    from pathomch_assets.demo_cohort import DEFAULT_COHORTS
+
+    spec = next(c for c in DEFAULT_COHORTS if c.name == cohort)
+    return [t for t, e in spec.traits.items() if e != "none"], [t for t, e in spec.traits.items() if e == "none"]
+
+
+def test_every_slide_on_disk_is_in_slides(store):
+    slides = store.query("select * from slides")
+    on_disk = pd.read_csv(DEMO / "ground_truth_slides.csv")
+    assert set(on_disk.slide_id) == set(slides.slide_id)
+    assert set(slides.status) <= {"ok", "skipped"}
+
+
+def test_ensemble_auc_planted_and_control(store):
+    ens = store.query("select cohort, trait, auc from model_metrics where model = 'ensemble' and eval_set = 'test'")
+    ens = ens.set_index(["cohort", "trait"]).auc
+    for cohort in cfg.cohorts:
+        signal, control = signal_and_control(cohort)
+        assert all(ens[(cohort, t)] >= 0.85 for t in signal), ens
+        assert all(abs(ens[(cohort, t)] - 0.5) <= 0.2 for t in control), ens
+
+
+def test_hti_follows_planted_hti(store):
+    hti = store.query("select * from hti")
+    m = hti.merge(pd.read_csv(DEMO / "ground_truth_slides.csv"), on=["cohort", "slide_id", "traits"])
+    for cohort, g in m.groupby("cohort"):
+        assert spearmanr(g.hti, g.planted_hti).statistic >= 0.8, cohort
+
+
+def test_planted_survival_effect_is_found(store):
+    sv = store.query("select * from survival where grouping = 'hti>0.5 vs <=0.5'")
+    assert len(sv) == len(cfg.cohorts) and (sv.logrank_p < 0.05).all(), sv
