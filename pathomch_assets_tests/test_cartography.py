@@ -1,0 +1,66 @@
+"""Cartography tensors, heterogeneity map images and QuPath GeoJSON."""
+
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from pathomch_assets.cartography import (BACKGROUND_RGB, NEGATIVE_RGB, Cartography, build_cartography,
+                                         combination_colours, combination_names, heterogeneity_image,
+                                         plot_heterogeneity_map, to_geojson, write_geojson)
+
+
+def calls_frame():
+    rows = []
+    for (c, r), (a, b) in {(0, 0): (1, 0), (1, 0): (0, 1), (1, 1): (1, 1), (2, 1): (0, 0)}.items():
+        rows += [(c, r, "A", a), (c, r, "B", b)]
+    return pd.DataFrame(rows, columns=["col", "row", "trait", "call"])
+
+
+def test_tensor_mask_and_round_trip(tmp_path):
+    carto = build_cartography(calls_frame(), ["A", "B"])
+    assert carto.tensor.shape == (2, 2, 3)
+    assert carto.mask.tolist() == [[True, True, False], [False, True, True]]
+    assert carto.tensor[0].tolist() == [[1, 0, 0], [0, 1, 0]]
+    assert carto.masked()[1, 0, 2] is np.ma.masked  # no tissue
+    again = Cartography.load(carto.save(tmp_path / "s.npz"))
+    assert again.traits == ["A", "B"] and (again.tensor == carto.tensor).all() and (again.mask == carto.mask).all()
+    with np.load(tmp_path / "s.npz") as z:  # plain numpy reads it
+        assert set(z.files) == {"tensor", "mask", "traits"}
+
+
+def test_missing_call_is_an_error():
+    with pytest.raises(ValueError, match="lack a call"):
+        build_cartography(calls_frame().iloc[:-1], ["A", "B"])
+
+
+def test_map_colours_each_combination():
+    carto = build_cartography(calls_frame(), ["A", "B"])
+    img = heterogeneity_image(carto)
+    colours = combination_colours(2)
+    assert combination_names(["A", "B"]) == ["A", "B", "A+B"]
+    assert tuple(img[0, 0]) == tuple(colours[0]) and tuple(img[0, 1]) == tuple(colours[1])
+    assert tuple(img[1, 1]) == tuple(colours[2]) and tuple(img[1, 2]) == NEGATIVE_RGB
+    assert tuple(img[0, 2]) == BACKGROUND_RGB
+    assert len({tuple(c) for c in combination_colours(4)}) == 15  # N = 4: 15 distinct colours
+
+
+def test_map_plot_has_a_legend():
+    import matplotlib.pyplot as plt
+
+    ax = plot_heterogeneity_map(build_cartography(calls_frame(), ["A", "B"]), "slide", 0.5)
+    labels = [t.get_text() for t in ax.get_legend().get_texts()]
+    assert labels == ["A", "B", "A+B", "negative"]
+    plt.close(ax.figure)
+
+
+def test_geojson_for_qupath(tmp_path):
+    carto = build_cartography(calls_frame(), ["A", "B"])
+    gj = to_geojson(carto, tile_px_level0=1024, name="s")
+    assert gj["type"] == "FeatureCollection" and len(gj["features"]) == 4
+    f = next(f for f in gj["features"] if f["properties"]["name"].endswith("col 1 row 1"))
+    assert f["geometry"]["coordinates"][0][0] == [1024.0, 1024.0]
+    assert f["geometry"]["coordinates"][0][2] == [2048.0, 2048.0]
+    assert f["properties"]["classification"]["name"] == "A+B" and f["properties"]["measurements"] == {"A": 1, "B": 1}
+    assert json.loads(write_geojson(carto, tmp_path / "s.geojson", 1024, "s").read_text()) == json.loads(json.dumps(gj))

@@ -1,0 +1,50 @@
+"""Survival sets and tests, checked against lifelines directly and by construction."""
+
+import numpy as np
+import pandas as pd
+import pytest
+from lifelines import CoxPHFitter
+from lifelines.statistics import logrank_test
+
+from pathomch_assets.survival import cox_hti, expression_groupings, hti_groupings, leaked_patients, survival_set
+
+
+def frame(n=80, effect=2.5, seed=0):
+    rng = np.random.default_rng(seed)
+    hti = rng.random(n)
+    t = rng.exponential(1 / (0.02 * np.exp(effect * hti)))
+    c = rng.uniform(20, 120, n)
+    return pd.DataFrame({"patient_id": [f"P{i}" for i in range(n)], "hti": hti, "os_months": np.minimum(t, c),
+                         "os_event": (t <= c).astype(int), "percentile_A": rng.random(n) * 100})
+
+
+def test_groupings_match_lifelines():
+    df = frame()
+    split, contrast = hti_groupings(df)
+    hi, lo = df[df.hti > 0.5], df[df.hti <= 0.5]
+    ref = logrank_test(hi.os_months, lo.os_months, hi.os_event, lo.os_event)
+    assert split.logrank_p == pytest.approx(ref.p_value) and (split.n_high, split.n_low) == (len(hi), len(lo))
+    assert contrast.n_high == (df.hti > 0.7).sum() and contrast.n_low == (df.hti <= 0.3).sum()
+    assert split.logrank_p < 0.05  # planted effect found
+    (base,) = expression_groupings(df, ["A"])
+    assert base.n_high == (df.percentile_A > 50).sum()
+
+
+def test_cox_matches_lifelines():
+    df = frame(effect=2.0, seed=1)
+    ref = CoxPHFitter().fit(df[["os_months", "os_event", "hti"]], "os_months", "os_event").summary.loc["hti"]
+    res = cox_hti(df)
+    assert res.hazard_ratio == pytest.approx(ref["exp(coef)"]) and res.p_value == pytest.approx(ref["p"])
+    assert res.hazard_ratio > 1
+
+
+def test_survival_set_is_test_plus_ood_for_both_traits_and_never_trained_on():
+    labels = pd.DataFrame({
+        "trait": ["A"] * 4 + ["B"] * 4, "patient_id": ["p1", "p2", "p3", "p4"] * 2,
+        "subset": ["labeled", "ood_all", "ood_all", "labeled", "labeled", "ood_all", "labeled", "labeled"]})
+    splits = pd.DataFrame({"patient_id": ["p1", "p2", "p3", "p4"], "split": ["test", "train", "train", "val"],
+                           "round": 0})
+    s = survival_set(labels, splits, ["A", "B"])
+    assert s == {"p1", "p2"}  # p1 test; p2 OOD for both; p3 labelled for B; p4 validation
+    assert leaked_patients(s, labels, splits, ["A", "B"]) == set()
+    assert leaked_patients({"p3"}, labels, splits, ["A", "B"]) == {"p3"}
