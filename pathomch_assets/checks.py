@@ -70,3 +70,46 @@ def build(splits_asset, labels_asset):
         return label_balance(_read(pathomch, "labels", context), _read(pathomch, "splits", context))
 
     return [no_patient_in_two_splits, test_set_same_every_round, label_classes_present]
+
+
+def min_tiles(slides: pd.DataFrame, minimum: int) -> dg.AssetCheckResult:
+    ok = slides[slides["status"] == "ok"]
+    low = ok[ok["n_tiles"].fillna(0) < minimum]
+    return dg.AssetCheckResult(
+        passed=low.empty, severity=dg.AssetCheckSeverity.WARN,
+        metadata={"slides_ok": len(ok), "below_minimum": len(low), "minimum": minimum,
+                  "min_tiles_seen": int(ok["n_tiles"].min()) if len(ok) else 0},
+        description=None if low.empty else "few tiles: " + ", ".join(low["slide_id"].head(10)))
+
+
+def better_than_chance(metrics: pd.DataFrame) -> dg.AssetCheckResult:
+    val = metrics[metrics["eval_set"] == "val"]
+    bad = val[~(val["auc"] > 0.5)]
+    return dg.AssetCheckResult(
+        passed=bad.empty and not val.empty, severity=dg.AssetCheckSeverity.WARN,
+        metadata={"models": len(val), "val_auc_min": float(val["auc"].min()) if len(val) else float("nan")},
+        description=None if bad.empty else "no better than chance on validation: " + ", ".join(
+            f"{r.cohort}/{r.trait} {r.model} (AUC {r.auc:.2f})" for r in bad.itertuples()))
+
+
+def build_slide_and_model_checks(slide_tiles_asset, trait_model_asset):
+    @dg.asset_check(asset=slide_tiles_asset, description="Every usable slide has at least tiling.min_tiles_per_slide "
+                    "tissue tiles (a warning: such slides give thin maps).")
+    def minimum_tiles_per_slide(context, pathomch: PathomchResource) -> dg.AssetCheckResult:
+        cfg = pathomch.get_config()
+        return min_tiles(pathomch.get_store().read("slides"), cfg.tiling.min_tiles_per_slide)
+
+    @dg.asset_check(asset=trait_model_asset, description="The model's validation slide AUC is above 0.5 (a warning: "
+                    "a trait without morphology, like a negative control, is expected to fail it).")
+    def model_better_than_chance(context, pathomch: PathomchResource) -> dg.AssetCheckResult:
+        tags = context.run.tags if context.run else {}
+        target, round_name = tags.get("dagster/partition/target"), tags.get("dagster/partition/round")
+        store = pathomch.get_store()
+        if target and round_name:
+            cohort, _, trait = target.partition("/")
+            m = store.read("model_metrics", "cohort = ? AND trait = ? AND model = ?", [cohort, trait, round_name])
+        else:
+            m = store.read("model_metrics", "model LIKE 'round_%'")
+        return better_than_chance(m)
+
+    return [minimum_tiles_per_slide, model_better_than_chance]

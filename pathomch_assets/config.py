@@ -39,6 +39,7 @@ class TilingConfig(_Strict):
     max_background_fraction: float = Field(0.5, ge=0, le=1)
     jpeg_quality: int = Field(90, ge=50, le=100)
     workers: int = Field(2, ge=1, description="slides tiled in parallel")
+    min_tiles_per_slide: int = Field(5, ge=1, description="fewer tissue tiles than this is flagged by an asset check")
     magnification_tolerance: float = Field(0.05, ge=0, lt=0.5, description="relative; a level this close to the target is read as is")
 
 

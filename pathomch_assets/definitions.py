@@ -5,8 +5,9 @@ from __future__ import annotations
 import dagster as dg
 
 from . import checks, sensors
-from .assets import cartography, ingest, models, molecular, outcomes
+from .assets import cartography, ingest, models, molecular, outcomes, scoring
 from .config import PathomchConfig, load_config
+from .partitions import SLIDES
 from .resources import AcceleratorResource, PathomchResource
 
 
@@ -15,17 +16,23 @@ def build_definitions(cfg: PathomchConfig | None = None, config_path: str | None
     path = config_path or (str(cfg.source) if cfg.source else None)
     mol = molecular.build(cfg)
     expression, labels, splits, clinical = mol
-    model_assets = models.build(cfg, labels, splits)
-    carto_assets, carto_checks = cartography.build(cfg, model_assets[1])
+    trait_model, ensemble = models.build(cfg, labels, splits)
+    slide_predictions = scoring.build(cfg, ensemble)
+    model_evaluation = models.build_evaluation(cfg, slide_predictions)
+    carto_assets, carto_checks = cartography.build(cfg, slide_predictions)
     survival_assets, survival_checks = outcomes.build(cfg, carto_assets[0], clinical)
-    assets = [ingest.slide_tiles, *mol, *model_assets, *carto_assets, *survival_assets]
-    asset_checks = [*checks.build(splits, labels), *carto_checks, *survival_checks]
-    tiling_job = dg.define_asset_job("tile_new_slides", selection=[ingest.slide_tiles], partitions_def=None)
+    assets = [ingest.slide_tiles, *mol, trait_model, ensemble, slide_predictions, model_evaluation, *carto_assets,
+              *survival_assets]
+    asset_checks = [*checks.build(splits, labels), *checks.build_slide_and_model_checks(ingest.slide_tiles, trait_model),
+                    *carto_checks, *survival_checks]
+    slide_job = dg.define_asset_job(
+        "process_slides", selection=[ingest.slide_tiles, slide_predictions, *carto_assets], partitions_def=SLIDES,
+        description="Tile a slide, score it with the existing ensembles, map it and compute its HTI.")
     return dg.Definitions(
         assets=assets,
         asset_checks=asset_checks,
-        jobs=[tiling_job],
-        sensors=[sensors.build(cfg, tiling_job)],
+        jobs=[slide_job],
+        sensors=[sensors.build(cfg, slide_job)],
         resources={"pathomch": PathomchResource(config_path=path), "accelerator": AcceleratorResource()},
     )
 

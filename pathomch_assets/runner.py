@@ -32,6 +32,10 @@ telemetry:
 """
 
 
+#: progress and results at INFO; Dagster's per-step DEBUG events stay in the run's event log (UI)
+RUN_CONFIG = {"loggers": {"console": {"config": {"log_level": "INFO"}}}}
+
+
 def instance_for(cfg: PathomchConfig) -> dg.DagsterInstance:
     home = Path(os.environ.setdefault("DAGSTER_HOME", str(cfg.data_dir / "dagster_home")))
     home.mkdir(parents=True, exist_ok=True)
@@ -100,7 +104,7 @@ def materialize_all(defs: dg.Definitions, cfg: PathomchConfig, selection: str | 
         for label, kwargs in _partition_runs(pdef, instance, partitions):
             log(f"materializing {names} [{label}]")
             result = dg.materialize(all_assets, selection=batch, instance=instance, resources=resources,
-                                    raise_on_error=False, **kwargs)
+                                    raise_on_error=False, run_config=RUN_CONFIG, **kwargs)
             summary.runs += 1
             if not result.success:
                 failed_keys.update(batch)

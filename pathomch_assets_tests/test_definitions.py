@@ -34,19 +34,28 @@ def test_dagster_validates_the_workspace():
 def test_sensor_adds_new_slides_once(small_demo, tmp_path):
     cfg = load_config(small_demo)
     defs = build_definitions(cfg)
-    sensor = defs.get_sensor_def("new_slides_sensor")
+    sensor = defs.resolve_sensor_def("new_slides_sensor")
     with dg.instance_for_test() as instance:
         result = sensor(dg.build_sensor_context(instance=instance))
         keys = result.dynamic_partitions_requests[0].partition_keys
         assert len(keys) > 50 and all(k.split("/")[0] in ("brca", "luad") for k in keys)
         assert {r.partition_key for r in result.run_requests} == set(keys)
         instance.add_dynamic_partitions(SLIDES.name, keys)
-        again = sensor(dg.build_sensor_context(instance=instance))
-        assert isinstance(again, dg.SkipReason)
+        again = sensor(dg.build_sensor_context(instance=instance, cursor=result.cursor))
+        assert not again.run_requests and not again.dynamic_partitions_requests  # idempotent
         new = cfg.cohorts["brca"].slides_dir / "TCGA-ZZ-0001-01Z-00-DX1.new.svs"
         shutil.copy(OPENSLIDE / "small.svs", new)
         try:
-            third = sensor(dg.build_sensor_context(instance=instance))
+            third = sensor(dg.build_sensor_context(instance=instance, cursor=again.cursor))
             assert [r.partition_key for r in third.run_requests] == ["brca/TCGA-ZZ-0001-01Z-00-DX1.new"]
+            assert third.run_requests[0].tags["pathomch/reason"] == "new slide"
+            instance.add_dynamic_partitions(SLIDES.name, ["brca/TCGA-ZZ-0001-01Z-00-DX1.new"])
+            shutil.copy(OPENSLIDE / "unreadable.svs", new)  # same name, new content
+            fourth = sensor(dg.build_sensor_context(instance=instance, cursor=third.cursor))
+            assert [r.tags["pathomch/reason"] for r in fourth.run_requests] == ["slide changed (new MD5)"]
         finally:
             new.unlink()
+        fifth = sensor(dg.build_sensor_context(instance=instance, cursor=fourth.cursor))
+        assert [(r.partition_key, r.tags["pathomch/reason"]) for r in fifth.run_requests] == [
+            ("brca/TCGA-ZZ-0001-01Z-00-DX1.new", "slide file removed")]
+        assert not sensor(dg.build_sensor_context(instance=instance, cursor=fifth.cursor)).run_requests

@@ -195,3 +195,60 @@ def test_rematerializing_one_model_touches_only_its_rows(foundation):
     assert len(after) == len(before) and not after.duplicated(key).any()
     other = lambda d: d[~((d.trait == "MKI67") & (d.cohort == "brca") & (d.model == "round_2"))].reset_index(drop=True)
     pd.testing.assert_frame_equal(other(before), other(after))
+
+
+def test_new_slide_is_scored_mapped_without_retraining(foundation):
+    import dagster as dg
+    import numpy as np
+
+    from pathomch_assets.demo_cohort import SlidePlan, compose_slide, load_source_tiles, write_pyramid
+
+    cfg, _, store = foundation
+    defs = build_definitions(cfg)
+    sensor = defs.resolve_sensor_def("new_slides_sensor")
+    instance = dg.DagsterInstance.get()
+    first = sensor(dg.build_sensor_context(instance=instance))  # everything already known: nothing to do
+    assert not first.run_requests
+    splits_before = store.query("select * from splits order by all")
+    models_before = {p: p.stat().st_mtime_ns for p in cfg.models_dir.rglob("*") if p.is_file()}
+    # a new patient's slide, with the MKI67 morphology planted on every tissue tile
+    sid = "TCGA-ZZ-9999-01Z-00-DX1.NEW"
+    tissue = np.ones((4, 5), bool)
+    plan = SlidePlan("brca", sid, f"{sid}.svs", sorted(load_source_tiles())[0], 4, 5, "aperio20", 1, tissue.tolist(),
+                     np.zeros((4, 5)).tolist(), {"MKI67": tissue.tolist()}, {"MKI67": "dark_nuclei"})
+    path = cfg.cohorts["brca"].slides_dir / plan.file
+    write_pyramid(path, compose_slide(plan, load_source_tiles()), plan.style)
+    try:
+        tick = sensor(dg.build_sensor_context(instance=instance, cursor=first.cursor))
+        assert [r.partition_key for r in tick.run_requests] == [f"brca/{sid}"]
+        instance.add_dynamic_partitions("slides", tick.dynamic_partitions_requests[0].partition_keys)
+        job = defs.resolve_job_def("process_slides")
+        assert job.execute_in_process(partition_key=f"brca/{sid}", instance=instance).success
+        assert store.query(f"select count(*) n from tiles where slide_id = '{sid}'").n[0] == 20
+        scores = store.query(f"select * from slide_scores where slide_id = '{sid}' and model = 'ensemble'")
+        assert set(scores.trait) == set(cfg.cohorts["brca"].traits)
+        # the calls are the existing ensemble's: an independent 2-of-3 vote of the member models from disk
+        import json
+
+        import keras
+
+        from pathomch_assets.storage import read_tiles, tile_file
+
+        members = json.loads((cfg.models_dir / "brca" / "MKI67" / "ensemble.json").read_text())["members"]
+        images, _ = read_tiles(tile_file(cfg.tiles_dir, "brca", sid))
+        x = keras.ops.image.resize(images.astype("float32"), (cfg.training.input_px,) * 2, interpolation="area")
+        votes = sum((keras.models.load_model(cfg.models_dir / "brca" / "MKI67" / m / "model.keras")
+                     .predict(np.round(np.asarray(x)), verbose=0)[:, 0] >= 0.5).astype(int) for m in members)
+        calls = pd.read_parquet(cfg.data_dir / "predictions" / "brca" / "slides" / f"{sid}.parquet")
+        assert (calls[calls.trait == "MKI67"].call.to_numpy() == (votes >= 2)).mean() >= 0.95
+        # ...and the planted morphology raises the score above the low-expression slides'
+        low = store.query("select avg(s.score) m from slide_scores s join labels l using (cohort, patient_id) "
+                          "where s.cohort = 'brca' and s.model = 'ensemble' and s.trait = 'MKI67' and l.trait = 'MKI67' "
+                          "and l.subset = 'labeled' and l.label = 0").m[0]
+        assert scores.set_index("trait").score["MKI67"] > low
+        assert len(store.query(f"select * from hti where slide_id = '{sid}'")) == 1
+        pd.testing.assert_frame_equal(splits_before, store.query("select * from splits order by all"))
+        assert {p: p.stat().st_mtime_ns for p in cfg.models_dir.rglob("*") if p.is_file()} == models_before
+        assert not sensor(dg.build_sensor_context(instance=instance, cursor=tick.cursor)).run_requests
+    finally:
+        path.unlink()

@@ -6,12 +6,12 @@ import numpy as np
 import pandas as pd
 
 from ..cartography import Cartography, build_cartography, plot_heterogeneity_map, write_geojson
-from ..config import PathomchConfig, target_key
+from ..config import PathomchConfig
 from ..heterogeneity import hti_from_calls
 from ..partitions import SLIDES
 from ..reporting import md_table, png_md
 from ..resources import PathomchResource
-from .models import predictions_path
+from .scoring import by_cohort, slide_calls_path
 
 ALL = dg.AllPartitionMapping()
 
@@ -32,38 +32,35 @@ def cartography_file(cfg: PathomchConfig, cohort: str, slide_id: str, ext: str =
     return cfg.maps_dir / cohort / f"{slide_id}.{ext}"
 
 
-def ensemble_calls_long(cfg: PathomchConfig, cohort: str) -> pd.DataFrame:
-    frames = []
-    for trait in cfg.cohorts[cohort].traits:
-        path = predictions_path(cfg, cohort, trait, "ensemble")
-        if not path.exists():
-            raise dg.Failure(f"{target_key(cohort, trait)}: no ensemble tile calls at {path}; materialize ensemble first")
-        frames.append(pd.read_parquet(path, columns=["slide_id", "col", "row", "call"]).assign(trait=trait))
-    return pd.concat(frames, ignore_index=True)
+def slide_calls(cfg: PathomchConfig, cohort: str, slide_id: str) -> pd.DataFrame | None:
+    """Ensemble tile calls of one slide (``col, row, trait, call``), or None if it has none."""
+    path = slide_calls_path(cfg, cohort, slide_id)
+    return pd.read_parquet(path, columns=["col", "row", "trait", "call"]) if path.exists() else None
 
 
-def build(cfg: PathomchConfig, ensemble_asset):
+def build(cfg: PathomchConfig, slide_predictions_asset):
     @dg.asset(
         partitions_def=SLIDES, backfill_policy=dg.BackfillPolicy.single_run(), group_name="cartography",
-        kinds={"numpy", "geojson"}, deps=[dg.AssetDep(ensemble_asset, partition_mapping=ALL)],
+        kinds={"numpy", "geojson"}, deps=[slide_predictions_asset],
         description="Per slide: the tensor molecular cartography (traits x rows x cols ensemble tile calls "
         "with a tissue mask, .npz), a QuPath GeoJSON of the tile calls, and the HTI of each analysed trait "
         "set (`hti` table). Heterogeneity maps of a sample of slides are shown here.",
     )
     def slide_cartography(context: dg.AssetExecutionContext, pathomch: PathomchResource) -> dg.MaterializeResult:
         cfg, store = pathomch.get_config(), pathomch.get_store()
-        by_cohort: dict[str, list[str]] = {}
-        for key in context.partition_keys:
-            cohort, _, sid = key.partition("/")
-            by_cohort.setdefault(cohort, []).append(sid)
         gallery, rows_all, skipped = [], [], 0
-        for cohort, sids in by_cohort.items():
+        for cohort, sids in by_cohort(context.partition_keys).items():
             traits = cfg.cohorts[cohort].traits
             sets = analysis_sets(cfg, cohort, store)
-            calls = ensemble_calls_long(cfg, cohort)
-            calls = calls[calls["slide_id"].isin(sids)]
             slides = store.read("slides", "cohort = ?", [cohort]).set_index("slide_id")
-            for sid, g in calls.groupby("slide_id"):
+            for sid in sids:
+                g = slide_calls(cfg, cohort, sid)
+                if g is None:
+                    store.delete("hti", f"{cohort}/{sid}")
+                    for ext in ("npz", "geojson"):
+                        cartography_file(cfg, cohort, sid, ext).unlink(missing_ok=True)
+                    skipped += 1
+                    continue
                 carto = build_cartography(g, traits)
                 carto.save(cartography_file(cfg, cohort, sid))
                 s = slides.loc[sid]
@@ -82,9 +79,6 @@ def build(cfg: PathomchConfig, ensemble_asset):
                 if len(gallery) < 6:
                     gallery.append((sid, Cartography(sets[0], carto.tensor[[traits.index(t) for t in sets[0]]],
                                                      carto.mask), rows[0]["hti"]))
-            for sid in set(sids) - set(calls["slide_id"]):
-                store.delete("hti", f"{cohort}/{sid}")
-                skipped += 1
         store.ensure_views()
         hti = pd.DataFrame(rows_all)
         meta = {"slides_mapped": int(hti["slide_id"].nunique()) if len(hti) else 0, "slides_without_calls": skipped}

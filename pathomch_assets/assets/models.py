@@ -102,8 +102,8 @@ def build(cfg: PathomchConfig, labels_asset, splits_asset):
         partitions_def=targets(cfg), group_name="models", kinds={"pandas", "parquet"},
         deps=[dg.AssetDep(trait_model, partition_mapping=dg.MultiToSingleDimensionPartitionMapping("target"))],
         description="Ensemble per trait (SPEC 3.6): the 3 of 5 rounds with the best validation AUC; a tile is "
-        "positive when at least 2 of them say so. Writes ensemble tile calls and the `ensemble` rows of "
-        "`slide_scores` and `model_metrics`.",
+        "positive when at least 2 of them say so. Writes the members (`ensemble.json`) and the `ensemble` rows "
+        "of `model_metrics`; `slide_predictions` applies it to every slide.",
     )
     def ensemble(context: dg.AssetExecutionContext, pathomch: PathomchResource) -> dg.MaterializeResult:
         cfg, store = pathomch.get_config(), pathomch.get_store()
@@ -124,12 +124,8 @@ def build(cfg: PathomchConfig, labels_asset, splits_asset):
                                  f"for every round after re-tiling")
         probs = np.stack([f["p"].to_numpy() for f in frames])
         calls = ensemble_calls(probs, cfg.ensemble.threshold, cfg.ensemble.min_votes)
-        preds = base.assign(call=calls, votes=(probs >= cfg.ensemble.threshold).sum(axis=0))
-        with atomic_path(predictions_path(cfg, cohort, trait, "ensemble")) as tmp:
-            preds.to_parquet(tmp, index=False)
         slides = cohort_slides(store, cohort)
-        scores = score_rows(cohort, trait, "ensemble", preds, slides, cfg.ensemble.threshold)
-        store.write("slide_scores", f"{target}/ensemble", scores)
+        scores = score_rows(cohort, trait, "ensemble", base.assign(call=calls), slides, cfg.ensemble.threshold)
         labels = store.read("labels", "cohort = ? AND trait = ?", [cohort, trait])
         splits = store.read("splits", "cohort = ?", [cohort])
         m = metrics_rows(scores[["patient_id", "score"]], evaluation_sets(labels, splits, None))
@@ -142,12 +138,17 @@ def build(cfg: PathomchConfig, labels_asset, splits_asset):
         return dg.MaterializeResult(metadata={
             "members": ", ".join(members), "test_auc": float(auc.get("test", np.nan)),
             "ood_near_auc": float(auc.get("ood_near", np.nan)), "ood_all_auc": float(auc.get("ood_all", np.nan)),
-            "metrics": md_table(m), "dagster/row_count": len(scores),
+            "metrics": md_table(m), "slides_scored": len(scores),
         })
 
+    return trait_model, ensemble
+
+
+def build_evaluation(cfg: PathomchConfig, slide_predictions_asset):
     @dg.asset(
         partitions_def=cohorts(cfg), group_name="models", kinds={"pandas", "parquet"},
-        deps=[dg.AssetDep(ensemble, partition_mapping=ALL)],
+        deps=[dg.AssetDep(slide_predictions_asset, partition_mapping=ALL)],
+        automation_condition=dg.AutomationCondition.eager(),
         description="Per cohort: the paper's Table 1 (slide-level AUC: test 5-run mean, test ensemble, OOD-near "
         "and OOD-all ensemble), Figure 2 (ensemble scores by label), and Spearman correlations of ensemble "
         "scores with expression percentiles with Benjamini-Hochberg FDR across traits (`correlations`).",
@@ -169,7 +170,7 @@ def build(cfg: PathomchConfig, labels_asset, splits_asset):
             "correlations": md_table(corr[["trait", "eval_set", "spearman_rho", "p_value", "fdr", "n_slides"]]),
         })
 
-    return [trait_model, ensemble, model_evaluation]
+    return model_evaluation
 
 
 def table_one(metrics: pd.DataFrame, traits: list[str]) -> pd.DataFrame:

@@ -37,6 +37,7 @@ def build(cfg: PathomchConfig, cartography_asset, clinical_asset):
     @dg.asset(
         partitions_def=cohorts(cfg), group_name="survival", kinds={"lifelines"},
         deps=[dg.AssetDep(cartography_asset, partition_mapping=ALL), clinical_asset],
+        automation_condition=dg.AutomationCondition.eager(),
         description="Per cohort and trait pair: the survival set (test patients plus patients OOD for both "
         "traits, one DX1 slide each), Kaplan-Meier curves with 95% CI and log-rank tests for HTI > 0.5 vs "
         "<= 0.5 and > 0.7 vs <= 0.3, the bulk-expression baseline per trait, a Cox model with HTI as a "

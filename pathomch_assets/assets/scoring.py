@@ -1,0 +1,109 @@
+"""Ensemble tile calls and slide scores for every slide, new slides included (SPEC 3.5-3.6, 4)."""
+
+import json
+
+import dagster as dg
+import numpy as np
+import pandas as pd
+
+from ..config import PathomchConfig
+from ..evaluation import ensemble_calls
+from ..partitions import SLIDES
+from ..resources import AcceleratorResource, PathomchResource
+from ..storage import atomic_path, tile_file
+from ..training import load_model, model_dir, predict_files
+from .ingest import slide_tiles
+from .models import predictions_path
+
+ALL = dg.AllPartitionMapping()
+
+
+def slide_calls_path(cfg: PathomchConfig, cohort: str, slide_id: str):
+    return cfg.data_dir / "predictions" / cohort / "slides" / f"{slide_id}.parquet"
+
+
+def by_cohort(keys) -> dict[str, list[str]]:
+    out: dict[str, list[str]] = {}
+    for key in keys:
+        cohort, _, sid = key.partition("/")
+        out.setdefault(cohort, []).append(sid)
+    return out
+
+
+class MemberModels:
+    """Ensemble members of each trait: their stored tile predictions, and the models themselves
+    (loaded only for slides the members never scored, such as slides that arrived later)."""
+
+    def __init__(self, cfg: PathomchConfig, cohort: str):
+        self.cfg, self.cohort, self._models = cfg, cohort, {}
+        self.members, self.stored = {}, {}
+        for trait in cfg.cohorts[cohort].traits:
+            path = cfg.models_dir / cohort / trait / "ensemble.json"
+            if not path.exists():
+                raise dg.Failure(f"{cohort}/{trait}: no ensemble at {path}; materialize `ensemble` first")
+            self.members[trait] = json.loads(path.read_text())["members"]
+            for m in self.members[trait]:
+                df = pd.read_parquet(predictions_path(cfg, cohort, trait, m))
+                self.stored[(trait, m)] = {sid: g["p"].to_numpy() for sid, g in df.groupby("slide_id", sort=False)}
+
+    def probabilities(self, trait: str, slide_id: str, n_tiles: int) -> tuple[np.ndarray, bool]:
+        """(members x tiles) probabilities and whether any model had to run."""
+        out, ran = [], False
+        for m in self.members[trait]:
+            p = self.stored[(trait, m)].get(slide_id)
+            if p is None or len(p) != n_tiles:  # new (or re-tiled) slide: run the member model
+                if (trait, m) not in self._models:
+                    self._models[(trait, m)] = load_model(model_dir(self.cfg.models_dir, self.cohort, trait, m))
+                f = str(tile_file(self.cfg.tiles_dir, self.cohort, slide_id))
+                p = predict_files(self._models[(trait, m)], [f], self.cfg.training.input_px)[0]
+                ran = True
+            out.append(p)
+        return np.stack(out) if out else np.zeros((0, n_tiles)), ran
+
+
+def build(cfg: PathomchConfig, ensemble_asset):
+    @dg.asset(
+        partitions_def=SLIDES, backfill_policy=dg.BackfillPolicy.single_run(), group_name="models",
+        kinds={"tensorflow", "parquet"}, deps=[dg.AssetDep(ensemble_asset, partition_mapping=ALL), slide_tiles],
+        description="Per slide: ensemble tile calls of every trait (2 of 3 members) and the `ensemble` rows of "
+        "`slide_scores`. Slides the members already scored reuse their stored predictions; slides that arrived "
+        "after training are scored by the existing ensemble models, never retrained.",
+    )
+    def slide_predictions(context: dg.AssetExecutionContext, pathomch: PathomchResource,
+                          accelerator: AcceleratorResource) -> dg.MaterializeResult:
+        cfg, store = pathomch.get_config(), pathomch.get_store()
+        scored, new, skipped = 0, 0, 0
+        for cohort, sids in by_cohort(context.partition_keys).items():
+            slides = store.read("slides", "cohort = ?", [cohort]).set_index("slide_id")
+            tiles = store.read("tiles", "cohort = ?", [cohort]).sort_values(["slide_id", "idx"])
+            tiles = {sid: g for sid, g in tiles.groupby("slide_id")}
+            members = MemberModels(cfg, cohort)
+            for sid in sids:
+                key = f"{cohort}/{sid}"
+                if sid not in slides.index or slides.loc[sid, "status"] != "ok" or sid not in tiles:
+                    store.delete("slide_scores", key)
+                    slide_calls_path(cfg, cohort, sid).unlink(missing_ok=True)
+                    skipped += 1
+                    continue
+                pos = tiles[sid][["col", "row"]].reset_index(drop=True)
+                frames, rows, ran_any = [], [], False
+                for trait in cfg.cohorts[cohort].traits:
+                    probs, ran = members.probabilities(trait, sid, len(pos))
+                    ran_any |= ran
+                    calls = ensemble_calls(probs, cfg.ensemble.threshold, cfg.ensemble.min_votes)
+                    frames.append(pos.assign(trait=trait, call=calls,
+                                             votes=(probs >= cfg.ensemble.threshold).sum(axis=0)))
+                    rows.append({"cohort": cohort, "trait": trait, "model": "ensemble", "slide_id": sid,
+                                 "score": 100.0 * calls.mean(), "n_tiles": len(pos), "patient_id": sid[:12]})
+                with atomic_path(slide_calls_path(cfg, cohort, sid)) as tmp:
+                    pd.concat(frames, ignore_index=True).to_parquet(tmp, index=False)
+                store.write("slide_scores", key, pd.DataFrame(rows))
+                scored += 1
+                new += ran_any
+                if ran_any:
+                    context.log.info(f"{key}: scored with the existing ensemble models (not seen in training)")
+        store.ensure_views()
+        return dg.MaterializeResult(metadata={"slides_scored": scored, "scored_by_running_models": new,
+                                              "slides_without_tiles": skipped})
+
+    return slide_predictions
