@@ -6,7 +6,7 @@ export TF_CPP_MIN_LOG_LEVEL ?= 2
 export DAGSTER_HOME ?= $(CURDIR)/data/output/dagster_home
 PYTEST_WORKERS ?= 2
 
-.PHONY: venv demo test test-fast ui bench check-defs clean
+.PHONY: venv demo test test-fast ui bench check-defs screenshots clean
 
 $(BIN)/pathomch: pyproject.toml
 	$(PY) -m venv $(VENV)
@@ -27,6 +27,9 @@ test-fast: venv                  ## skip the slow end-to-end tests
 ui: venv                         ## the Dagster UI on http://127.0.0.1:3000 over the demo's instance
 	mkdir -p $(DAGSTER_HOME)
 	$(BIN)/dagster dev -w workspace.yaml
+
+screenshots: venv               ## docs/screenshots/*.png from `dagster dev` over the demo (needs chromium)
+	$(BIN)/python -m pathomch_assets_tests.browser
 
 check-defs: venv                 ## validate the Dagster definitions
 	$(BIN)/dagster definitions validate -w workspace.yaml

@@ -11,6 +11,10 @@ from .partitions import SLIDES
 from .resources import AcceleratorResource, PathomchResource
 
 
+#: shown on every asset in the UI; a deployment may replace it
+OWNERS = ["team:computational-pathology"]
+
+
 def build_definitions(cfg: PathomchConfig | None = None, config_path: str | None = None) -> dg.Definitions:
     cfg = cfg or load_config(config_path, check_files=False)
     path = config_path or (str(cfg.source) if cfg.source else None)
@@ -29,7 +33,7 @@ def build_definitions(cfg: PathomchConfig | None = None, config_path: str | None
         "process_slides", selection=[ingest.slide_tiles, slide_predictions, *carto_assets], partitions_def=SLIDES,
         description="Tile a slide, score it with the existing ensembles, map it and compute its HTI.")
     return dg.Definitions(
-        assets=assets,
+        assets=dg.map_asset_specs(lambda spec: spec.replace_attributes(owners=OWNERS), assets),
         asset_checks=asset_checks,
         jobs=[slide_job],
         sensors=[sensors.build(cfg, slide_job)],

@@ -29,6 +29,8 @@ concurrency:
     default_limit: 1
 telemetry:
   enabled: false
+nux:
+  enabled: false
 """
 
 
@@ -39,7 +41,7 @@ RUN_CONFIG = {"loggers": {"console": {"config": {"log_level": "INFO"}}}}
 def instance_for(cfg: PathomchConfig) -> dg.DagsterInstance:
     home = Path(os.environ.setdefault("DAGSTER_HOME", str(cfg.data_dir / "dagster_home")))
     home.mkdir(parents=True, exist_ok=True)
-    if not (home / "dagster.yaml").exists():
+    if not (home / "dagster.yaml").exists() or "nux:" not in (home / "dagster.yaml").read_text():
         (home / "dagster.yaml").write_text(DAGSTER_YAML)
     return dg.DagsterInstance.get()
 
