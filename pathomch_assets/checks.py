@@ -113,3 +113,22 @@ def build_slide_and_model_checks(slide_tiles_asset, trait_model_asset):
         return better_than_chance(m)
 
     return [minimum_tiles_per_slide, model_better_than_chance]
+
+
+def selection_leakage(splits: pd.DataFrame) -> dg.AssetCheckResult:
+    """No held-out test patient in any round's validation set (validation AUC picks the ensemble)."""
+    test = splits[splits["split"] == "test"][["cohort", "patient_id"]].drop_duplicates()
+    val = splits[splits["split"] == "val"][["cohort", "round", "patient_id"]]
+    bad = val.merge(test, on=["cohort", "patient_id"])
+    return dg.AssetCheckResult(passed=bad.empty, metadata={"test_patients_in_validation": len(bad)},
+                               description=None if bad.empty else ", ".join(bad["patient_id"].head(10)))
+
+
+def build_selection_check(ensemble_asset):
+    @dg.asset_check(asset=ensemble_asset, blocking=True,
+                    description="Ensemble members are chosen on validation patients only: no test patient "
+                    "is in any round's validation set.")
+    def selection_without_test_patients(context, pathomch: PathomchResource) -> dg.AssetCheckResult:
+        return selection_leakage(pathomch.get_store().read("splits"))
+
+    return selection_without_test_patients

@@ -25,8 +25,10 @@ def cmd_materialize(args) -> int:
 
     defs, cfg = _defs_and_config(args.config)
     parts = [p for p in (args.partition or "").split(",") if p] or None
-    summary = materialize_all(defs, cfg, args.select, parts)
-    print(f"{summary.runs} runs in {summary.seconds:.0f} s; results in {cfg.duckdb_path}")
+    summary = materialize_all(defs, cfg, args.select, parts, missing_only=args.missing)
+    print(f"{summary.runs} runs in {summary.seconds:.0f} s"
+          + (f" ({summary.already} partitions already materialized)" if args.missing else "")
+          + f"; results in {cfg.duckdb_path}")
     return _report_failures(summary)
 
 
@@ -96,6 +98,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--config", help=f"YAML configuration (default: ${ENV_VAR} or the demo)")
     p.add_argument("--select", help="Dagster asset selection, e.g. 'slide_tiles' or 'key:labels+'")
     p.add_argument("--partition", help="only these partition keys (comma separated)")
+    p.add_argument("--missing", action="store_true",
+                   help="only partitions not materialized yet (resume after an interrupted run)")
     p.set_defaults(func=cmd_materialize)
     p = sub.add_parser("sql", help="run a SQL query against the result tables")
     p.add_argument("query")

@@ -28,6 +28,7 @@ def build_definitions(cfg: PathomchConfig | None = None, config_path: str | None
     assets = [ingest.slide_tiles, *mol, trait_model, ensemble, slide_predictions, model_evaluation, *carto_assets,
               *survival_assets]
     asset_checks = [*checks.build(splits, labels), *checks.build_slide_and_model_checks(ingest.slide_tiles, trait_model),
+                    checks.build_selection_check(ensemble),
                     *carto_checks, *survival_checks]
     slide_job = dg.define_asset_job(
         "process_slides", selection=[ingest.slide_tiles, slide_predictions, *carto_assets], partitions_def=SLIDES,

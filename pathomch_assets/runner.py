@@ -78,12 +78,17 @@ class RunSummary:
     runs: int = 0
     failed: list[str] = field(default_factory=list)
     skipped: list[str] = field(default_factory=list)
+    already: int = 0  # partitions left alone by missing_only
     seconds: float = 0.0
 
 
 def materialize_all(defs: dg.Definitions, cfg: PathomchConfig, selection: str | None = None,
-                    partitions: list[str] | None = None, log=print) -> RunSummary:
-    """Materialize the selected assets (all by default) for every partition, in order."""
+                    partitions: list[str] | None = None, log=print, missing_only: bool = False) -> RunSummary:
+    """Materialize the selected assets (all by default) for every partition, in order.
+
+    ``missing_only`` skips partitions every asset of the batch already has (resume after a
+    killed run); slide partitions always run as one range, which reuses finished slides.
+    """
     t0 = time.perf_counter()
     instance = instance_for(cfg)
     new = sync_slide_partitions(cfg, instance)
@@ -103,7 +108,13 @@ def materialize_all(defs: dg.Definitions, cfg: PathomchConfig, selection: str | 
             summary.skipped.append(names)
             log(f"skipping {names}: an upstream asset failed")
             continue
+        done = None
+        if missing_only and not isinstance(pdef, dg.DynamicPartitionsDefinition):
+            done = set.intersection(*(set(instance.get_materialized_partitions(k)) for k in batch))
         for label, kwargs in _partition_runs(pdef, instance, partitions):
+            if done is not None and label in done:
+                summary.already += 1
+                continue
             log(f"materializing {names} [{label}]")
             result = dg.materialize(all_assets, selection=batch, instance=instance, resources=resources,
                                     raise_on_error=False, run_config=RUN_CONFIG, **kwargs)

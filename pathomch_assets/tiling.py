@@ -34,6 +34,14 @@ class TilingParams:
     jpeg_quality: int = 90
     magnification_tolerance: float = 0.05
 
+    def digest(self) -> str:
+        """Short hash of the settings: tiles made with other settings are not reused."""
+        import hashlib
+        import json
+        from dataclasses import asdict
+
+        return hashlib.sha1(json.dumps(asdict(self), sort_keys=True).encode()).hexdigest()[:12]
+
     @classmethod
     def from_config(cls, cfg) -> "TilingParams":
         t = cfg.tiling

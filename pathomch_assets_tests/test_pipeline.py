@@ -90,6 +90,33 @@ def test_labels_and_splits_tables(foundation):
     assert set(labels.patient_id) <= ok_patients
 
 
+def test_rematerializing_is_idempotent_and_resumes_a_killed_tiling_run(foundation):
+    from pathomch_assets.storage import tile_file
+
+    cfg, _, store = foundation
+    defs = build_definitions(cfg)
+    tables = {t: store.query(f"select * from {t} order by all") for t in ("slides", "tiles", "labels", "splits")}
+    files = {p: p.stat().st_mtime_ns for p in cfg.tiles_dir.rglob("*.tfrecord")}
+    sel = "slide_tiles,labels,splits"
+    assert not materialize_all(defs, cfg, selection=sel, log=lambda *a: None).failed
+    for t, before in tables.items():  # twice: identical rows, no duplicates, no slide tiled again
+        pd.testing.assert_frame_equal(before, store.query(f"select * from {t} order by all"))
+    assert {p: p.stat().st_mtime_ns for p in files} == files
+    # a run killed mid-way: three slides never finished (no row, no file), a temporary file left behind
+    ok = tables["slides"][tables["slides"].status == "ok"].head(3)
+    for r in ok.itertuples():
+        store.delete("slides", f"{r.cohort}/{r.slide_id}")
+        tile_file(cfg.tiles_dir, r.cohort, r.slide_id).unlink()
+    (cfg.tiles_dir / "brca" / ".half-written.tfrecord.tmp").write_bytes(b"partial")
+    assert not materialize_all(defs, cfg, selection="slide_tiles", log=lambda *a: None).failed
+    redone = {p for p, t in files.items() if not p.exists() or p.stat().st_mtime_ns != t}
+    assert redone == {tile_file(cfg.tiles_dir, r.cohort, r.slide_id) for r in ok.itertuples()}
+    drop = ["seconds"]
+    pd.testing.assert_frame_equal(tables["slides"].drop(columns=drop).drop(columns=["file_mtime_ns"]),
+                                  store.query("select * from slides order by all").drop(columns=drop + ["file_mtime_ns"]))
+    pd.testing.assert_frame_equal(tables["tiles"], store.query("select * from tiles order by all"))
+
+
 def truth(cfg, name):
     return pd.read_csv(cfg.cohorts["brca"].slides_dir.parent.parent / name)
 

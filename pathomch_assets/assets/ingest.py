@@ -2,6 +2,7 @@
 
 
 from collections import Counter
+from pathlib import Path
 
 import dagster as dg
 import pandas as pd
@@ -29,6 +30,21 @@ def slide_refs(cfg, keys: list[str]) -> dict[str, object]:
     return out
 
 
+def reusable(prev: dict | None, path, digest: str, cfg) -> bool:
+    """An earlier result for this slide still holds: same file (size, mtime), same settings,
+    and, for a tiled slide, its tile file is there."""
+    if not prev or prev.get("params_hash") != digest or prev.get("status") not in ("ok", "no_tissue", "error"):
+        return False
+    try:
+        st = Path(path).stat()
+    except OSError:
+        return False
+    if (prev.get("file_size"), prev.get("file_mtime_ns")) != (st.st_size, st.st_mtime_ns):
+        return False
+    cohort = prev["cohort"]
+    return prev["status"] != "ok" or tile_file(cfg.tiles_dir, cohort, prev["slide_id"]).exists()
+
+
 def slide_row(cohort: str, slide_id: str, path, status: str, error: str | None, **info) -> dict:
     return {"cohort": cohort, "slide_id": slide_id, "patient_id": slide_id[:12], "path": str(path),
             "status": status, "error": error, **info}
@@ -50,9 +66,17 @@ def slide_tiles(context: dg.AssetExecutionContext, pathomch: PathomchResource) -
     params = TilingParams.from_config(cfg)
     keys = list(context.partition_keys)
     refs = slide_refs(cfg, keys)
-    jobs, rows = [], {}
+    digest = params.digest()
+    previous = {}
+    for cohort in {k.partition("/")[0] for k in keys}:
+        prev = store.read("slides", "cohort = ?", [cohort])
+        previous.update({f"{cohort}/{r['slide_id']}": r for r in prev.to_dict("records")})
+    jobs, rows, reused = [], {}, 0
     for key, ref in refs.items():
         cohort, _, sid = key.partition("/")
+        if ref is not None and not ref.missing and reusable(previous.get(key), ref.path, digest, cfg):
+            reused += 1  # same file, same settings, finished before: nothing to redo (resume after a kill)
+            continue
         if ref is None or ref.missing:
             rows[key] = slide_row(cohort, sid, ref.path if ref else "", "missing", f"{sid}: slide file not found")
         elif cfg.cohorts[cohort].diagnostic_only and not is_diagnostic(sid):
@@ -70,8 +94,10 @@ def slide_tiles(context: dg.AssetExecutionContext, pathomch: PathomchResource) -
 
     for res in tile_slides(jobs, default_workers(cfg.tiling.workers), progress):
         key = f"{res.cohort}/{res.slide_id}"
+        st = Path(res.path).stat()
         rows[key] = slide_row(res.cohort, res.slide_id, res.path, res.status, res.error,
-                              n_tiles=len(res.tiles), seconds=res.seconds, **res.info)
+                              n_tiles=len(res.tiles), seconds=res.seconds, file_size=st.st_size,
+                              file_mtime_ns=st.st_mtime_ns, params_hash=digest, **res.info)
         tiles = res.tiles.assign(cohort=res.cohort, slide_id=res.slide_id)
         store.write("tiles", key, tiles)
         tiles_total += len(tiles)
@@ -81,9 +107,11 @@ def slide_tiles(context: dg.AssetExecutionContext, pathomch: PathomchResource) -
         store.write("slides", key, pd.DataFrame([row]))
     store.ensure_views()
     status = Counter(r["status"] for r in rows.values())
-    table = pd.DataFrame(list(rows.values()))
-    meta = {"slides": len(rows), "tiles": tiles_total, **{f"status_{k}": v for k, v in sorted(status.items())},
-            "dagster/row_count": tiles_total}
+    table = pd.DataFrame(list(rows.values()), columns=["slide_id", "status", "error"])
+    meta = {"slides": len(rows) + reused, "slides_reused": reused, "tiles_written": tiles_total,
+            **{f"status_{k}": v for k, v in sorted(status.items())}}
+    if reused:
+        context.log.info(f"{reused} slides already tiled with the same file and settings: reused")
     bad = table[table["status"] != "ok"]
     if not bad.empty:
         meta["problems"] = md_table(bad[["slide_id", "status", "error"]])

@@ -1,0 +1,104 @@
+"""Faults and guards: concurrent writers, resuming, privacy, leakage (see README, Reliability)."""
+
+import os
+from concurrent.futures import ProcessPoolExecutor
+from multiprocessing import get_context
+
+import dagster as dg
+import numpy as np
+import pandas as pd
+import pytest
+
+from pathomch_assets.checks import selection_leakage
+from pathomch_assets.config import load_config
+from pathomch_assets.expression import read_traits
+from pathomch_assets.runner import materialize_all
+from pathomch_assets.splits import assign_splits
+from pathomch_assets.storage import TableStore
+from pathomch_assets.tiling import TilingParams, tile_slide
+
+from .conftest import OPENSLIDE
+
+
+def _write_partitions(args):
+    tables, db, worker = args
+    store = TableStore(tables, db)
+    for i in range(25):
+        rows = pd.DataFrame({"cohort": f"w{worker}", "round": i, "patient_id": [f"P{worker}-{i}-{j}" for j in range(40)],
+                             "split": "train"})
+        store.write("splits", f"w{worker}/{i}", rows)
+        if i % 5 == 0:
+            store.ensure_views()
+    return worker
+
+
+def test_parallel_writers_lose_nothing(tmp_path):
+    args = [(tmp_path / "tables", tmp_path / "p.duckdb", w) for w in range(4)]
+    with ProcessPoolExecutor(4, mp_context=get_context("spawn")) as pool:
+        assert sorted(pool.map(_write_partitions, args)) == [0, 1, 2, 3]
+    store = TableStore(tmp_path / "tables", tmp_path / "p.duckdb")
+    df = store.query("select * from splits")
+    assert len(df) == 4 * 25 * 40 and not df.duplicated().any()
+    assert not [p for p in (tmp_path / "tables").rglob("*") if p.name.endswith(".tmp")]
+
+
+def test_label_and_macro_images_are_never_read(tmp_path, monkeypatch):
+    import openslide
+
+    def forbidden(self):
+        raise AssertionError("associated images (label, macro) must not be read")
+
+    monkeypatch.setattr(openslide.OpenSlide, "associated_images", property(forbidden))
+    res = tile_slide("c", "small", OPENSLIDE / "small.svs", tmp_path / "s.tfrecord",
+                     TilingParams(20, 8, max_background_fraction=1.0))
+    assert res.status == "ok"
+
+
+def test_tile_records_carry_no_path(tmp_path):
+    import tensorflow as tf
+
+    tile_slide("c", "small", OPENSLIDE / "small.svs", tmp_path / "s.tfrecord", TilingParams(20, 8, max_background_fraction=1.0))
+    raw = next(iter(tf.data.TFRecordDataset(str(tmp_path / "s.tfrecord")))).numpy()
+    ex = tf.train.Example.FromString(raw)
+    assert set(ex.features.feature) == {"image", "col", "row"}
+    assert str(OPENSLIDE).encode() not in (tmp_path / "s.tfrecord").read_bytes()
+
+
+def test_slide_without_magnification_is_recorded_with_the_reason(tmp_path):
+    res = tile_slide("c", "boxes", OPENSLIDE / "boxes.tiff", tmp_path / "b.tfrecord", TilingParams(20, 64))
+    assert res.status == "error" and "boxes.tiff" in res.error and "default_magnification" in res.error
+    ok = tile_slide("c", "boxes", OPENSLIDE / "boxes.tiff", tmp_path / "b.tfrecord", TilingParams(20, 64),
+                    default_magnification=20)
+    assert ok.status == "ok" and ok.info["magnification_source"] == "config_default"
+
+
+def test_patient_without_expression_is_left_out_not_an_error(tmp_path):
+    p = tmp_path / "m.tsv"
+    p.write_text("gene_id\tTCGA-A1-A0SB-01A-11R-A144-07\nMKI67|4288\t3.5\n")
+    df = read_traits(["MKI67"], p, None, patients={"TCGA-A1-A0SB", "TCGA-ZZ-0000"})
+    assert df.patient_id.tolist() == ["TCGA-A1-A0SB"]
+
+
+def test_test_patient_in_validation_fails_the_selection_guard():
+    s = assign_splits([f"TCGA-AA-{i:04d}" for i in range(300)], seed=2).assign(cohort="c")
+    assert selection_leakage(s).passed
+    test_pid = s[s.split == "test"].patient_id.iloc[0]
+    leaked = pd.concat([s, pd.DataFrame([{"cohort": "c", "round": 3, "patient_id": test_pid, "split": "val"}])])
+    assert not selection_leakage(leaked).passed
+
+
+def test_missing_only_resumes_without_redoing_finished_partitions(small_demo, tmp_path, monkeypatch):
+    monkeypatch.setenv("DAGSTER_HOME", str(tmp_path / "home"))
+    cfg = load_config(small_demo)
+    calls = []
+    part = dg.StaticPartitionsDefinition(["a", "b", "c"])
+
+    @dg.asset(partitions_def=part)
+    def step(context):
+        calls.append(context.partition_key)
+
+    defs = dg.Definitions(assets=[step])
+    first = materialize_all(defs, cfg, partitions=["a"], log=lambda *a: None)  # "killed" after partition a
+    assert first.runs == 1 and calls == ["a"]
+    again = materialize_all(defs, cfg, missing_only=True, log=lambda *a: None)
+    assert calls == ["a", "b", "c"] and again.already == 1
