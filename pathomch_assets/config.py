@@ -38,7 +38,8 @@ class TilingConfig(_Strict):
     background_threshold: int = Field(220, ge=0, le=255, description="a pixel is background when all channels exceed this")
     max_background_fraction: float = Field(0.5, ge=0, le=1)
     jpeg_quality: int = Field(90, ge=50, le=100)
-    workers: int = Field(2, ge=1, description="slides tiled in parallel")
+    workers: int = Field(2, ge=1, description="slides tiled in parallel (processes)")
+    threads_per_slide: int = Field(2, ge=1, description="threads reading one slide's rows")
     min_tiles_per_slide: int = Field(5, ge=1, description="fewer tissue tiles than this is flagged by an asset check")
     magnification_tolerance: float = Field(0.05, ge=0, lt=0.5, description="relative; a level this close to the target is read as is")
 

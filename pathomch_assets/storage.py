@@ -100,8 +100,10 @@ class TileWriter:
     def write(self, rgb: np.ndarray, col: int, row: int) -> None:
         import imagecodecs
 
+        self.write_jpeg(bytes(imagecodecs.jpeg8_encode(np.ascontiguousarray(rgb), level=self.quality)), col, row)
+
+    def write_jpeg(self, jpeg: bytes, col: int, row: int) -> None:
         tf = self._tf
-        jpeg = imagecodecs.jpeg8_encode(np.ascontiguousarray(rgb), level=self.quality)
         ex = tf.train.Example(features=tf.train.Features(feature={
             "image": tf.train.Feature(bytes_list=tf.train.BytesList(value=[bytes(jpeg)])),
             "col": tf.train.Feature(int64_list=tf.train.Int64List(value=[int(col)])),

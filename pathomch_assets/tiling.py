@@ -33,6 +33,7 @@ class TilingParams:
     max_background_fraction: float = 0.5
     jpeg_quality: int = 90
     magnification_tolerance: float = 0.05
+    threads: int = 1  # per slide; not part of the digest (results do not depend on it)
 
     def digest(self) -> str:
         """Short hash of the settings: tiles made with other settings are not reused."""
@@ -40,13 +41,14 @@ class TilingParams:
         import json
         from dataclasses import asdict
 
-        return hashlib.sha1(json.dumps(asdict(self), sort_keys=True).encode()).hexdigest()[:12]
+        settings = {k: v for k, v in asdict(self).items() if k != "threads"}
+        return hashlib.sha1(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:12]
 
     @classmethod
     def from_config(cls, cfg) -> "TilingParams":
         t = cfg.tiling
         return cls(t.magnification, t.tile_px, t.background_threshold, t.max_background_fraction,
-                   t.jpeg_quality, t.magnification_tolerance)
+                   t.jpeg_quality, t.magnification_tolerance, t.threads_per_slide)
 
 
 @dataclass
@@ -68,12 +70,15 @@ def tissue_fraction(rgb: np.ndarray, threshold: int = 220) -> np.ndarray | float
 
     ``rgb`` is ``(..., H, W, 3)`` uint8; the fraction is taken over the last three axes.
     """
-    background = np.all(rgb > threshold, axis=-1)
-    return 1.0 - background.mean(axis=(-2, -1))
+    darkest = np.minimum(np.minimum(rgb[..., 0], rgb[..., 1]), rgb[..., 2])
+    background = np.count_nonzero(darkest > threshold, axis=(-2, -1))
+    return 1.0 - background / (rgb.shape[-3] * rgb.shape[-2])
 
 
 def rgba_to_rgb_on_white(rgba: np.ndarray) -> np.ndarray:
     """OpenSlide returns premultiplied RGBA; transparent (unscanned) pixels become white."""
+    if rgba[..., 3].min() == 255:  # fully opaque: the common case, a view, no copy
+        return rgba[..., :3]
     rgb = rgba[..., :3].astype(np.uint16)
     alpha = rgba[..., 3:4].astype(np.uint16)
     out = rgb + (255 - alpha)  # premultiplied: colour + (1 - a) * white
@@ -98,18 +103,54 @@ def grid_shape(info, choice: LevelChoice) -> tuple[int, int]:
     return w // choice.read_px, h // choice.read_px
 
 
-def iter_tiles(slide, info, params: TilingParams, path: str | Path = "slide"):
-    """Yield ``(col, row, tissue_fraction, rgb uint8 tile_px x tile_px x 3)`` for tissue tiles."""
+def candidate_cells(thumb: np.ndarray | None, info, choice: LevelChoice, params: "TilingParams") -> np.ndarray | None:
+    """Grid cells that may hold tissue, from the whole-level QC thumbnail (None: all).
+
+    Conservative: a cell is dropped only when its thumbnail area is blank to within 2% (and
+    only when a cell spans at least 4 x 4 thumbnail pixels).  Downsampling blends tissue into
+    white, which lowers a mixed cell's pixels below the threshold: blank at low resolution
+    means blank at full resolution.
+    """
+    if thumb is None:
+        return None
+    n_cols, n_rows = grid_shape(info, choice)
+    scale = thumb.shape[1] / info.level_dimensions[choice.level][0]  # thumb px per level px
+    cell = choice.read_px * scale
+    if cell < 4:
+        return None
+    keep = np.ones((n_rows, n_cols), bool)
+    darkest = np.minimum(np.minimum(thumb[..., 0], thumb[..., 1]), thumb[..., 2])
+    tissue = darkest <= params.background_threshold
+    for r in range(n_rows):
+        y0, y1 = int(r * cell), int(np.ceil((r + 1) * cell))
+        for c in range(n_cols):
+            x0, x1 = int(c * cell), int(np.ceil((c + 1) * cell))
+            keep[r, c] = tissue[y0:y1, x0:x1].mean() > 0.02
+    return keep
+
+
+def _runs(flags: np.ndarray):
+    """(start, length) of consecutive True runs."""
+    idx = np.flatnonzero(flags)
+    if idx.size == 0:
+        return []
+    breaks = np.flatnonzero(np.diff(idx) > 1)
+    starts = np.concatenate([[idx[0]], idx[breaks + 1]])
+    ends = np.concatenate([idx[breaks], [idx[-1]]])
+    return [(int(a), int(b - a + 1)) for a, b in zip(starts, ends)]
+
+
+def _tile_row(slide, info, choice: LevelChoice, params: "TilingParams", path, row: int, cols: np.ndarray):
+    """Tissue tiles of one grid row: ``[(col, fraction, jpeg bytes), ...]``."""
+    import imagecodecs
     from PIL import Image
 
-    choice = choose_level(info.base_magnification, info.level_downsamples, params.magnification,
-                          params.tile_px, params.magnification_tolerance)
-    n_cols, n_rows = grid_shape(info, choice)
     down = info.level_downsamples[choice.level]
     s = choice.read_px
-    for row in range(n_rows):
-        for c0 in range(0, n_cols, BAND_TILES):
-            n = min(BAND_TILES, n_cols - c0)
+    out = []
+    for start, length in _runs(cols):
+        for c0 in range(start, start + length, BAND_TILES):
+            n = min(BAND_TILES, start + length - c0)
             x0, y0 = round(c0 * s * down), round(row * s * down)
             try:
                 band = np.asarray(slide.read_region((x0, y0), choice.level, (n * s, s)))
@@ -118,11 +159,46 @@ def iter_tiles(slide, info, params: TilingParams, path: str | Path = "slide"):
             band = rgba_to_rgb_on_white(band)
             tiles = band.reshape(s, n, s, 3).transpose(1, 0, 2, 3)
             if s != params.tile_px:
-                tiles = np.stack([np.asarray(Image.fromarray(t).resize((params.tile_px, params.tile_px),
-                                                                       Image.Resampling.BOX)) for t in tiles])
+                tiles = np.stack([np.asarray(Image.fromarray(np.ascontiguousarray(t)).resize(
+                    (params.tile_px, params.tile_px), Image.Resampling.BOX)) for t in tiles])
             fracs = tissue_fraction(tiles, params.background_threshold)
             for k in np.flatnonzero(fracs >= 1.0 - params.max_background_fraction):
-                yield c0 + int(k), row, float(fracs[k]), tiles[k]
+                jpeg = imagecodecs.jpeg8_encode(np.ascontiguousarray(tiles[k]), level=params.jpeg_quality)
+                out.append((c0 + int(k), float(fracs[k]), bytes(jpeg)))
+    return out
+
+
+def iter_tiles(slide, info, params: TilingParams, path: str | Path = "slide", thumb=None, threads: int = 1):
+    """Yield ``(col, row, tissue_fraction, jpeg bytes)`` for tissue tiles, row by row.
+
+    Rows are read on ``threads`` threads (OpenSlide and the JPEG codec release the GIL) and
+    yielded in order; a row band of at most ``BAND_TILES`` tiles is held per thread.
+    """
+    from concurrent.futures import ThreadPoolExecutor
+
+    choice = choose_level(info.base_magnification, info.level_downsamples, params.magnification,
+                          params.tile_px, params.magnification_tolerance)
+    n_cols, n_rows = grid_shape(info, choice)
+    keep = candidate_cells(thumb, info, choice, params)
+    rows = [(r, keep[r] if keep is not None else np.ones(n_cols, bool)) for r in range(n_rows)]
+    rows = [(r, cols) for r, cols in rows if cols.any()]
+    work = lambda rc: (rc[0], _tile_row(slide, info, choice, params, path, rc[0], rc[1]))  # noqa: E731
+    if threads <= 1:
+        results = map(work, rows)
+        for row, tiles in results:
+            for col, frac, jpeg in tiles:
+                yield col, row, frac, jpeg
+        return
+    with ThreadPoolExecutor(threads) as pool:
+        pending = []
+        for rc in rows:  # bounded look-ahead keeps memory flat
+            pending.append(pool.submit(work, rc))
+            if len(pending) >= 2 * threads:
+                row, tiles = pending.pop(0).result()
+                yield from ((col, row, frac, jpeg) for col, frac, jpeg in tiles)
+        for fut in pending:
+            row, tiles = fut.result()
+            yield from ((col, row, frac, jpeg) for col, frac, jpeg in tiles)
 
 
 def tile_slide(cohort: str, slide_id: str, path: str | Path, out_file: str | Path, params: TilingParams,
@@ -136,7 +212,7 @@ def tile_slide(cohort: str, slide_id: str, path: str | Path, out_file: str | Pat
     try:
         slide = open_slide(path)
         info = slide_info(slide, path, default_magnification)
-        qc_read(slide, info, path)
+        thumb = qc_read(slide, info, path)
         choice = choose_level(info.base_magnification, info.level_downsamples, params.magnification,
                               params.tile_px, params.magnification_tolerance)
         res.info = {
@@ -147,8 +223,8 @@ def tile_slide(cohort: str, slide_id: str, path: str | Path, out_file: str | Pat
         }
         records = []
         with storage.TileWriter(out_file, params.jpeg_quality) as writer:
-            for col, row, frac, rgb in iter_tiles(slide, info, params, path):
-                writer.write(rgb, col, row)
+            for col, row, frac, jpeg in iter_tiles(slide, info, params, path, thumb, params.threads):
+                writer.write_jpeg(jpeg, col, row)
                 records.append((col, row, frac, len(records)))
             if not records:
                 writer.abort()
