@@ -25,3 +25,12 @@ def target_rounds(cfg: PathomchConfig) -> dg.MultiPartitionsDefinition:
 
 def model_key(target: str, round_name: str) -> dg.MultiPartitionKey:
     return dg.MultiPartitionKey({"target": target, "round": round_name})
+
+
+def by_cohort(slide_keys) -> dict[str, list[str]]:
+    """Slide partition keys ``cohort/slide_id`` grouped by cohort."""
+    out: dict[str, list[str]] = {}
+    for key in slide_keys:
+        cohort, _, sid = key.partition("/")
+        out.setdefault(cohort, []).append(sid)
+    return out

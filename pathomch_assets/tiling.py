@@ -168,7 +168,8 @@ def _tile_row(slide, info, choice: LevelChoice, params: "TilingParams", path, ro
     return out
 
 
-def iter_tiles(slide, info, params: TilingParams, path: str | Path = "slide", thumb=None, threads: int = 1):
+def iter_tiles(slide, info, choice: LevelChoice, params: TilingParams, path: str | Path = "slide", thumb=None,
+               threads: int = 1):
     """Yield ``(col, row, tissue_fraction, jpeg bytes)`` for tissue tiles, row by row.
 
     Rows are read on ``threads`` threads (OpenSlide and the JPEG codec release the GIL) and
@@ -176,8 +177,6 @@ def iter_tiles(slide, info, params: TilingParams, path: str | Path = "slide", th
     """
     from concurrent.futures import ThreadPoolExecutor
 
-    choice = choose_level(info.base_magnification, info.level_downsamples, params.magnification,
-                          params.tile_px, params.magnification_tolerance)
     n_cols, n_rows = grid_shape(info, choice)
     keep = candidate_cells(thumb, info, choice, params)
     rows = [(r, keep[r] if keep is not None else np.ones(n_cols, bool)) for r in range(n_rows)]
@@ -223,7 +222,7 @@ def tile_slide(cohort: str, slide_id: str, path: str | Path, out_file: str | Pat
         }
         records = []
         with storage.TileWriter(out_file, params.jpeg_quality) as writer:
-            for col, row, frac, jpeg in iter_tiles(slide, info, params, path, thumb, params.threads):
+            for col, row, frac, jpeg in iter_tiles(slide, info, choice, params, path, thumb, params.threads):
                 writer.write_jpeg(jpeg, col, row)
                 records.append((col, row, frac, len(records)))
             if not records:

@@ -187,7 +187,9 @@ def predict_arrays(model, arrays: list[np.ndarray], batch_size: int = 256) -> li
     if not sum(sizes):
         return [np.zeros(0, np.float32) for _ in arrays]
     x = np.concatenate([a for a in arrays if len(a)])
-    p = np.concatenate([np.asarray(model(x[i:i + batch_size].astype(np.float32), training=False))[:, 0]
+    import keras
+
+    p = np.concatenate([keras.ops.convert_to_numpy(model(x[i:i + batch_size].astype(np.float32), training=False))[:, 0]
                         for i in range(0, len(x), batch_size)]).astype(np.float32)
     return np.split(p, np.cumsum(sizes)[:-1])
 
@@ -283,7 +285,8 @@ def train_model(train: SlideSet, val: SlideSet, tcfg, threshold: float = 0.5, se
     ]
     log(f"training {tcfg.architecture} at {tcfg.input_px} px on {len(train)} slides ({n_tiles} tiles), "
         f"validating on {len(val)} slides every {steps_per_eval} steps, at most {n_evals} evaluations")
-    model.fit(ds, epochs=n_evals, steps_per_epoch=steps_per_eval, callbacks=callbacks, verbose=0)
+    # the dataset is shuffled by tf.data; shuffle=False only tells Keras not to try
+    model.fit(ds, epochs=n_evals, steps_per_epoch=steps_per_eval, callbacks=callbacks, verbose=0, shuffle=False)
     history = pd.DataFrame(auc_cb.rows)
     res = TrainResult(float(auc_cb.best), int(auc_cb.best_eval), len(history), len(train), int(n_tiles), len(val),
                       time.perf_counter() - t0, history)

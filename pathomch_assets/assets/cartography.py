@@ -8,10 +8,10 @@ import pandas as pd
 from ..cartography import Cartography, build_cartography, plot_heterogeneity_map, write_geojson
 from ..config import PathomchConfig
 from ..heterogeneity import hti_from_calls
-from ..partitions import SLIDES
+from ..partitions import SLIDES, by_cohort
 from ..reporting import md_table, png_md
 from ..resources import PathomchResource
-from .scoring import by_cohort, slide_calls_path
+from .scoring import slide_calls_path
 
 ALL = dg.AllPartitionMapping()
 

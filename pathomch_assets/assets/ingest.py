@@ -7,7 +7,7 @@ from pathlib import Path
 import dagster as dg
 import pandas as pd
 
-from ..partitions import SLIDES
+from ..partitions import SLIDES, by_cohort
 from ..reporting import md_table
 from ..resources import PathomchResource
 from ..slides import discover_slides, is_diagnostic
@@ -17,12 +17,8 @@ from ..tiling import TilingParams, default_workers, tile_slides
 
 def slide_refs(cfg, keys: list[str]) -> dict[str, object]:
     """Partition key -> SlideRef (``None`` when the slide is no longer on disk)."""
-    by_cohort: dict[str, list[str]] = {}
-    for k in keys:
-        cohort, _, sid = k.partition("/")
-        by_cohort.setdefault(cohort, []).append(sid)
     out = {}
-    for cohort, sids in by_cohort.items():
+    for cohort, sids in by_cohort(keys).items():
         c = cfg.cohorts.get(cohort)
         found = {r.slide_id: r for r in discover_slides(cohort, c.slides_dir, c.manifest)} if c else {}
         for sid in sids:
@@ -68,7 +64,7 @@ def slide_tiles(context: dg.AssetExecutionContext, pathomch: PathomchResource) -
     refs = slide_refs(cfg, keys)
     digest = params.digest()
     previous = {}
-    for cohort in {k.partition("/")[0] for k in keys}:
+    for cohort in by_cohort(keys):
         prev = store.read("slides", "cohort = ?", [cohort])
         previous.update({f"{cohort}/{r['slide_id']}": r for r in prev.to_dict("records")})
     jobs, rows, reused = [], {}, 0

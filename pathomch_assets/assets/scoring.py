@@ -8,26 +8,18 @@ import pandas as pd
 
 from ..config import PathomchConfig
 from ..evaluation import ensemble_calls
-from ..partitions import SLIDES
+from ..partitions import SLIDES, by_cohort
 from ..resources import AcceleratorResource, PathomchResource
 from ..storage import atomic_path, tile_file
 from ..training import load_model, model_dir, predict_files
 from .ingest import slide_tiles
-from .models import predictions_path
+from .models import predictions_path, tile_positions
 
 ALL = dg.AllPartitionMapping()
 
 
 def slide_calls_path(cfg: PathomchConfig, cohort: str, slide_id: str):
     return cfg.data_dir / "predictions" / cohort / "slides" / f"{slide_id}.parquet"
-
-
-def by_cohort(keys) -> dict[str, list[str]]:
-    out: dict[str, list[str]] = {}
-    for key in keys:
-        cohort, _, sid = key.partition("/")
-        out.setdefault(cohort, []).append(sid)
-    return out
 
 
 class MemberModels:
@@ -75,8 +67,7 @@ def build(cfg: PathomchConfig, ensemble_asset):
         scored, new, skipped = 0, 0, 0
         for cohort, sids in by_cohort(context.partition_keys).items():
             slides = store.read("slides", "cohort = ?", [cohort]).set_index("slide_id")
-            tiles = store.read("tiles", "cohort = ?", [cohort]).sort_values(["slide_id", "idx"])
-            tiles = {sid: g for sid, g in tiles.groupby("slide_id")}
+            tiles = tile_positions(store, cohort)
             members = MemberModels(cfg, cohort)
             for sid in sids:
                 key = f"{cohort}/{sid}"
@@ -85,7 +76,7 @@ def build(cfg: PathomchConfig, ensemble_asset):
                     slide_calls_path(cfg, cohort, sid).unlink(missing_ok=True)
                     skipped += 1
                     continue
-                pos = tiles[sid][["col", "row"]].reset_index(drop=True)
+                pos = tiles[sid]
                 frames, rows, ran_any = [], [], False
                 for trait in cfg.cohorts[cohort].traits:
                     probs, ran = members.probabilities(trait, sid, len(pos))
