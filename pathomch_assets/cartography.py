@@ -100,6 +100,39 @@ def heterogeneity_image(carto: Cartography) -> np.ndarray:
     return img
 
 
+def heterogeneity_png(carto: Cartography, path: str | Path, cell_px: int = 12, title: str = "") -> Path:
+    """The heterogeneity map as a small PNG with a legend of trait combinations (PIL, fast).
+
+    One ``cell_px`` square per tile: a slide of 100 x 80 tiles is a 1200 x 960 px picture, never
+    a full-resolution canvas.
+    """
+    from PIL import Image, ImageDraw, ImageFont
+
+    grid = heterogeneity_image(carto)
+    rows, cols = grid.shape[:2]
+    names = combination_names(carto.traits) + ["negative tissue"]
+    colours = [tuple(int(v) for v in c) for c in combination_colours(len(carto.traits))] + [NEGATIVE_RGB]
+    font = ImageFont.load_default()
+    legend_w = 14 + max(int(font.getlength(n)) for n in names) + 12
+    top = 16 if title else 0
+    width = max(cols * cell_px, 1) + legend_w
+    height = max(rows * cell_px + top, top + 16 * len(names) + 4)
+    img = Image.new("RGB", (width, height), BACKGROUND_RGB)
+    if rows and cols:
+        img.paste(Image.fromarray(grid).resize((cols * cell_px, rows * cell_px), Image.Resampling.NEAREST), (0, top))
+    draw = ImageDraw.Draw(img)
+    if title:
+        draw.text((2, 2), title, fill=(0, 0, 0), font=font)
+    x0 = cols * cell_px + 8
+    for i, (name, colour) in enumerate(zip(names, colours)):
+        y = top + 4 + 16 * i
+        draw.rectangle([x0, y, x0 + 10, y + 10], fill=colour, outline=(90, 90, 90))
+        draw.text((x0 + 14, y - 1), name, fill=(0, 0, 0), font=font)
+    with atomic_path(path) as tmp:
+        img.save(tmp, format="PNG")
+    return Path(path)
+
+
 def plot_heterogeneity_map(carto: Cartography, title: str = "", hti: float | None = None, ax=None):
     """The heterogeneity map with a legend of trait combinations; returns the axes."""
     import matplotlib.pyplot as plt

@@ -6,7 +6,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from pathomch_assets.cartography import (BACKGROUND_RGB, NEGATIVE_RGB, Cartography, build_cartography,
+from pathomch_assets.cartography import (BACKGROUND_RGB, NEGATIVE_RGB, Cartography, build_cartography, heterogeneity_png,
                                          combination_colours, combination_names, heterogeneity_image,
                                          plot_heterogeneity_map, to_geojson, write_geojson)
 
@@ -64,3 +64,17 @@ def test_geojson_for_qupath(tmp_path):
     assert f["geometry"]["coordinates"][0][2] == [2048.0, 2048.0]
     assert f["properties"]["classification"]["name"] == "A+B" and f["properties"]["measurements"] == {"A": 1, "B": 1}
     assert json.loads(write_geojson(carto, tmp_path / "s.geojson", 1024, "s").read_text()) == json.loads(json.dumps(gj))
+
+
+def test_png_map_with_legend(tmp_path):
+    from PIL import Image
+
+    carto = build_cartography(calls_frame(), ["A", "B"])
+    img = np.asarray(Image.open(heterogeneity_png(carto, tmp_path / "m.png", cell_px=10, title="s")))
+    colours = combination_colours(2)
+    assert tuple(img[16 + 5, 5]) == tuple(colours[0])      # tile (row 0, col 0): A only
+    assert tuple(img[16 + 15, 15]) == tuple(colours[2])    # tile (row 1, col 1): A+B
+    assert tuple(img[16 + 5, 25]) == BACKGROUND_RGB        # no tissue
+    legend = img[:, 3 * 10:]
+    for c in list(colours) + [NEGATIVE_RGB]:                # every combination has a legend swatch
+        assert (legend.reshape(-1, 3) == c).all(axis=1).any()

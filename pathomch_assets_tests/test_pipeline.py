@@ -174,6 +174,7 @@ def test_cartography_tensor_hti_and_geojson(foundation):
     assert carto.mask.sum() == row.n_tiles == store.query(
         f"select count(*) n from tiles where slide_id = '{row.slide_id}'").n[0]
     assert hti_from_tensor(carto.tensor[:2], carto.mask) == pytest.approx(row.hti)
+    assert cartography_file(cfg, "brca", row.slide_id, "png").stat().st_size > 0
     gj = json.loads(cartography_file(cfg, "brca", row.slide_id, "geojson").read_text())
     assert gj["type"] == "FeatureCollection" and len(gj["features"]) == row.n_tiles
     # HTI from predicted maps follows the planted HTI

@@ -5,7 +5,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 
-from ..cartography import Cartography, build_cartography, plot_heterogeneity_map, write_geojson
+from ..cartography import Cartography, build_cartography, heterogeneity_png, plot_heterogeneity_map, write_geojson
 from ..config import PathomchConfig
 from ..heterogeneity import hti_from_calls
 from ..partitions import SLIDES, by_cohort
@@ -43,8 +43,9 @@ def build(cfg: PathomchConfig, slide_predictions_asset):
         partitions_def=SLIDES, backfill_policy=dg.BackfillPolicy.single_run(), group_name="cartography",
         kinds={"numpy", "geojson"}, deps=[slide_predictions_asset],
         description="Per slide: the tensor molecular cartography (traits x rows x cols ensemble tile calls "
-        "with a tissue mask, .npz), a QuPath GeoJSON of the tile calls, and the HTI of each analysed trait "
-        "set (`hti` table). Heterogeneity maps of a sample of slides are shown here.",
+        "with a tissue mask, .npz), a heterogeneity map (.png, with a legend of trait combinations), a QuPath "
+        "GeoJSON of the tile calls, and the HTI of each analysed trait set (`hti` table). Maps of a sample of "
+        "slides are shown here.",
     )
     def slide_cartography(context: dg.AssetExecutionContext, pathomch: PathomchResource) -> dg.MaterializeResult:
         cfg, store = pathomch.get_config(), pathomch.get_store()
@@ -57,7 +58,7 @@ def build(cfg: PathomchConfig, slide_predictions_asset):
                 g = slide_calls(cfg, cohort, sid)
                 if g is None:
                     store.delete("hti", f"{cohort}/{sid}")
-                    for ext in ("npz", "geojson"):
+                    for ext in ("npz", "geojson", "png"):
                         cartography_file(cfg, cohort, sid, ext).unlink(missing_ok=True)
                     skipped += 1
                     continue
@@ -75,6 +76,8 @@ def build(cfg: PathomchConfig, slide_predictions_asset):
                                  "hti": hti_from_calls(c), "n_tiles": int(carto.mask.sum()),
                                  "n_positive": int(c.any(axis=1).sum())})
                 store.write("hti", f"{cohort}/{sid}", pd.DataFrame(rows))
+                heterogeneity_png(Cartography(sets[0], carto.tensor[[traits.index(t) for t in sets[0]]], carto.mask),
+                                  cartography_file(cfg, cohort, sid, "png"), title=f"{sid}  HTI {rows[0]['hti']:.2f}")
                 rows_all.extend(rows)
                 if len(gallery) < 6:
                     gallery.append((sid, Cartography(sets[0], carto.tensor[[traits.index(t) for t in sets[0]]],
