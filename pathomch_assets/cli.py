@@ -70,9 +70,18 @@ def cmd_demo(args) -> int:
     counts = store.query(" UNION ALL ".join(f"SELECT '{t}' AS table_name, count(*) AS n_rows FROM {t}"
                                            for t in ("slides", "tiles", "labels", "splits")))
     print(counts.to_markdown(index=False, tablefmt="simple"))
+    print("\nSlide-level AUC of the ensembles (paper Table 1 layout):")
+    auc = store.query("pivot (select cohort, trait, eval_set, round(auc, 2) auc from model_metrics "
+                      "where model = 'ensemble') on eval_set using first(auc) order by all")
+    print(auc.to_markdown(index=False, tablefmt="simple"))
+    print("\nSurvival by heterogeneity (log-rank):")
+    sv = store.query("select cohort, traits, grouping, n_low, n_high, logrank_p from survival "
+                     "where method = 'logrank' and grouping like 'hti%' order by all")
+    print(sv.to_markdown(index=False, tablefmt="simple", floatfmt=".3g"))
     print(f"\n{summary.runs} runs in {summary.seconds:.0f} s.")
     print(f"Results: {cfg.duckdb_path} (DuckDB; try: pathomch sql \"select status, count(*) from slides group by 1\")")
-    print(f"Files:   {cfg.data_dir}")
+    print(f"Files:   {cfg.data_dir} (maps: cartography/<cohort>/<slide>.png|.npz|.geojson; "
+          f"Kaplan-Meier: survival/*.png)")
     print(f"UI:      make ui   (dagster dev on http://127.0.0.1:3000, DAGSTER_HOME={os.environ.get('DAGSTER_HOME')})")
     return _report_failures(summary)
 

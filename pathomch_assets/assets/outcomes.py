@@ -9,6 +9,7 @@ from ..config import PathomchConfig
 from ..partitions import cohorts
 from ..reporting import md_table, png_md
 from ..resources import PathomchResource
+from ..storage import atomic_path
 from ..survival import cox_hti, expression_groupings, hti_groupings, leaked_patients, plot_km, survival_set
 from .cartography import analysis_sets
 from .molecular import cohort_slides
@@ -67,7 +68,12 @@ def build(cfg: PathomchConfig, cartography_asset, clinical_asset):
                 plot_km(t, ax=ax)
             fig.suptitle(f"{cohort}: {name} (n = {len(df)})", fontsize=9)
             fig.tight_layout()
+            km_file = cfg.data_dir / "survival" / f"{cohort}_{name}_kaplan_meier.png"
+            km_file.parent.mkdir(parents=True, exist_ok=True)
+            with atomic_path(km_file) as tmp:
+                fig.savefig(tmp, format="png", dpi=90, bbox_inches="tight")
             meta[f"kaplan_meier_{name}"] = png_md(fig, f"Kaplan-Meier {name}")
+            meta[f"kaplan_meier_file_{name}"] = dg.MetadataValue.path(str(km_file))
             meta[f"patients_{name}"] = len(df)
             groups = [c for c in ("er_status", "subtype") if df[c].notna().sum() >= 5]
             if groups:
