@@ -76,12 +76,11 @@ def build(cfg: PathomchConfig, slide_predictions_asset):
                                  "hti": hti_from_calls(c), "n_tiles": int(carto.mask.sum()),
                                  "n_positive": int(c.any(axis=1).sum())})
                 store.write("hti", f"{cohort}/{sid}", pd.DataFrame(rows))
-                heterogeneity_png(Cartography(sets[0], carto.tensor[[traits.index(t) for t in sets[0]]], carto.mask),
-                                  cartography_file(cfg, cohort, sid, "png"), title=f"{sid}  HTI {rows[0]['hti']:.2f}")
+                first = Cartography(sets[0], carto.tensor[[traits.index(t) for t in sets[0]]], carto.mask)
+                heterogeneity_png(first, cartography_file(cfg, cohort, sid, "png"), title=f"{sid}  HTI {rows[0]['hti']:.2f}")
                 rows_all.extend(rows)
                 if len(gallery) < 6:
-                    gallery.append((sid, Cartography(sets[0], carto.tensor[[traits.index(t) for t in sets[0]]],
-                                                     carto.mask), rows[0]["hti"]))
+                    gallery.append((sid, first, rows[0]["hti"]))
         store.ensure_views()
         hti = pd.DataFrame(rows_all)
         meta = {"slides_mapped": int(hti["slide_id"].nunique()) if len(hti) else 0, "slides_without_calls": skipped}
