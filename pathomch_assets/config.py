@@ -81,6 +81,8 @@ class TrainingConfig(_Strict):
     max_tiles_per_slide: int | None = Field(None, ge=1, description="cap on tiles per slide per epoch (None: all)")
     mixed_precision: bool = False
     cache_decoded: bool = Field(False, description="keep decoded tiles in memory (small cohorts only)")
+    deterministic: bool = Field(False, description="reproducible training (TensorFlow op determinism, ordered "
+                                "input); slower, notably on GPUs")
 
 
 class EnsembleConfig(_Strict):

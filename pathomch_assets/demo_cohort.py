@@ -80,8 +80,8 @@ def apply_effect(rgb: np.ndarray, effect: str) -> np.ndarray:
     tissue = _tissue_mask(rgb)
     lum = img.mean(axis=-1)
     if effect == "dark_nuclei":
-        sel = tissue & (lum < 165)
-        img[sel] *= 0.55
+        sel = tissue & (lum < 175)
+        img[sel] *= 0.45
     elif effect == "blue_tint":
         img[tissue] *= np.array([0.72, 0.88, 1.0], np.float32)
         img[tissue, 2] += 18
@@ -385,7 +385,7 @@ def clinical_table(spec: DemoCohortSpec, seed: int, with_slides, planted_hti: di
     rows = []
     for pid in with_slides:
         h = planted_hti.get(pid, 0.0)
-        hazard = 0.01 * np.exp(3.2 * h)
+        hazard = 0.01 * np.exp(4.0 * h)
         t_event = rng.exponential(1 / hazard)
         t_cens = rng.uniform(24, 160)
         event = int(t_event <= t_cens)

@@ -105,7 +105,7 @@ def _augment(img, label):
 
 
 def train_dataset(slides: SlideSet, input_px: int, batch_size: int, seed: int, cache: bool = False,
-                  max_tiles_per_slide: int | None = None):
+                  max_tiles_per_slide: int | None = None, deterministic: bool = False):
     """Shuffled, augmented, endless batches of (tile, slide label); tiles read in parallel."""
     import tensorflow as tf
 
@@ -118,7 +118,7 @@ def train_dataset(slides: SlideSet, input_px: int, batch_size: int, seed: int, c
         return ds.map(lambda r: (r, label))
 
     ds = files.shuffle(len(slides), seed=seed).interleave(per_slide, cycle_length=min(16, max(1, len(slides))),
-                                                           num_parallel_calls=AUTOTUNE, deterministic=False)
+                                                           num_parallel_calls=AUTOTUNE, deterministic=deterministic)
     decode = _decode(input_px)
     ds = ds.map(lambda r, y: (decode(r), y), num_parallel_calls=AUTOTUNE)
     if cache:
@@ -271,10 +271,15 @@ def train_model(train: SlideSet, val: SlideSet, tcfg, threshold: float = 0.5, se
     n_evals = max(1, math.ceil(tcfg.max_epochs * tcfg.evals_per_epoch))
     if tcfg.mixed_precision:
         keras.mixed_precision.set_global_policy("mixed_float16")
+    if tcfg.deterministic:
+        import tensorflow as tf
+
+        tf.config.experimental.enable_op_determinism()
     scope = strategy.scope() if strategy is not None else _null()
     with scope:
         model = build_model(tcfg.architecture, tcfg.input_px, tcfg.learning_rate, seed)
-    ds = train_dataset(train, tcfg.input_px, tcfg.batch_size, seed, tcfg.cache_decoded, tcfg.max_tiles_per_slide)
+    ds = train_dataset(train, tcfg.input_px, tcfg.batch_size, seed, tcfg.cache_decoded, tcfg.max_tiles_per_slide,
+                       tcfg.deterministic)
     auc_cb = _slide_auc_callback(val, tcfg.input_px, max(tcfg.batch_size, 256), threshold, log)
     callbacks = [
         auc_cb,
