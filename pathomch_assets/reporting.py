@@ -26,8 +26,3 @@ def png_md(fig, name: str = "figure", dpi: int = 90) -> dg.MetadataValue:
     plt.close(fig)
     data = base64.b64encode(buf.getvalue()).decode()
     return dg.MetadataValue.md(f"![{name}](data:image/png;base64,{data})")
-
-
-def png_file_md(path, name: str = "figure") -> dg.MetadataValue:
-    data = base64.b64encode(open(path, "rb").read()).decode()
-    return dg.MetadataValue.md(f"![{name}](data:image/png;base64,{data})")

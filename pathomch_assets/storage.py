@@ -132,9 +132,6 @@ def tile_file(tiles_dir: str | Path, cohort: str, slide_id: str) -> Path:
     return Path(tiles_dir) / cohort / f"{slide_id}.tfrecord"
 
 
-TILE_FEATURES = {"image": "string", "col": "int64", "row": "int64"}
-
-
 def parse_tile_record(serialized):
     """``tf.data`` map function: record -> (uint8 image, col, row)."""
     import tensorflow as tf
@@ -177,7 +174,7 @@ class TableStore:
     def conform(self, table: str, df: pd.DataFrame) -> pd.DataFrame:
         """Order and type ``df``'s columns as the table's schema; missing required ones raise."""
         schema = SCHEMAS[table]
-        required = list(schema)[: _required_count(table)]
+        required = list(schema)[: _REQUIRED[table]]
         missing = [c for c in required if c not in df.columns]
         if missing:
             raise ValueError(f"table {table}: missing columns {missing}")
@@ -242,9 +239,6 @@ class TableStore:
             return con.execute(sql).df()
 
 
+#: how many leading columns of each schema are the SPEC 5 contract (required on write)
 _REQUIRED = {"slides": 6, "tiles": 5, "labels": 6, "splits": 4, "expression": 4, "clinical": 4,
              "slide_scores": 5, "model_metrics": 6, "correlations": 6, "hti": 6, "survival": 6}
-
-
-def _required_count(table: str) -> int:
-    return _REQUIRED[table]

@@ -127,14 +127,6 @@ def train_dataset(slides: SlideSet, input_px: int, batch_size: int, seed: int, c
             .map(_augment, num_parallel_calls=AUTOTUNE).batch(batch_size).prefetch(AUTOTUNE))
 
 
-def tile_dataset(files: list[str], input_px: int, batch_size: int):
-    """Every tile of ``files``, in file order, batched (for prediction)."""
-    import tensorflow as tf
-
-    ds = tf.data.TFRecordDataset(files, num_parallel_reads=1)
-    return ds.map(_decode(input_px), num_parallel_calls=AUTOTUNE).batch(batch_size).prefetch(AUTOTUNE)
-
-
 def count_tiles(files: list[str]) -> list[int]:
     import tensorflow as tf
 
