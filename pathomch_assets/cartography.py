@@ -15,7 +15,7 @@ import numpy as np
 import pandas as pd
 
 from .heterogeneity import combination_codes
-from .storage import atomic_path
+from .storage import as_path, atomic_path, local_copy
 
 
 @dataclass
@@ -34,7 +34,7 @@ class Cartography:
         return np.ma.MaskedArray(self.tensor, mask=np.broadcast_to(~self.mask, self.tensor.shape))
 
     def save(self, path: str | Path) -> Path:
-        path = Path(path)
+        path = as_path(path)
         with atomic_path(path) as tmp:
             with open(tmp, "wb") as fh:
                 np.savez_compressed(fh, tensor=self.tensor, mask=self.mask, traits=np.array(self.traits))
@@ -42,7 +42,7 @@ class Cartography:
 
     @classmethod
     def load(cls, path: str | Path) -> "Cartography":
-        with np.load(path) as z:
+        with np.load(local_copy(path)) as z:
             return cls([str(t) for t in z["traits"]], z["tensor"], z["mask"])
 
 
@@ -130,7 +130,7 @@ def heterogeneity_png(carto: Cartography, path: str | Path, cell_px: int = 12, t
         draw.text((x0 + 14, y - 1), name, fill=(0, 0, 0), font=font)
     with atomic_path(path) as tmp:
         img.save(tmp, format="PNG")
-    return Path(path)
+    return as_path(path)
 
 
 def plot_heterogeneity_map(carto: Cartography, title: str = "", hti: float | None = None, ax=None):
@@ -177,7 +177,7 @@ def to_geojson(carto: Cartography, tile_px_level0: float, name: str = "") -> dic
 
 
 def write_geojson(carto: Cartography, path: str | Path, tile_px_level0: float, name: str = "") -> Path:
-    path = Path(path)
+    path = as_path(path)
     with atomic_path(path) as tmp:
         tmp.write_text(json.dumps(to_geojson(carto, tile_px_level0, name)))
     return path

@@ -25,7 +25,8 @@ def cmd_materialize(args) -> int:
 
     defs, cfg = _defs_and_config(args.config)
     parts = [p for p in (args.partition or "").split(",") if p] or None
-    summary = materialize_all(defs, cfg, args.select, parts, missing_only=args.missing)
+    summary = materialize_all(defs, cfg, args.select, parts, missing_only=args.missing, executor=args.executor,
+                              parallel=args.parallel)
     print(f"{summary.runs} runs in {summary.seconds:.0f} s"
           + (f" ({summary.already} partitions already materialized)" if args.missing else "")
           + f"; results in {cfg.duckdb_path}")
@@ -109,6 +110,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--partition", help="only these partition keys (comma separated)")
     p.add_argument("--missing", action="store_true",
                    help="only partitions not materialized yet (resume after an interrupted run)")
+    p.add_argument("--executor", choices=["in_process", "multiprocess"], default="in_process",
+                   help="in_process: one process; multiprocess: a process per step (Dagster's multiprocess_executor)")
+    p.add_argument("--parallel", type=int, default=1, metavar="N",
+                   help="partition runs in flight at once (with --executor multiprocess)")
     p.set_defaults(func=cmd_materialize)
     p = sub.add_parser("sql", help="run a SQL query against the result tables")
     p.add_argument("query")

@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 import re
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -153,7 +153,10 @@ class CohortConfig(_Strict):
 
 
 class PathomchConfig(_Strict):
-    data_dir: Path
+    data_dir: Path | str = Field(description="outputs: a folder, or an fsspec URL (s3://bucket/prefix, gs://..., "
+                                             "memory://...) for tiles, models, maps and tables on object storage")
+    storage_options: dict[str, Any] = Field(default_factory=dict, description="fsspec options for a data_dir URL "
+                                            "(e.g. endpoint_url for MinIO); credentials come from the environment")
     duckdb_path: Path
     seed: int = 2020
     cohorts: dict[str, CohortConfig] = Field(min_length=1)
@@ -173,6 +176,28 @@ class PathomchConfig(_Strict):
                 raise ValueError(f"cohort name {name!r} may only hold letters, digits, '_', '.', '-'")
         return cohorts
 
+    @field_validator("data_dir", mode="before")
+    @classmethod
+    def _data_dir(cls, value):
+        return value if is_url(value) else Path(value)
+
+    @field_validator("duckdb_path", mode="before")
+    @classmethod
+    def _local_duckdb(cls, value):
+        if is_url(value):
+            raise ValueError("must be a local file (the DuckDB views read the Parquet tables under data_dir, "
+                             "wherever that is)")
+        return value
+
+    @property
+    def output_root(self):
+        """``data_dir`` as a path: a ``pathlib.Path``, or a ``UPath`` carrying ``storage_options``."""
+        if isinstance(self.data_dir, Path):
+            return self.data_dir
+        from upath import UPath
+
+        return UPath(self.data_dir, **self.storage_options)
+
     @model_validator(mode="after")
     def _ensemble_fits_rounds(self):
         if self.ensemble.size > self.splits.rounds:
@@ -189,19 +214,19 @@ class PathomchConfig(_Strict):
 
     @property
     def tiles_dir(self) -> Path:
-        return self.data_dir / "tiles"
+        return self.output_root / "tiles"
 
     @property
     def models_dir(self) -> Path:
-        return self.data_dir / "models"
+        return self.output_root / "models"
 
     @property
     def tables_dir(self) -> Path:
-        return self.data_dir / "tables"
+        return self.output_root / "tables"
 
     @property
     def maps_dir(self) -> Path:
-        return self.data_dir / "cartography"
+        return self.output_root / "cartography"
 
 
 def is_mirna(trait: str) -> bool:
@@ -218,8 +243,15 @@ def split_target(key: str) -> tuple[str, str]:
     return cohort, trait
 
 
+def is_url(value) -> bool:
+    """``s3://...``-style locations (fsspec URLs); ``file://`` counts as local."""
+    return isinstance(value, str) and "://" in value and not value.startswith("file://")
+
+
 def _resolve(value, base: Path):
-    if isinstance(value, str) and value and not os.path.isabs(value):
+    if isinstance(value, str) and value.startswith("file://"):
+        value = value[len("file://"):]
+    if isinstance(value, str) and value and not os.path.isabs(value) and not is_url(value):
         return str((base / value).resolve())
     return value
 

@@ -31,7 +31,7 @@ def build_definitions(cfg: PathomchConfig | None = None, config_path: str | None
                     checks.build_selection_check(ensemble),
                     *carto_checks, *survival_checks]
     slide_job = dg.define_asset_job(
-        "process_slides", selection=[ingest.slide_tiles, slide_predictions, *carto_assets], partitions_def=SLIDES,
+        "process_slides", selection=[ingest.slide_tiles, slide_predictions, *carto_assets],
         description="Tile a slide, score it with the existing ensembles, map it and compute its HTI.")
     return dg.Definitions(
         assets=dg.map_asset_specs(lambda spec: spec.replace_attributes(owners=OWNERS), assets),

@@ -3,17 +3,24 @@
 A Dagster run holds assets of one partitioning, so the graph is walked in batches: assets
 that are ready and share a partitions definition run together, once per partition key (the
 slide partitions as one range run, which tiles slides in a worker pool).  Runs land in the
-instance at ``$DAGSTER_HOME`` (default ``<data_dir>/dagster_home``), so ``dagster dev`` with
+instance at ``$DAGSTER_HOME`` (default ``dagster_home`` beside the DuckDB file), so ``dagster dev`` with
 the same home shows them.  A batch whose upstream failed (a blocking check, say) is skipped, as
 Dagster skips downstream steps within a run.  This is what ``dagster asset materialize`` does for one asset,
 for the whole graph; a deployment with a daemon launches the same runs as backfills.
+
+``executor="multiprocess"`` runs every step in its own process through ``dagster.execute_job``
+(Dagster's ``multiprocess_executor``), and ``parallel=N`` keeps N partition runs of a batch in
+flight at once: the single-machine version of one pod per partition (docs/scale-out.md).
+The ``gpu`` concurrency pool still admits one training step at a time.
 """
 
 from __future__ import annotations
 
 import os
 import time
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
+from multiprocessing import get_context
 from pathlib import Path
 
 import dagster as dg
@@ -39,7 +46,7 @@ RUN_CONFIG = {"loggers": {"console": {"config": {"log_level": "INFO"}}}}
 
 
 def instance_for(cfg: PathomchConfig) -> dg.DagsterInstance:
-    home = Path(os.environ.setdefault("DAGSTER_HOME", str(cfg.data_dir / "dagster_home")))
+    home = Path(os.environ.setdefault("DAGSTER_HOME", str(cfg.duckdb_path.parent / "dagster_home")))
     home.mkdir(parents=True, exist_ok=True)
     if not (home / "dagster.yaml").exists() or "nux:" not in (home / "dagster.yaml").read_text():
         (home / "dagster.yaml").write_text(DAGSTER_YAML)
@@ -82,13 +89,54 @@ class RunSummary:
     seconds: float = 0.0
 
 
+EXECUTORS = ("in_process", "multiprocess")
+BATCH_JOB = "pathomch_batch"
+
+
+def batch_job(config_path: str | None, asset_keys: list[str]) -> dg.JobDefinition:
+    """The job of one batch with the multiprocess executor; rebuilt by name in every step process
+    (``dagster.build_reconstructable_job``), so it must depend only on its arguments."""
+    from .definitions import build_definitions
+
+    defs = build_definitions(config_path=config_path)
+    job = dg.define_asset_job(BATCH_JOB, selection=dg.AssetSelection.assets(*map(dg.AssetKey.from_user_string, asset_keys)),
+                              executor_def=dg.multiprocess_executor)
+    return dg.Definitions(assets=defs.assets, asset_checks=defs.asset_checks, resources=defs.resources,
+                          jobs=[job]).resolve_job_def(BATCH_JOB)
+
+
+def execute_run(config_path: str | None, asset_keys: list[str], tags: dict) -> tuple[bool, str]:
+    """One run of a batch through ``dagster.execute_job`` (a process per step); (success, run id)."""
+    recon = dg.build_reconstructable_job(__name__, batch_job.__name__, reconstructable_args=(config_path, asset_keys))
+    instance = dg.DagsterInstance.get()
+    with dg.execute_job(recon, instance, run_config=RUN_CONFIG, tags=tags) as result:
+        return result.success, result.run_id
+
+
+class _Done:
+    """A finished run, shaped like a future."""
+
+    def __init__(self, success: bool, run_id: str):
+        self._value = (success, run_id)
+
+    def result(self):
+        return self._value
+
+
 def materialize_all(defs: dg.Definitions, cfg: PathomchConfig, selection: str | None = None,
-                    partitions: list[str] | None = None, log=print, missing_only: bool = False) -> RunSummary:
+                    partitions: list[str] | None = None, log=print, missing_only: bool = False,
+                    executor: str = "in_process", parallel: int = 1) -> RunSummary:
     """Materialize the selected assets (all by default) for every partition, in order.
 
     ``missing_only`` skips partitions every asset of the batch already has (resume after a
     killed run); slide partitions always run as one range, which reuses finished slides.
+    ``executor`` is ``in_process`` (one process, ``dagster.materialize``) or ``multiprocess``
+    (a process per step); ``parallel`` partition runs of a batch run at once (multiprocess only).
     """
+    if executor not in EXECUTORS:
+        raise ValueError(f"executor must be one of {EXECUTORS}, not {executor!r}")
+    if parallel > 1 and executor != "multiprocess":
+        raise ValueError("parallel partition runs need executor='multiprocess' (TensorFlow state is per process)")
     t0 = time.perf_counter()
     instance = instance_for(cfg)
     new = sync_slide_partitions(cfg, instance)
@@ -100,6 +148,7 @@ def materialize_all(defs: dg.Definitions, cfg: PathomchConfig, selection: str | 
     resources = defs.resources
     summary = RunSummary()
     failed_keys: set = set()
+    pool = None
     for pdef, batch in plan_batches(defs, keys):
         names = ", ".join(k.to_user_string() for k in batch)
         blocked = [k for k in batch if _upstream(graph, k) & failed_keys]
@@ -111,18 +160,44 @@ def materialize_all(defs: dg.Definitions, cfg: PathomchConfig, selection: str | 
         done = None
         if missing_only and not isinstance(pdef, dg.DynamicPartitionsDefinition):
             done = set.intersection(*(set(instance.get_materialized_partitions(k)) for k in batch))
+        runs = []
         for label, kwargs in _partition_runs(pdef, instance, partitions):
             if done is not None and label in done:
                 summary.already += 1
-                continue
+            else:
+                runs.append((label, kwargs))
+        config_path = os.environ.get("PATHOMCH_CONFIG") or (str(cfg.source) if cfg.source else None)
+        batch_keys = [k.to_user_string() for k in batch]
+
+        def submit(label, kwargs):
+            if executor == "in_process":
+                result = dg.materialize(all_assets, selection=batch, instance=instance, resources=resources,
+                                        raise_on_error=False, run_config=RUN_CONFIG, **kwargs)
+                return _Done(result.success, result.run_id)
+            tags = dict(kwargs.get("tags", {}))
+            if "partition_key" in kwargs:
+                tags.update(pdef.get_tags_for_partition_key(kwargs["partition_key"]))
+            if pool is None:
+                return _Done(*execute_run(config_path, batch_keys, tags))
+            return pool.submit(execute_run, config_path, batch_keys, tags)
+
+        if parallel > 1 and len(runs) > 1 and pool is None:
+            # Dagster's run orchestration is per process (logging, signals): runs in flight at
+            # once each get a process of their own, reused across batches
+            pool = ProcessPoolExecutor(max_workers=parallel, mp_context=get_context("spawn"))
+        pending = []
+        for label, kwargs in runs:
             log(f"materializing {names} [{label}]")
-            result = dg.materialize(all_assets, selection=batch, instance=instance, resources=resources,
-                                    raise_on_error=False, run_config=RUN_CONFIG, **kwargs)
+            pending.append((label, submit(label, kwargs)))
+        for label, fut in pending:
+            success, run_id = fut.result()
             summary.runs += 1
-            if not result.success:
+            if not success:
                 failed_keys.update(batch)
-                summary.failed.append(f"{names} [{label}] (run {result.run_id})")
-                log(f"  FAILED: {names} [{label}]; see `dagster dev` run {result.run_id}")
+                summary.failed.append(f"{names} [{label}] (run {run_id})")
+                log(f"  FAILED: {names} [{label}]; see `dagster dev` run {run_id}")
+    if pool is not None:
+        pool.shutdown()
     summary.seconds = time.perf_counter() - t0
     return summary
 

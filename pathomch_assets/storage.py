@@ -5,6 +5,12 @@ views at ``duckdb_path``.  Why not plain DuckDB tables: DuckDB allows one writin
 database file, and Dagster runs partitions in parallel processes.  Per-partition files are
 written to a temporary name and renamed, so re-materializing a partition replaces exactly its
 rows (idempotent), parallel writers never meet, and a killed run leaves no half-written rows.
+
+Everything under ``data_dir`` may live on object storage: paths are then ``UPath`` objects
+(fsspec) carrying their ``storage_options``.  Files are written locally and uploaded whole
+(one PUT: readers never see half an object); files TensorFlow, Keras or numpy read are
+fetched once into a local cache (``$PATHOMCH_CACHE_DIR``) and re-fetched when they change;
+DuckDB reads the Parquet tables through the same fsspec filesystem.
 """
 
 from __future__ import annotations
@@ -14,7 +20,7 @@ import os
 import tempfile
 import time
 import urllib.parse
-from pathlib import Path
+from pathlib import Path, PurePath
 
 import duckdb
 import numpy as np
@@ -55,20 +61,72 @@ SCHEMAS: dict[str, dict[str, str]] = {
 _PANDAS_TYPES = {"VARCHAR": "string", "INTEGER": "Int32", "BIGINT": "Int64", "DOUBLE": "float64"}
 
 
-# --------------------------------------------------------------------------- atomic files
+# --------------------------------------------------------------------------- paths and atomic files
+def as_path(path):
+    """A ``Path`` for local locations; a ``UPath`` (object storage) is returned as it is."""
+    if isinstance(path, PurePath) or hasattr(path, "fs"):
+        return path
+    if "://" in str(path):
+        from upath import UPath
+
+        return UPath(str(path))
+    return Path(path)
+
+
+def is_remote(path) -> bool:
+    """True for an object-storage ``UPath`` (not a local file)."""
+    return not isinstance(as_path(path), PurePath)
+
+
 @contextlib.contextmanager
-def atomic_path(path: str | Path):
-    """Yield a temporary path beside ``path``; rename it into place only if the block succeeds."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+def atomic_path(path):
+    """Yield a temporary local path; publish it as ``path`` only if the block succeeds.
+
+    Local: a rename beside the target.  Object storage: one upload of the finished file.
+    The temporary name keeps the target's suffix (Keras picks its format from it).
+    """
+    path = as_path(path)
+    remote = is_remote(path)
+    if not remote:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=f".tmp{path.suffix}",
+                               dir=None if remote else path.parent)
     os.close(fd)
     try:
         yield Path(tmp)
-        os.replace(tmp, path)
+        if remote:
+            path.fs.put_file(tmp, path.path)
+        else:
+            os.replace(tmp, path)
     finally:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
+
+
+def cache_dir() -> Path:
+    return Path(os.environ.get("PATHOMCH_CACHE_DIR") or Path(tempfile.gettempdir()) / "pathomch-cache")
+
+
+def local_copy(path) -> str:
+    """A local file name with ``path``'s content: the file itself, or a cached download.
+
+    The cache (fsspec ``filecache``) checks the object's identity on every call, so a file
+    rewritten upstream (a re-tiled slide, a retrained model) is fetched again.
+    """
+    import fsspec
+    from fsspec.implementations.cache_mapper import BasenameCacheMapper
+
+    path = as_path(path)
+    if not is_remote(path):
+        return str(path)
+    # cache names keep the object's path (and so its suffix: Keras reads the format from it)
+    cache = {"cache_storage": str(cache_dir()), "check_files": True, "cache_mapper": BasenameCacheMapper(64)}
+    return fsspec.open_local(f"filecache::{path}", filecache=cache, **{path.protocol: dict(path.storage_options)})
+
+
+def read_parquet(path, **kwargs) -> pd.DataFrame:
+    with as_path(path).open("rb") as fh:
+        return pd.read_parquet(fh, **kwargs)
 
 
 def partition_filename(partition_key: str) -> str:
@@ -85,7 +143,7 @@ class TileWriter:
     """
 
     def __init__(self, path: str | Path, quality: int = 90):
-        self.path, self.quality = Path(path), quality
+        self.path, self.quality = as_path(path), quality
         self._ctx = atomic_path(self.path)
         self._aborted = False
 
@@ -128,8 +186,8 @@ class _Aborted(Exception):
     pass
 
 
-def tile_file(tiles_dir: str | Path, cohort: str, slide_id: str) -> Path:
-    return Path(tiles_dir) / cohort / f"{slide_id}.tfrecord"
+def tile_file(tiles_dir, cohort: str, slide_id: str) -> Path:
+    return as_path(tiles_dir) / cohort / f"{slide_id}.tfrecord"
 
 
 def parse_tile_record(serialized):
@@ -147,7 +205,7 @@ def read_tiles(path: str | Path) -> tuple[np.ndarray, np.ndarray]:
     import tensorflow as tf
 
     images, pos = [], []
-    for img, col, row in tf.data.TFRecordDataset(str(path)).map(parse_tile_record):
+    for img, col, row in tf.data.TFRecordDataset(local_copy(path)).map(parse_tile_record):
         images.append(img.numpy())
         pos.append((int(col), int(row)))
     if not images:
@@ -159,9 +217,15 @@ def read_tiles(path: str | Path) -> tuple[np.ndarray, np.ndarray]:
 class TableStore:
     """Per-partition Parquet files under ``tables_dir``, seen as DuckDB views at ``duckdb_path``."""
 
-    def __init__(self, tables_dir: str | Path, duckdb_path: str | Path):
-        self.tables_dir = Path(tables_dir)
+    def __init__(self, tables_dir, duckdb_path: str | Path):
+        self.tables_dir = as_path(tables_dir)
         self.duckdb_path = Path(duckdb_path)
+
+    def _connect(self, database: str = ":memory:", read_only: bool = False) -> duckdb.DuckDBPyConnection:
+        con = duckdb.connect(database, read_only=read_only)
+        if is_remote(self.tables_dir):
+            con.register_filesystem(self.tables_dir.fs)  # read_parquet('s3://...') through fsspec
+        return con
 
     def _dir(self, table: str) -> Path:
         if table not in SCHEMAS:
@@ -212,7 +276,7 @@ class TableStore:
         sql = f"SELECT * FROM read_parquet('{self._glob(table)}', union_by_name=true)"
         if where:
             sql += f" WHERE {where}"
-        with duckdb.connect() as con:
+        with self._connect() as con:
             return con.execute(sql, params or []).df()
 
     def ensure_views(self, retries: int = 20) -> None:
@@ -222,7 +286,7 @@ class TableStore:
         self.duckdb_path.parent.mkdir(parents=True, exist_ok=True)
         for attempt in range(retries):
             try:
-                with duckdb.connect(str(self.duckdb_path)) as con:
+                with self._connect(str(self.duckdb_path)) as con:
                     for table in SCHEMAS:
                         con.execute(f"CREATE OR REPLACE VIEW {table} AS SELECT * FROM "
                                     f"read_parquet('{self._glob(table)}', union_by_name=true)")
@@ -235,7 +299,7 @@ class TableStore:
     def query(self, sql: str) -> pd.DataFrame:
         """Run SQL against the views (read-only connection)."""
         self.ensure_views()
-        with duckdb.connect(str(self.duckdb_path), read_only=True) as con:
+        with self._connect(str(self.duckdb_path), read_only=True) as con:
             return con.execute(sql).df()
 
 

@@ -233,7 +233,7 @@ def tile_slide(cohort: str, slide_id: str, path: str | Path, out_file: str | Pat
     except SlideError as err:
         res.status, res.error = "error", str(err)
         res.tiles = res.tiles.iloc[0:0]
-        Path(out_file).unlink(missing_ok=True)
+        storage.as_path(out_file).unlink(missing_ok=True)
     finally:
         if slide is not None:
             slide.close()

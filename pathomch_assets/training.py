@@ -24,7 +24,7 @@ import numpy as np
 import pandas as pd
 
 from .evaluation import slide_auc, slide_scores_from_tiles
-from .storage import atomic_path, parse_tile_record
+from .storage import as_path, atomic_path, local_copy, parse_tile_record
 
 AUTOTUNE = -1  # tf.data.AUTOTUNE
 
@@ -301,12 +301,10 @@ class _null:
 # --------------------------------------------------------------------------- persistence
 def save_model(model, result: TrainResult, directory: str | Path, settings: dict) -> Path:
     """``model.keras``, ``history.csv`` and ``model.json`` (settings and results), each atomically."""
-    directory = Path(directory)
-    directory.mkdir(parents=True, exist_ok=True)
+    directory = as_path(directory)
     path = directory / "model.keras"
-    tmp = directory / f".model.{os.getpid()}.keras"
-    model.save(tmp)
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:
+        model.save(tmp)
     with atomic_path(directory / "history.csv") as t:
         result.history.to_csv(t, index=False)
     meta = {**{k: v for k, v in asdict(result).items() if k != "history"}, "settings": settings}
@@ -318,8 +316,8 @@ def save_model(model, result: TrainResult, directory: str | Path, settings: dict
 def load_model(directory: str | Path):
     import keras
 
-    return keras.models.load_model(Path(directory) / "model.keras", compile=False)
+    return keras.models.load_model(local_copy(as_path(directory) / "model.keras"), compile=False)
 
 
 def model_dir(models_dir: str | Path, cohort: str, trait: str, round_name: str) -> Path:
-    return Path(models_dir) / cohort / trait / round_name
+    return as_path(models_dir) / cohort / trait / round_name

@@ -58,3 +58,36 @@ def small_demo(tmp_path_factory):
     seed = balanced_seed(cohorts)
     return build_demo(out, seed=seed, cohorts=cohorts, workers=1, progress=lambda *a: None,
                       overrides={"splits": SMALL_SPLITS})
+
+
+@pytest.fixture(scope="session")
+def s3_endpoint():
+    """A local S3 endpoint (moto's server: the S3 protocol over HTTP, reachable from child processes)."""
+    from moto.server import ThreadedMotoServer
+
+    mp = pytest.MonkeyPatch()
+    for var in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"):
+        mp.setenv(var, "testing")
+    mp.setenv("AWS_DEFAULT_REGION", "us-east-1")
+    import logging
+
+    logging.getLogger("werkzeug").setLevel(logging.WARNING)  # one line per request otherwise
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    host, port = server.get_host_and_port()
+    yield f"http://{host}:{port}"
+    server.stop()
+    mp.undo()
+
+
+@pytest.fixture
+def s3_root(s3_endpoint, request):
+    """An empty bucket on the local S3 endpoint, as the ``UPath`` a config's data_dir URL becomes."""
+    import re
+
+    import s3fs
+    from upath import UPath
+
+    bucket = re.sub(r"[^a-z0-9-]", "-", request.node.name.lower())[:50].strip("-")
+    s3fs.S3FileSystem(endpoint_url=s3_endpoint).mkdir(bucket)
+    return UPath(f"s3://{bucket}/pathomch", endpoint_url=s3_endpoint)

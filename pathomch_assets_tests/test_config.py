@@ -105,3 +105,22 @@ def test_shipped_demo_config_is_valid():
                                            ("MKI67", False), ("MIR17HG", False)])
 def test_mirna_names(name, expected):
     assert is_mirna(name) is expected
+
+
+def test_data_dir_may_be_an_object_store_url(minimal, tmp_path):
+    text = minimal.read_text().replace("data_dir: out", "data_dir: s3://lab-bucket/pathomch\n"
+                                       "storage_options: {endpoint_url: 'http://minio:9000'}")
+    cfg = load_config(write(tmp_path, text, "remote.yaml"))
+    assert cfg.data_dir == "s3://lab-bucket/pathomch"
+    tiles = cfg.tiles_dir
+    assert str(tiles) == "s3://lab-bucket/pathomch/tiles" and tiles.storage_options == {"endpoint_url": "http://minio:9000"}
+    assert cfg.duckdb_path == (tmp_path / "out" / "p.duckdb").resolve()
+    local = load_config(write(tmp_path, minimal.read_text().replace("data_dir: out", f"data_dir: file://{tmp_path}/o"),
+                              "file.yaml"))
+    assert local.tiles_dir == tmp_path / "o" / "tiles"
+
+
+def test_duckdb_file_must_be_local(minimal, tmp_path):
+    text = minimal.read_text().replace("duckdb_path: out/p.duckdb", "duckdb_path: s3://b/p.duckdb")
+    with pytest.raises(ConfigError, match=r"bad.yaml[\s\S]*duckdb_path: .*must be a local file"):
+        load_config(write(tmp_path, text, "bad.yaml"))

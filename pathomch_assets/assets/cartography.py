@@ -11,6 +11,7 @@ from ..heterogeneity import hti_from_calls
 from ..partitions import SLIDES, by_cohort
 from ..reporting import md_table, png_md
 from ..resources import PathomchResource
+from ..storage import read_parquet
 from .scoring import slide_calls_path
 
 ALL = dg.AllPartitionMapping()
@@ -35,7 +36,7 @@ def cartography_file(cfg: PathomchConfig, cohort: str, slide_id: str, ext: str =
 def slide_calls(cfg: PathomchConfig, cohort: str, slide_id: str) -> pd.DataFrame | None:
     """Ensemble tile calls of one slide (``col, row, trait, call``), or None if it has none."""
     path = slide_calls_path(cfg, cohort, slide_id)
-    return pd.read_parquet(path, columns=["col", "row", "trait", "call"]) if path.exists() else None
+    return read_parquet(path, columns=["col", "row", "trait", "call"]) if path.exists() else None
 
 
 def build(cfg: PathomchConfig, slide_predictions_asset):

@@ -78,7 +78,7 @@ def slide_tiles(context: dg.AssetExecutionContext, pathomch: PathomchResource) -
         elif cfg.cohorts[cohort].diagnostic_only and not is_diagnostic(sid):
             rows[key] = slide_row(cohort, sid, ref.path, "skipped", f"{ref.path}: not a diagnostic slide (no -DX in its name)")
         else:
-            jobs.append((cohort, sid, str(ref.path), str(tile_file(cfg.tiles_dir, cohort, sid)), params,
+            jobs.append((cohort, sid, str(ref.path), tile_file(cfg.tiles_dir, cohort, sid), params,
                          cfg.cohorts[cohort].default_magnification))
     tiles_total = 0
 

@@ -13,7 +13,7 @@ from ..partitions import cohorts, target_rounds, targets
 from ..plots import plot_score_boxes, plot_training_curve
 from ..reporting import md_table, png_md
 from ..resources import AcceleratorResource, PathomchResource
-from ..storage import atomic_path, tile_file
+from ..storage import atomic_path, local_copy, read_parquet, tile_file
 from ..training import SlideSet, model_dir, predict_files, save_model, train_model
 from .molecular import cohort_slides
 
@@ -21,12 +21,12 @@ ALL = dg.AllPartitionMapping()
 
 
 def predictions_path(cfg: PathomchConfig, cohort: str, trait: str, model: str):
-    return cfg.data_dir / "predictions" / cohort / trait / f"{model}.parquet"
+    return cfg.output_root / "predictions" / cohort / trait / f"{model}.parquet"
 
 
 def slide_set(cfg, cohort: str, frame: pd.DataFrame) -> SlideSet:
     """Slides of ``frame`` (``slide_id, label, n_tiles``) with their tile files."""
-    return SlideSet(frame["slide_id"].tolist(), [str(tile_file(cfg.tiles_dir, cohort, s)) for s in frame["slide_id"]],
+    return SlideSet(frame["slide_id"].tolist(), [local_copy(tile_file(cfg.tiles_dir, cohort, s)) for s in frame["slide_id"]],
                     frame["label"].astype(int).tolist(), frame["n_tiles"].astype(int).tolist())
 
 
@@ -75,7 +75,7 @@ def build(cfg: PathomchConfig, labels_asset, splits_asset):
         save_model(model, res, directory, {"cohort": cohort, "trait": trait, "round": r, "seed": seed,
                                            "training": cfg.training.model_dump(), "device": accelerator.describe()})
         # every tile of every usable slide
-        files = [str(tile_file(cfg.tiles_dir, cohort, s)) for s in slides["slide_id"]]
+        files = [local_copy(tile_file(cfg.tiles_dir, cohort, s)) for s in slides["slide_id"]]
         context.log.info(f"scoring {len(files)} slides with {round_name}")
         probs = predict_files(model, files, cfg.training.input_px)
         pos = tile_positions(store, cohort)
@@ -116,7 +116,7 @@ def build(cfg: PathomchConfig, labels_asset, splits_asset):
         if missing:
             raise dg.Failure(f"{target}: no trained model for {missing}; materialize trait_model for them first")
         members = select_ensemble(val_auc, cfg.ensemble.size)
-        frames = [pd.read_parquet(predictions_path(cfg, cohort, trait, m)) for m in members]
+        frames = [read_parquet(predictions_path(cfg, cohort, trait, m)) for m in members]
         base = frames[0][["slide_id", "col", "row"]]
         for f in frames[1:]:
             if not f[["slide_id", "col", "row"]].equals(base):

@@ -68,8 +68,7 @@ def build(cfg: PathomchConfig, cartography_asset, clinical_asset):
                 plot_km(t, ax=ax)
             fig.suptitle(f"{cohort}: {name} (n = {len(df)})", fontsize=9)
             fig.tight_layout()
-            km_file = cfg.data_dir / "survival" / f"{cohort}_{name}_kaplan_meier.png"
-            km_file.parent.mkdir(parents=True, exist_ok=True)
+            km_file = cfg.output_root / "survival" / f"{cohort}_{name}_kaplan_meier.png"
             with atomic_path(km_file) as tmp:
                 fig.savefig(tmp, format="png", dpi=90, bbox_inches="tight")
             meta[f"kaplan_meier_{name}"] = png_md(fig, f"Kaplan-Meier {name}")

@@ -10,7 +10,7 @@ from ..config import PathomchConfig
 from ..evaluation import ensemble_calls
 from ..partitions import SLIDES, by_cohort
 from ..resources import AcceleratorResource, PathomchResource
-from ..storage import atomic_path, tile_file
+from ..storage import atomic_path, local_copy, read_parquet, tile_file
 from ..training import load_model, model_dir, predict_files
 from .ingest import slide_tiles
 from .models import predictions_path, tile_positions
@@ -19,7 +19,7 @@ ALL = dg.AllPartitionMapping()
 
 
 def slide_calls_path(cfg: PathomchConfig, cohort: str, slide_id: str):
-    return cfg.data_dir / "predictions" / cohort / "slides" / f"{slide_id}.parquet"
+    return cfg.output_root / "predictions" / cohort / "slides" / f"{slide_id}.parquet"
 
 
 class MemberModels:
@@ -35,7 +35,7 @@ class MemberModels:
                 raise dg.Failure(f"{cohort}/{trait}: no ensemble at {path}; materialize `ensemble` first")
             self.members[trait] = json.loads(path.read_text())["members"]
             for m in self.members[trait]:
-                df = pd.read_parquet(predictions_path(cfg, cohort, trait, m))
+                df = read_parquet(predictions_path(cfg, cohort, trait, m))
                 self.stored[(trait, m)] = {sid: g["p"].to_numpy() for sid, g in df.groupby("slide_id", sort=False)}
 
     def probabilities(self, trait: str, slide_id: str, n_tiles: int) -> tuple[np.ndarray, bool]:
@@ -46,7 +46,7 @@ class MemberModels:
             if p is None or len(p) != n_tiles:  # new (or re-tiled) slide: run the member model
                 if (trait, m) not in self._models:
                     self._models[(trait, m)] = load_model(model_dir(self.cfg.models_dir, self.cohort, trait, m))
-                f = str(tile_file(self.cfg.tiles_dir, self.cohort, slide_id))
+                f = local_copy(tile_file(self.cfg.tiles_dir, self.cohort, slide_id))
                 p = predict_files(self._models[(trait, m)], [f], self.cfg.training.input_px)[0]
                 ran = True
             out.append(p)
