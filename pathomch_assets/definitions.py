@@ -7,7 +7,7 @@ import dagster as dg
 from . import checks, sensors
 from .assets import cartography, ingest, models, molecular, outcomes, scoring
 from .config import PathomchConfig, load_config
-from .partitions import SLIDES
+from .deployment import executor_from_env
 from .resources import AcceleratorResource, PathomchResource
 
 
@@ -39,6 +39,7 @@ def build_definitions(cfg: PathomchConfig | None = None, config_path: str | None
         jobs=[slide_job],
         sensors=[sensors.build(cfg, slide_job)],
         resources={"pathomch": PathomchResource(config_path=path), "accelerator": AcceleratorResource()},
+        executor=executor_from_env(),
     )
 
 

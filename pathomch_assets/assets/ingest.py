@@ -7,6 +7,7 @@ from pathlib import Path
 import dagster as dg
 import pandas as pd
 
+from ..deployment import TILING_STEP
 from ..partitions import SLIDES, by_cohort
 from ..reporting import md_table
 from ..resources import PathomchResource
@@ -51,6 +52,7 @@ def slide_row(cohort: str, slide_id: str, path, status: str, error: str | None, 
     backfill_policy=dg.BackfillPolicy.single_run(),
     group_name="slides",
     kinds={"openslide", "tensorflow"},
+    op_tags=TILING_STEP,
     description="QC and tiling of each slide (SPEC 3.3): non-overlapping tiles at the target "
     "magnification from the closest pyramid level, background tiles dropped, JPEG tiles in a "
     "TFRecord per slide. A slide OpenSlide cannot open or read is recorded in `slides` with its "

@@ -13,6 +13,7 @@ from ..partitions import cohorts, target_rounds, targets
 from ..plots import plot_score_boxes, plot_training_curve
 from ..reporting import md_table, png_md
 from ..resources import AcceleratorResource, PathomchResource
+from ..deployment import GPU_STEP
 from ..storage import atomic_path, local_copy, read_parquet, tile_file
 from ..training import SlideSet, model_dir, predict_files, save_model, train_model
 from .molecular import cohort_slides
@@ -50,6 +51,7 @@ def build(cfg: PathomchConfig, labels_asset, splits_asset):
 
     @dg.asset(
         partitions_def=multi, group_name="models", kinds={"tensorflow", "keras"}, pool="gpu",
+        op_tags=GPU_STEP,
         deps=[dg.AssetDep(labels_asset, partition_mapping=ALL), dg.AssetDep(splits_asset, partition_mapping=ALL)],
         description="One tile classifier per (cohort/trait, round) (SPEC 3.4): trained on the round's training "
         "patients, validated by slide-level AUC every 1/16 epoch, best weights kept. Then scores every tile of "
