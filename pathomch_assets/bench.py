@@ -184,6 +184,24 @@ def bench_tiling(sizes=(20480, 40960 // 2 * 1)) -> list[dict]:
 
 
 # --------------------------------------------------------------------------- input pipeline
+def device_name() -> str:
+    """The first GPU TensorFlow sees, else the CPU."""
+    import tensorflow as tf
+
+    gpus = tf.config.list_physical_devices("GPU")
+    if gpus:
+        return tf.config.experimental.get_device_details(gpus[0]).get("device_name", gpus[0].name)
+    return f"CPU ({os.cpu_count()} cores)"
+
+
+def tile_bytes(path: Path) -> float:
+    """Mean stored bytes per tile (JPEG in TFRecord) of a tile file."""
+    from .storage import read_tiles
+
+    n = len(read_tiles(path)[1])
+    return path.stat().st_size / max(n, 1)
+
+
 def bench_input(tiles: dict[str, Path], seconds: float = 8.0) -> list[dict]:
     """tf.data throughput from the tile store against training throughput, per configuration."""
     import keras
@@ -213,7 +231,15 @@ def bench_input(tiles: dict[str, Path], seconds: float = 8.0) -> list[dict]:
             model.train_on_batch(x, y)
             steps += 1
         train = steps * cfg.batch_size / (time.perf_counter() - t0)
-        out.append({"config": name, "pipeline_tiles_per_s": pipeline, "training_tiles_per_s": train,
+        model.predict_on_batch(x)
+        t0, steps = time.perf_counter(), 0
+        while time.perf_counter() - t0 < seconds / 2 or steps < 2:
+            model.predict_on_batch(x)
+            steps += 1
+        infer = steps * cfg.batch_size / (time.perf_counter() - t0)
+        out.append({"config": name, "store": store, "device": device_name(),
+                    "tile_bytes": tile_bytes(tiles[store]), "pipeline_tiles_per_s": pipeline,
+                    "training_tiles_per_s": train, "inference_tiles_per_s": infer,
                     "pipeline_over_training": pipeline / train})
         keras.backend.clear_session()
     return out
@@ -247,8 +273,9 @@ def main() -> None:
               f"{r['time_vs_decode_floor']:.2f}x floor time")
     print("input pipeline vs training on this CPU:")
     for r in inputs:
-        print(f"  {r['config']}: tf.data {r['pipeline_tiles_per_s']:.0f} tiles/s, training "
-              f"{r['training_tiles_per_s']:.0f} tiles/s -> {r['pipeline_over_training']:.1f}x")
+        print(f"  {r['config']} on {r['device']}: tf.data {r['pipeline_tiles_per_s']:.0f} tiles/s, training "
+              f"{r['training_tiles_per_s']:.1f} tiles/s -> {r['pipeline_over_training']:.1f}x; inference "
+              f"{r['inference_tiles_per_s']:.1f} tiles/s; {r['tile_bytes'] / 1024:.0f} KiB per stored tile")
     print(f"written to {BENCH_DIR / 'results.json'}")
 
 

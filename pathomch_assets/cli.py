@@ -97,6 +97,15 @@ def cmd_sql(args) -> int:
     return 0
 
 
+def cmd_sizing(args) -> int:
+    from .sizing import report
+
+    cfg = load_config(args.config, check_files=False)
+    print(report(cfg, args.bench, tiles_per_slide=args.tiles_per_slide, epochs=args.epochs,
+                 tiling_workers=args.tiling_workers, accelerators=args.accelerators))
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="pathomch", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -115,6 +124,14 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--parallel", type=int, default=1, metavar="N",
                    help="partition runs in flight at once (with --executor multiprocess)")
     p.set_defaults(func=cmd_materialize)
+    p = sub.add_parser("sizing", help="resources for a configuration, from measured rates (bench/results.json)")
+    p.add_argument("--config", help=f"YAML configuration whose cohorts name GDC manifests (default: ${ENV_VAR})")
+    p.add_argument("--bench", default="bench/results.json", help="rates measured by `make bench`")
+    p.add_argument("--tiles-per-slide", type=float, default=2500, help="assumed tissue tiles per slide at 20x")
+    p.add_argument("--epochs", type=float, default=5, help="assumed epochs per model")
+    p.add_argument("--tiling-workers", type=int, default=64)
+    p.add_argument("--accelerators", type=int, default=8, help="training devices working in parallel")
+    p.set_defaults(func=cmd_sizing)
     p = sub.add_parser("sql", help="run a SQL query against the result tables")
     p.add_argument("query")
     p.add_argument("--config", help=f"YAML configuration (default: ${ENV_VAR} or the demo)")

@@ -86,7 +86,7 @@ def test_paper_config_and_helm_values_agree_with_the_repository():
     cfg = load_config(DEPLOY / "pathomch.tcga.yaml", check_files=False)
     assert str(cfg.tiles_dir).startswith("s3://")
     assert len(cfg.targets()) * cfg.splits.rounds == 75  # the paper's 75 models
-    n = {name: len(in_repo(str(c.manifest)).read_text().strip().splitlines()) - 1 for name, c in cfg.cohorts.items()}
+    n = {name: len(c.manifest.read_text().strip().splitlines()) - 1 for name, c in cfg.cohorts.items()}
     assert n == {"brca": 761, "luad": 469}
     values = yaml.safe_load((DEPLOY / "helm" / "values.yaml").read_text())
     (deployment,) = values["dagsterUserDeployments"]["deployments"]
