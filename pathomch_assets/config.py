@@ -40,6 +40,8 @@ class TilingConfig(_Strict):
     jpeg_quality: int = Field(90, ge=50, le=100)
     workers: int = Field(2, ge=1, description="slides tiled in parallel (processes)")
     threads_per_slide: int = Field(2, ge=1, description="threads reading one slide's rows")
+    reader: Literal["auto", "openslide"] = Field("auto", description="auto: decode a tiled TIFF page that is exactly the "
+                                                "chosen level directly (same pixels, about 3x cheaper); openslide: always read_region")
     min_tiles_per_slide: int = Field(5, ge=1, description="fewer tissue tiles than this is flagged by an asset check")
     magnification_tolerance: float = Field(0.05, ge=0, lt=0.5, description="relative; a level this close to the target is read as is")
 

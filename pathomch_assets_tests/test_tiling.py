@@ -5,6 +5,7 @@ PIL's reduce (not the tiler's resize) and counts background pixels per grid cell
 """
 
 import numpy as np
+import pandas as pd
 import pytest
 import tifffile
 from PIL import Image
@@ -12,6 +13,8 @@ from PIL import Image
 from pathomch_assets.demo_cohort import SlidePlan, compose_slide, load_source_tiles, write_pyramid
 from pathomch_assets.storage import read_tiles
 from pathomch_assets.tiling import TilingParams, rgba_to_rgb_on_white, tile_slide, tissue_fraction
+
+from .conftest import OPENSLIDE
 
 
 @pytest.fixture(scope="module")
@@ -85,3 +88,49 @@ def test_slide_with_no_tissue_is_reported(tmp_path):
     res = tile_slide("c", "blank", path, tmp_path / "b.tfrecord", TilingParams(20, 512))
     assert res.status == "no_tissue" and "blank.svs" in res.error
     assert not (tmp_path / "b.tfrecord").exists()
+
+
+@pytest.mark.parametrize("style,params", [
+    ("aperio20", TilingParams(20, 512)),
+    ("aperio40_power", TilingParams(20, 512)),   # 1024 px reads of level 0, resized
+    ("aperio40_power", TilingParams(10, 256)),   # level 1 of a 40x slide (downsample 4)
+    ("generic_mpp", TilingParams(5, 128, threads=2)),
+])
+def test_direct_tiff_reads_give_openslides_tiles_byte_for_byte(tmp_path, sources, style, params):
+    import dataclasses
+
+    p = plan(style, seed=3)
+    path = tmp_path / "slide.svs"
+    write_pyramid(path, compose_slide(p, sources, 2 if style == "aperio40_power" else 1), style)
+    direct = tile_slide("c", "s", path, tmp_path / "d.tfrecord", params)
+    via_openslide = tile_slide("c", "s", path, tmp_path / "o.tfrecord", dataclasses.replace(params, reader="openslide"))
+    assert (direct.info["reader"], via_openslide.info["reader"]) == ("tifffile", "openslide")
+    assert len(direct.tiles) > 0
+    pd.testing.assert_frame_equal(direct.tiles, via_openslide.tiles)
+    assert (tmp_path / "d.tfrecord").read_bytes() == (tmp_path / "o.tfrecord").read_bytes()
+
+
+@pytest.mark.parametrize("name", ["small.svs", "boxes.tiff"])
+def test_direct_reads_match_openslide_on_real_slide_files(name):
+    """Real Aperio (JPEG, YCbCr) and generic tiled TIFF files from OpenSlide's own test data."""
+    import openslide
+
+    from pathomch_assets.slides import slide_info
+    from pathomch_assets.tiling import TiffLevelReader
+
+    path = OPENSLIDE / name
+    with openslide.OpenSlide(path) as slide:
+        info = slide_info(slide, path, default_magnification=20)
+        checked = 0
+        for level, (w, h) in enumerate(info.level_dimensions):
+            reader = TiffLevelReader.open(path, info, level)
+            if reader is None:
+                continue
+            down = info.level_downsamples[level]
+            for x, y, rw, rh in [(0, 0, w, h), (w // 3, h // 4, w // 2, h // 2)]:
+                want = rgba_to_rgb_on_white(np.asarray(slide.read_region((round(x * down), round(y * down)), level,
+                                                                          (rw, rh))))
+                np.testing.assert_array_equal(reader.read(x, y, rw, rh), want)
+            reader.close()
+            checked += 1
+    assert checked >= 1
