@@ -79,17 +79,18 @@ def is_remote(path) -> bool:
 
 
 @contextlib.contextmanager
-def atomic_path(path):
+def atomic_path(path, keep_suffix: bool = False):
     """Yield a temporary local path; publish it as ``path`` only if the block succeeds.
 
     Local: a rename beside the target.  Object storage: one upload of the finished file.
-    The temporary name keeps the target's suffix (Keras picks its format from it).
+    Temporary names end in ``.tmp`` (never matched by the tables' ``*.parquet`` globs), or in
+    ``.tmp<suffix>`` with ``keep_suffix`` (Keras picks its format from the suffix).
     """
     path = as_path(path)
     remote = is_remote(path)
     if not remote:
         path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=f".tmp{path.suffix}",
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=f".tmp{path.suffix}" if keep_suffix else ".tmp",
                                dir=None if remote else path.parent)
     os.close(fd)
     try:

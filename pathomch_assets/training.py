@@ -303,7 +303,7 @@ def save_model(model, result: TrainResult, directory: str | Path, settings: dict
     """``model.keras``, ``history.csv`` and ``model.json`` (settings and results), each atomically."""
     directory = as_path(directory)
     path = directory / "model.keras"
-    with atomic_path(path) as tmp:
+    with atomic_path(path, keep_suffix=True) as tmp:
         model.save(tmp)
     with atomic_path(directory / "history.csv") as t:
         result.history.to_csv(t, index=False)

@@ -106,7 +106,7 @@ def test_models_on_object_storage_load_from_the_cache(s3_root, tmp_path, monkeyp
     monkeypatch.setenv("PATHOMCH_CACHE_DIR", str(tmp_path / "cache"))
     model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(1)])
     for name in ("round_0", "round_1"):  # same file name in two folders: two cache entries
-        with atomic_path(s3_root / "models" / name / "model.keras") as tmp:
+        with atomic_path(s3_root / "models" / name / "model.keras", keep_suffix=True) as tmp:
             model.save(tmp)
     x = np.ones((2, 4), np.float32)
     for name in ("round_0", "round_1"):
