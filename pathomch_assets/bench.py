@@ -245,6 +245,55 @@ def bench_input(tiles: dict[str, Path], seconds: float = 8.0) -> list[dict]:
     return out
 
 
+def bench_accelerators(architecture: str = "inception_v3", input_px: int = 512, batch_size: int = 32,
+                       seconds: float = 10.0) -> list[dict]:
+    """Training and inference tiles/s for each accelerator setting: float32 and mixed precision,
+    on one device and, with several GPUs, on all of them (``MirroredStrategy``, the batch per GPU
+    kept).  Without a GPU it runs on the CPU, which is how tests cover the code path."""
+    import keras
+    import tensorflow as tf
+
+    from .training import build_model
+
+    gpus = tf.config.list_physical_devices("GPU")
+    spans = [1] + ([len(gpus)] if len(gpus) > 1 else [])
+    out = []
+    for precision in ("float32", "mixed_float16"):
+        for n in spans:
+            keras.mixed_precision.set_global_policy(precision)
+            try:
+                strategy = (tf.distribute.MirroredStrategy([f"/gpu:{i}" for i in range(n)]) if n > 1
+                            else tf.distribute.get_strategy())
+                with strategy.scope():
+                    model = build_model(architecture, input_px)
+                batch = batch_size * n
+                x = np.random.default_rng(0).integers(0, 255, (batch, input_px, input_px, 3)).astype("float32")
+                data = tf.data.Dataset.from_tensors((x, np.zeros((batch, 1), "float32"))).repeat()
+                rates = {}
+                for phase in ("training", "inference"):
+                    def run(steps):
+                        if phase == "training":
+                            model.fit(data, steps_per_epoch=steps, epochs=1, verbose=0)
+                        else:
+                            model.predict(data.map(lambda a, b: a), steps=steps, verbose=0)
+
+                    run(2)  # build and warm up
+                    t0, steps = time.perf_counter(), 2
+                    run(steps)
+                    per_step = (time.perf_counter() - t0) / steps
+                    steps = max(2, int(seconds / 2 / max(per_step, 1e-6)))
+                    t0 = time.perf_counter()
+                    run(steps)
+                    rates[phase] = steps * batch / (time.perf_counter() - t0)
+            finally:
+                keras.mixed_precision.set_global_policy("float32")
+                keras.backend.clear_session()
+            out.append({"device": device_name(), "devices": n, "precision": precision, "architecture": architecture,
+                        "input_px": input_px, "batch_per_device": batch_size,
+                        "training_tiles_per_s": rates["training"], "inference_tiles_per_s": rates["inference"]})
+    return out
+
+
 def main() -> None:
     BENCH_DIR.mkdir(exist_ok=True)
     for size in (10240, 20480):  # generated in a child: the parent stays small
@@ -259,8 +308,13 @@ def main() -> None:
     inputs = bench_input(tiles)
     for p in tiles.values():
         p.unlink(missing_ok=True)
+    import tensorflow as tf
+
+    # Inception v3 at 512 px per accelerator setting; on a CPU that takes hours in mixed precision
+    # (emulated), so only a GPU machine runs it (tests run the same code on the CPU, small)
+    accelerators = bench_accelerators() if tf.config.list_physical_devices("GPU") else []
     results = {"machine": {"platform": platform.platform(), "cpus": os.cpu_count(), "python": platform.python_version()},
-               "tiling": tiling, "input_pipeline": inputs}
+               "tiling": tiling, "input_pipeline": inputs, "accelerators": accelerators}
     (BENCH_DIR / "results.json").write_text(json.dumps(results, indent=1))
     print(f"machine: {results['machine']}")
     print("tiling at 20x / 512 px on a generated 40x slide (same process type, fresh process each):")
@@ -276,6 +330,11 @@ def main() -> None:
         print(f"  {r['config']} on {r['device']}: tf.data {r['pipeline_tiles_per_s']:.0f} tiles/s, training "
               f"{r['training_tiles_per_s']:.1f} tiles/s -> {r['pipeline_over_training']:.1f}x; inference "
               f"{r['inference_tiles_per_s']:.1f} tiles/s; {r['tile_bytes'] / 1024:.0f} KiB per stored tile")
+    for r in accelerators:
+        print(f"  {r['architecture']} {r['input_px']} px on {r['devices']} x {r['device']}, {r['precision']}: training "
+              f"{r['training_tiles_per_s']:.0f} tiles/s, inference {r['inference_tiles_per_s']:.0f} tiles/s")
+    if not accelerators:
+        print("no GPU: accelerator figures (float32 / mixed precision, one / all GPUs) not measured")
     print(f"written to {BENCH_DIR / 'results.json'}")
 
 

@@ -40,3 +40,16 @@ def test_report_for_the_paper_config_uses_the_shipped_measurements():
     rates = Rates.from_bench(REPO / "bench" / "results.json")
     assert "| total" in text and "1230" in text
     assert f"{rates.tiling_tiles_per_s_per_worker:.0f} tiles/s per worker" in text
+
+
+def test_gpu_measurements_replace_the_cpu_rates(tmp_path):
+    import json
+
+    results = json.loads((REPO / "bench" / "results.json").read_text())
+    results["accelerators"] = [
+        {"device": "GPU X", "devices": 1, "precision": p, "architecture": "inception_v3", "input_px": 512,
+         "batch_per_device": 32, "training_tiles_per_s": t, "inference_tiles_per_s": 3 * t}
+        for p, t in (("float32", 200.0), ("mixed_float16", 450.0))]
+    (tmp_path / "r.json").write_text(json.dumps(results))
+    rates = Rates.from_bench(tmp_path / "r.json")
+    assert (rates.train_tiles_per_s, rates.infer_tiles_per_s, rates.device) == (450.0, 1350.0, "GPU X, mixed_float16")
