@@ -113,16 +113,6 @@ def execute_run(config_path: str | None, asset_keys: list[str], tags: dict) -> t
         return result.success, result.run_id
 
 
-class _Done:
-    """A finished run, shaped like a future."""
-
-    def __init__(self, success: bool, run_id: str):
-        self._value = (success, run_id)
-
-    def result(self):
-        return self._value
-
-
 def materialize_all(defs: dg.Definitions, cfg: PathomchConfig, selection: str | None = None,
                     partitions: list[str] | None = None, log=print, missing_only: bool = False,
                     executor: str = "in_process", parallel: int = 1) -> RunSummary:
@@ -168,29 +158,27 @@ def materialize_all(defs: dg.Definitions, cfg: PathomchConfig, selection: str | 
                 runs.append((label, kwargs))
         config_path = os.environ.get("PATHOMCH_CONFIG") or (str(cfg.source) if cfg.source else None)
         batch_keys = [k.to_user_string() for k in batch]
-
-        def submit(label, kwargs):
-            if executor == "in_process":
-                result = dg.materialize(all_assets, selection=batch, instance=instance, resources=resources,
-                                        raise_on_error=False, run_config=RUN_CONFIG, **kwargs)
-                return _Done(result.success, result.run_id)
-            tags = dict(kwargs.get("tags", {}))
-            if "partition_key" in kwargs:
-                tags.update(pdef.get_tags_for_partition_key(kwargs["partition_key"]))
+        if executor == "multiprocess" and parallel > 1 and len(runs) > 1:
             if pool is None:
-                return _Done(*execute_run(config_path, batch_keys, tags))
-            return pool.submit(execute_run, config_path, batch_keys, tags)
-
-        if parallel > 1 and len(runs) > 1 and pool is None:
-            # Dagster's run orchestration is per process (logging, signals): runs in flight at
-            # once each get a process of their own, reused across batches
-            pool = ProcessPoolExecutor(max_workers=parallel, mp_context=get_context("spawn"))
-        pending = []
-        for label, kwargs in runs:
-            log(f"materializing {names} [{label}]")
-            pending.append((label, submit(label, kwargs)))
-        for label, fut in pending:
-            success, run_id = fut.result()
+                # Dagster's run orchestration is per process (logging, signals): runs in flight at
+                # once each get a process of their own, reused across batches
+                pool = ProcessPoolExecutor(max_workers=parallel, mp_context=get_context("spawn"))
+            for label, _ in runs:
+                log(f"materializing {names} [{label}]")
+            outcomes = pool.map(execute_run, [config_path] * len(runs), [batch_keys] * len(runs),
+                                [_run_tags(pdef, kwargs) for _, kwargs in runs])
+        else:
+            def one_by_one():
+                for label, kwargs in runs:
+                    log(f"materializing {names} [{label}]")
+                    if executor == "multiprocess":
+                        yield execute_run(config_path, batch_keys, _run_tags(pdef, kwargs))
+                    else:
+                        r = dg.materialize(all_assets, selection=batch, instance=instance, resources=resources,
+                                           raise_on_error=False, run_config=RUN_CONFIG, **kwargs)
+                        yield r.success, r.run_id
+            outcomes = one_by_one()
+        for (label, _), (success, run_id) in zip(runs, outcomes):
             summary.runs += 1
             if not success:
                 failed_keys.update(batch)
@@ -200,6 +188,13 @@ def materialize_all(defs: dg.Definitions, cfg: PathomchConfig, selection: str | 
         pool.shutdown()
     summary.seconds = time.perf_counter() - t0
     return summary
+
+
+def _run_tags(pdef, kwargs: dict) -> dict:
+    """Run tags for ``execute_job``: a range's tags, or the partition tags of one key."""
+    if "partition_key" in kwargs:
+        return dict(pdef.get_tags_for_partition_key(kwargs["partition_key"]))
+    return dict(kwargs.get("tags", {}))
 
 
 def _upstream(graph, key) -> set:
