@@ -194,16 +194,20 @@ def device_name() -> str:
     return f"CPU ({os.cpu_count()} cores)"
 
 
-def tile_bytes(path: Path) -> float:
-    """Mean stored bytes per tile (JPEG in TFRecord) of a tile file."""
-    from .storage import read_tiles
+def tiles_per_s(step, batch: int, seconds: float) -> float:
+    """Rate of ``step()`` (one batch) after a warm-up call, over at least ``seconds`` and 2 steps."""
+    step()
+    t0, steps = time.perf_counter(), 0
+    while time.perf_counter() - t0 < seconds or steps < 2:
+        step()
+        steps += 1
+    return steps * batch / (time.perf_counter() - t0)
 
-    n = len(read_tiles(path)[1])
-    return path.stat().st_size / max(n, 1)
 
+def bench_input(tiles: dict[str, tuple[Path, int]], seconds: float = 8.0) -> list[dict]:
+    """tf.data throughput from the tile store against training throughput, per configuration.
 
-def bench_input(tiles: dict[str, Path], seconds: float = 8.0) -> list[dict]:
-    """tf.data throughput from the tile store against training throughput, per configuration."""
+    ``tiles``: store name -> (tile file, number of tiles in it)."""
     import keras
 
     from .config import TrainingConfig
@@ -214,7 +218,8 @@ def bench_input(tiles: dict[str, Path], seconds: float = 8.0) -> list[dict]:
                 TrainingConfig(architecture="small_cnn", input_px=32, batch_size=64, cache_decoded=True)),
                ("paper: inception_v3 512 px from 512 px tiles", "paper", TrainingConfig(input_px=512, batch_size=8)))
     for name, store, cfg in configs:
-        slides = SlideSet(["a", "b"], [str(tiles[store])] * 2, [0, 1])
+        path, n_tiles = tiles[store]
+        slides = SlideSet(["a", "b"], [str(path)] * 2, [0, 1])
         ds = iter(train_dataset(slides, cfg.input_px, cfg.batch_size, seed=0, cache=cfg.cache_decoded))
         for _ in range(20 if cfg.cache_decoded else 1):  # fill the cache (first epoch), as in training
             next(ds)
@@ -225,20 +230,10 @@ def bench_input(tiles: dict[str, Path], seconds: float = 8.0) -> list[dict]:
         model = build_model(cfg.architecture, cfg.input_px)
         x = np.random.default_rng(0).integers(0, 255, (cfg.batch_size, cfg.input_px, cfg.input_px, 3)).astype("float32")
         y = np.zeros((cfg.batch_size, 1), "float32")
-        model.train_on_batch(x, y)
-        t0, steps = time.perf_counter(), 0
-        while time.perf_counter() - t0 < seconds or steps < 2:
-            model.train_on_batch(x, y)
-            steps += 1
-        train = steps * cfg.batch_size / (time.perf_counter() - t0)
-        model.predict_on_batch(x)
-        t0, steps = time.perf_counter(), 0
-        while time.perf_counter() - t0 < seconds / 2 or steps < 2:
-            model.predict_on_batch(x)
-            steps += 1
-        infer = steps * cfg.batch_size / (time.perf_counter() - t0)
+        train = tiles_per_s(lambda: model.train_on_batch(x, y), cfg.batch_size, seconds)
+        infer = tiles_per_s(lambda: model.predict_on_batch(x), cfg.batch_size, seconds / 2)
         out.append({"config": name, "store": store, "device": device_name(),
-                    "tile_bytes": tile_bytes(tiles[store]), "pipeline_tiles_per_s": pipeline,
+                    "tile_bytes": path.stat().st_size / max(n_tiles, 1), "pipeline_tiles_per_s": pipeline,
                     "training_tiles_per_s": train, "inference_tiles_per_s": infer,
                     "pipeline_over_training": pipeline / train})
         keras.backend.clear_session()
@@ -302,12 +297,13 @@ def main() -> None:
     tiling = bench_tiling((10240, 20480))
     from .tiling import TilingParams, tile_slide
 
-    tiles = {"paper": BENCH_DIR / "paper.tfrecord", "demo": BENCH_DIR / "demo.tfrecord"}
-    tile_slide("bench", "bench", SLIDE_DIR / "bench40x_20480.svs", tiles["paper"], TilingParams(20, 512))
-    tile_slide("bench", "bench", SLIDE_DIR / "bench40x_20480.svs", tiles["demo"], TilingParams(5, 128))
+    tiles = {}
+    for store, params in (("paper", TilingParams(20, 512)), ("demo", TilingParams(5, 128))):
+        path = BENCH_DIR / f"{store}.tfrecord"
+        tiles[store] = (path, len(tile_slide("bench", "bench", SLIDE_DIR / "bench40x_20480.svs", path, params).tiles))
     inputs = bench_input(tiles)
-    for p in tiles.values():
-        p.unlink(missing_ok=True)
+    for path, _ in tiles.values():
+        path.unlink(missing_ok=True)
     import tensorflow as tf
 
     # Inception v3 at 512 px per accelerator setting; on a CPU that takes hours in mixed precision
