@@ -101,8 +101,8 @@ def cmd_sizing(args) -> int:
     from .sizing import report
 
     cfg = load_config(args.config, check_files=False)
-    print(report(cfg, args.bench, tiles_per_slide=args.tiles_per_slide, epochs=args.epochs,
-                 tiling_workers=args.tiling_workers, accelerators=args.accelerators))
+    given = {k: getattr(args, k) for k in ("tiles_per_slide", "epochs", "tiling_workers", "accelerators")}
+    print(report(cfg, args.bench, **{k: v for k, v in given.items() if v is not None}))  # else sizing.ASSUMPTIONS
     return 0
 
 
@@ -127,10 +127,10 @@ def main(argv: list[str] | None = None) -> int:
     p = sub.add_parser("sizing", help="resources for a configuration, from measured rates (bench/results.json)")
     p.add_argument("--config", help=f"YAML configuration whose cohorts name GDC manifests (default: ${ENV_VAR})")
     p.add_argument("--bench", default="bench/results.json", help="rates measured by `make bench`")
-    p.add_argument("--tiles-per-slide", type=float, default=2500, help="assumed tissue tiles per slide at 20x")
-    p.add_argument("--epochs", type=float, default=5, help="assumed epochs per model")
-    p.add_argument("--tiling-workers", type=int, default=64)
-    p.add_argument("--accelerators", type=int, default=8, help="training devices working in parallel")
+    p.add_argument("--tiles-per-slide", type=float, help="assumed tissue tiles per slide at 20x")
+    p.add_argument("--epochs", type=float, help="assumed epochs per model")
+    p.add_argument("--tiling-workers", type=int)
+    p.add_argument("--accelerators", type=int, help="training devices working in parallel")
     p.set_defaults(func=cmd_sizing)
     p = sub.add_parser("sql", help="run a SQL query against the result tables")
     p.add_argument("query")

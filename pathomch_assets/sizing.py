@@ -25,6 +25,10 @@ import pandas as pd
 from .config import PathomchConfig
 
 
+#: the named assumptions and cluster shape, unless the caller gives others (CLI flags)
+ASSUMPTIONS = {"tiles_per_slide": 2500, "epochs": 5, "tiling_workers": 64, "accelerators": 8}
+
+
 @dataclass(frozen=True)
 class Rates:
     tiling_tiles_per_s_per_worker: float
@@ -81,15 +85,15 @@ def size_cohort(cfg: PathomchConfig, cohort: str, slides: int, slide_bytes: int,
     }
 
 
-def sizing_table(cfg: PathomchConfig, rates: Rates, tiles_per_slide: float = 2500, epochs: float = 5,
-                 tiling_workers: int = 64, accelerators: int = 8) -> pd.DataFrame:
+def sizing_table(cfg: PathomchConfig, rates: Rates, **assumptions) -> pd.DataFrame:
+    """One row per cohort and a total; ``assumptions`` override :data:`ASSUMPTIONS`."""
+    a = ASSUMPTIONS | assumptions
     rows = []
     for name, c in cfg.cohorts.items():
         if c.manifest is None:
             raise ValueError(f"cohorts.{name}: sizing counts slides from its GDC manifest; none configured")
         slides, nbytes = manifest_totals(c.manifest)
-        rows.append(size_cohort(cfg, name, slides, nbytes, rates, tiles_per_slide, epochs, tiling_workers,
-                                accelerators))
+        rows.append(size_cohort(cfg, name, slides, nbytes, rates, **a))
     table = pd.DataFrame(rows)
     total = table.drop(columns="cohort").sum().to_dict()
     table = pd.concat([table, pd.DataFrame([{"cohort": "total", **total}])], ignore_index=True)
@@ -99,7 +103,7 @@ def sizing_table(cfg: PathomchConfig, rates: Rates, tiles_per_slide: float = 250
 def report(cfg: PathomchConfig, bench: str | Path, **kwargs) -> str:
     rates = Rates.from_bench(bench)
     table = sizing_table(cfg, rates, **kwargs)
-    assumed = {"tiles_per_slide": 2500, "epochs": 5, "tiling_workers": 64, "accelerators": 8} | kwargs
+    assumed = ASSUMPTIONS | kwargs
     lines = [
         table.to_markdown(index=False, floatfmt=".3g"),
         "",
