@@ -7,13 +7,13 @@ import numpy as np
 import pandas as pd
 
 from ..config import PathomchConfig, split_target
+from ..deployment import GPU_STEP
 from ..evaluation import (correlation_rows, ensemble_calls, evaluation_sets, metrics_rows, select_ensemble,
                           slide_scores_from_tiles)
 from ..partitions import cohorts, target_rounds, targets
 from ..plots import plot_score_boxes, plot_training_curve
 from ..reporting import md_table, png_md
 from ..resources import AcceleratorResource, PathomchResource
-from ..deployment import GPU_STEP
 from ..storage import atomic_path, local_copy, read_parquet, tile_file
 from ..training import SlideSet, model_dir, predict_files, save_model, train_model
 from .molecular import cohort_slides
