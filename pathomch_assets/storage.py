@@ -16,9 +16,10 @@ DuckDB reads the Parquet tables through the same fsspec filesystem.
 from __future__ import annotations
 
 import contextlib
+import hashlib
+import json
 import os
 import tempfile
-import time
 import urllib.parse
 from pathlib import Path, PurePath
 
@@ -130,9 +131,29 @@ def read_parquet(path, **kwargs) -> pd.DataFrame:
         return pd.read_parquet(fh, **kwargs)
 
 
+#: longest file-name stem we write: leaves room for a suffix and ``atomic_path``'s temporary name
+#: within the 255-byte limit of Linux file systems (and S3's 1,024-byte keys)
+MAX_STEM_BYTES = 180
+
+
+def safe_stem(name: str) -> str:
+    """``name`` as a file-name stem: unchanged when short enough, else its start and a hash.
+
+    A legal slide file name can be ~250 bytes; with a suffix and a temporary prefix it would
+    exceed the file system's 255-byte limit.  Long names keep their first bytes (readable in a
+    listing) and end in ``~`` and 16 hex digits of their SHA-1 (distinct); the original name is
+    kept in the tables (``slide_id``), never parsed back from the file name.
+    """
+    if len(name.encode()) <= MAX_STEM_BYTES:
+        return name
+    digest = hashlib.sha1(name.encode()).hexdigest()[:16]
+    head = name.encode()[: MAX_STEM_BYTES - 17].decode(errors="ignore")
+    return f"{head}~{digest}"
+
+
 def partition_filename(partition_key: str) -> str:
-    """A file name for a partition key (``brca/TCGA-..`` -> ``brca%2FTCGA-..``), reversible."""
-    return urllib.parse.quote(partition_key, safe="-_.") or "_all"
+    """A file name for a partition key (``brca/TCGA-..`` -> ``brca%2FTCGA-..``); see ``safe_stem``."""
+    return safe_stem(urllib.parse.quote(partition_key, safe="-_.") or "_all")
 
 
 # --------------------------------------------------------------------------- tile store
@@ -188,7 +209,7 @@ class _Aborted(Exception):
 
 
 def tile_file(tiles_dir, cohort: str, slide_id: str) -> Path:
-    return as_path(tiles_dir) / cohort / f"{slide_id}.tfrecord"
+    return as_path(tiles_dir) / cohort / f"{safe_stem(slide_id)}.tfrecord"
 
 
 def parse_tile_record(serialized):
@@ -215,8 +236,27 @@ def read_tiles(path: str | Path) -> tuple[np.ndarray, np.ndarray]:
 
 
 # --------------------------------------------------------------------------- tables
+def sql_string(text: str) -> str:
+    """``text`` as a SQL string literal (quotes doubled): paths are never pasted raw into SQL."""
+    return "'" + str(text).replace("'", "''") + "'"
+
+
+def glob_escape(path: str) -> str:
+    """``path`` with glob characters matched literally (``[`` -> ``[[]``), for DuckDB and fsspec globs."""
+    return "".join(f"[{ch}]" if ch in "[*?" else ch for ch in path)
+
+
 class TableStore:
-    """Per-partition Parquet files under ``tables_dir``, seen as DuckDB views at ``duckdb_path``."""
+    """Per-partition Parquet files under ``tables_dir``, seen as DuckDB views at ``duckdb_path``.
+
+    Materializations never need the DuckDB file: they write Parquet files, and the views read the
+    tables' globs, so new partitions appear in every open connection at its next query.  The file
+    is (re)written only when the set of tables, their schemas or ``tables_dir`` change, and then
+    as a new file renamed over the old one: readers holding it open keep the old views until they
+    reconnect, nobody waits for a lock, and the pipeline never fails because someone is reading.
+    Connect read-only (``duckdb.connect(path, read_only=True)``, ``duckdb -readonly path``);
+    ``query`` uses an in-memory connection with the same views and never opens the file.
+    """
 
     def __init__(self, tables_dir, duckdb_path: str | Path):
         self.tables_dir = as_path(tables_dir)
@@ -234,7 +274,12 @@ class TableStore:
         return self.tables_dir / table
 
     def _glob(self, table: str) -> str:
-        return str(self._dir(table) / "*.parquet")
+        """The table's files as an escaped SQL literal (any ``'``, ``[``, ``*`` in the folder is literal)."""
+        return sql_string(glob_escape(str(self._dir(table))) + "/*.parquet")
+
+    def _view_sql(self, table: str, temporary: bool = False) -> str:
+        return (f"CREATE OR REPLACE {'TEMP ' if temporary else ''}VIEW {table} AS SELECT * FROM "
+                f"read_parquet({self._glob(table)}, union_by_name=true)")
 
     def conform(self, table: str, df: pd.DataFrame) -> pd.DataFrame:
         """Order and type ``df``'s columns as the table's schema; missing required ones raise."""
@@ -274,34 +319,68 @@ class TableStore:
     def read(self, table: str, where: str | None = None, params: list | None = None) -> pd.DataFrame:
         """Rows of ``table`` (optionally filtered by a SQL ``where`` clause with ``?`` params)."""
         self.ensure_schema_file(table)
-        sql = f"SELECT * FROM read_parquet('{self._glob(table)}', union_by_name=true)"
+        sql = f"SELECT * FROM read_parquet({self._glob(table)}, union_by_name=true)"
         if where:
             sql += f" WHERE {where}"
         with self._connect() as con:
             return con.execute(sql, params or []).df()
 
-    def ensure_views(self, retries: int = 20) -> None:
-        """Create (or refresh) one DuckDB view per table at ``duckdb_path``."""
+    def views_signature(self) -> str:
+        """What the DuckDB file's views depend on: the tables, their schemas and the folder."""
+        text = json.dumps({"tables_dir": str(self.tables_dir), "schemas": SCHEMAS}, sort_keys=True)
+        return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+    @property
+    def _stamp(self) -> Path:
+        return self.duckdb_path.with_name(self.duckdb_path.name + ".views")
+
+    def ensure_views(self) -> bool:
+        """Write the DuckDB file with one view per table, unless it is already up to date.
+
+        Returns whether it was written.  Never opens the existing file: a new one is built beside
+        it and renamed over it, so a reader holding the old file (even read-write, e.g. the DuckDB
+        CLI without ``-readonly``) neither blocks this nor is blocked by it.
+        """
+        signature = self.views_signature()
+        if self.duckdb_path.is_file() and self._stamp.is_file() and self._stamp.read_text().strip() == signature:
+            return False
+        if self.duckdb_path.is_dir():
+            raise IsADirectoryError(f"duckdb_path {self.duckdb_path} is a directory; set duckdb_path to a file name "
+                                    f"such as {self.duckdb_path / 'pathomch.duckdb'}")
         for table in SCHEMAS:
             self.ensure_schema_file(table)
         self.duckdb_path.parent.mkdir(parents=True, exist_ok=True)
-        for attempt in range(retries):
-            try:
-                with self._connect(str(self.duckdb_path)) as con:
-                    for table in SCHEMAS:
-                        con.execute(f"CREATE OR REPLACE VIEW {table} AS SELECT * FROM "
-                                    f"read_parquet('{self._glob(table)}', union_by_name=true)")
-                return
-            except duckdb.IOException:  # another process holds the file; views are tiny, wait
-                if attempt == retries - 1:
-                    raise
-                time.sleep(0.25 * (attempt + 1))
+        fd, tmp = tempfile.mkstemp(prefix=f".{self.duckdb_path.name}.", suffix=".tmp", dir=self.duckdb_path.parent)
+        os.close(fd)
+        os.unlink(tmp)  # DuckDB creates the file itself
+        try:
+            with self._connect(tmp) as con:
+                for table in SCHEMAS:
+                    con.execute(self._view_sql(table))
+            os.replace(tmp, self.duckdb_path)
+            with atomic_path(self._stamp) as stamp_tmp:
+                stamp_tmp.write_text(signature + "\n")
+        finally:
+            for leftover in (tmp, tmp + ".wal"):
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(leftover)
+        return True
 
-    def query(self, sql: str) -> pd.DataFrame:
-        """Run SQL against the views (read-only connection)."""
-        self.ensure_views()
-        with self._connect(str(self.duckdb_path), read_only=True) as con:
-            return con.execute(sql).df()
+    def connect(self) -> duckdb.DuckDBPyConnection:
+        """An in-memory DuckDB connection with the tables as views (no file, no lock, nothing written)."""
+        con = self._connect()
+        for table, schema in SCHEMAS.items():
+            if (self._dir(table) / "_schema.parquet").exists():
+                con.execute(self._view_sql(table, temporary=True))
+            else:  # nothing materialized yet: an empty view of the right columns
+                cols = ", ".join(f"CAST(NULL AS {typ}) AS {col}" for col, typ in schema.items())
+                con.execute(f"CREATE TEMP VIEW {table} AS SELECT {cols} WHERE false")
+        return con
+
+    def query(self, sql: str, params: list | None = None) -> pd.DataFrame:
+        """Run SQL against the tables; never opens (or locks) the DuckDB file."""
+        with self.connect() as con:
+            return con.execute(sql, params or []).df()
 
 
 #: how many leading columns of each schema are the SPEC 5 contract (required on write)

@@ -112,3 +112,77 @@ def test_models_on_object_storage_load_from_the_cache(s3_root, tmp_path, monkeyp
     for name in ("round_0", "round_1"):
         np.testing.assert_allclose(load_model(s3_root / "models" / name)(x), model(x), rtol=1e-6)
     assert len([p for p in (tmp_path / "cache").iterdir() if p.suffix == ".keras"]) == 2
+
+
+READER = """
+import sys, time, duckdb
+con = duckdb.connect(sys.argv[1], read_only=sys.argv[2] == "ro")
+print(con.execute("select count(*) from splits").fetchone()[0], flush=True)
+sys.stdin.readline()  # hold the connection until told
+print(con.execute("select count(*) from splits").fetchone()[0], flush=True)
+"""
+
+
+@pytest.mark.parametrize("mode", ["ro", "rw"])
+def test_a_reader_holding_the_duckdb_file_never_blocks_writes(tmp_path, mode):
+    """A notebook (read-only) or the DuckDB CLI (read-write by default) holds the file in another
+    process: writes, deletes, view refreshes and queries all go on without waiting, and the
+    reader sees new partitions through the views."""
+    import subprocess
+    import sys
+    import time
+
+    store = TableStore(tmp_path / "tables", tmp_path / "p.duckdb")
+    rows = pd.DataFrame({"cohort": "c", "round": [0, 0], "patient_id": ["a", "b"], "split": ["train", "test"]})
+    store.write("splits", "c", rows)
+    assert store.ensure_views() is True
+    reader = subprocess.Popen([sys.executable, "-c", READER, str(store.duckdb_path), mode], stdin=subprocess.PIPE,
+                              stdout=subprocess.PIPE, text=True)
+    try:
+        assert reader.stdout.readline().strip() == "2"  # the reader holds its connection (and lock) now
+        t0 = time.perf_counter()
+        store.write("splits", "d", rows.assign(cohort="d"))
+        assert store.ensure_views() is False  # up to date: the file is not opened at all
+        assert store.query("select count(*) n from splits").n[0] == 4
+        store.delete("splits", "d")
+        store.duckdb_path.with_name("p.duckdb.views").write_text("outdated\n")  # as after a schema change
+        assert store.ensure_views() is True  # rewritten beside the reader's file and renamed over it
+        assert time.perf_counter() - t0 < 10  # no lock wait (a held lock used to cost 30 s, then failed)
+        store.write("splits", "e", rows.assign(cohort="e"))
+        reader.stdin.write("\n")
+        reader.stdin.flush()
+        assert reader.stdout.readline().strip() == "4"  # its views read the globs: new partitions appear
+        assert reader.wait(timeout=30) == 0
+        with duckdb.connect(str(store.duckdb_path), read_only=True) as con:
+            assert con.execute("select count(*) from splits").fetchone()[0] == 4
+    finally:
+        reader.kill()
+
+
+def test_paths_with_quotes_and_glob_characters(tmp_path):
+    root = tmp_path / "lab's data [1] *"
+    store = TableStore(root / "tables?", root / "p.duckdb")
+    rows = pd.DataFrame({"cohort": "c", "round": [0], "patient_id": ["a"], "split": ["train"]})
+    store.write("splits", "c", rows)
+    assert len(store.read("splits")) == 1
+    assert store.query("select count(*) n from splits").n[0] == 1
+    store.ensure_views()
+    with duckdb.connect(str(store.duckdb_path), read_only=True) as con:
+        assert con.execute("select count(*) from splits").fetchone()[0] == 1
+
+
+def test_over_long_partition_and_slide_names_fit_the_file_system(tmp_path):
+    """A legal ~240-byte slide name: its Parquet file, tile file and temporary names all fit in 255 bytes,
+    two names that differ only at the end stay apart, and the original name is kept in the rows."""
+    store = TableStore(tmp_path / "tables", tmp_path / "p.duckdb")
+    long_a, long_b = "TCGA-AA-0001-01Z-00-DX1." + "x" * 215 + "a", "TCGA-AA-0001-01Z-00-DX1." + "x" * 215 + "b"
+    for sid in (long_a, long_b):
+        store.write("tiles", f"brca/{sid}", pd.DataFrame({"cohort": ["brca"], "slide_id": [sid], "col": [0], "row": [0],
+                                                          "tissue_fraction": [1.0]}))
+        with TileWriter(tile_file(tmp_path / "tiles", "brca", sid)) as w:
+            w.write(np.zeros((8, 8, 3), np.uint8), 0, 0)
+    assert sorted(store.read("tiles").slide_id) == [long_a, long_b]
+    names = [p.name for p in tmp_path.rglob("*") if p.is_file()]
+    assert len(names) == len(set(names)) and max(len(n.encode()) for n in names) <= 200
+    store.delete("tiles", f"brca/{long_a}")
+    assert list(store.read("tiles").slide_id) == [long_b]
