@@ -21,25 +21,30 @@ ENV_VAR = "PATHOMCH_CONFIG"
 
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 
+#: objective power above this is not a bright-field slide scan (oil-immersion 100x at most)
+MAX_MAGNIFICATION = 100.0
+
 
 class ConfigError(ValueError):
     """The configuration file is missing, unreadable or invalid."""
 
 
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    # no .inf/.nan anywhere: no setting means anything at infinity
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
 
 class TilingConfig(_Strict):
     """SPEC 3.3: non-overlapping tiles at a target magnification, background filtered."""
 
-    magnification: float = Field(20.0, gt=0, description="target objective power (20x = 0.5 um/px)")
+    magnification: float = Field(20.0, gt=0, le=MAX_MAGNIFICATION,
+                                 description="target objective power (20x = 0.5 um/px)")
     tile_px: int = Field(512, ge=16, le=4096)
     background_threshold: int = Field(220, ge=0, le=255, description="a pixel is background when all channels exceed this")
     max_background_fraction: float = Field(0.5, ge=0, le=1)
     jpeg_quality: int = Field(90, ge=50, le=100)
-    workers: int = Field(2, ge=1, description="slides tiled in parallel (processes)")
-    threads_per_slide: int = Field(2, ge=1, description="threads reading one slide's rows")
+    workers: int = Field(2, ge=1, le=512, description="slides tiled in parallel (processes)")
+    threads_per_slide: int = Field(2, ge=1, le=256, description="threads reading one slide's rows")
     reader: Literal["auto", "openslide"] = Field("auto", description="auto: decode a tiled TIFF page that is exactly the "
                                                 "chosen level directly (same pixels, about 3x cheaper); openslide: always read_region")
     min_tiles_per_slide: int = Field(5, ge=1, description="fewer tissue tiles than this is flagged by an asset check")
@@ -120,7 +125,10 @@ class CohortConfig(_Strict):
     traits: list[str] = Field(min_length=1)
     survival_pairs: list[list[str]] = Field(default_factory=list, description="empty: the two traits with the best ensemble test AUC")
     hti_sets: list[list[str]] = Field(default_factory=list, description="extra trait sets for HTI (any size)")
-    default_magnification: float | None = Field(None, gt=0, description="used when a slide has neither mpp nor objective power")
+    default_magnification: float | None = Field(None, gt=0, le=MAX_MAGNIFICATION,
+                                                description="used when a slide has neither mpp nor objective power")
+    allowed_dirs: list[Path] = Field(default_factory=list, description="folders outside slides_dir that slides "
+                                     "(or the links in slides_dir) may resolve into; nothing else is read")
     diagnostic_only: bool = True
     er_status_column: str = "ER_STATUS_BY_IHC"
     subtype_column: str = "SUBTYPE"
@@ -189,6 +197,9 @@ class PathomchConfig(_Strict):
         if is_url(value):
             raise ValueError("must be a local file (the DuckDB views read the Parquet tables under data_dir, "
                              "wherever that is)")
+        if isinstance(value, (str, os.PathLike)) and str(value) and Path(value).is_dir():
+            raise ValueError(f"{value} is a folder; give a file path inside it, "
+                             f"e.g. {Path(value) / 'pathomch.duckdb'}")
         return value
 
     @property
@@ -259,13 +270,22 @@ def _resolve(value, base: Path):
 
 
 _PATH_KEYS = {"slides_dir", "mrna", "mirna", "clinical", "manifest", "data_dir", "duckdb_path"}
+_PATH_LIST_KEYS = {"allowed_dirs"}
+
+
+def _resolve_key(key, value, base: Path):
+    if key in _PATH_KEYS:
+        return _resolve(value, base)
+    if key in _PATH_LIST_KEYS and isinstance(value, list):
+        return [_resolve(v, base) for v in value]
+    return value
 
 
 def _resolve_paths(raw: dict, base: Path) -> dict:
-    out = {k: (_resolve(v, base) if k in _PATH_KEYS else v) for k, v in raw.items()}
+    out = {k: _resolve_key(k, v, base) for k, v in raw.items()}
     if isinstance(out.get("cohorts"), dict):
         out["cohorts"] = {
-            name: ({k: (_resolve(v, base) if k in _PATH_KEYS else v) for k, v in c.items()} if isinstance(c, dict) else c)
+            name: ({k: _resolve_key(k, v, base) for k, v in c.items()} if isinstance(c, dict) else c)
             for name, c in out["cohorts"].items()
         }
     return out
@@ -294,12 +314,35 @@ def parse_config(raw: dict, source: Path, check_files: bool = True) -> PathomchC
         missing = [
             f"  cohorts.{name}.{key}: {p} does not exist"
             for name, c in cfg.cohorts.items()
-            for key, p in c.all_paths().items()
+            for key, p in [*c.all_paths().items(), *(("allowed_dirs", d) for d in c.allowed_dirs)]
             if p is not None and not Path(p).exists()
         ]
         if missing:
             raise ConfigError(f"{source}: missing input files\n" + "\n".join(missing))
+        for key, folder in (("data_dir", cfg.data_dir), ("duckdb_path", cfg.duckdb_path.parent)):
+            problem = unwritable(folder)
+            if problem:
+                raise ConfigError(f"{source}: {key}: {problem}")
     return cfg
+
+
+def unwritable(folder) -> str | None:
+    """Why outputs cannot be written under a local ``folder`` (created if missing), or ``None``.
+
+    Checks the folder, or the nearest existing folder above it, for write permission; URLs are not checked.
+    """
+    if not isinstance(folder, Path):
+        return None
+    probe = folder
+    while not probe.exists() and probe.parent != probe:
+        probe = probe.parent
+    if not probe.is_dir():
+        return f"{folder} cannot be created: {probe} is a file, not a folder; choose another location"
+    if not os.access(probe, os.W_OK | os.X_OK):
+        what = "is read-only" if probe == folder else f"cannot be created: {probe} is read-only"
+        return (f"{folder} {what} for this user; make it writable (chmod u+w {probe}) or set another folder "
+                f"in the configuration")
+    return None
 
 
 def load_config(path: str | os.PathLike | None = None, check_files: bool = True) -> PathomchConfig:
@@ -308,7 +351,46 @@ def load_config(path: str | os.PathLike | None = None, check_files: bool = True)
     if not path.is_file():
         raise ConfigError(f"{path}: configuration file not found (set {ENV_VAR} or pass --config)")
     try:
-        raw = yaml.safe_load(path.read_text()) or {}
+        raw = load_yaml(path.read_text(encoding="utf-8-sig")) or {}
+    except DuplicateKeyError as err:
+        raise ConfigError(f"{path}: line {err.line}: key {err.key!r} appears twice in the same mapping (first on "
+                          f"line {err.first_line}); YAML would silently keep only the last one: merge or rename "
+                          f"them") from None
     except yaml.YAMLError as err:
         raise ConfigError(f"{path}: not valid YAML: {err}") from None
+    except (OSError, UnicodeDecodeError) as err:
+        raise ConfigError(f"{path}: cannot read the configuration file: {err}") from None
     return parse_config(raw, path, check_files=check_files)
+
+
+class DuplicateKeyError(yaml.YAMLError):
+    """A mapping with the same key twice (line numbers are 1-based)."""
+
+    def __init__(self, key, line: int, first_line: int):
+        self.key, self.line, self.first_line = key, line, first_line
+        super().__init__(f"line {line}: duplicate key {key!r} (first on line {first_line})")
+
+
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """``yaml.SafeLoader`` that refuses a key given twice in one mapping, at any depth (``<<`` merges may
+    still be overridden, as YAML intends)."""
+
+    def construct_mapping(self, node, deep=False):
+        if isinstance(node, yaml.MappingNode):
+            seen: dict = {}
+            for key_node, _ in node.value:
+                if key_node.tag == "tag:yaml.org,2002:merge":
+                    continue
+                key = self.construct_object(key_node, deep=True)
+                try:
+                    if key in seen:
+                        raise DuplicateKeyError(key, key_node.start_mark.line + 1, seen[key])
+                    seen[key] = key_node.start_mark.line + 1
+                except TypeError:  # unhashable key: SafeLoader reports it
+                    continue
+        return super().construct_mapping(node, deep=deep)
+
+
+def load_yaml(text: str):
+    """``yaml.safe_load`` that raises :class:`DuplicateKeyError` for a key given twice in one mapping."""
+    return yaml.load(text, Loader=_UniqueKeyLoader)

@@ -10,12 +10,19 @@
 The expression files are streamed: the header is read once, then only the lines of the wanted
 genes are split, and only primary-tumour (sample type ``01``) columns are kept, so a 1.9 GB
 file never sits in memory.  Every format error names the file, the line and what was expected.
+Gzipped files (``.tsv.gz``, ``.csv.gz``, as PanCanAtlas files are often stored) are read as they are,
+recognised by their first bytes; a UTF-8 byte order mark is ignored.
 """
 
 from __future__ import annotations
 
+import contextlib
 import csv
+import gzip
+import io
+import math
 import re
+import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -44,6 +51,30 @@ class TableLayout:
 
 MRNA = TableLayout("\t", "gene_id", (), "PanCanAtlas mRNA (tab separated, gene_id = SYMBOL|EntrezID)")
 MIRNA = TableLayout(",", "Genes", ("Correction",), "PanCanAtlas miRNA (comma separated, Genes, Correction)")
+
+
+def open_text(path: str | Path):
+    """Open a text table: gunzipped when it starts with the gzip magic bytes (whatever its suffix),
+    UTF-8 with or without a byte order mark."""
+    path = Path(path)
+    with path.open("rb") as fh:
+        magic = fh.read(2)
+    if magic == b"\x1f\x8b":
+        return io.TextIOWrapper(gzip.open(path, "rb"), encoding="utf-8-sig", newline="")
+    return path.open("r", encoding="utf-8-sig", newline="")
+
+
+@contextlib.contextmanager
+def _decoding_errors(path: Path):
+    """Turn decoding and gzip errors while reading ``path`` into :class:`ExpressionFormatError`."""
+    try:
+        yield
+    except UnicodeDecodeError as err:
+        raise ExpressionFormatError(f"{path}: not UTF-8 text ({err.reason} at byte {err.start} of a block); "
+                                    f"expected a tab/comma separated text file, optionally gzipped") from None
+    except (EOFError, gzip.BadGzipFile, zlib.error) as err:
+        raise ExpressionFormatError(f"{path}: truncated or corrupt gzip file ({err}); "
+                                    f"fetch or decompress it again") from None
 
 
 def sample_type(barcode: str) -> str:
@@ -90,7 +121,7 @@ def read_expression(path: str | Path, layout: TableLayout, rows: list[str], key=
     """
     path = Path(path)
     wanted = set(rows)
-    with path.open("r", newline="") as fh:
+    with _decoding_errors(path), open_text(path) as fh:
         header_line = fh.readline()
         if not header_line:
             raise ExpressionFormatError(f"{path}: line 1: file is empty, expected a {layout.name} header")
@@ -149,10 +180,15 @@ def _parse_values(fields: list[str], idx: list[int], header: list[str], path: Pa
             out[j] = np.nan
             continue
         try:
-            out[j] = float(raw)
+            value = float(raw)
         except ValueError:
             raise ExpressionFormatError(
                 f"{path}: line {lineno}, column {i + 1} ({header[i]}): expected a number or NA, found {raw!r}") from None
+        if math.isinf(value):
+            raise ExpressionFormatError(
+                f"{path}: line {lineno}, column {i + 1} ({header[i]}): expected a finite number or NA, found {raw!r}; "
+                f"an infinite expression value is an upstream error: fix the file or write NA")
+        out[j] = value  # a NaN spelling not in NA_STRINGS is missing too
     return out
 
 
@@ -199,7 +235,7 @@ def read_clinical(path: str | Path, er_column: str = "ER_STATUS_BY_IHC", subtype
     and listed in ``problems``; a wrong header raises :class:`ExpressionFormatError`."""
     path = Path(path)
     problems: list[str] = []
-    with path.open(newline="") as fh:
+    with _decoding_errors(path), open_text(path) as fh:
         lines = [(n, ln) for n, ln in enumerate(fh, start=1) if not ln.startswith("#") and ln.strip()]
     if not lines:
         raise ExpressionFormatError(f"{path}: no header line (expected PATIENT_ID, OS_STATUS, OS_MONTHS)")
@@ -230,12 +266,17 @@ def read_clinical(path: str | Path, er_column: str = "ER_STATUS_BY_IHC", subtype
             problems.append(f"{path}: line {lineno}: OS_MONTHS {months!r} is not a number; row left out")
             continue
         if not np.isfinite(t) or t < 0:
-            problems.append(f"{path}: line {lineno}: OS_MONTHS {months} is negative; row left out")
+            problems.append(f"{path}: line {lineno}: OS_MONTHS {months} is {'negative' if t < 0 else 'not finite'}; "
+                            f"row left out")
             continue
         er = f[ix[er_column]].strip() if er_column in ix else ""
         sub = f[ix[subtype_column]].strip() if subtype_column in ix else ""
         rows.append((pid, t, _STATUS[status.upper()], None if er in NA_STRINGS else er,
                      None if sub in NA_STRINGS else sub.removeprefix("BRCA_").removeprefix("LUAD_")))
+    if not rows:
+        shown = "\n  ".join(problems[:5]) + (f"\n  ... and {len(problems) - 5} more" if len(problems) > 5 else "")
+        raise ExpressionFormatError(f"{path}: no usable patient row (of {len(lines) - 1}); survival cannot be "
+                                    f"computed: fix the file" + (f"\n  {shown}" if problems else ""))
     df = pd.DataFrame(rows, columns=["patient_id", "os_months", "os_event", "er_status", "subtype"])
     dup = df["patient_id"].duplicated(keep="first")
     for pid in df.loc[dup, "patient_id"]:

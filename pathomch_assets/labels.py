@@ -63,6 +63,10 @@ def label_table(expression: pd.DataFrame, cohort: str, low: float, high: float, 
     frames = []
     for trait, grp in expression.groupby("trait", sort=False):
         vals = grp.set_index("patient_id")["value"]
+        inf = vals[np.isinf(vals.astype(float))]
+        if not inf.empty:  # the readers refuse them; a percentile of infinity would be a silent 'high'
+            raise ValueError(f"{cohort}/{trait}: infinite expression for {sorted(inf.index)[:5]}; "
+                             f"expected finite values or NA")
         lab = assign_labels(vals, low, high, near_width)
         lab.insert(0, "trait", trait)
         lab["expression"] = lab["patient_id"].map(vals)

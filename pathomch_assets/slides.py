@@ -7,10 +7,15 @@ names the file, so a caller can record the slide as failed and go on with the ot
 from __future__ import annotations
 
 import csv
+import hashlib
 import math
+import os
 import re
+import struct
 from dataclasses import dataclass, field
 from pathlib import Path
+
+import numpy as np
 
 import pandas as pd
 
@@ -25,6 +30,7 @@ _TCGA = re.compile(r"^TCGA-[A-Z0-9]{2}-[A-Z0-9]{4}")
 _DX = re.compile(r"-DX(\d+)", re.IGNORECASE)
 
 GDC_MANIFEST_COLUMNS = ["id", "filename", "md5", "size", "state"]
+_MD5 = re.compile(r"^[0-9a-fA-F]{32}$")
 
 
 class SlideError(RuntimeError):
@@ -42,12 +48,27 @@ class ManifestError(ValueError):
 
 @dataclass(frozen=True)
 class SlideRef:
-    """A slide found on disk (or listed in a manifest but missing)."""
+    """A slide found on disk, or listed (in a manifest, or as a name in ``slides_dir``) but not usable.
+
+    ``missing`` is True whenever the slide must not be read: not on disk, or refused with
+    ``error`` (a path outside ``slides_dir``, a broken link, a folder named like a slide, a slide
+    id found twice).  ``error`` is the message for the ``slides`` table (status 'error'); it names
+    the file (or manifest line) and what to do.  ``md5`` and ``size`` are the manifest's, when any
+    (:func:`check_manifest_entry` compares them with the file); ``listed_in`` is ``<manifest>:<line>``.
+    """
 
     cohort: str
     slide_id: str
     path: Path
     missing: bool = False
+    md5: str | None = None
+    size: int | None = None
+    error: str | None = None
+    listed_in: str | None = None
+
+    @property
+    def usable(self) -> bool:
+        return not self.missing and self.error is None
 
     @property
     def patient_id(self) -> str:
@@ -82,47 +103,184 @@ def dx_number(slide_id: str) -> int:
 
 
 def read_gdc_manifest(path: str | Path) -> pd.DataFrame:
-    """Read a GDC manifest (tab separated: ``id filename md5 size state``)."""
+    """Read a GDC manifest (tab separated: ``id filename md5 size state``); ``attrs["lines"]``: line numbers.
+
+    ``md5`` must be 32 hex digits (or empty) and ``size`` a byte count (or empty); a UTF-8 BOM is ignored.
+    """
     path = Path(path)
-    with path.open(newline="") as fh:
+    with path.open(newline="", encoding="utf-8-sig") as fh:
         reader = csv.reader(fh, delimiter="\t")
         header = next(reader, None)
         if header is None or [h.strip() for h in header[:5]] != GDC_MANIFEST_COLUMNS:
             raise ManifestError(f"{path}: line 1: expected GDC manifest header "
                                 f"{' '.join(GDC_MANIFEST_COLUMNS)!r}, found {' '.join(header or [])!r}")
-        rows = []
+        rows, lines = [], []
         for lineno, row in enumerate(reader, start=2):
             if not row or not "".join(row).strip():
                 continue
             if len(row) < 5:
                 raise ManifestError(f"{path}: line {lineno}: expected 5 tab-separated fields, found {len(row)}")
+            md5, size = row[2].strip(), row[3].strip()
+            if md5 and not _MD5.match(md5):
+                raise ManifestError(f"{path}: line {lineno}: md5 {md5!r} is not 32 hex digits; fix the manifest "
+                                    f"(download it again from the GDC portal)")
+            if size and not size.isdigit():
+                raise ManifestError(f"{path}: line {lineno}: size {size!r} is not a byte count; fix the manifest "
+                                    f"(download it again from the GDC portal)")
             rows.append(row[:5])
-    return pd.DataFrame(rows, columns=GDC_MANIFEST_COLUMNS)
+            lines.append(lineno)
+    out = pd.DataFrame(rows, columns=GDC_MANIFEST_COLUMNS)
+    out.attrs["lines"] = lines
+    return out
 
 
-def discover_slides(cohort: str, slides_dir: str | Path, manifest: str | Path | None = None) -> list[SlideRef]:
+def discover_slides(cohort: str, slides_dir: str | Path, manifest: str | Path | None = None,
+                    allowed_dirs=()) -> list[SlideRef]:
     """List the slides of a cohort, sorted by slide id.
 
     Without a manifest: every file under ``slides_dir`` with a slide ending (recursively,
     so ``gdc-client``'s ``<uuid>/<file>`` layout works); a DICOM folder counts once.
     With a manifest: its slides only, looked up as ``<dir>/<id>/<filename>`` or
     ``<dir>/<filename>``; one that is not on disk is returned with ``missing=True``.
+
+    Path policy: a slide must resolve (links followed) inside ``slides_dir`` or one of
+    ``allowed_dirs``; manifest ids and file names must be plain names (no folders, no ``..``,
+    not absolute).  A slide that breaks it, a broken link, a folder named like a slide and a
+    slide id found in two places come back with ``missing=True`` and an ``error`` naming the
+    path (or manifest line) and what to do: never read, never silently left out.
     """
     slides_dir = Path(slides_dir)
+    roots = _roots(slides_dir, allowed_dirs)
     if manifest is not None:
-        refs = []
-        for rec in read_gdc_manifest(manifest).itertuples():
-            candidates = [slides_dir / rec.id / rec.filename, slides_dir / rec.filename]
-            found = next((c for c in candidates if c.exists()), None)
-            refs.append(SlideRef(cohort, slide_id_from_path(rec.filename), found or candidates[0], found is None))
-        return sorted(refs, key=lambda r: r.slide_id)
-    refs: dict[str, SlideRef] = {}
+        return _from_manifest(cohort, slides_dir, Path(manifest), roots)
+    units: dict[str, dict[str, tuple[Path, str | None]]] = {}
     for p in sorted(slides_dir.rglob("*")):
-        if not p.is_file() or p.suffix.lower() not in SLIDE_SUFFIXES or p.name.startswith("."):
+        if p.suffix.lower() not in SLIDE_SUFFIXES or p.name.startswith("."):
             continue
+        is_dcm_file = p.suffix.lower() == ".dcm" and not p.is_dir()
+        unit = str(p.parent if is_dcm_file else p)
         sid = slide_id_from_path(p)
-        refs.setdefault(sid, SlideRef(cohort, sid, p))
-    return sorted(refs.values(), key=lambda r: r.slide_id)
+        units.setdefault(sid, {}).setdefault(unit, (p, path_problem(p, roots, dicom_folder_ok=False)))
+    refs = []
+    for sid, found in units.items():
+        (first, problem), *others = found.values()
+        if others:
+            where = ", ".join(str(u) for u in found)
+            refs.append(SlideRef(cohort, sid, first, True, error=f"{first}: slide id {sid!r} found {len(found)} times "
+                                 f"({where}); a slide id must be unique in slides_dir: remove or rename the copies"))
+        elif problem:
+            refs.append(SlideRef(cohort, sid, first, True, error=f"{first}: {problem}"))
+        else:
+            refs.append(SlideRef(cohort, sid, first))
+    return sorted(refs, key=lambda r: r.slide_id)
+
+
+def cohort_slides(name: str, cohort) -> list[SlideRef]:
+    """:func:`discover_slides` for a cohort's config (``slides_dir``, ``manifest``, ``allowed_dirs``)."""
+    return discover_slides(name, cohort.slides_dir, cohort.manifest, getattr(cohort, "allowed_dirs", ()) or ())
+
+
+def _roots(slides_dir: Path, allowed_dirs) -> list[str]:
+    return [os.path.realpath(d) for d in (slides_dir, *allowed_dirs)]
+
+
+def _inside(real: str, roots: list[str]) -> bool:
+    return any(real == r or real.startswith(r.rstrip(os.sep) + os.sep) for r in roots)
+
+
+def path_problem(path: Path, roots: list[str], dicom_folder_ok: bool = True) -> str | None:
+    """Why ``path`` may not be read as a slide (``None``: it may): outside the allowed folders, a
+    broken link, a folder named like a slide, not a regular file."""
+    if path.is_symlink() and not path.exists():
+        return (f"broken symbolic link (to {os.readlink(path)}); restore the file it points to "
+                f"or remove the link")
+    real = os.path.realpath(path)
+    if not _inside(real, roots):
+        allowed = " or ".join(roots)
+        return (f"resolves to {real}, outside {allowed}; slides are read only inside slides_dir: move the "
+                f"file there, or add its folder to the cohort's allowed_dirs if it is meant to be read")
+    if os.path.isdir(real):
+        if dicom_folder_ok and path.suffix.lower() == ".dcm":
+            return None
+        return "is a folder, not a slide file; rename or remove it (or put the slide file in its place)"
+    if not os.path.isfile(real):
+        return "is not a regular file (a device, pipe or socket); replace it with the slide file"
+    return None
+
+
+def _plain_name(value: str) -> bool:
+    return bool(value) and value not in (".", "..") and not re.search(r"[\\/]|^[A-Za-z]:|\x00", value)
+
+
+def _from_manifest(cohort: str, slides_dir: Path, manifest: Path, roots: list[str]) -> list[SlideRef]:
+    by_id: dict[str, list[SlideRef]] = {}
+    table = read_gdc_manifest(manifest)
+    for line, rec in zip(table.attrs["lines"], table.itertuples()):
+        where = f"{manifest}:{line}"
+        md5 = rec.md5.strip().lower() or None
+        size = int(rec.size) if rec.size.strip() else None
+        sid = slide_id_from_path(os.path.basename(rec.filename.replace("\\", "/")) or rec.filename)
+        meta = dict(md5=md5, size=size, listed_in=where)
+        bad = next(((k, v) for k, v in (("id", rec.id), ("filename", rec.filename)) if not _plain_name(v)), None)
+        if bad is not None:
+            ref = SlideRef(cohort, sid, slides_dir, True, **meta, error=(
+                f"{manifest}: line {line}: {bad[0]} {bad[1]!r} is not a plain name (a GDC manifest lists a file "
+                f"id and a file name, no folders, '..' or absolute paths); the slide is not read: fix that line"))
+        else:
+            candidates = [slides_dir / rec.id / rec.filename, slides_dir / rec.filename]
+            found = next((c for c in candidates if os.path.lexists(c)), None)
+            problem = path_problem(found, roots) if found is not None else None
+            if problem:
+                ref = SlideRef(cohort, sid, found, True, **meta,
+                               error=f"{found}: {problem} (listed in {manifest}, line {line})")
+            else:
+                ref = SlideRef(cohort, sid, found or candidates[0], found is None, **meta)
+        by_id.setdefault(sid, []).append(ref)
+    refs = []
+    for sid, same in by_id.items():
+        if len(same) > 1:
+            lines = ", ".join(r.listed_in.rsplit(":", 1)[1] for r in same)
+            refs.append(SlideRef(cohort, sid, same[0].path, True, same[0].md5, same[0].size,
+                                 listed_in=same[0].listed_in,
+                                 error=f"{manifest}: lines {lines}: slide id {sid!r} is listed {len(same)} times; "
+                                       f"a slide id must be unique: remove the extra lines"))
+        else:
+            refs.append(same[0])
+    return sorted(refs, key=lambda r: r.slide_id)
+
+
+def file_md5(path: str | Path, chunk: int = 1 << 20) -> str:
+    """MD5 of a file, read in ``chunk``-byte pieces (slides are gigabytes)."""
+    h = hashlib.md5(usedforsecurity=False)
+    with open(path, "rb") as fh:
+        while block := fh.read(chunk):
+            h.update(block)
+    return h.hexdigest()
+
+
+def check_manifest_entry(ref: SlideRef) -> str | None:
+    """Compare a slide file with its manifest's ``size`` and ``md5``; ``None`` when they agree (or the
+    manifest gives neither), else an error message naming the file, the manifest line and what to do.
+
+    The size is checked first (free); the MD5 streams the whole file once.
+    """
+    if ref.size is None and ref.md5 is None:
+        return None
+    listed = f" ({ref.listed_in})" if ref.listed_in else ""
+    redo = "download it again (gdc-client download -m <manifest>)"
+    try:
+        size = os.stat(ref.path).st_size
+        if ref.size is not None and size != ref.size:
+            return (f"{ref.path}: {size} bytes, but the manifest{listed} says {ref.size}: incomplete or wrong file; "
+                    f"{redo}")
+        if ref.md5 is not None:
+            digest = file_md5(ref.path)
+            if digest != ref.md5.lower():
+                return (f"{ref.path}: MD5 {digest} differs from the manifest's {ref.md5}{listed}: corrupt or not the "
+                        f"listed file; {redo}")
+    except OSError as err:
+        return f"{ref.path}: cannot read it to check it against the manifest{listed}: {err.strerror or err}"
+    return None
 
 
 def primary_slides(slides: pd.DataFrame) -> pd.DataFrame:
@@ -217,18 +375,138 @@ def choose_level(base_mag: float, downsamples: tuple[float, ...], target_mag: fl
 
 
 def open_slide(path: str | Path):
-    """Open with OpenSlide; any failure becomes a :class:`SlideError` naming the file."""
+    """Open with OpenSlide; any failure becomes a :class:`SlideError` naming the file and saying
+    what is wrong (empty, truncated, a folder, a broken link, permission, format)."""
     import openslide
 
     path = Path(path)
-    if not path.exists():
-        raise SlideError(path, "file not found")
+    if not path.exists() or path.is_dir() and path.suffix.lower() != ".dcm":
+        raise SlideError(path, describe_open_error(path, None))
     try:
-        return openslide.OpenSlide(str(path))
-    except openslide.OpenSlideUnsupportedFormatError as err:
-        raise SlideError(path, f"not a slide format OpenSlide reads ({err or 'unsupported format'})") from None
+        slide = openslide.OpenSlide(str(path))
     except (openslide.OpenSlideError, OSError) as err:
-        raise SlideError(path, f"OpenSlide cannot open it: {err}") from None
+        raise SlideError(path, describe_open_error(path, err)) from None
+    truncated = tiff_truncation(path) if path.suffix.lower() != ".ndpi" else None
+    if truncated:  # the header and directories are there, but tile data is cut off
+        slide.close()
+        raise SlideError(path, truncated)
+    return slide
+
+
+_TIFF_MAGIC = (b"II*\x00", b"MM\x00*", b"II+\x00", b"MM\x00+")
+
+
+def describe_open_error(path: str | Path, exc: BaseException | None) -> str:
+    """The reason (without the path) a slide cannot be opened: a broken link, a folder, permission,
+    an empty or truncated file, else the OpenSlide error ``exc``, with what to do."""
+    p = Path(path)
+    if p.is_symlink() and not p.exists():
+        return f"broken symbolic link (to {os.readlink(p)}); restore the file it points to or remove the link"
+    if not p.exists():
+        return "file not found"
+    if p.is_dir() and p.suffix.lower() != ".dcm":
+        return "is a folder, not a slide file; rename or remove it (or put the slide file in its place)"
+    try:
+        size = p.stat().st_size
+        with open(p, "rb") as fh:
+            head = fh.read(132)
+    except PermissionError:
+        return "permission denied: the file cannot be read; fix its permissions (e.g. chmod a+r) and run again"
+    except OSError as err:
+        return f"cannot read it: {err.strerror or err}"
+    if size == 0:
+        return "empty file (0 bytes): the download or copy did not finish; fetch it again"
+    if head[:4] in _TIFF_MAGIC or head[:2] in (b"II", b"MM") and size < 8:
+        truncated = tiff_truncation(p)
+        if truncated:
+            return truncated
+        return f"corrupt or unsupported TIFF; OpenSlide cannot open it: {exc}"
+    if isinstance(exc, OSError):
+        return f"cannot read it: {exc.strerror or exc}"
+    if type(exc).__name__ == "OpenSlideUnsupportedFormatError" and head[128:132] != b"DICM":
+        return (f"not a slide format OpenSlide reads ({size} bytes starting {head[:8]!r}; "
+                f"{exc or 'unsupported format'}); check the file is the slide and not, e.g., an HTML error page")
+    return f"OpenSlide cannot open it: {exc}"
+
+
+_TIFF_TYPE_SIZE = {1: 1, 2: 1, 3: 2, 4: 4, 5: 8, 6: 1, 7: 1, 8: 2, 9: 4, 10: 8, 11: 4, 12: 8, 13: 4,
+                   16: 8, 17: 8, 18: 8}
+_TIFF_ARRAY = {3: "u2", 4: "u4", 13: "u4", 16: "u8"}
+_DATA_TAGS = {273: "offsets", 324: "offsets", 279: "counts", 325: "counts"}
+
+
+def tiff_truncation(path: str | Path) -> str | None:
+    """A message when a TIFF-based file (SVS, generic TIFF) refers to bytes past its end, i.e. it was
+    cut off; ``None`` for a complete file, a non-TIFF file, or one this walk cannot follow.
+
+    Walks the header and every image directory, checking directory entries and strip/tile data.
+    """
+    try:
+        return _tiff_truncation(Path(path))
+    except (OSError, struct.error, ValueError):
+        return None
+
+
+def _tiff_truncation(path: Path) -> str | None:
+    size = path.stat().st_size
+
+    def cut(end: int) -> str:
+        return (f"truncated or corrupt: the file has {size} bytes but its TIFF structure refers to byte {end}; "
+                f"the download or copy did not finish: fetch it again")
+
+    with open(path, "rb") as fh:
+        head = fh.read(16)
+        if head[:2] not in (b"II", b"MM"):
+            return None
+        e = "<" if head[:2] == b"II" else ">"
+        if len(head) < 8:
+            return cut(8)
+        magic = struct.unpack(e + "H", head[2:4])[0]
+        if magic == 42:
+            big, off = False, struct.unpack(e + "I", head[4:8])[0]
+        elif magic == 43:
+            if len(head) < 16:
+                return cut(16)
+            big, off = True, struct.unpack(e + "Q", head[8:16])[0]
+        else:
+            return None
+        cnt_fmt, cnt_size, ent_size, off_fmt, off_size = ("Q", 8, 20, "Q", 8) if big else ("H", 2, 12, "I", 4)
+        seen: set[int] = set()
+        while off and off not in seen and len(seen) < 100_000:
+            seen.add(off)
+            if off + cnt_size > size:
+                return cut(off + cnt_size)
+            fh.seek(off)
+            n = struct.unpack(e + cnt_fmt, fh.read(cnt_size))[0]
+            end = off + cnt_size + n * ent_size + off_size
+            if end > size:
+                return cut(end)
+            raw = fh.read(n * ent_size + off_size)
+            arrays: dict[str, np.ndarray] = {}
+            for i in range(n):
+                ent = raw[i * ent_size:(i + 1) * ent_size]
+                tag, typ = struct.unpack(e + "HH", ent[:4])
+                count = struct.unpack(e + off_fmt, ent[4:4 + off_size])[0]
+                nbytes = _TIFF_TYPE_SIZE.get(typ, 1) * count
+                if nbytes <= off_size:
+                    value = ent[4 + off_size:4 + off_size + nbytes]
+                else:
+                    voff = struct.unpack(e + off_fmt, ent[4 + off_size:])[0]
+                    if voff + nbytes > size:
+                        return cut(voff + nbytes)
+                    value = None
+                    if tag in _DATA_TAGS and typ in _TIFF_ARRAY:
+                        fh.seek(voff)
+                        value = fh.read(nbytes)
+                if tag in _DATA_TAGS and typ in _TIFF_ARRAY and value is not None:
+                    arrays[_DATA_TAGS[tag]] = np.frombuffer(value, dtype=e + _TIFF_ARRAY[typ]).astype(np.uint64)
+            offsets, counts = arrays.get("offsets"), arrays.get("counts")
+            if offsets is not None and counts is not None and len(offsets) == len(counts) and len(offsets):
+                data_end = int((offsets + counts).max())
+                if data_end > size:
+                    return cut(data_end)
+            off = struct.unpack(e + off_fmt, raw[-off_size:])[0]
+    return None
 
 
 def slide_info(slide, path: str | Path, default_magnification: float | None = None) -> SlideInfo:
