@@ -1,21 +1,51 @@
-"""Sensors: slide folders are watched; new, changed and removed slides are processed.
+"""Sensors: slide folders are watched; new, changed, removed and failed slides are processed.
 
 A new slide becomes a `slides` partition and is tiled, scored with the existing ensembles and
-mapped (cartography, HTI) in one run, without retraining and without touching splits.  The
-cursor keeps each slide's size, modification time and MD5; a slide whose content changed is
-processed again, a removed one is processed once more so that its rows are withdrawn
-(status `missing`).  A tick with nothing new requests nothing.
+mapped (cartography, HTI) in one run, without retraining and without touching splits.  A tick
+does bounded work whatever the cohort size: a slide's fingerprint is its GDC manifest MD5 when
+the manifest lists it, else the size and modification time of its files (every ``.dcm`` of a
+DICOM folder, the ``.mrxs`` and its data folder); no slide file is opened in the tick, content is
+verified in the run.  At most ``max_per_tick`` runs are requested per tick, the rest on the next
+ticks.  A changed slide is processed again, a removed one once more so that its rows are
+withdrawn (status `missing`).  A slide whose latest run failed (after Dagster's own run retries)
+is requested again with exponential backoff, up to ``max_retries`` times; then its run is tagged
+``pathomch/retries=exhausted`` (:func:`unprocessed_slides`) and the tick logs it.
+
+The cursor is JSON: ``fp`` maps a 12-hex hash of each partition key to a 10-hex hash of the
+slide's fingerprint (``-`` once a removal was requested), ``retry`` holds the few slides waiting
+for a retry, ``failed_after`` the update time of the last failed run looked at.
 """
+
+from __future__ import annotations
 
 import hashlib
 import json
+import os
+import time
+from datetime import datetime, timezone
 from pathlib import Path
 
 import dagster as dg
+from dagster._core.storage.tags import PARTITION_NAME_TAG, RUN_FAILURE_REASON_TAG, WILL_RETRY_TAG
 
 from .config import PathomchConfig
 from .partitions import SLIDES
-from .slides import discover_slides
+from .slides import discover_slides, read_gdc_manifest, slide_id_from_path
+
+#: at most this many runs are requested per tick; the rest follow on the next ticks
+MAX_PER_TICK = 500
+#: a slide whose latest run failed is requested again at most this many times...
+MAX_RETRIES = 3
+#: ...the n-th time (n = 1, 2, ...) RETRY_BACKOFF_S * 2**(n-1) seconds after the failed run ended
+RETRY_BACKOFF_S = 120
+#: failed runs looked at per tick (the others on the next ticks)
+FAILED_RUNS_PER_TICK = 200
+
+REASON_TAG = "pathomch/reason"
+ATTEMPT_TAG = "pathomch/attempt"  # retry number of a sensor retry run (Dagster's run retries copy it)
+RETRIES_TAG = "pathomch/retries"  # "exhausted" on the failed run of a slide the sensor gave up on
+FAILURE_TAG = "pathomch/failure"  # the first error of that run, shortened
+REMOVED = "-"
 
 
 def discover_all(cfg: PathomchConfig) -> dict[str, Path]:
@@ -28,65 +58,242 @@ def discover_all(cfg: PathomchConfig) -> dict[str, Path]:
     return found
 
 
-def md5sum(path: Path, chunk: int = 8 * 1024 * 1024) -> str:
-    h = hashlib.md5()
-    with open(path, "rb") as fh:
-        while block := fh.read(chunk):
-            h.update(block)
-    return h.hexdigest()
+def manifest_md5s(cfg: PathomchConfig) -> dict[str, str]:
+    """Partition key -> MD5 listed in the cohort's GDC manifest (cohorts without a manifest: none)."""
+    out = {}
+    for name, c in cfg.cohorts.items():
+        if c.manifest is not None:
+            for rec in read_gdc_manifest(c.manifest).itertuples():
+                out[f"{name}/{slide_id_from_path(rec.filename)}"] = rec.md5.strip().lower()
+    return out
 
 
-def scan(files: dict[str, Path], previous: dict[str, list]) -> tuple[dict[str, list], list[str], list[str], list[str]]:
-    """New fingerprints, and the keys that are new, changed (new MD5) and removed.
+def slide_files(path: Path) -> list[Path]:
+    """The files a slide is made of: a DICOM slide's every file in its folder, an MRXS slide's
+    ``.mrxs`` and the files of its data folder (``Slidedat.ini``, ``.dat``), else the file itself."""
+    path = Path(path)
+    suffix = path.suffix.lower()
+    if suffix == ".dcm":
+        folder = [path.parent]
+        own = []
+    elif suffix == ".mrxs":
+        folder = [path.with_suffix("")]
+        own = [path]
+    else:
+        return [path]
+    return own + sorted(e for d in folder if d.is_dir() for e in d.iterdir() if e.is_file() and not e.name.startswith("."))
 
-    MD5 is computed only for new files and files whose size or mtime changed.
-    """
-    now: dict[str, list] = {}
-    new, changed = [], []
-    for key, path in files.items():
-        st = path.stat()
-        old = previous.get(key)
-        if old and old[0] == st.st_size and old[1] == st.st_mtime_ns:
-            now[key] = old
+
+def fingerprint(path: Path, md5: str | None = None) -> str:
+    """``md5:<manifest md5>`` when the manifest lists the slide, else ``size:mtime_ns`` of each of
+    its files; files are stat'ed, never read."""
+    if md5:
+        return f"md5:{md5}"
+    parts = []
+    for f in slide_files(path):
+        st = os.stat(f)
+        parts.append(f"{f.name}:{st.st_size}:{st.st_mtime_ns}")
+    return "|".join(parts)
+
+
+def _hash(text: str, n: int) -> str:
+    return hashlib.blake2b(text.encode(), digest_size=n).hexdigest()
+
+
+def key_hash(key: str) -> str:
+    return _hash(key, 6)
+
+
+def fp_hash(fp: str) -> str:
+    return _hash(fp, 5)
+
+
+def load_cursor(text: str | None, files: dict[str, Path] | None = None, md5s: dict[str, str] | None = None) -> dict:
+    """The cursor as a dict; a cursor of the first version (``{key: [size, mtime, md5]}``) is converted
+    (a slide of several files, fingerprinted by its first file then, is processed once more)."""
+    state = json.loads(text) if text else {}
+    if state and "fp" not in state:  # first version: full keys and the content MD5
+        files, md5s = files or {}, md5s or {}
+        name = lambda k: files[k].name if k in files else ""  # noqa: E731
+        state = {"fp": {key_hash(k): fp_hash(f"md5:{v[2]}" if k in md5s else f"{name(k)}:{v[0]}:{v[1]}")
+                        for k, v in state.items()}}
+    return {"fp": state.get("fp", {}), "retry": state.get("retry", {}), "failed_after": state.get("failed_after", 0.0)}
+
+
+def dump_cursor(state: dict) -> str:
+    return json.dumps(state, sort_keys=True, separators=(",", ":"))
+
+
+def _latest_run(instance: dg.DagsterInstance, job_name: str, key: str):
+    runs = instance.get_runs(dg.RunsFilter(job_name=job_name, tags={PARTITION_NAME_TAG: key}), limit=1)
+    return runs[0] if runs else None
+
+
+def _ts(value: datetime) -> float:
+    return (value if value.tzinfo else value.replace(tzinfo=timezone.utc)).timestamp()
+
+
+def _first_error(instance: dg.DagsterInstance, run_id: str) -> str:
+    for entry in instance.all_logs(run_id, of_type={dg.DagsterEventType.STEP_FAILURE, dg.DagsterEventType.RUN_FAILURE}):
+        event = entry.dagster_event
+        data = getattr(event, "event_specific_data", None)
+        err = getattr(data, "error", None)
+        while err is not None and err.cause is not None:  # the user code's error, not Dagster's wrapper
+            err = err.cause
+        text = (err.message if err else None) or (event.message if event else None) or entry.user_message
+        if text:
+            return " ".join(text.split())[:300]
+    return "unknown error"
+
+
+def collect_failures(instance: dg.DagsterInstance, job_name: str, state: dict, max_retries: int,
+                     backoff_s: float, log) -> None:
+    """Look at the failed runs of ``job_name`` updated since the cursor's ``failed_after`` (at most
+    FAILED_RUNS_PER_TICK); schedule a retry for a slide whose latest run it is, or give up on it."""
+    after = datetime.fromtimestamp(state["failed_after"], tz=timezone.utc)
+    records = instance.get_run_records(
+        dg.RunsFilter(job_name=job_name, statuses=[dg.DagsterRunStatus.FAILURE], updated_after=after),
+        limit=FAILED_RUNS_PER_TICK, order_by="update_timestamp", ascending=True)
+    if len(records) == FAILED_RUNS_PER_TICK:  # leave the last timestamp whole for the next tick
+        last = records[-1].update_timestamp
+        records = [r for r in records if r.update_timestamp != last] or records
+    for rec in records:
+        run = rec.dagster_run
+        key = run.tags.get(PARTITION_NAME_TAG)
+        if (key is None or run.tags.get(WILL_RETRY_TAG) == "true" or run.tags.get(RETRIES_TAG) == "exhausted"
+                or (state["retry"].get(key) or [None] * 3)[2] == run.run_id):
+            continue  # not a slide run, retried by Dagster itself, already given up on or already scheduled
+        latest = _latest_run(instance, job_name, key)
+        if latest is None or latest.run_id != run.run_id:
+            continue  # a later run of the slide exists: its outcome counts
+        attempt = int(run.tags.get(ATTEMPT_TAG, "0"))
+        ended = rec.end_time or _ts(rec.update_timestamp)
+        if attempt < max_retries:
+            state["retry"][key] = [attempt + 1, ended + backoff_s * 2**attempt, run.run_id]
+            log.info(f"{key}: run {run.run_id} failed; retry {attempt + 1} of {max_retries} "
+                     f"after {backoff_s * 2**attempt:.0f} s")
+        else:
+            why = _first_error(instance, run.run_id)
+            instance.add_run_tags(run.run_id, {RETRIES_TAG: "exhausted", FAILURE_TAG: why})
+            state["retry"].pop(key, None)
+            log.warning(f"{key}: run {run.run_id} failed after {max_retries} retries; the slide stays unprocessed "
+                        f"(runs tagged {RETRIES_TAG}=exhausted): {why}")
+    if records:
+        state["failed_after"] = max(state["failed_after"], _ts(records[-1].update_timestamp))
+
+
+def unprocessed_slides(instance: dg.DagsterInstance, job_name: str = "process_slides") -> list[dict]:
+    """Slides the sensor gave up on: ``partition_key, run_id, reason, error`` for each whose latest
+    run is still the failed run tagged ``pathomch/retries=exhausted``."""
+    out = []
+    for run in instance.get_runs(dg.RunsFilter(job_name=job_name, tags={RETRIES_TAG: "exhausted"})):
+        key = run.tags.get(PARTITION_NAME_TAG)
+        latest = _latest_run(instance, job_name, key) if key else None
+        if latest is not None and latest.run_id == run.run_id and key not in {o["partition_key"] for o in out}:
+            out.append({"partition_key": key, "run_id": run.run_id, "reason": run.tags.get(RUN_FAILURE_REASON_TAG, ""),
+                        "error": run.tags.get(FAILURE_TAG, "")})
+    return sorted(out, key=lambda o: o["partition_key"])
+
+
+def evaluate(cfg: PathomchConfig, job_name: str, context: dg.SensorEvaluationContext, *, max_per_tick: int,
+             max_retries: int, backoff_s: float, clock) -> dg.SensorResult:
+    """One tick: the run requests and partitions to add, and the next cursor."""
+    md5s = manifest_md5s(cfg)
+    files = discover_all(cfg)
+    state = load_cursor(context.cursor, files, md5s)
+    instance = context.instance
+    known = set(instance.get_dynamic_partitions(SLIDES.name))
+    fps = {k: fp_hash(fingerprint(p, md5s.get(k))) for k, p in files.items()}
+    old_fp = state["fp"]
+    hashes = {k: key_hash(k) for k in files.keys() | known}
+    # entries of slides that are neither on disk nor partitions any more are forgotten
+    live = set(hashes.values())
+    new_fp = {h: v for h, v in old_fp.items() if h in live}
+
+    changed, removed, new = [], [], []
+    for k, fp in fps.items():
+        old = old_fp.get(hashes[k])
+        if old == fp:
             continue
-        digest = md5sum(path)
-        now[key] = [st.st_size, st.st_mtime_ns, digest]
-        if old is None:
-            new.append(key)
-        elif old[2] != digest:
-            changed.append(key)
-    removed = [k for k in previous if k not in files]
-    return now, new, changed, removed
+        if old is None and k in known:
+            new_fp[hashes[k]] = fp  # known to the instance before the sensor saw it: seen, not new
+        elif old is None:
+            new.append(k)
+        else:
+            changed.append(k)
+    removed = [k for k in known if k not in files and old_fp.get(hashes[k], REMOVED) != REMOVED]
+
+    collect_failures(instance, job_name, state, max_retries, backoff_s, context.log)
+    now = clock()
+    retry = state["retry"]
+    for k in list(retry):
+        if k not in known:
+            retry.pop(k)  # the partition was deleted
+    due = sorted(k for k, (_, at, _) in retry.items() if at <= now)
+
+    def request(k: str, kind: str) -> dg.RunRequest | None:
+        old = old_fp.get(hashes[k])
+        if kind == "changed":
+            why = "slide changed (new manifest MD5)" if k in md5s else "slide changed (new size/mtime)"
+            if old == REMOVED:
+                why, old = "slide file back after removal", "removed"
+            return dg.RunRequest(partition_key=k, run_key=f"{k}@{old}->{fps[k]}", tags={REASON_TAG: why})
+        if kind == "removed":
+            return dg.RunRequest(partition_key=k, run_key=f"{k}@{old}->removed", tags={REASON_TAG: "slide file removed"})
+        if kind == "new":
+            return dg.RunRequest(partition_key=k, run_key=f"{k}@{fps[k]}", tags={REASON_TAG: "new slide"})
+        attempt, _, run_id = retry[k]
+        latest = _latest_run(instance, job_name, k)
+        if latest is None or latest.run_id != run_id:  # run again by someone else meanwhile
+            retry.pop(k)
+            return None
+        return dg.RunRequest(partition_key=k, run_key=f"{k}@retry{attempt}:{run_id}",
+                             tags={REASON_TAG: f"retry {attempt} of {max_retries}: run {run_id} failed",
+                                   ATTEMPT_TAG: str(attempt)})
+
+    # changed, removed and failed slides first, then new ones; a slide processed again needs no retry
+    again = set(changed) | set(removed)
+    candidates = [*((k, "changed") for k in sorted(changed)), *((k, "removed") for k in sorted(removed)),
+                  *((k, "retry") for k in due if k not in again), *((k, "new") for k in sorted(new))]
+    requests, looked_at = [], 0
+    for k, kind in candidates:
+        if len(requests) == max_per_tick:
+            break
+        looked_at += 1
+        req = request(k, kind)
+        if req is None:
+            continue
+        requests.append(req)
+        new_fp[hashes[k]] = fps.get(k, REMOVED)
+        retry.pop(k, None)
+        if kind in ("changed", "removed"):
+            context.log.info(f"{k}: {req.tags[REASON_TAG]}; " + ("its rows are withdrawn (status 'missing')"
+                                                                  if kind == "removed" else "processing again"))
+    left = len(candidates) - looked_at
+    if left:
+        context.log.info(f"{len(requests)} runs requested, {left} left for the next ticks")
+    cursor = dump_cursor({"fp": new_fp, "retry": retry, "failed_after": state["failed_after"]})
+    if not requests:
+        waiting = f"; {len(retry)} slides wait for a retry" if retry else ""
+        return dg.SensorResult(skip_reason=dg.SkipReason(f"no new, changed, removed or failed slides{waiting}"),
+                               cursor=cursor)
+    added = [r.partition_key for r in requests if r.partition_key not in known]
+    return dg.SensorResult(run_requests=requests,
+                           dynamic_partitions_requests=[SLIDES.build_add_request(added)] if added else [],
+                           cursor=cursor)
 
 
-def build(cfg: PathomchConfig, job):
+def build(cfg: PathomchConfig, job, *, max_per_tick: int = MAX_PER_TICK, max_retries: int = MAX_RETRIES,
+          backoff_s: float = RETRY_BACKOFF_S, clock=time.time):
     @dg.sensor(job=job, minimum_interval_seconds=60, default_status=dg.DefaultSensorStatus.STOPPED,
-               description="Watches every cohort's slide folder. New slides become `slides` partitions and are "
-               "tiled, scored with the existing ensembles and mapped; changed slides (new MD5) are processed "
-               "again; removed ones are withdrawn. Idempotent: a tick with no change requests nothing.")
+               description=f"Watches every cohort's slide folder. New slides become `slides` partitions and are "
+               "tiled, scored with the existing ensembles and mapped; changed slides (new manifest MD5, else new "
+               "size/mtime of any of their files) are processed again; removed ones are withdrawn. A slide whose "
+               f"latest run failed is requested again with backoff, up to {max_retries} times, then its run is "
+               f"tagged {RETRIES_TAG}=exhausted. At most {max_per_tick} runs per tick; no slide is read in the "
+               "tick. Idempotent: a tick with no change requests nothing.")
     def new_slides_sensor(context: dg.SensorEvaluationContext):
-        previous = json.loads(context.cursor) if context.cursor else {}
-        known = set(context.instance.get_dynamic_partitions(SLIDES.name))
-        fingerprints, new, changed, removed = scan(discover_all(cfg), previous)
-        # slides known to the instance before the sensor ever ran count as seen, not new
-        unseen = [k for k in new if k not in known]
-        requests = [dg.RunRequest(partition_key=k, run_key=f"{k}@{fingerprints[k][2]}",
-                                  tags={"pathomch/reason": "new slide"}) for k in unseen]
-        requests += [dg.RunRequest(partition_key=k, run_key=f"{k}@{fingerprints[k][2]}",
-                                   tags={"pathomch/reason": "slide changed (new MD5)"}) for k in changed]
-        requests += [dg.RunRequest(partition_key=k, run_key=f"{k}@removed:{previous[k][2]}",
-                                   tags={"pathomch/reason": "slide file removed"}) for k in removed if k in known]
-        for k in changed:
-            context.log.info(f"{k}: content changed (MD5 {previous[k][2]} -> {fingerprints[k][2]}); processing again")
-        for k in removed:
-            context.log.info(f"{k}: slide file removed; its rows are withdrawn (status 'missing')")
-        cursor = json.dumps(fingerprints, sort_keys=True)
-        if not requests:
-            return dg.SensorResult(skip_reason=dg.SkipReason("no new, changed or removed slides"), cursor=cursor)
-        return dg.SensorResult(
-            run_requests=requests,
-            dynamic_partitions_requests=[SLIDES.build_add_request(unseen)] if unseen else [],
-            cursor=cursor,
-        )
+        return evaluate(cfg, job.name, context, max_per_tick=max_per_tick, max_retries=max_retries,
+                        backoff_s=backoff_s, clock=clock)
 
     return new_slides_sensor

@@ -44,6 +44,29 @@ def test_instance_yaml_passes_dagster_and_library_schemas(pg_env):
     assert config["concurrency"]["pools"]["default_limit"] >= 1 and config["concurrency"]["runs"]["max_concurrent_runs"] > 1
 
 
+def test_failed_runs_are_retried_and_lost_workers_detected(tmp_path, pg_env):
+    """run_retries and run_monitoring pass the instance schema and mean to a Dagster instance what they say:
+    the daemons that retry failed runs and watch run workers run, with these limits."""
+    config, _ = dagster_instance_config(str(DEPLOY), "dagster.yaml")
+    from dagster_k8s import K8sRunLauncher
+
+    # resuming a run whose worker pod was lost needs a launcher that can (the test instance's cannot)
+    resume = config["run_monitoring"]["max_resume_run_attempts"]
+    assert resume >= 1 and K8sRunLauncher.supports_resume_run.fget(None)
+    assert K8sRunLauncher.supports_check_run_worker_health.fget(None)
+    settings = {"run_retries": config["run_retries"], "run_monitoring": {**config["run_monitoring"],
+                                                                         "max_resume_run_attempts": 0}}
+    with dg.instance_for_test(overrides=settings) as instance:
+        assert instance.run_retries_enabled and instance.run_retries_max_retries == 2
+        assert instance.run_retries_retry_on_asset_or_op_failure  # an I/O error inside a step is retried too
+        assert instance.run_monitoring_enabled and instance.run_monitoring_start_timeout_seconds >= 300
+        daemons = set(instance.get_required_daemon_types())
+        assert {"MONITORING", "EVENT_LOG_CONSUMER"} <= daemons, daemons  # the retry daemon consumes run failures
+    (tmp_path / "dagster.yaml").write_text((DEPLOY / "dagster.yaml").read_text().replace("max_retries:", "max_retires:"))
+    with pytest.raises(Exception, match="max_retires"):
+        dagster_instance_config(str(tmp_path), "dagster.yaml")
+
+
 def test_instance_schema_check_is_real(tmp_path, pg_env):
     text = (DEPLOY / "dagster.yaml").read_text().replace("job_namespace", "job_namepsace")
     (tmp_path / "dagster.yaml").write_text(text)
