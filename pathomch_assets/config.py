@@ -21,8 +21,9 @@ ENV_VAR = "PATHOMCH_CONFIG"
 
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 
-#: objective power above this is not a bright-field slide scan (oil-immersion 100x at most)
-MAX_MAGNIFICATION = 100.0
+#: objective power outside these is not a slide scan (1x is below any scanner objective, 100x is oil immersion);
+#: a tiny target would make one tile read the whole slide many times over, an infinite one every pixel a tile
+MIN_MAGNIFICATION, MAX_MAGNIFICATION = 1.0, 100.0
 
 
 class ConfigError(ValueError):
@@ -37,7 +38,7 @@ class _Strict(BaseModel):
 class TilingConfig(_Strict):
     """SPEC 3.3: non-overlapping tiles at a target magnification, background filtered."""
 
-    magnification: float = Field(20.0, gt=0, le=MAX_MAGNIFICATION,
+    magnification: float = Field(20.0, ge=MIN_MAGNIFICATION, le=MAX_MAGNIFICATION,
                                  description="target objective power (20x = 0.5 um/px)")
     tile_px: int = Field(512, ge=16, le=4096)
     background_threshold: int = Field(220, ge=0, le=255, description="a pixel is background when all channels exceed this")
@@ -125,7 +126,7 @@ class CohortConfig(_Strict):
     traits: list[str] = Field(min_length=1)
     survival_pairs: list[list[str]] = Field(default_factory=list, description="empty: the two traits with the best ensemble test AUC")
     hti_sets: list[list[str]] = Field(default_factory=list, description="extra trait sets for HTI (any size)")
-    default_magnification: float | None = Field(None, gt=0, le=MAX_MAGNIFICATION,
+    default_magnification: float | None = Field(None, ge=MIN_MAGNIFICATION, le=MAX_MAGNIFICATION,
                                                 description="used when a slide has neither mpp nor objective power")
     allowed_dirs: list[Path] = Field(default_factory=list, description="folders outside slides_dir that slides "
                                      "(or the links in slides_dir) may resolve into; nothing else is read")

@@ -1,7 +1,10 @@
 """Slides: discovery in a folder or GDC manifest, TCGA ids, magnification and pyramid level.
 
 Nothing here imports Dagster.  OpenSlide errors are turned into :class:`SlideError`, which
-names the file, so a caller can record the slide as failed and go on with the others.
+names the file and says what is wrong (empty, truncated, a folder, ...), so a caller can record
+the slide as failed and go on with the others.  Discovery applies a path policy: a slide is read
+only inside its cohort's ``slides_dir`` (or ``allowed_dirs``); anything else comes back as a
+:class:`SlideRef` with an ``error``, never read and never silently dropped.
 """
 
 from __future__ import annotations
@@ -16,8 +19,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-
 import pandas as pd
+
+from .config import ConfigError
 
 #: File endings OpenSlide opens (OpenSlide 4).  DICOM slides are one folder of ``.dcm`` files.
 SLIDE_SUFFIXES = {".svs", ".tif", ".tiff", ".ndpi", ".vms", ".vmu", ".scn", ".mrxs",
@@ -42,8 +46,9 @@ class SlideError(RuntimeError):
         super().__init__(f"{path}: {reason}")
 
 
-class ManifestError(ValueError):
-    """A GDC manifest that does not have the expected layout."""
+class ManifestError(ConfigError):
+    """A GDC manifest that does not have the expected layout (a configuration input, so the CLI prints
+    it as one line like any other configuration error)."""
 
 
 @dataclass(frozen=True)
@@ -175,7 +180,7 @@ def discover_slides(cohort: str, slides_dir: str | Path, manifest: str | Path | 
     return sorted(refs, key=lambda r: r.slide_id)
 
 
-def cohort_slides(name: str, cohort) -> list[SlideRef]:
+def discover_cohort(name: str, cohort) -> list[SlideRef]:
     """:func:`discover_slides` for a cohort's config (``slides_dir``, ``manifest``, ``allowed_dirs``)."""
     return discover_slides(name, cohort.slides_dir, cohort.manifest, getattr(cohort, "allowed_dirs", ()) or ())
 

@@ -14,7 +14,7 @@ from pathomch_assets.config import ConfigError, load_config
 from pathomch_assets.demo_cohort import write_pyramid
 from pathomch_assets.expression import (MIRNA, MRNA, ExpressionFormatError, read_clinical, read_expression,
                                         read_traits)
-from pathomch_assets.slides import (ManifestError, SlideError, check_manifest_entry, cohort_slides,
+from pathomch_assets.slides import (ManifestError, SlideError, check_manifest_entry, discover_cohort,
                                     discover_slides, open_slide, tiff_truncation)
 from pathomch_assets.tiling import TilingParams, tile_slide
 
@@ -113,7 +113,7 @@ def test_allowed_dirs_come_from_the_cohort_config(layout, tmp_path):
         """))
     cfg = load_config(cfg_file)
     assert cfg.cohorts["c"].allowed_dirs == [outside.resolve()]
-    assert all(r.usable for r in cohort_slides("c", cfg.cohorts["c"]))
+    assert all(r.usable for r in discover_cohort("c", cfg.cohorts["c"]))
     cfg_file.write_text(cfg_file.read_text().replace("[outside]", "[nowhere]"))
     with pytest.raises(ConfigError, match=r"cohorts\.c\.allowed_dirs: .*nowhere does not exist"):
         load_config(cfg_file)
@@ -312,6 +312,7 @@ def test_duplicate_nested_key_is_refused(config_dir):
     ("tiling:\n  magnification", ".inf", "tiling.magnification: Input should be a finite number"),
     ("tiling:\n  magnification", ".nan", "tiling.magnification: Input should be a finite number"),
     ("tiling:\n  magnification", "400", "tiling.magnification: Input should be less than or equal to 100"),
+    ("tiling:\n  magnification", "0.001", "tiling.magnification: Input should be greater than or equal to 1"),
     ("tiling:\n  tile_px", "100000", "tiling.tile_px: Input should be less than or equal to 4096"),
     ("tiling:\n  tile_px", ".inf", "tiling.tile_px: Input should be a finite number"),
     ("training:\n  learning_rate", ".inf", "training.learning_rate: Input should be a finite number"),
@@ -322,6 +323,12 @@ def test_non_finite_or_out_of_range_numbers_are_refused(config_dir, setting, val
     with pytest.raises(ConfigError) as err:
         load_config(p)
     assert str(err.value).startswith(f"{p}: invalid configuration") and expect in str(err.value)
+
+
+def test_non_finite_default_magnification_is_refused(config_dir):
+    p = config(config_dir, CONFIG.replace("traits: [MKI67]", "traits: [MKI67]\n    default_magnification: .inf"))
+    with pytest.raises(ConfigError, match=r"cohorts\.brca\.default_magnification: Input should be a finite number"):
+        load_config(p)
 
 
 def test_duckdb_path_pointing_at_a_folder_is_refused(config_dir):
