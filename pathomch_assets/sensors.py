@@ -30,7 +30,7 @@ from dagster._core.storage.tags import PARTITION_NAME_TAG, RUN_FAILURE_REASON_TA
 
 from .config import PathomchConfig
 from .partitions import SLIDES
-from .slides import discover_slides, read_gdc_manifest, slide_id_from_path
+from .slides import SlideRef, discover_cohort
 
 #: at most this many runs are requested per tick; the rest follow on the next ticks
 MAX_PER_TICK = 500
@@ -48,24 +48,19 @@ FAILURE_TAG = "pathomch/failure"  # the first error of that run, shortened
 REMOVED = "-"
 
 
-def discover_all(cfg: PathomchConfig) -> dict[str, Path]:
-    """Partition key ``cohort/slide_id`` -> file, for every slide on disk of every cohort."""
+def discover_refs(cfg: PathomchConfig) -> dict[str, SlideRef]:
+    """Partition key ``cohort/slide_id`` -> slide (with its manifest MD5, if any), for every slide on
+    disk of every cohort that may be read."""
     found = {}
     for name, c in cfg.cohorts.items():
         if c.slides_dir.exists() or c.manifest is not None:
-            found.update({r.partition_key: r.path for r in discover_slides(name, c.slides_dir, c.manifest)
-                          if not r.missing})
+            found.update({r.partition_key: r for r in discover_cohort(name, c) if not r.missing})
     return found
 
 
-def manifest_md5s(cfg: PathomchConfig) -> dict[str, str]:
-    """Partition key -> MD5 listed in the cohort's GDC manifest (cohorts without a manifest: none)."""
-    out = {}
-    for name, c in cfg.cohorts.items():
-        if c.manifest is not None:
-            for rec in read_gdc_manifest(c.manifest).itertuples():
-                out[f"{name}/{slide_id_from_path(rec.filename)}"] = rec.md5.strip().lower()
-    return out
+def discover_all(cfg: PathomchConfig) -> dict[str, Path]:
+    """Partition key ``cohort/slide_id`` -> file, for every slide on disk of every cohort."""
+    return {k: r.path for k, r in discover_refs(cfg).items()}
 
 
 def slide_files(path: Path) -> list[Path]:
@@ -74,14 +69,13 @@ def slide_files(path: Path) -> list[Path]:
     path = Path(path)
     suffix = path.suffix.lower()
     if suffix == ".dcm":
-        folder = [path.parent]
-        own = []
+        own, folder = [], path.parent
     elif suffix == ".mrxs":
-        folder = [path.with_suffix("")]
-        own = [path]
+        own, folder = [path], path.with_suffix("")
     else:
         return [path]
-    return own + sorted(e for d in folder if d.is_dir() for e in d.iterdir() if e.is_file() and not e.name.startswith("."))
+    return own + (sorted(e for e in folder.iterdir() if e.is_file() and not e.name.startswith("."))
+                  if folder.is_dir() else [])
 
 
 def fingerprint(path: Path, md5: str | None = None) -> str:
@@ -108,15 +102,18 @@ def fp_hash(fp: str) -> str:
     return _hash(fp, 5)
 
 
-def load_cursor(text: str | None, files: dict[str, Path] | None = None, md5s: dict[str, str] | None = None) -> dict:
+def load_cursor(text: str | None, refs: dict[str, SlideRef] | None = None) -> dict:
     """The cursor as a dict; a cursor of the first version (``{key: [size, mtime, md5]}``) is converted
     (a slide of several files, fingerprinted by its first file then, is processed once more)."""
     state = json.loads(text) if text else {}
     if state and "fp" not in state:  # first version: full keys and the content MD5
-        files, md5s = files or {}, md5s or {}
-        name = lambda k: files[k].name if k in files else ""  # noqa: E731
-        state = {"fp": {key_hash(k): fp_hash(f"md5:{v[2]}" if k in md5s else f"{name(k)}:{v[0]}:{v[1]}")
-                        for k, v in state.items()}}
+        refs = refs or {}
+
+        def legacy(k: str, size: int, mtime: int, md5: str) -> str:
+            ref = refs.get(k)
+            return f"md5:{md5}" if ref is not None and ref.md5 else f"{ref.path.name if ref else ''}:{size}:{mtime}"
+
+        state = {"fp": {key_hash(k): fp_hash(legacy(k, *v)) for k, v in state.items()}}
     return {"fp": state.get("fp", {}), "retry": state.get("retry", {}), "failed_after": state.get("failed_after", 0.0)}
 
 
@@ -198,12 +195,11 @@ def unprocessed_slides(instance: dg.DagsterInstance, job_name: str = "process_sl
 def evaluate(cfg: PathomchConfig, job_name: str, context: dg.SensorEvaluationContext, *, max_per_tick: int,
              max_retries: int, backoff_s: float, clock) -> dg.SensorResult:
     """One tick: the run requests and partitions to add, and the next cursor."""
-    md5s = manifest_md5s(cfg)
-    files = discover_all(cfg)
-    state = load_cursor(context.cursor, files, md5s)
+    files = discover_refs(cfg)
+    state = load_cursor(context.cursor, files)
     instance = context.instance
     known = set(instance.get_dynamic_partitions(SLIDES.name))
-    fps = {k: fp_hash(fingerprint(p, md5s.get(k))) for k, p in files.items()}
+    fps = {k: fp_hash(fingerprint(r.path, r.md5)) for k, r in files.items()}
     old_fp = state["fp"]
     hashes = {k: key_hash(k) for k in files.keys() | known}
     # entries of slides that are neither on disk nor partitions any more are forgotten
@@ -234,12 +230,13 @@ def evaluate(cfg: PathomchConfig, job_name: str, context: dg.SensorEvaluationCon
     def request(k: str, kind: str) -> dg.RunRequest | None:
         old = old_fp.get(hashes[k])
         if kind == "changed":
-            why = "slide changed (new manifest MD5)" if k in md5s else "slide changed (new size/mtime)"
+            why = "slide changed (new manifest MD5)" if files[k].md5 else "slide changed (new size/mtime)"
             if old == REMOVED:
                 why, old = "slide file back after removal", "removed"
             return dg.RunRequest(partition_key=k, run_key=f"{k}@{old}->{fps[k]}", tags={REASON_TAG: why})
         if kind == "removed":
-            return dg.RunRequest(partition_key=k, run_key=f"{k}@{old}->removed", tags={REASON_TAG: "slide file removed"})
+            return dg.RunRequest(partition_key=k, run_key=f"{k}@{old}->removed",
+                                 tags={REASON_TAG: "slide file removed"})
         if kind == "new":
             return dg.RunRequest(partition_key=k, run_key=f"{k}@{fps[k]}", tags={REASON_TAG: "new slide"})
         attempt, _, run_id = retry[k]

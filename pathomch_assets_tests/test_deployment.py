@@ -62,7 +62,8 @@ def test_failed_runs_are_retried_and_lost_workers_detected(tmp_path, pg_env):
         assert instance.run_monitoring_enabled and instance.run_monitoring_start_timeout_seconds >= 300
         daemons = set(instance.get_required_daemon_types())
         assert {"MONITORING", "EVENT_LOG_CONSUMER"} <= daemons, daemons  # the retry daemon consumes run failures
-    (tmp_path / "dagster.yaml").write_text((DEPLOY / "dagster.yaml").read_text().replace("max_retries:", "max_retires:"))
+    typo = (DEPLOY / "dagster.yaml").read_text().replace("max_retries:", "max_retires:")
+    (tmp_path / "dagster.yaml").write_text(typo)
     with pytest.raises(Exception, match="max_retires"):
         dagster_instance_config(str(tmp_path), "dagster.yaml")
 

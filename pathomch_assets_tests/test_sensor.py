@@ -113,7 +113,7 @@ def test_a_manifest_slide_is_fingerprinted_by_the_manifest_md5_without_reading_i
     key = "brca/TCGA-AA-0001-01Z-00-DX1.ABC"
     roots, seen = opened
     roots.append(slide)
-    assert sensors.fingerprint(slide, sensors.manifest_md5s(cfg)[key]) == "md5:" + "0" * 32
+    assert sensors.fingerprint(slide, sensors.discover_refs(cfg)[key].md5) == "md5:" + "0" * 32
     tick = Ticker(sensors.build(cfg, process_slides), dg.DagsterInstance.ephemeral())
     assert [(r.partition_key, r.tags["pathomch/reason"]) for r in tick()] == [(key, "new slide")]
     with open(slide, "ab") as fh:  # the file changes, its manifest entry does not: content is checked in the run
@@ -175,7 +175,8 @@ def test_a_multi_file_slide_changes_when_any_of_its_files_does(tmp_path):
     for path, key in [(dicom / "level_2.dcm", "brca/TCGA-AA-0002-01Z-00-DX1"),  # not the file discovery names
                       (data / "Data0001.dat", "brca/TCGA-AA-0003-01Z-00-DX1")]:
         path.write_bytes(b"changed")
-        assert [(r.partition_key, r.tags["pathomch/reason"]) for r in tick()] == [(key, "slide changed (new size/mtime)")]
+        assert [(r.partition_key, r.tags["pathomch/reason"]) for r in tick()] == [
+            (key, "slide changed (new size/mtime)")]
     (data / "Data0002.dat").write_bytes(b"J")  # a file more
     assert [r.partition_key for r in tick()] == ["brca/TCGA-AA-0003-01Z-00-DX1"]
     assert tick() == []
@@ -188,7 +189,8 @@ def test_a_failed_slide_is_retried_with_backoff_up_to_the_cap(tmp_path):
     bad, good, flaky = (f"brca/TCGA-AA-000{i}-01Z-00-DX1" for i in (1, 2, 3))
     offset = [0.0]
     backoff, cap = 100, 3
-    sensor = sensors.build(cfg, process_slides, max_retries=cap, backoff_s=backoff, clock=lambda: time.time() + offset[0])
+    sensor = sensors.build(cfg, process_slides, max_retries=cap, backoff_s=backoff,
+                           clock=lambda: time.time() + offset[0])
     instance = dg.DagsterInstance.ephemeral()
     tick = Ticker(sensor, instance)
 
