@@ -15,16 +15,25 @@ from .resources import AcceleratorResource, PathomchResource
 OWNERS = ["team:computational-pathology"]
 
 
+def automation_sensor() -> dg.AutomationConditionSensorDefinition:
+    """Evaluates the assets' automation conditions (eager refresh of evaluation and survival when new
+    slides are processed).  Running by default: `dagster dev`'s daemon acts on it without a click."""
+    return dg.AutomationConditionSensorDefinition(
+        "pathomch_automation", target=dg.AssetSelection.all(), default_status=dg.DefaultSensorStatus.RUNNING,
+        minimum_interval_seconds=30,
+        description="Refreshes model_evaluation and survival_analysis (eager) after new slides are scored and mapped.")
+
+
 def build_definitions(cfg: PathomchConfig | None = None, config_path: str | None = None) -> dg.Definitions:
     cfg = cfg or load_config(config_path, check_files=False)
     path = config_path or (str(cfg.source) if cfg.source else None)
     mol = molecular.build(cfg)
     expression, labels, splits, clinical = mol
     trait_model, ensemble = models.build(cfg, labels, splits)
-    slide_predictions = scoring.build(cfg, ensemble)
-    model_evaluation = models.build_evaluation(cfg, slide_predictions)
-    carto_assets, carto_checks = cartography.build(cfg, slide_predictions)
-    survival_assets, survival_checks = outcomes.build(cfg, carto_assets[0], clinical)
+    slide_predictions = scoring.build(cfg, trait_model, ensemble)
+    model_evaluation = models.build_evaluation(cfg, slide_predictions, trait_model, ensemble)
+    carto_assets, carto_checks = cartography.build(cfg, slide_predictions, trait_model, ensemble)
+    survival_assets, survival_checks = outcomes.build(cfg, carto_assets[0], clinical, trait_model, ensemble)
     assets = [ingest.slide_tiles, *mol, trait_model, ensemble, slide_predictions, model_evaluation, *carto_assets,
               *survival_assets]
     asset_checks = [*checks.build(splits, labels), *checks.build_slide_and_model_checks(ingest.slide_tiles, trait_model),
@@ -37,7 +46,7 @@ def build_definitions(cfg: PathomchConfig | None = None, config_path: str | None
         assets=dg.map_asset_specs(lambda spec: spec.replace_attributes(owners=OWNERS), assets),
         asset_checks=asset_checks,
         jobs=[slide_job],
-        sensors=[sensors.build(cfg, slide_job)],
+        sensors=[sensors.build(cfg, slide_job), automation_sensor()],
         resources={"pathomch": PathomchResource(config_path=path), "accelerator": AcceleratorResource()},
         executor=executor_from_env(),
     )

@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-import base64
-import io
-
 import dagster as dg
 import pandas as pd
 
@@ -17,12 +14,27 @@ def md_table(df: pd.DataFrame, max_rows: int = 30, floatfmt: str = ".3f") -> dg.
     return dg.MetadataValue.md(text)
 
 
-def png_md(fig, name: str = "figure", dpi: int = 90) -> dg.MetadataValue:
-    """A matplotlib figure as an inline image (Dagster's quickstart way); closes the figure."""
+def figure_file(fig, path, label: str, root=None, dpi: int = 90) -> dict[str, dg.MetadataValue]:
+    """Save a matplotlib figure as a PNG file (atomically) and return its metadata; closes the figure.
+
+    The event log keeps the file's path, not the image: an event stays a few hundred bytes however
+    many slides and figures a deployment makes.  Where the files are also served over HTTP (a bucket's
+    web endpoint, or ``python -m http.server`` over ``data_dir``), set ``PATHOMCH_FIGURES_URL`` to
+    that address: the metadata then holds a short markdown image, shown inline on the asset page.
+    """
+    import os
+
     import matplotlib.pyplot as plt
 
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=dpi, bbox_inches="tight")
+    from .storage import as_path, atomic_path
+
+    path = as_path(path)
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=dpi, bbox_inches="tight")
     plt.close(fig)
-    data = base64.b64encode(buf.getvalue()).decode()
-    return dg.MetadataValue.md(f"![{name}](data:image/png;base64,{data})")
+    meta = {label: dg.MetadataValue.path(str(path))}
+    base = os.environ.get("PATHOMCH_FIGURES_URL")
+    if base and root is not None:
+        rel = str(path).removeprefix(str(root)).lstrip("/")
+        meta[f"{label}_image"] = dg.MetadataValue.md(f"![{label}]({base.rstrip('/')}/{rel})")
+    return meta

@@ -9,9 +9,11 @@ from ..cartography import Cartography, build_cartography, heterogeneity_png, plo
 from ..config import PathomchConfig
 from ..heterogeneity import hti_from_calls
 from ..partitions import SLIDES, by_cohort
-from ..reporting import md_table, png_md
+from ..reporting import figure_file, md_table
 from ..resources import PathomchResource
-from ..storage import read_parquet
+from ..storage import read_parquet, safe_stem
+from ..versions import code_version
+from .models import model_deps
 from .scoring import slide_calls_path
 
 ALL = dg.AllPartitionMapping()
@@ -30,7 +32,7 @@ def analysis_sets(cfg: PathomchConfig, cohort: str, store) -> list[list[str]]:
 
 
 def cartography_file(cfg: PathomchConfig, cohort: str, slide_id: str, ext: str = "npz"):
-    return cfg.maps_dir / cohort / f"{slide_id}.{ext}"
+    return cfg.maps_dir / cohort / f"{safe_stem(slide_id)}.{ext}"
 
 
 def slide_calls(cfg: PathomchConfig, cohort: str, slide_id: str) -> pd.DataFrame | None:
@@ -39,10 +41,16 @@ def slide_calls(cfg: PathomchConfig, cohort: str, slide_id: str) -> pd.DataFrame
     return read_parquet(path, columns=["col", "row", "trait", "call"]) if path.exists() else None
 
 
-def build(cfg: PathomchConfig, slide_predictions_asset):
+def analysis_settings(cfg: PathomchConfig) -> dict:
+    """The settings that decide which trait sets get an HTI (part of the cartography and survival code versions)."""
+    return {name: [c.traits, c.survival_pairs, c.hti_sets] for name, c in cfg.cohorts.items()}
+
+
+def build(cfg: PathomchConfig, slide_predictions_asset, trait_model_asset, ensemble_asset):
     @dg.asset(
         partitions_def=SLIDES, backfill_policy=dg.BackfillPolicy.single_run(), group_name="cartography",
-        kinds={"numpy", "geojson"}, deps=[slide_predictions_asset],
+        kinds={"numpy", "geojson"}, code_version=code_version(cfg.tiling.tile_px, analysis_settings(cfg)),
+        deps=[slide_predictions_asset, *model_deps(trait_model_asset, ensemble_asset)],
         description="Per slide: the tensor molecular cartography (traits x rows x cols ensemble tile calls "
         "with a tissue mask, .npz), a heterogeneity map (.png, with a legend of trait combinations), a QuPath "
         "GeoJSON of the tile calls, and the HTI of each analysed trait set (`hti` table). Maps of a sample of "
@@ -95,7 +103,11 @@ def build(cfg: PathomchConfig, slide_predictions_asset):
             for ax, (sid, carto, h) in zip(axes.flat, gallery):
                 plot_heterogeneity_map(carto, sid[:23], h, ax=ax)
             fig.tight_layout()
-            meta["heterogeneity_maps"] = png_md(fig, "heterogeneity maps")
+            meta.update(figure_file(fig, cfg.output_root / "figures" / "heterogeneity_maps" / f"{context.run.run_id}.png",
+                                    "heterogeneity_maps", cfg.output_root))
+        if len(hti) and hti["slide_id"].nunique() == 1:
+            cohort, sid = hti["cohort"].iloc[0], hti["slide_id"].iloc[0]
+            meta["map"] = dg.MetadataValue.path(str(cartography_file(cfg, cohort, sid, "png")))
         return dg.MaterializeResult(metadata=meta)
 
     @dg.asset_check(asset=slide_cartography, description="Every HTI lies in [0, 1].")

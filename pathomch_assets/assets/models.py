@@ -12,10 +12,11 @@ from ..evaluation import (correlation_rows, ensemble_calls, evaluation_sets, met
                           slide_scores_from_tiles)
 from ..partitions import cohorts, target_rounds, targets
 from ..plots import plot_score_boxes, plot_training_curve
-from ..reporting import md_table, png_md
+from ..reporting import figure_file, md_table
 from ..resources import AcceleratorResource, PathomchResource
 from ..storage import atomic_path, local_copy, read_parquet, tile_file
 from ..training import SlideSet, model_dir, predict_files, save_model, train_model
+from ..versions import code_version, data_version, file_version, refresh_on_new_slides
 from .molecular import cohort_slides
 
 ALL = dg.AllPartitionMapping()
@@ -51,7 +52,7 @@ def build(cfg: PathomchConfig, labels_asset, splits_asset):
 
     @dg.asset(
         partitions_def=multi, group_name="models", kinds={"tensorflow", "keras"}, pool="gpu",
-        op_tags=GPU_STEP,
+        op_tags=GPU_STEP, code_version=code_version(cfg.training, cfg.splits, cfg.labels, cfg.tiling, cfg.seed),
         deps=[dg.AssetDep(labels_asset, partition_mapping=ALL), dg.AssetDep(splits_asset, partition_mapping=ALL)],
         description="One tile classifier per (cohort/trait, round) (SPEC 3.4): trained on the round's training "
         "patients, validated by slide-level AUC every 1/16 epoch, best weights kept. Then scores every tile of "
@@ -92,16 +93,18 @@ def build(cfg: PathomchConfig, labels_asset, splits_asset):
         store.write("model_metrics", part, metrics.assign(cohort=cohort, trait=trait, model=round_name))
         store.ensure_views()
         auc = dict(zip(metrics["eval_set"], metrics["auc"]))
-        return dg.MaterializeResult(metadata={
+        return dg.MaterializeResult(data_version=file_version(directory / "model.keras"), metadata={
             "best_val_slide_auc": res.best_val_auc, "best_evaluation": res.best_eval, "evaluations": res.evals,
             "train_slides": res.n_train_slides, "train_tiles": res.n_train_tiles, "seconds": round(res.seconds, 1),
             "test_auc": float(auc.get("test", np.nan)), "device": accelerator.describe(),
-            "metrics": md_table(metrics), "training_curve": png_md(plot_training_curve(res.history), "training curve"),
-            "model_path": dg.MetadataValue.path(str(directory / "model.keras")),
+            "metrics": md_table(metrics), "model_path": dg.MetadataValue.path(str(directory / "model.keras")),
+            **figure_file(plot_training_curve(res.history), cfg.output_root / "figures" / "training_curves" / cohort
+                          / trait / f"{round_name}.png", "training_curve", cfg.output_root),
         })
 
     @dg.asset(
         partitions_def=targets(cfg), group_name="models", kinds={"pandas", "parquet"},
+        code_version=code_version(cfg.ensemble),
         deps=[dg.AssetDep(trait_model, partition_mapping=dg.MultiToSingleDimensionPartitionMapping("target"))],
         description="Ensemble per trait (SPEC 3.6): the 3 of 5 rounds with the best validation AUC; a tile is "
         "positive when at least 2 of them say so. Writes the members (`ensemble.json`) and the `ensemble` rows "
@@ -133,11 +136,13 @@ def build(cfg: PathomchConfig, labels_asset, splits_asset):
         m = metrics_rows(scores[["patient_id", "score"]], evaluation_sets(labels, splits, None))
         store.write("model_metrics", f"{target}/ensemble", m.assign(cohort=cohort, trait=trait, model="ensemble"))
         store.ensure_views()
+        spec = json.dumps({"members": members, "val_auc": val_auc, "min_votes": cfg.ensemble.min_votes,
+                           "threshold": cfg.ensemble.threshold}, indent=1)
         with atomic_path(cfg.models_dir / cohort / trait / "ensemble.json") as tmp:
-            tmp.write_text(json.dumps({"members": members, "val_auc": val_auc, "min_votes": cfg.ensemble.min_votes,
-                                       "threshold": cfg.ensemble.threshold}, indent=1))
+            tmp.write_text(spec)
         auc = dict(zip(m["eval_set"], m["auc"]))
-        return dg.MaterializeResult(metadata={
+        # the members and what they predict: a retrained member changes it, a re-run on the same models does not
+        return dg.MaterializeResult(data_version=data_version(spec, probs.tobytes()), metadata={
             "members": ", ".join(members), "test_auc": float(auc.get("test", np.nan)),
             "ood_near_auc": float(auc.get("ood_near", np.nan)), "ood_all_auc": float(auc.get("ood_all", np.nan)),
             "metrics": md_table(m), "slides_scored": len(scores),
@@ -146,11 +151,18 @@ def build(cfg: PathomchConfig, labels_asset, splits_asset):
     return trait_model, ensemble
 
 
-def build_evaluation(cfg: PathomchConfig, slide_predictions_asset):
+def model_deps(trait_model_asset, ensemble_asset) -> list[dg.AssetDep]:
+    """Direct dependencies on every model and ensemble (few partitions): a retrained model marks the
+    results it feeds stale at once (see ``versions``)."""
+    return [dg.AssetDep(trait_model_asset, partition_mapping=ALL), dg.AssetDep(ensemble_asset, partition_mapping=ALL)]
+
+
+def build_evaluation(cfg: PathomchConfig, slide_predictions_asset, trait_model_asset, ensemble_asset):
     @dg.asset(
         partitions_def=cohorts(cfg), group_name="models", kinds={"pandas", "parquet"},
-        deps=[dg.AssetDep(slide_predictions_asset, partition_mapping=ALL)],
-        automation_condition=dg.AutomationCondition.eager(),
+        code_version=code_version(cfg.labels, cfg.ensemble),
+        deps=[dg.AssetDep(slide_predictions_asset, partition_mapping=ALL), *model_deps(trait_model_asset, ensemble_asset)],
+        automation_condition=refresh_on_new_slides(),
         description="Per cohort: the paper's Table 1 (slide-level AUC: test 5-run mean, test ensemble, OOD-near "
         "and OOD-all ensemble), Figure 2 (ensemble scores by label), and Spearman correlations of ensemble "
         "scores with expression percentiles with Benjamini-Hochberg FDR across traits (`correlations`).",
@@ -168,7 +180,8 @@ def build_evaluation(cfg: PathomchConfig, slide_predictions_asset):
         store.ensure_views()
         fig = plot_score_boxes(scores, labels, splits, cfg.cohorts[cohort].traits)
         return dg.MaterializeResult(metadata={
-            "table_1": md_table(table1, floatfmt=".2f"), "figure_2": png_md(fig, f"{cohort} ensemble scores"),
+            "table_1": md_table(table1, floatfmt=".2f"),
+            **figure_file(fig, cfg.output_root / "figures" / f"{cohort}_figure_2_scores.png", "figure_2", cfg.output_root),
             "correlations": md_table(corr[["trait", "eval_set", "spearman_rho", "p_value", "fdr", "n_slides"]]),
         })
 

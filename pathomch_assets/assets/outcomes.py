@@ -7,11 +7,12 @@ import pandas as pd
 
 from ..config import PathomchConfig
 from ..partitions import cohorts
-from ..reporting import md_table, png_md
+from ..reporting import figure_file, md_table
 from ..resources import PathomchResource
-from ..storage import atomic_path
 from ..survival import cox_hti, expression_groupings, hti_groupings, leaked_patients, plot_km, survival_set
-from .cartography import analysis_sets
+from ..versions import code_version, refresh_on_new_slides
+from .cartography import analysis_sets, analysis_settings
+from .models import model_deps
 from .molecular import cohort_slides
 
 ALL = dg.AllPartitionMapping()
@@ -34,11 +35,13 @@ def survival_frame(store, cohort: str, pair: list[str]) -> tuple[pd.DataFrame, s
     return df, patients
 
 
-def build(cfg: PathomchConfig, cartography_asset, clinical_asset):
+def build(cfg: PathomchConfig, cartography_asset, clinical_asset, trait_model_asset, ensemble_asset):
     @dg.asset(
         partitions_def=cohorts(cfg), group_name="survival", kinds={"lifelines"},
-        deps=[dg.AssetDep(cartography_asset, partition_mapping=ALL), clinical_asset],
-        automation_condition=dg.AutomationCondition.eager(),
+        code_version=code_version(cfg.survival, analysis_settings(cfg)),
+        deps=[dg.AssetDep(cartography_asset, partition_mapping=ALL), clinical_asset,
+              *model_deps(trait_model_asset, ensemble_asset)],
+        automation_condition=refresh_on_new_slides(),
         description="Per cohort and trait pair: the survival set (test patients plus patients OOD for both "
         "traits, one DX1 slide each), Kaplan-Meier curves with 95% CI and log-rank tests for HTI > 0.5 vs "
         "<= 0.5 and > 0.7 vs <= 0.3, the bulk-expression baseline per trait, a Cox model with HTI as a "
@@ -69,14 +72,12 @@ def build(cfg: PathomchConfig, cartography_asset, clinical_asset):
             fig.suptitle(f"{cohort}: {name} (n = {len(df)})", fontsize=9)
             fig.tight_layout()
             km_file = cfg.output_root / "survival" / f"{cohort}_{name}_kaplan_meier.png"
-            with atomic_path(km_file) as tmp:
-                fig.savefig(tmp, format="png", dpi=90, bbox_inches="tight")
-            meta[f"kaplan_meier_{name}"] = png_md(fig, f"Kaplan-Meier {name}")
-            meta[f"kaplan_meier_file_{name}"] = dg.MetadataValue.path(str(km_file))
+            meta.update(figure_file(fig, km_file, f"kaplan_meier_{name}", cfg.output_root))
             meta[f"patients_{name}"] = len(df)
             groups = [c for c in ("er_status", "subtype") if df[c].notna().sum() >= 5]
             if groups:
-                meta[f"hti_by_clinical_{name}"] = png_md(_hti_by(df, groups), f"HTI by {groups}")
+                meta.update(figure_file(_hti_by(df, groups), cfg.output_root / "survival" / f"{cohort}_{name}_hti_by_clinical.png",
+                                        f"hti_by_clinical_{name}", cfg.output_root))
         table = pd.DataFrame(rows)
         store.write("survival", cohort, table)
         store.ensure_views()

@@ -10,16 +10,17 @@ from ..config import PathomchConfig
 from ..evaluation import ensemble_calls
 from ..partitions import SLIDES, by_cohort
 from ..resources import AcceleratorResource, PathomchResource
-from ..storage import atomic_path, local_copy, read_parquet, tile_file
+from ..storage import atomic_path, local_copy, read_parquet, safe_stem, tile_file
 from ..training import load_model, model_dir, predict_files
 from .ingest import slide_tiles
-from .models import predictions_path, tile_positions
+from ..versions import code_version
+from .models import model_deps, predictions_path, tile_positions
 
 ALL = dg.AllPartitionMapping()
 
 
 def slide_calls_path(cfg: PathomchConfig, cohort: str, slide_id: str):
-    return cfg.output_root / "predictions" / cohort / "slides" / f"{slide_id}.parquet"
+    return cfg.output_root / "predictions" / cohort / "slides" / f"{safe_stem(slide_id)}.parquet"
 
 
 class MemberModels:
@@ -53,10 +54,11 @@ class MemberModels:
         return np.stack(out) if out else np.zeros((0, n_tiles)), ran
 
 
-def build(cfg: PathomchConfig, ensemble_asset):
+def build(cfg: PathomchConfig, trait_model_asset, ensemble_asset):
     @dg.asset(
         partitions_def=SLIDES, backfill_policy=dg.BackfillPolicy.single_run(), group_name="models",
-        kinds={"tensorflow", "parquet"}, deps=[dg.AssetDep(ensemble_asset, partition_mapping=ALL), slide_tiles],
+        kinds={"tensorflow", "parquet"}, code_version=code_version(cfg.ensemble, cfg.training.input_px),
+        deps=[*model_deps(trait_model_asset, ensemble_asset), slide_tiles],
         description="Per slide: ensemble tile calls of every trait (2 of 3 members) and the `ensemble` rows of "
         "`slide_scores`. Slides the members already scored reuse their stored predictions; slides that arrived "
         "after training are scored by the existing ensemble models, never retrained.",

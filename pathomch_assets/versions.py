@@ -1,0 +1,61 @@
+"""Code versions and data versions: how Dagster knows what is stale.
+
+Dagster marks an asset partition stale when its code version changed since it was materialized,
+or when a *direct* parent partition has a new data version; it does not follow staleness through
+a parent it has not re-materialized yet, and it ignores a parent edge whose child partition has 100
+or more parent partitions (``SKIP_PARTITION_DATA_VERSION_DEPENDENCY_THRESHOLD``).  So:
+
+- each asset's code version is a hash of the settings it uses (``CODE_REVISION`` is bumped when
+  the code changes its results): a changed setting marks exactly the assets that use it stale;
+- ``trait_model`` and ``ensemble`` report data versions of what they made (the saved model, the
+  members and their predictions), and every result a model feeds (slide predictions, maps and
+  HTI, evaluation, survival) depends on them directly, through few partitions (targets x rounds:
+  75 at the paper's scale), so a retrained model marks all of them stale at once;
+- cohort-level results read every slide (more than 100 partitions), an edge Dagster does not
+  version; new slides reach them through eager automation instead (``AutomationCondition.eager``).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+
+import dagster as dg
+
+#: bump when a code change alters results (all assets then show a new code version)
+CODE_REVISION = "2"
+
+
+def code_version(*settings) -> str:
+    """A short code version from the code revision and the settings an asset uses (pydantic models or plain data)."""
+    parts = [s.model_dump(mode="json") if hasattr(s, "model_dump") else s for s in settings]
+    text = json.dumps([CODE_REVISION, parts], sort_keys=True, default=str)
+    return hashlib.sha256(text.encode()).hexdigest()[:12]
+
+
+def data_version(*chunks: bytes | str) -> dg.DataVersion:
+    """A data version from the bytes that make a result what it is."""
+    h = hashlib.sha256()
+    for chunk in chunks:
+        h.update(chunk.encode() if isinstance(chunk, str) else chunk)
+    return dg.DataVersion(h.hexdigest()[:16])
+
+
+def file_version(path) -> dg.DataVersion:
+    """The data version of a file's content."""
+    from .storage import as_path
+
+    h = hashlib.sha256()
+    with as_path(path).open("rb") as fh:
+        while block := fh.read(8 * 1024 * 1024):
+            h.update(block)
+    return dg.DataVersion(h.hexdigest()[:16])
+
+
+def refresh_on_new_slides() -> dg.AutomationCondition:
+    """Eager refresh of a cohort-level result when its slides' results update, not when a model is retrained.
+
+    A retraining is deliberate and reaches every result through staleness; refreshing evaluation and
+    survival as soon as one model finished would compute them with a stale ensemble, once per model.
+    """
+    return dg.AutomationCondition.eager().ignore(dg.AssetSelection.assets("trait_model", "ensemble"))

@@ -1,0 +1,194 @@
+"""The living pipeline as a data team uses it: `dagster dev` (webserver + daemon) over a small cohort,
+driven only through the webserver's GraphQL API (what the UI calls), while another process holds a
+read-only DuckDB connection to the results for the whole test.
+
+A retrained model marks everything it feeds stale; backfilling the stale partitions makes them fresh
+again and equal to the clean run; a slide dropped into the cohort folder is picked up by the sensor and
+ends with its HTI row; eager automation refreshes the cohort's evaluation and survival; no run fails.
+"""
+
+import dataclasses
+import json
+import subprocess
+import sys
+import time
+import urllib.request
+
+import dagster as dg
+import numpy as np
+import pandas as pd
+import pytest
+
+from pathomch_assets.config import load_config
+from pathomch_assets.definitions import build_definitions
+from pathomch_assets.runner import materialize_all
+from pathomch_assets.storage import TableStore
+
+from .browser import dagster_dev
+from .conftest import SMALL_SPLITS, balanced_seed
+
+pytestmark = pytest.mark.slow
+
+READER = """
+import sys, time, duckdb
+con = duckdb.connect(sys.argv[1], read_only=True)  # as a notebook keeps one open all day
+while True:
+    try:
+        print(con.execute("select count(*) from hti").fetchone()[0], flush=True)
+    except Exception as e:
+        print("ERROR", type(e).__name__, e, flush=True)
+    time.sleep(0.5)
+"""
+
+RESULT_TABLES = ("slides", "tiles", "labels", "splits", "slide_scores", "model_metrics", "correlations", "hti",
+                 "survival")
+
+
+@pytest.fixture(scope="module")
+def deployment(tmp_path_factory):
+    """One small cohort, materialized whole by the command line's runner (the clean run)."""
+    from pathomch_assets.demo_cohort import DEFAULT_COHORTS, build_demo
+
+    cohorts = (dataclasses.replace(DEFAULT_COHORTS[0], n_patients=60),)
+    seed = balanced_seed(cohorts)
+    root = tmp_path_factory.mktemp("living")
+    config = build_demo(root / "demo", seed=seed, cohorts=cohorts, workers=1, progress=lambda *a: None,
+                        overrides={"splits": SMALL_SPLITS})
+    mp = pytest.MonkeyPatch()
+    mp.setenv("PATHOMCH_CONFIG", str(config))
+    mp.setenv("DAGSTER_HOME", str(root / "dagster_home"))
+    cfg = load_config(config)
+    summary = materialize_all(build_definitions(cfg), cfg, log=lambda *a: None)
+    assert not summary.failed
+    yield cfg, root
+    mp.undo()
+
+
+def gql(url: str, query: str, **variables) -> dict:
+    req = urllib.request.Request(f"{url}/graphql", data=json.dumps({"query": query, "variables": variables}).encode(),
+                                 headers={"Content-Type": "application/json"})
+    out = json.loads(urllib.request.urlopen(req, timeout=300).read())
+    assert not out.get("errors"), out["errors"]
+    return out["data"]
+
+
+def wait_for(predicate, timeout: float, what: str, every: float = 2.0):
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(every)
+    raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
+
+
+STALE = """query($key: AssetKeyInput!) { assetNodeOrError(assetKey: $key) {
+  ... on AssetNode { partitionKeys staleStatusByPartition } } }"""
+
+BACKFILL = """mutation($p: LaunchBackfillParams!) { launchPartitionBackfill(backfillParams: $p) {
+  __typename ... on LaunchBackfillSuccess { backfillId } ... on Error { message } } }"""
+
+BACKFILL_STATUS = """query($id: String!) { partitionBackfillOrError(backfillId: $id) {
+  ... on PartitionBackfill { status } } }"""
+
+FAILED_RUNS = """{ runsOrError(filter: {statuses: [FAILURE, CANCELED]}) { ... on Runs { results { runId jobName } } } }"""
+
+LAST_MATERIALIZATION = """query($key: AssetKeyInput!, $p: [String!]) { assetNodeOrError(assetKey: $key) {
+  ... on AssetNode { assetMaterializations(partitions: $p, limit: 1) { timestamp runId } } } }"""
+
+REPOSITORY = """{ repositoriesOrError { ... on RepositoryConnection { nodes { name location { name } } } } }"""
+
+START_SENSOR = """mutation($s: SensorSelector!) { startSensor(sensorSelector: $s) {
+  __typename ... on Sensor { sensorState { status } } ... on Error { message } } }"""
+
+SENSOR_STATE = """query($s: SensorSelector!) { sensorOrError(sensorSelector: $s) {
+  ... on Sensor { sensorState { status } } } }"""
+
+
+def stale_partitions(url: str, asset: str) -> dict[str, str]:
+    node = gql(url, STALE, key={"path": [asset]})["assetNodeOrError"]
+    return dict(zip(node["partitionKeys"], node["staleStatusByPartition"]))
+
+
+def backfill(url: str, partitions_by_asset: dict[str, list[str]], timeout: float = 900) -> None:
+    """Launch one backfill of these asset partitions, as the UI's launch dialog does, and wait for it."""
+    params = {"partitionsByAssets": [
+        {"assetKey": {"path": [asset]}, "partitions": {"ranges": [{"start": k, "end": k} for k in keys]}}
+        for asset, keys in partitions_by_asset.items()]}
+    out = gql(url, BACKFILL, p=params)["launchPartitionBackfill"]
+    assert out["__typename"] == "LaunchBackfillSuccess", out
+    done = wait_for(lambda: (s := gql(url, BACKFILL_STATUS, id=out["backfillId"])["partitionBackfillOrError"]["status"])
+                    not in ("REQUESTED", "CANCELING", "FAILING") and s, timeout, "the backfill")
+    assert done == "COMPLETED_SUCCESS", done
+
+
+def last_materialization(url: str, asset: str, partition: str) -> float:
+    rows = gql(url, LAST_MATERIALIZATION, key={"path": [asset]}, p=[partition])["assetNodeOrError"]
+    rows = rows["assetMaterializations"]
+    return float(rows[0]["timestamp"]) / 1000 if rows else 0.0
+
+
+def tables(store: TableStore) -> dict[str, pd.DataFrame]:
+    return {t: store.query(f"select * exclude (seconds) from {t} order by all" if t == "slides"
+                           else f"select * from {t} order by all") for t in RESULT_TABLES}
+
+
+def test_stale_backfill_sensor_and_automation_under_a_reader(deployment, tmp_path):
+    from pathomch_assets.demo_cohort import SlidePlan, compose_slide, load_source_tiles, write_pyramid
+
+    cfg, root = deployment
+    store = TableStore(cfg.tables_dir, cfg.duckdb_path)
+    clean = tables(store)
+    reader_log = open(tmp_path / "reader.log", "w+")
+    reader = subprocess.Popen([sys.executable, "-c", READER, str(cfg.duckdb_path)], stdout=reader_log,
+                              stderr=subprocess.STDOUT)
+    try:
+        with dagster_dev(root / "dagster_home", timeout=300) as url:
+            repo = gql(url, REPOSITORY)["repositoriesOrError"]["nodes"][0]
+            sensor = {"repositoryName": repo["name"], "repositoryLocationName": repo["location"]["name"]}
+            # 1. retrain one model, as "Materialize" on one trait_model partition does
+            model = str(dg.MultiPartitionKey({"target": "brca/MKI67", "round": "round_0"}))
+            backfill(url, {"trait_model": [model]})
+            stale = {a: stale_partitions(url, a) for a in ("trait_model", "ensemble", "slide_predictions",
+                                                             "slide_cartography", "model_evaluation",
+                                                             "survival_analysis")}
+            assert stale["trait_model"][model] == "FRESH"
+            assert stale["ensemble"]["brca/MKI67"] == "STALE"
+            assert stale["ensemble"]["brca/ESR1"] == "FRESH"  # other traits' ensembles do not use that model
+            for asset in ("slide_predictions", "slide_cartography", "model_evaluation", "survival_analysis"):
+                assert set(stale[asset].values()) == {"STALE"}, (asset, stale[asset])
+            # 2. "Materialize stale": one backfill of every stale partition; afterwards all fresh, as the clean run
+            todo = {a: [k for k, s in st.items() if s == "STALE"] for a, st in stale.items()}
+            backfill(url, {a: keys for a, keys in todo.items() if keys})
+            for asset in stale:
+                assert set(stale_partitions(url, asset).values()) == {"FRESH"}, asset
+            for name, frame in tables(store).items():  # deterministic training: the same model again
+                pd.testing.assert_frame_equal(frame, clean[name], obj=name)
+            # 3. a new slide arrives; the sensor (turned on here, as in the UI) processes it
+            sid = "TCGA-ZZ-9999-01Z-00-DX1.NEW"
+            tissue = np.ones((4, 5), bool)
+            plan = SlidePlan("brca", sid, f"{sid}.svs", sorted(load_source_tiles())[0], 4, 5, "aperio20", 1,
+                             tissue.tolist(), np.zeros((4, 5)).tolist(), {"MKI67": tissue.tolist()},
+                             {"MKI67": "dark_nuclei"})
+            write_pyramid(cfg.cohorts["brca"].slides_dir / plan.file, compose_slide(plan, load_source_tiles()), plan.style)
+            dropped = time.time()
+            evaluated_before = last_materialization(url, "model_evaluation", "brca")
+            out = gql(url, START_SENSOR, s={**sensor, "sensorName": "new_slides_sensor"})["startSensor"]
+            assert out["__typename"] == "Sensor", out
+            wait_for(lambda: len(store.query("select * from hti where slide_id = ?", [sid])) == 1, 600,
+                     "the new slide's HTI row")
+            # 4. eager automation (on by default) refreshes evaluation and survival for the new slide
+            auto = gql(url, SENSOR_STATE, s={**sensor, "sensorName": "pathomch_automation"})["sensorOrError"]
+            assert auto["sensorState"]["status"] == "RUNNING"
+            wait_for(lambda: last_materialization(url, "model_evaluation", "brca") > max(dropped, evaluated_before)
+                     and last_materialization(url, "survival_analysis", "brca") > dropped, 600,
+                     "automation to refresh model_evaluation and survival_analysis")
+            assert gql(url, FAILED_RUNS)["runsOrError"]["results"] == []  # no run failed, reader or not
+    finally:
+        reader.kill()
+        (cfg.cohorts["brca"].slides_dir / "TCGA-ZZ-9999-01Z-00-DX1.NEW.svs").unlink(missing_ok=True)
+    reader_log.seek(0)
+    lines = reader_log.read().split()
+    assert "ERROR" not in lines, "the reader failed while the pipeline ran"
+    counts = [int(x) for x in lines if x.isdigit()]
+    assert counts[0] == len(clean["hti"]) and counts[-1] == len(clean["hti"]) + 1  # it saw the new slide's row
