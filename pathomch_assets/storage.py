@@ -48,7 +48,13 @@ SCHEMAS: dict[str, dict[str, str]] = {
     "slide_scores": {"cohort": "VARCHAR", "trait": "VARCHAR", "model": "VARCHAR", "slide_id": "VARCHAR",
                      "score": "DOUBLE", "n_tiles": "INTEGER", "patient_id": "VARCHAR"},
     "model_metrics": {"cohort": "VARCHAR", "trait": "VARCHAR", "model": "VARCHAR", "eval_set": "VARCHAR",
-                      "auc": "DOUBLE", "n_slides": "INTEGER"},
+                      "auc": "DOUBLE", "n_slides": "INTEGER", "n_patients": "INTEGER", "auc_min": "DOUBLE",
+                      "auc_max": "DOUBLE", "n_models": "INTEGER"},
+    "model_rounds": {"cohort": "VARCHAR", "trait": "VARCHAR", "model": "VARCHAR", "status": "VARCHAR",
+                     "reason": "VARCHAR", "train_patients": "INTEGER", "train_slides": "INTEGER",
+                     "val_patients": "INTEGER", "val_slides": "INTEGER"},
+    "split_counts": {"cohort": "VARCHAR", "round": "INTEGER", "split": "VARCHAR", "subset": "VARCHAR",
+                     "trait": "VARCHAR", "label": "INTEGER", "n_patients": "INTEGER", "n_slides": "INTEGER"},
     "correlations": {"cohort": "VARCHAR", "trait": "VARCHAR", "eval_set": "VARCHAR", "spearman_rho": "DOUBLE",
                      "p_value": "DOUBLE", "fdr": "DOUBLE", "n_slides": "INTEGER"},
     "hti": {"cohort": "VARCHAR", "traits": "VARCHAR", "slide_id": "VARCHAR", "patient_id": "VARCHAR",
@@ -385,4 +391,5 @@ class TableStore:
 
 #: how many leading columns of each schema are the SPEC 5 contract (required on write)
 _REQUIRED = {"slides": 6, "tiles": 5, "labels": 6, "splits": 4, "expression": 4, "clinical": 4,
-             "slide_scores": 5, "model_metrics": 6, "correlations": 6, "hti": 6, "survival": 6}
+             "slide_scores": 5, "model_metrics": 6, "correlations": 6, "hti": 6, "survival": 6,
+             "model_rounds": 5, "split_counts": 8}
