@@ -12,6 +12,9 @@ to the patient's share) where a visible change is applied to the tissue pixels:
 - ``dark_nuclei``: hematoxylin-dense pixels darkened (hyperchromasia),
 - ``blue_tint``: tissue shifted towards blue,
 - ``pale_eosin``: eosin-rich stroma paler and less saturated,
+- ``fine_texture``: a granular chromatin texture at the scale of nuclei (alternate 8 px cells of the
+  hematoxylin-dense pixels darkened, 4 um at 20x): weaker than the others and mostly lost
+  when a tile is shrunk to a small model input (the harder family, ``HARDER_COHORT``),
 - ``none``: a negative control with no change.
 
 A patient's expression follows the planted share of positive tissue plus noise; survival
@@ -66,6 +69,16 @@ DEFAULT_COHORTS = (
                    n_patients=160, gdc_layout=True),
 )
 
+#: the harder planted family (issue 19): a fine nuclear texture beside a colour trait and a control.
+#: Not part of ``make demo``; built by tests and by the HTI study (``heterogeneity`` README table).
+HARDER_COHORT = DemoCohortSpec("hard", ("A7", "AC", "B6", "D8", "E9"),
+                               {"FOXC1": "fine_texture", "miR-17-5p": "blue_tint", "EGFR": "none"},
+                               ("FOXC1", "miR-17-5p"), n_patients=160)
+
+#: fine_texture: cell size of the granular pattern in source pixels (20x) and the darkening of its dark cells
+TEXTURE_CELL_PX = 8
+TEXTURE_DARKEN = 0.65
+
 
 # --------------------------------------------------------------------------- planted effects
 def _tissue_mask(rgb: np.ndarray) -> np.ndarray:
@@ -89,8 +102,14 @@ def apply_effect(rgb: np.ndarray, effect: str) -> np.ndarray:
         sel = tissue & (lum >= 120)
         grey = img[sel].mean(axis=-1, keepdims=True)
         img[sel] = (0.2 * img[sel] + 0.8 * grey) * np.array([1.04, 0.97, 0.82], np.float32)
+    elif effect == "fine_texture":
+        yy, xx = np.indices(rgb.shape[:2])
+        checker = ((yy // TEXTURE_CELL_PX + xx // TEXTURE_CELL_PX) % 2).astype(bool)
+        sel = tissue & (lum < 175) & checker
+        img[sel] *= TEXTURE_DARKEN
     else:
-        raise ValueError(f"unknown planted effect {effect!r}; expected dark_nuclei, blue_tint, pale_eosin or none")
+        raise ValueError(f"unknown planted effect {effect!r}; expected dark_nuclei, blue_tint, pale_eosin, "
+                         "fine_texture or none")
     return np.clip(img, 0, 255).astype(np.uint8)
 
 

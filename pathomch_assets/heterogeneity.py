@@ -57,7 +57,7 @@ def hti_from_calls(calls: np.ndarray) -> float:
     counts = np.bincount(codes, minlength=n_comb + 1)[1:]
     p = counts[counts > 0] / codes.size
     value = float(-(p * np.log(p)).sum() / np.log(n_comb))
-    return min(max(value, 0.0), 1.0)
+    return min(max(value, 0.0), 1.0) + 0.0  # never -0.0
 
 
 def hti_from_tensor(tensor: np.ndarray, mask: np.ndarray | None = None) -> float:
@@ -66,3 +66,187 @@ def hti_from_tensor(tensor: np.ndarray, mask: np.ndarray | None = None) -> float
     if mask is None:
         mask = np.ones(tensor.shape[1:], bool)
     return hti_from_calls(tensor[:, np.asarray(mask, bool)].T)
+
+
+# --------------------------------------------------------------------------- beyond the paper (issue 19)
+#: bootstrap resamples for the HTI confidence interval, permutations for the spatial p-value
+BOOTSTRAP = 200
+PERMUTATIONS = 199
+
+
+def combination_shares(calls: np.ndarray) -> np.ndarray:
+    """Share of each combination code 1..2^N-1 among the positive tiles (the :math:`p_i` of the HTI).
+
+    Sums to 1 when any tile is positive, all zeros otherwise.
+    """
+    codes = combination_codes(calls)
+    n_comb = 2 ** np.asarray(calls).shape[1] - 1
+    counts = np.bincount(codes, minlength=n_comb + 1)[1:].astype(float)
+    total = counts.sum()
+    return counts / total if total else counts
+
+
+def hti_present(calls: np.ndarray) -> float:
+    r"""HTI normalised as the authors' ``hta`` package does: by the :math:`K` combinations present.
+
+    :math:`-\sum_i p_i \log_K p_i`, i.e. :math:`\mathrm{HTI} \cdot \log C / \log K \ge \mathrm{HTI}`; 0 when
+    :math:`K \le 1`.  Two traits, one tile "A only" and one "B only": the paper's HTI is
+    :math:`\log 2 / \log 3 = 0.631`, ``hta``'s is 1.  The paper's HTI (``hti_from_calls``) stays the
+    reported one: it compares across slides on one scale, ``hta``'s does not (a slide with 2 of 3
+    combinations evenly mixed scores as high as one with all 3).
+    """
+    p = combination_shares(calls)
+    p = p[p > 0]
+    if p.size <= 1:
+        return 0.0
+    return float(min(max(-(p * np.log(p)).sum() / np.log(p.size), 0.0), 1.0))
+
+
+def _grid_codes(tensor: np.ndarray, mask: np.ndarray) -> np.ndarray:
+    """Combination code per grid cell, -1 outside the tissue mask."""
+    tensor, mask = np.asarray(tensor, bool), np.asarray(mask, bool)
+    codes = np.full(mask.shape, -1, np.int64)
+    if mask.any():
+        codes[mask] = combination_codes(tensor[:, mask].T)
+    return codes
+
+
+def region_side(n_tissue: int) -> int:
+    """Side (tiles) of the square regions of the spatial statistics: about 16 regions over the tissue, at least 2."""
+    return max(2, int(round(np.sqrt(max(n_tissue, 1)) / 4)))
+
+
+def _region_ids(mask: np.ndarray, side: int) -> np.ndarray:
+    rows, cols = np.nonzero(mask)
+    n_cols = -(-mask.shape[1] // side)
+    return (rows // side) * n_cols + cols // side
+
+
+def _regional_hti(codes: np.ndarray, regions: np.ndarray, n_present: int) -> np.ndarray:
+    """``hta``'s index for each row of ``codes`` (repeats x tissue tiles): the mean of the regions' HTIs
+    (log base ``n_present``) weighted by their positive tiles."""
+    codes = np.atleast_2d(codes)
+    n_rep, _ = codes.shape
+    if n_present <= 1:
+        return np.zeros(n_rep)
+    n_reg, n_code = int(regions.max()) + 1, int(codes.max()) + 1
+    key = (np.arange(n_rep)[:, None] * n_reg + regions[None, :]) * n_code + codes
+    counts = np.bincount(key.ravel(), minlength=n_rep * n_reg * n_code).reshape(n_rep, n_reg, n_code)[:, :, 1:]
+    pos = counts.sum(axis=2)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        p = counts / pos[:, :, None]
+        ent = -np.where(p > 0, p * np.log(p), 0.0).sum(axis=2) / np.log(n_present)
+    ent = np.nan_to_num(ent)
+    total = pos.sum(axis=1)
+    return np.where(total > 0, (ent * pos).sum(axis=1) / np.maximum(total, 1), 0.0)
+
+
+def spatial_test(tensor: np.ndarray, mask: np.ndarray, permutations: int = PERMUTATIONS, side: int | None = None,
+                 seed: int = 0) -> dict:
+    r"""Spatial heterogeneity against random placement of the same calls (after ``hta``, Levy-Jurgenson et al.).
+
+    The statistic is ``hta``'s index: the tissue is cut into ``side`` x ``side`` regions, each region's HTI
+    is taken over its positive tiles (log base :math:`K`, the combinations present on the slide, as ``hta``
+    does) and averaged weighted by positive tiles.  The null distribution permutes the slide's combination
+    codes over its tissue tiles ``permutations`` times (the same calls, placed at random).  Distinct regions
+    give an index below the null (clustered); an alternation finer than the regions (a checkerboard) gives
+    one above (dispersed); both depart from random placement, so the p-value is two-sided with mid-p ties:
+    :math:`p = 2 \min(p_\mathrm{lo}, p_\mathrm{hi})`, :math:`p_\mathrm{hi} = (G + (E + 1)/2) / (n + 1)`
+    (:math:`G`, :math:`E`: permutations above, equal to the observed).  Under random placement p is
+    uniform; with one combination every permutation ties and p = 1.
+
+    Returns ``hta`` (observed index), ``hta_random`` (mean under permutation), ``p_spatial``, ``region_side``.
+    """
+    codes = _grid_codes(tensor, mask)
+    flat = codes[np.asarray(mask, bool)]
+    side = side or region_side(flat.size)
+    present = int(np.unique(flat[flat > 0]).size)
+    if flat.size == 0 or present <= 1:
+        return {"hta": 0.0, "hta_random": 0.0, "p_spatial": 1.0, "region_side": side}
+    regions = _region_ids(np.asarray(mask, bool), side)
+    observed = float(_regional_hti(flat, regions, present)[0])
+    rng = np.random.default_rng(seed)
+    perm = rng.permuted(np.broadcast_to(flat, (permutations, flat.size)), axis=1)
+    null = _regional_hti(perm, regions, present)
+    tol = 1e-12
+    greater, equal = int((null > observed + tol).sum()), int((np.abs(null - observed) <= tol).sum())
+    hi = (greater + (equal + 1) / 2) / (permutations + 1)
+    p = min(1.0, 2 * min(hi, 1 - hi))
+    return {"hta": observed, "hta_random": float(null.mean()), "p_spatial": float(p), "region_side": side}
+
+
+def bootstrap_ci(tensor: np.ndarray, mask: np.ndarray, n_boot: int = BOOTSTRAP, side: int | None = None,
+                 level: float = 0.95, seed: int = 0) -> tuple[float, float]:
+    """Percentile confidence interval of the paper's HTI by a spatial block bootstrap.
+
+    Neighbouring tiles are not independent (regions of a trait span many tiles), so resampling single
+    tiles would make the interval too narrow; instead the tissue is cut into ``side`` x ``side`` blocks
+    (the regions of :func:`spatial_test`) and blocks are drawn with replacement, their tiles pooled and
+    the HTI recomputed, ``n_boot`` times (``side=1``: the plain tile bootstrap).  One combination
+    everywhere gives [0, 0].
+    """
+    tensor, mask = np.asarray(tensor, bool), np.asarray(mask, bool)
+    calls = tensor[:, mask].T
+    if calls.shape[0] == 0:
+        return 0.0, 0.0
+    side = side or region_side(calls.shape[0])
+    blocks = _region_ids(mask, side)
+    _, blocks = np.unique(blocks, return_inverse=True)
+    members = [np.flatnonzero(blocks == b) for b in range(blocks.max() + 1)]
+    rng = np.random.default_rng(seed)
+    values = np.empty(n_boot)
+    for i in range(n_boot):
+        pick = rng.integers(len(members), size=len(members))
+        values[i] = hti_from_calls(calls[np.concatenate([members[b] for b in pick])])
+    a = (1 - level) / 2
+    return float(np.quantile(values, a)), float(np.quantile(values, 1 - a))
+
+
+def robust_calls(soft: np.ndarray, mask: np.ndarray, threshold: float = 0.5) -> np.ndarray:
+    r"""Tile calls corrected by their neighbours where the ensemble is unsure.
+
+    ``soft[k, row, col]`` is the ensemble's soft call of trait *k* (the share of members voting
+    positive, or a probability); :math:`s` for a tile, :math:`m` the mean of :math:`s` over the tissue
+    tiles of its 3 x 3 neighbourhood (itself included), :math:`c = |2s - 1|` the ensemble's confidence:
+
+    .. math::  \tilde s = c\,s + (1 - c)\,m, \qquad \text{call} = [\tilde s \ge \text{threshold}].
+
+    A unanimous tile (:math:`s \in \{0, 1\}`, so any noise-free hard call) keeps its call; a split vote is
+    decided by the tiles around it.  Morphology regions span several tiles while call errors of a model
+    that barely sees a trait are scattered and unsure, and every scattered error adds a spurious
+    combination to the HTI's entropy; this removes them without touching confident calls.
+    """
+    from scipy.ndimage import uniform_filter
+
+    soft = np.asarray(soft, float)
+    mask = np.asarray(mask, bool)
+    w = mask.astype(float)
+    out = np.zeros(soft.shape, bool)
+    n = uniform_filter(w, size=3, mode="constant")
+    for k in range(soft.shape[0]):
+        s = np.where(mask, soft[k], 0.0)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            m = np.where(n > 0, uniform_filter(s, size=3, mode="constant") / n, 0.0)
+        c = np.abs(2 * s - 1)
+        out[k] = mask & (c * s + (1 - c) * m >= threshold)
+    return out
+
+
+def hti_robust(soft: np.ndarray, mask: np.ndarray, threshold: float = 0.5) -> float:
+    """The paper's HTI of :func:`robust_calls`; equals ``hti_from_tensor`` on noise-free (0/1) calls."""
+    return hti_from_tensor(robust_calls(soft, mask, threshold), mask)
+
+
+def hti_stats(tensor: np.ndarray, mask: np.ndarray, soft: np.ndarray | None = None, n_boot: int = BOOTSTRAP,
+              permutations: int = PERMUTATIONS, seed: int = 0) -> dict:
+    """Every per-slide HTI figure of one trait set: the paper's HTI, its CI, ``hta``'s index and spatial
+    p-value, the HTI normalised by combinations present, and the robust HTI (from ``soft`` calls when given)."""
+    tensor, mask = np.asarray(tensor, bool), np.asarray(mask, bool)
+    calls = tensor[:, mask].T
+    lo, hi = bootstrap_ci(tensor, mask, n_boot, seed=seed)
+    sp = spatial_test(tensor, mask, permutations, seed=seed)
+    return {"hti": hti_from_calls(calls), "ci_low": lo, "ci_high": hi, "hti_present": hti_present(calls),
+            "hta": sp["hta"], "hta_random": sp["hta_random"], "p_spatial": sp["p_spatial"],
+            "region_side": sp["region_side"],
+            "hti_robust": hti_robust(tensor.astype(float) if soft is None else soft, mask),
+            "n_combinations": int((combination_shares(calls) > 0).sum())}

@@ -1,0 +1,119 @@
+"""HTI beyond the paper (issue 19): confidence interval, spatial p-value, combination shares, the HTI
+normalised as the authors' ``hta`` package does, and the robust HTI, on hand-made maps."""
+
+import math
+
+import numpy as np
+import pytest
+from scipy.stats import kstest
+
+from pathomch_assets.heterogeneity import (bootstrap_ci, combination_shares, hti_from_calls, hti_from_tensor,
+                                           hti_present, hti_robust, hti_stats, robust_calls, spatial_test)
+
+MASK = np.ones((8, 8), bool)
+
+
+def tensor_from_codes(codes: np.ndarray, n_traits: int) -> np.ndarray:
+    return np.stack([(codes >> k) & 1 for k in range(n_traits)]).astype(bool)
+
+
+def test_one_combination_everywhere_hti_zero_narrow_ci_p_one():
+    t = tensor_from_codes(np.full((8, 8), 3), 2)  # every tile A+B
+    s = hti_stats(t, MASK)
+    assert s["hti"] == 0.0 and s["hti_robust"] == 0.0 and s["hti_present"] == 0.0
+    assert (s["ci_low"], s["ci_high"]) == (0.0, 0.0)
+    assert s["p_spatial"] == 1.0
+
+
+def test_checkerboard_high_hti_small_p():
+    yy, xx = np.indices((9, 9))
+    t = tensor_from_codes((yy + xx) % 3 + 1, 2)  # A, B, A+B alternating tile by tile
+    s = hti_stats(t, np.ones((9, 9), bool), permutations=399)
+    assert s["hti"] == pytest.approx(1.0, abs=1e-3)
+    assert s["ci_low"] > 0.9
+    assert s["p_spatial"] < 0.01 and s["hta"] > s["hta_random"]  # more mixed than random placement
+
+
+def test_distinct_regions_small_p_other_direction():
+    codes = np.ones((8, 8), int)
+    codes[:, 4:] = 2
+    s = spatial_test(tensor_from_codes(codes, 2), MASK, permutations=399)
+    assert s["p_spatial"] < 0.01 and s["hta"] == 0.0 < s["hta_random"]  # each region homogeneous: clustered
+
+
+def test_random_placement_p_uniform_over_repeats():
+    rng = np.random.default_rng(7)
+    ps = []
+    for i in range(150):
+        codes = rng.integers(0, 4, (10, 10))
+        ps.append(spatial_test(tensor_from_codes(codes, 2), np.ones((10, 10), bool), permutations=99, seed=i)["p_spatial"])
+    ps = np.array(ps)
+    assert kstest(ps, "uniform").pvalue > 0.01
+    assert 0.0 < (ps < 0.1).mean() < 0.2
+
+
+def test_hta_normalisation_hand_computed():
+    # one A-only and one B-only tile: 2 of the C = 3 combinations present
+    calls = [[1, 0], [0, 1]]
+    assert hti_from_calls(calls) == pytest.approx(math.log(2) / math.log(3))   # paper: log base C = 3
+    assert hti_present(calls) == pytest.approx(1.0)                            # hta: log base K = 2
+    # shares 1/2, 1/4, 1/4 over 3 of 7 combinations (3 traits)
+    calls = [[1, 0, 0], [1, 0, 0], [0, 1, 0], [1, 1, 1]]
+    h = -(0.5 * math.log(0.5) + 2 * 0.25 * math.log(0.25))
+    assert hti_from_calls(calls) == pytest.approx(h / math.log(7))
+    assert hti_present(calls) == pytest.approx(h / math.log(3))
+
+
+def test_combination_shares_sum_to_one():
+    rng = np.random.default_rng(3)
+    for n in (1, 2, 3, 4):
+        calls = rng.random((50, n)) < 0.4
+        p = combination_shares(calls)
+        assert p.shape == (2**n - 1,) and p.sum() == pytest.approx(1.0)
+        nz = p[p > 0]
+        if n > 1:
+            assert hti_from_calls(calls) == pytest.approx(-(nz * np.log(nz)).sum() / math.log(2**n - 1))
+    assert combination_shares(np.zeros((5, 2), bool)).sum() == 0.0
+
+
+def planted_map(seed, shape=(12, 14)):
+    from scipy.ndimage import gaussian_filter
+
+    rng = np.random.default_rng(seed)
+    f = [gaussian_filter(rng.standard_normal(shape), 2) for _ in range(2)]
+    return np.stack([f[0] > np.quantile(f[0], rng.uniform(0.2, 0.8)), f[1] > np.quantile(f[1], rng.uniform(0.2, 0.8))])
+
+
+def test_robust_equals_paper_on_noise_free_calls():
+    for seed in range(30):
+        t = planted_map(seed)
+        mask = np.random.default_rng(seed).random(t.shape[1:]) < 0.9
+        assert hti_robust(t.astype(float), mask) == hti_from_tensor(t, mask)
+        assert (robust_calls(t.astype(float), mask) == (t & mask)).all()
+    yy, xx = np.indices((9, 9))  # even a checkerboard (no spatial coherence at all) is left as it is
+    t = tensor_from_codes((yy + xx) % 3 + 1, 2)
+    assert hti_robust(t.astype(float), np.ones((9, 9), bool)) == hti_from_tensor(t)
+
+
+def test_robust_halves_the_error_of_unsure_scattered_calls():
+    rng = np.random.default_rng(0)
+    err_paper, err_robust = [], []
+    for seed in range(40):
+        truth = planted_map(seed)
+        z = np.where(truth, 1.0, -1.0) + 0.6 * rng.standard_normal(truth.shape)
+        probs = np.stack([1 / (1 + np.exp(-2 * (z + 0.6 * rng.standard_normal(truth.shape)))) for _ in range(3)])
+        calls = (probs >= 0.5).sum(axis=0) >= 2
+        h = hti_from_tensor(truth)
+        err_paper.append(abs(hti_from_tensor(calls) - h))
+        err_robust.append(abs(hti_robust(probs.mean(axis=0), MASK if truth.shape[1:] == (8, 8)
+                                         else np.ones(truth.shape[1:], bool)) - h))
+    assert np.mean(err_robust) <= 0.5 * np.mean(err_paper), (np.mean(err_paper), np.mean(err_robust))
+
+
+def test_block_bootstrap_is_wider_than_tile_bootstrap_on_regions():
+    t = planted_map(5, (16, 16))
+    mask = np.ones((16, 16), bool)
+    lo1, hi1 = bootstrap_ci(t, mask, side=1)
+    lo4, hi4 = bootstrap_ci(t, mask, side=4)
+    h = hti_from_tensor(t, mask)
+    assert lo1 <= h <= hi1 and hi4 - lo4 > hi1 - lo1
