@@ -62,7 +62,14 @@ SCHEMAS: dict[str, dict[str, str]] = {
     "survival": {"cohort": "VARCHAR", "traits": "VARCHAR", "grouping": "VARCHAR", "n_low": "INTEGER",
                  "n_high": "INTEGER", "logrank_p": "DOUBLE", "test_statistic": "DOUBLE", "method": "VARCHAR",
                  "hazard_ratio": "DOUBLE", "hr_ci_low": "DOUBLE", "hr_ci_high": "DOUBLE", "p_value": "DOUBLE",
-                 "n_patients": "INTEGER"},
+                 "n_patients": "INTEGER", "c_index": "DOUBLE"},
+    "hti_stats": {"cohort": "VARCHAR", "traits": "VARCHAR", "slide_id": "VARCHAR", "patient_id": "VARCHAR",
+                  "hti": "DOUBLE", "ci_low": "DOUBLE", "ci_high": "DOUBLE", "hti_robust": "DOUBLE",
+                  "p_spatial": "DOUBLE", "hta": "DOUBLE", "hta_random": "DOUBLE", "hti_present": "DOUBLE",
+                  "n_combinations": "INTEGER", "region_side": "INTEGER", "n_tiles": "INTEGER"},
+    "hti_combinations": {"cohort": "VARCHAR", "traits": "VARCHAR", "slide_id": "VARCHAR", "patient_id": "VARCHAR",
+                         "combination": "VARCHAR", "share": "DOUBLE", "n_tiles": "INTEGER", "tissue_share": "DOUBLE",
+                         "share_robust": "DOUBLE"},
 }
 
 _PANDAS_TYPES = {"VARCHAR": "string", "INTEGER": "Int32", "BIGINT": "Int64", "DOUBLE": "float64"}
@@ -392,4 +399,4 @@ class TableStore:
 #: how many leading columns of each schema are the SPEC 5 contract (required on write)
 _REQUIRED = {"slides": 6, "tiles": 5, "labels": 6, "splits": 4, "expression": 4, "clinical": 4,
              "slide_scores": 5, "model_metrics": 6, "correlations": 6, "hti": 6, "survival": 6,
-             "model_rounds": 5, "split_counts": 8}
+             "model_rounds": 5, "split_counts": 8, "hti_stats": 8, "hti_combinations": 7}
