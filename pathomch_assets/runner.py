@@ -12,11 +12,21 @@ for the whole graph; a deployment with a daemon launches the same runs as backfi
 (Dagster's ``multiprocess_executor``), and ``parallel=N`` keeps N partition runs of a batch in
 flight at once: the single-machine version of one pod per partition (docs/scale-out.md).
 The ``gpu`` concurrency pool still admits one training step at a time.
+
+Faults: one ``materialize`` at a time writes a deployment's outputs (an ``flock`` beside the
+DuckDB file, released by the kernel even on ``kill -9``; a second one is refused, naming the
+holder).  Every run it launches carries its process id and host (``pathomch/pid``,
+``pathomch/host`` tags); before new work, runs of this instance whose process is gone are marked
+failed and their concurrency-pool slots freed, so a killed training run never blocks the next.
+``dagster dev``'s daemon does the same for runs it launched (run monitoring in ``dagster.yaml``).
 """
 
 from __future__ import annotations
 
+import contextlib
+import json
 import os
+import socket
 import time
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
@@ -28,17 +38,40 @@ import dagster as dg
 from .config import PathomchConfig
 from .partitions import SLIDES
 from .sensors import discover_all
+from .tiling import exit_with_parent
 
 DAGSTER_YAML = """\
 # written by pathomch: local instance for the demo and `pathomch materialize`
 concurrency:
   pools:
     default_limit: 1
+# the daemon (dagster dev) fails runs that never start or never finish cancelling, and frees the pool
+# slots of finished runs; runs whose worker crashed are retried (not ones whose asset failed: bad data
+# fails again).  `pathomch materialize` fails its own dead runs itself (runner.clean_dead_runs).
+run_monitoring:
+  enabled: true
+  start_timeout_seconds: 180
+  cancel_timeout_seconds: 180
+  max_resume_run_attempts: 0
+  poll_interval_seconds: 60
+  free_slots_after_run_end_seconds: 30
+run_retries:
+  enabled: true
+  max_retries: 2
+  retry_on_asset_or_op_failure: false
 telemetry:
   enabled: false
 nux:
   enabled: false
 """
+YAML_MARK = "# written by pathomch"
+
+#: run tags naming the process that executes a run (``clean_dead_runs`` judges liveness by them)
+PID_TAG, START_TAG, HOST_TAG = "pathomch/pid", "pathomch/process_start", "pathomch/host"
+
+
+class OutputsLocked(RuntimeError):
+    """Another ``pathomch materialize`` is writing the same outputs."""
 
 
 #: progress and results at INFO; Dagster's per-step DEBUG events stay in the run's event log (UI)
@@ -46,11 +79,139 @@ RUN_CONFIG = {"loggers": {"console": {"config": {"log_level": "INFO"}}}}
 
 
 def instance_for(cfg: PathomchConfig) -> dg.DagsterInstance:
+    """The instance at ``$DAGSTER_HOME`` (default: ``dagster_home`` beside the DuckDB file).
+
+    Its ``dagster.yaml`` is written when absent (or when it is an older one written by pathomch), and
+    the instance's storage is created, under a lock: two processes on a fresh home never race
+    (SQLite's ``table ... already exists``).
+    """
     home = Path(os.environ.setdefault("DAGSTER_HOME", str(cfg.duckdb_path.parent / "dagster_home")))
     home.mkdir(parents=True, exist_ok=True)
-    if not (home / "dagster.yaml").exists() or "nux:" not in (home / "dagster.yaml").read_text():
-        (home / "dagster.yaml").write_text(DAGSTER_YAML)
-    return dg.DagsterInstance.get()
+    with _flock(_home_lock(), blocking=True):
+        yaml_file = home / "dagster.yaml"
+        text = yaml_file.read_text() if yaml_file.exists() else None
+        if text is None or (text.startswith(YAML_MARK) and text != DAGSTER_YAML) or "nux:" not in text:
+            from .storage import atomic_path
+
+            with atomic_path(yaml_file) as tmp:
+                tmp.write_text(DAGSTER_YAML)
+        instance = dg.DagsterInstance.get()
+        instance.get_runs(limit=1)  # storage created (SQLite schema) while the lock is held
+    return instance
+
+
+def _home_lock() -> Path:
+    return Path(os.environ["DAGSTER_HOME"]) / ".pathomch-instance.lock"
+
+
+@contextlib.contextmanager
+def _flock(path: Path, blocking: bool):
+    """An exclusive ``flock`` on ``path`` for the block (released by the kernel if the process dies)."""
+    import fcntl
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | (0 if blocking else fcntl.LOCK_NB))
+    except BlockingIOError:
+        os.close(fd)
+        raise
+    try:
+        yield fd
+    finally:
+        os.close(fd)
+
+
+def lock_path(cfg: PathomchConfig) -> Path:
+    return cfg.duckdb_path.with_name(cfg.duckdb_path.name + ".lock")
+
+
+@contextlib.contextmanager
+def outputs_lock(cfg: PathomchConfig):
+    """Hold the deployment's materialize lock, or raise :class:`OutputsLocked` naming its holder."""
+    path = lock_path(cfg)
+    try:
+        with _flock(path, blocking=False) as fd:
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, json.dumps({**_owner(), "since": time.strftime("%Y-%m-%d %H:%M:%S")}).encode(), 0)
+            yield path
+    except BlockingIOError:
+        try:
+            holder = json.loads(path.read_text() or "{}")
+        except (OSError, ValueError):
+            holder = {}
+        who = (f"pid {holder.get('pid')} on {holder.get('host')}, since {holder.get('since')}" if holder
+               else "another process")
+        raise OutputsLocked(f"another `pathomch materialize` ({who}) is writing these outputs ({cfg.duckdb_path}; "
+                            f"lock {path}); wait for it to finish or stop it, then run again") from None
+
+
+def _owner() -> dict:
+    return {"pid": os.getpid(), "host": socket.gethostname()}
+
+
+def _process_start(pid: int) -> str | None:
+    """The process's start time in clock ticks since boot (Linux ``/proc``): tells a reused pid apart."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    return stat[stat.rindex(")") + 2:].split()[19]
+
+
+def _alive(pid: int, start: str | None) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        pass  # exists, another user's
+    with contextlib.suppress(OSError, ValueError, IndexError):
+        stat = Path(f"/proc/{pid}/stat").read_text()
+        if stat[stat.rindex(")") + 2] == "Z":  # a zombie: dead, not yet reaped
+            return False
+    now = _process_start(pid)
+    return not (start and now and now != start)  # the pid belongs to another process now
+
+
+def owner_tags() -> dict[str, str]:
+    """Tags for a run executed by this process (``dagster/max_retries`` 0: the CLI resumes itself, with
+    ``--missing``; a daemon must not retry a CLI run behind its back)."""
+    pid, start = os.getpid(), _process_start(os.getpid())
+    return {PID_TAG: str(pid), **({START_TAG: start} if start else {}), HOST_TAG: socket.gethostname(),
+            "dagster/max_retries": "0"}
+
+
+def clean_dead_runs(instance: dg.DagsterInstance, log=print) -> list[str]:
+    """Fail runs of ``instance`` whose process died (``kill -9``, out of memory, power) and free the
+    concurrency-pool slots of every finished run; returns the run ids failed.
+
+    Only runs tagged by ``owner_tags`` on this host are judged (runs ``dagster dev`` launched are the
+    daemon's: run monitoring in ``dagster.yaml``).
+    """
+    host = socket.gethostname()
+    active = [dg.DagsterRunStatus.STARTING, dg.DagsterRunStatus.STARTED, dg.DagsterRunStatus.QUEUED,
+              dg.DagsterRunStatus.NOT_STARTED, dg.DagsterRunStatus.CANCELING]
+    failed = []
+    for record in instance.get_run_records(filters=dg.RunsFilter(statuses=active)):
+        run = record.dagster_run
+        pid = run.tags.get(PID_TAG)
+        if not pid or run.tags.get(HOST_TAG) != host or _alive(int(pid), run.tags.get(START_TAG) or None):
+            continue
+        instance.report_run_failed(run, f"the process that ran this run (pid {pid} on {host}) is gone "
+                                        "(killed?); marked failed by `pathomch materialize` before new work")
+        failed.append(run.run_id)
+        log(f"run {run.run_id} ({run.job_name}) was left {run.status.value} by a process that is gone "
+            f"(pid {pid}): marked failed")
+    storage = instance.event_log_storage
+    if storage.supports_global_concurrency_limits:
+        holding = storage.get_concurrency_run_ids()
+        for run_id in holding:
+            run = instance.get_run_by_id(run_id)
+            if run is None or run.is_finished:
+                storage.free_concurrency_slots_for_run(run_id)
+                log(f"freed the concurrency-pool slots held by finished run {run_id}")
+    return failed
 
 
 def sync_slide_partitions(cfg: PathomchConfig, instance: dg.DagsterInstance) -> list[str]:
@@ -109,7 +270,7 @@ def execute_run(config_path: str | None, asset_keys: list[str], tags: dict) -> t
     """One run of a batch through ``dagster.execute_job`` (a process per step); (success, run id)."""
     recon = dg.build_reconstructable_job(__name__, batch_job.__name__, reconstructable_args=(config_path, asset_keys))
     instance = dg.DagsterInstance.get()
-    with dg.execute_job(recon, instance, run_config=RUN_CONFIG, tags=tags) as result:
+    with dg.execute_job(recon, instance, run_config=RUN_CONFIG, tags={**tags, **owner_tags()}) as result:
         return result.success, result.run_id
 
 
@@ -127,9 +288,16 @@ def materialize_all(defs: dg.Definitions, cfg: PathomchConfig, selection: str | 
         raise ValueError(f"executor must be one of {EXECUTORS}, not {executor!r}")
     if parallel > 1 and executor != "multiprocess":
         raise ValueError("parallel partition runs need executor='multiprocess' (TensorFlow state is per process)")
+    with outputs_lock(cfg):
+        return _materialize_all(defs, cfg, selection, partitions, log, missing_only, executor, parallel)
+
+
+def _materialize_all(defs, cfg, selection, partitions, log, missing_only, executor, parallel) -> RunSummary:
     t0 = time.perf_counter()
     instance = instance_for(cfg)
-    new = sync_slide_partitions(cfg, instance)
+    with _flock(_home_lock(), blocking=True):  # deployments sharing a DAGSTER_HOME take turns here
+        clean_dead_runs(instance, log)
+        new = sync_slide_partitions(cfg, instance)
     if new:
         log(f"added {len(new)} slide partitions")
     graph = defs.resolve_asset_graph()
@@ -162,7 +330,8 @@ def materialize_all(defs: dg.Definitions, cfg: PathomchConfig, selection: str | 
             if pool is None:
                 # Dagster's run orchestration is per process (logging, signals): runs in flight at
                 # once each get a process of their own, reused across batches
-                pool = ProcessPoolExecutor(max_workers=parallel, mp_context=get_context("spawn"))
+                pool = ProcessPoolExecutor(max_workers=parallel, mp_context=get_context("spawn"),
+                                           initializer=exit_with_parent, initargs=(os.getpid(),))
             for label, _ in runs:
                 log(f"materializing {names} [{label}]")
             outcomes = pool.map(execute_run, [config_path] * len(runs), [batch_keys] * len(runs),
@@ -175,7 +344,8 @@ def materialize_all(defs: dg.Definitions, cfg: PathomchConfig, selection: str | 
                         yield execute_run(config_path, batch_keys, _run_tags(pdef, kwargs))
                     else:
                         r = dg.materialize(all_assets, selection=batch, instance=instance, resources=resources,
-                                           raise_on_error=False, run_config=RUN_CONFIG, **kwargs)
+                                           raise_on_error=False, run_config=RUN_CONFIG,
+                                           **_with_owner_tags(kwargs))
                         yield r.success, r.run_id
             outcomes = one_by_one()
         for (label, _), (success, run_id) in zip(runs, outcomes):
@@ -188,6 +358,10 @@ def materialize_all(defs: dg.Definitions, cfg: PathomchConfig, selection: str | 
         pool.shutdown()
     summary.seconds = time.perf_counter() - t0
     return summary
+
+
+def _with_owner_tags(kwargs: dict) -> dict:
+    return {**kwargs, "tags": {**kwargs.get("tags", {}), **owner_tags()}}
 
 
 def _run_tags(pdef, kwargs: dict) -> dict:

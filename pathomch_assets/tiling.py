@@ -4,11 +4,13 @@ A slide is read from the pyramid level closest to (not below) the target magnifi
 row band of tiles per ``read_region`` call, so no whole level is ever held in memory.  Tiles
 are JPEG-encoded into one TFRecord file per slide (fast ``tf.data`` input, see
 :mod:`pathomch_assets.storage`).  A slide that fails is reported in the result, never raised
-past :func:`tile_slide`, so one bad slide never stops the others.
+past :func:`tile_slide`, so one bad slide never stops the others.  Worker processes exit
+with their parent (a ``kill -9`` of the pipeline leaves no tiler running).
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 import time
 from concurrent.futures import ProcessPoolExecutor, as_completed
@@ -274,6 +276,7 @@ def tile_slide(cohort: str, slide_id: str, path: str | Path, out_file: str | Pat
     res = SlideTilingResult(cohort, slide_id, str(path), status="ok")
     slide = reader = None
     try:
+        readable(path)
         slide = open_slide(path)
         info = slide_info(slide, path, default_magnification)
         thumb = qc_read(slide, info, path)
@@ -297,10 +300,11 @@ def tile_slide(cohort: str, slide_id: str, path: str | Path, out_file: str | Pat
         res.tiles = pd.DataFrame(records, columns=["col", "row", "tissue_fraction", "idx"])
         if not records:
             res.status, res.error = "no_tissue", f"{path}: no tile with at least {1 - params.max_background_fraction:.0%} tissue"
-    except SlideError as err:
-        res.status, res.error = "error", str(err)
+    except Exception as err:  # SlideError, and anything else (OSError writing tiles, codec errors): this slide only
+        res.status, res.error = "error", str(err) if isinstance(err, SlideError) else f"{path}: {_describe(err)}"
         res.tiles = res.tiles.iloc[0:0]
-        storage.as_path(out_file).unlink(missing_ok=True)
+        with contextlib.suppress(OSError):
+            storage.as_path(out_file).unlink(missing_ok=True)
     finally:
         if slide is not None:
             slide.close()
@@ -310,8 +314,65 @@ def tile_slide(cohort: str, slide_id: str, path: str | Path, out_file: str | Pat
     return res
 
 
+def readable(path) -> None:
+    """Read the file's first byte: permission denied or an I/O error is reported as such (OpenSlide
+    would call the file "not a slide format"), and is transient (the slide is tried again next run)."""
+    p = Path(path)
+    if p.is_dir():  # DICOM and some vendors' formats are read from a folder by OpenSlide
+        return
+    try:
+        with p.open("rb") as fh:
+            fh.read(1)
+    except OSError as err:
+        raise SlideError(path, f"cannot read the file: {err.strerror or err} (fix it; it is tried again "
+                               "on the next run)") from None
+
+
+def _describe(err: BaseException) -> str:
+    if isinstance(err, OSError) and err.strerror:
+        name = err.filename2 or err.filename  # os.replace(tmp, target): the target
+        where = f" ({name})" if name else ""
+        return f"{type(err).__name__}: {err.strerror}{where}"
+    return f"{type(err).__name__}: {err}"
+
+
 def _tile_job(args):
     return tile_slide(*args)
+
+
+def exit_with_parent(parent_pid: int) -> None:
+    """Pool initializer: this worker dies with the process that started it.
+
+    Linux: ``PR_SET_PDEATHSIG`` (the kernel sends SIGKILL when the parent exits, even by
+    ``kill -9``).  Everywhere: a daemon thread that exits when the parent is gone (the worker is
+    re-parented, ``os.getppid()`` changes).
+    """
+    import signal
+    import sys
+    import threading
+
+    if sys.platform.startswith("linux"):
+        with contextlib.suppress(Exception):
+            import ctypes
+
+            PR_SET_PDEATHSIG = 1
+            ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, int(signal.SIGKILL), 0, 0, 0)
+    if os.getppid() != parent_pid:  # the parent died before prctl took effect
+        os._exit(1)
+
+    def watch():
+        while os.getppid() == parent_pid:
+            time.sleep(1.0)
+        os._exit(1)
+
+    threading.Thread(target=watch, name="exit-with-parent", daemon=True).start()
+
+
+def _failed(job: tuple, err: BaseException) -> SlideTilingResult:
+    """The result of a job whose worker failed (e.g. killed for memory): an error for that slide."""
+    cohort, slide_id, path = job[:3]
+    return SlideTilingResult(cohort, slide_id, str(path), status="error",
+                             error=f"{path}: tiling worker failed: {_describe(err)} (tried again on the next run)")
 
 
 def tile_slides(jobs: list[tuple], workers: int = 1, progress=None):
@@ -323,15 +384,22 @@ def tile_slides(jobs: list[tuple], workers: int = 1, progress=None):
     total = len(jobs)
     if workers <= 1 or total <= 1:
         for i, job in enumerate(jobs, 1):
-            res = tile_slide(*job)
+            try:
+                res = tile_slide(*job)
+            except Exception as err:  # tile_slide reports slide errors itself; anything else fails this slide only
+                res = _failed(job, err)
             if progress:
                 progress(i, total, res)
             yield res
         return
-    with ProcessPoolExecutor(max_workers=min(workers, total), mp_context=get_context("spawn")) as pool:
-        futures = [pool.submit(_tile_job, job) for job in jobs]
+    with ProcessPoolExecutor(max_workers=min(workers, total), mp_context=get_context("spawn"),
+                             initializer=exit_with_parent, initargs=(os.getpid(),)) as pool:
+        futures = {pool.submit(_tile_job, job): job for job in jobs}
         for i, fut in enumerate(as_completed(futures), 1):
-            res = fut.result()
+            try:
+                res = fut.result()
+            except Exception as err:  # BrokenProcessPool (a worker killed), pickling: only these slides fail
+                res = _failed(futures[fut], err)
             if progress:
                 progress(i, total, res)
             yield res

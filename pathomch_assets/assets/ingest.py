@@ -1,6 +1,7 @@
 """Slides to labelled tiles: QC and tiling per slide (dynamic partitions)."""
 
 
+import contextlib
 from collections import Counter
 from pathlib import Path
 
@@ -27,10 +28,17 @@ def slide_refs(cfg, keys: list[str]) -> dict[str, object]:
     return out
 
 
+#: results kept when the file and settings are unchanged.  ``error`` is not among them: an error may be
+#: transient (permission denied, an I/O error, a file still being copied, a worker killed for memory)
+#: and nothing in the file's size or mtime says when it is over, so a failed slide is tried again on
+#: every run; a slide that is really broken fails again the same way, at the cost of one more attempt.
+REUSED_STATUSES = ("ok", "no_tissue")
+
+
 def reusable(prev: dict | None, path, digest: str, cfg) -> bool:
-    """An earlier result for this slide still holds: same file (size, mtime), same settings,
-    and, for a tiled slide, its tile file is there."""
-    if not prev or prev.get("params_hash") != digest or prev.get("status") not in ("ok", "no_tissue", "error"):
+    """An earlier result for this slide still holds: it succeeded (``REUSED_STATUSES``), same file
+    (size, mtime), same settings, and, for a tiled slide, its tile file is there."""
+    if not prev or prev.get("params_hash") != digest or prev.get("status") not in REUSED_STATUSES:
         return False
     try:
         st = Path(path).stat()
@@ -39,7 +47,10 @@ def reusable(prev: dict | None, path, digest: str, cfg) -> bool:
     if (prev.get("file_size"), prev.get("file_mtime_ns")) != (st.st_size, st.st_mtime_ns):
         return False
     cohort = prev["cohort"]
-    return prev["status"] != "ok" or tile_file(cfg.tiles_dir, cohort, prev["slide_id"]).exists()
+    try:
+        return prev["status"] != "ok" or tile_file(cfg.tiles_dir, cohort, prev["slide_id"]).exists()
+    except OSError:
+        return False
 
 
 def slide_row(cohort: str, slide_id: str, path, status: str, error: str | None, **info) -> dict:
@@ -56,7 +67,8 @@ def slide_row(cohort: str, slide_id: str, path, status: str, error: str | None, 
     description="QC and tiling of each slide (SPEC 3.3): non-overlapping tiles at the target "
     "magnification from the closest pyramid level, background tiles dropped, JPEG tiles in a "
     "TFRecord per slide. A slide OpenSlide cannot open or read is recorded in `slides` with its "
-    "error and skipped. Writes the `slides` and `tiles` tables.",
+    "error and skipped (and tried again on the next run). Each slide's rows of the `slides` and `tiles` "
+    "tables are written as it finishes, so an interrupted run keeps the slides it finished.",
 )
 def slide_tiles(context: dg.AssetExecutionContext, pathomch: PathomchResource) -> dg.MaterializeResult:
     cfg = pathomch.get_config()
@@ -82,7 +94,31 @@ def slide_tiles(context: dg.AssetExecutionContext, pathomch: PathomchResource) -
         else:
             jobs.append((cohort, sid, str(ref.path), tile_file(cfg.tiles_dir, cohort, sid), params,
                          cfg.cohorts[cohort].default_magnification))
-    tiles_total = 0
+    tiles_total, unrecorded = 0, {}
+
+    def record(key: str, row: dict, tiles: pd.DataFrame | None = None) -> dict:
+        """Write one slide's rows now (a kill keeps every finished slide); any failure is that slide's error."""
+        try:
+            if tiles is not None:
+                store.write("tiles", key, tiles)
+            else:
+                store.delete("tiles", key)
+            store.write("slides", key, pd.DataFrame([row]))
+            return row
+        except Exception as err:  # OSError (disk full, a name the file system refuses, ...): this slide only
+            row = slide_row(row["cohort"], row["slide_id"], row["path"], "error",
+                            f"{row['path'] or key}: its rows could not be written: {type(err).__name__}: {err}")
+            with contextlib.suppress(Exception):
+                store.delete("tiles", key)
+            try:
+                store.write("slides", key, pd.DataFrame([row]))
+            except Exception as err2:
+                unrecorded[key] = f"{type(err2).__name__}: {err2}"
+                context.log.error(f"{key}: no row written to `slides` ({err2}); the slide is tried again next run")
+            return row
+
+    for key in list(rows):  # missing and skipped slides: their rows replace any stale ones (no tiles)
+        rows[key] = record(key, rows[key])
 
     def progress(done, total, res):
         if res.status != "ok":
@@ -92,27 +128,33 @@ def slide_tiles(context: dg.AssetExecutionContext, pathomch: PathomchResource) -
 
     for res in tile_slides(jobs, default_workers(cfg.tiling.workers), progress):
         key = f"{res.cohort}/{res.slide_id}"
-        st = Path(res.path).stat()
-        rows[key] = slide_row(res.cohort, res.slide_id, res.path, res.status, res.error,
-                              n_tiles=len(res.tiles), seconds=res.seconds, file_size=st.st_size,
-                              file_mtime_ns=st.st_mtime_ns, params_hash=digest, **res.info)
-        tiles = res.tiles.assign(cohort=res.cohort, slide_id=res.slide_id)
-        store.write("tiles", key, tiles)
-        tiles_total += len(tiles)
-    for key, row in rows.items():
-        if row["status"] != "ok":
-            store.delete("tiles", key)
-        store.write("slides", key, pd.DataFrame([row]))
+        try:
+            st = Path(res.path).stat()
+        except OSError as err:  # removed or unreadable since it was tiled: an error for this slide
+            res.status, res.error = "error", f"{res.path}: cannot stat the file: {err.strerror}"
+            res.tiles = res.tiles.iloc[0:0]
+            st = None
+        row = slide_row(res.cohort, res.slide_id, res.path, res.status, res.error,
+                        n_tiles=len(res.tiles), seconds=res.seconds, file_size=st.st_size if st else None,
+                        file_mtime_ns=st.st_mtime_ns if st else None, params_hash=digest, **res.info)
+        tiles = res.tiles.assign(cohort=res.cohort, slide_id=res.slide_id) if res.status == "ok" else None
+        rows[key] = record(key, row, tiles)
+        if rows[key]["status"] == "ok":
+            tiles_total += len(tiles)
     store.ensure_views()
     status = Counter(r["status"] for r in rows.values())
     table = pd.DataFrame(list(rows.values()), columns=["slide_id", "status", "error"])
-    meta = {"slides": len(rows) + reused, "slides_reused": reused, "tiles_written": tiles_total,
+    meta = {"slides": len(rows) + reused, "slides_reused": reused, "slides_tiled": len(jobs),
+            "tiles_written": tiles_total,
             **{f"status_{k}": v for k, v in sorted(status.items())}}
     if reused:
         context.log.info(f"{reused} slides already tiled with the same file and settings: reused")
     bad = table[table["status"] != "ok"]
     if not bad.empty:
         meta["problems"] = md_table(bad[["slide_id", "status", "error"]])
+    if unrecorded:
+        meta["rows_not_written"] = md_table(pd.DataFrame({"slide": list(unrecorded),
+                                                          "error": list(unrecorded.values())}))
     if len(rows) == 1:
         row = next(iter(rows.values()))
         meta.update({k: v for k, v in row.items() if k in ("status", "error", "level", "base_magnification",
