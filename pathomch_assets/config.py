@@ -79,12 +79,20 @@ class TrainingConfig(_Strict):
 
     architecture: Literal["inception_v3", "small_cnn"] = "inception_v3"
     input_px: int = Field(512, ge=16, le=1024, description="tiles are resized to this before the network")
-    batch_size: int = Field(32, ge=1)
+    batch_size: int = Field(32, ge=1, description="global batch: tiles per optimizer step, over all replicas "
+                            "(paper: 144 = 18 per GPU x 8 GPUs)")
+    per_replica_batch: int | None = Field(None, ge=1, description="most tiles one replica (GPU) takes per pass; "
+                                          "with fewer replicas than batch_size / per_replica_batch, gradients of "
+                                          "several passes are accumulated so that each step still sees batch_size "
+                                          "tiles (None: batch_size / replicas, no accumulation)")
     learning_rate: float = Field(1e-3, gt=0)
     evals_per_epoch: int = Field(16, ge=1, description="validation by slide-level AUC every 1/N epoch")
     reduce_lr_patience: int = Field(10, ge=1, description="evaluations without AUC gain before the LR is reduced")
     reduce_lr_factor: float = Field(0.1, gt=0, lt=1)
     early_stop_patience: int = Field(30, ge=1, description="evaluations without AUC gain before training stops")
+    monitor: Literal["slide_auc", "tile_loss"] = Field(
+        "slide_auc", description="validation measure for learning-rate decay, early stopping and the kept weights: "
+        "slide_auc (SPEC 3.4; equal AUCs ranked by tile loss) or tile_loss (the original PathoMCH code's choice)")
     max_epochs: float = Field(100.0, gt=0)
     max_tiles_per_slide: int | None = Field(None, ge=1, description="cap on tiles per slide per epoch (None: all)")
     mixed_precision: bool = False

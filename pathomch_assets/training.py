@@ -3,11 +3,15 @@
 Inception v3 from random initialisation with one sigmoid output, binary cross-entropy, Adam
 (lr 1e-3), random horizontal and vertical flips.  Every ``1/evals_per_epoch`` epoch the model
 scores the validation slides (share of tiles with p >= 0.5) and the slide-level AUC is logged
-as ``val_slide_auc``; Keras' ``ReduceLROnPlateau`` and ``EarlyStopping`` watch it (patience 10
-and 30 evaluations), and the best weights are restored at the end.  Evaluations with equal slide
-AUC (an easy trait reaches 1.0 early) are ranked by validation tile loss, so training goes on
-improving tile calls, which the cartography and HTI depend on.  The demo swaps in a small
-CNN and a smaller input through config; the loop is the same.
+as ``val_slide_auc``, with the validation tile loss as ``val_tile_loss``.  ``training.monitor``
+picks the measure Keras' ``ReduceLROnPlateau`` and ``EarlyStopping`` watch (patience 10 and 30
+evaluations) and by which the best weights are kept: ``slide_auc`` (default; evaluations with
+equal slide AUC, as an easy trait reaches 1.0 early, are ranked by tile loss, so training goes on
+improving tile calls, which the cartography and HTI depend on) or ``tile_loss`` (the original
+code's choice).  ``training.batch_size`` is the global batch of one optimizer step; with
+``per_replica_batch`` set and fewer replicas than the paper's 8, gradients of several passes are
+accumulated (:func:`batch_plan`).  The demo swaps in a small CNN and a smaller input through
+config; the loop is the same.
 """
 
 from __future__ import annotations
@@ -52,11 +56,15 @@ class TrainResult:
     n_val_slides: int
     seconds: float
     history: pd.DataFrame = field(repr=False, default_factory=pd.DataFrame)
+    monitor: str = "slide_auc"
+    batch: dict = field(default_factory=dict)  # the BatchPlan used
 
 
 # --------------------------------------------------------------------------- model
-def build_model(architecture: str, input_px: int, learning_rate: float = 1e-3, seed: int = 0):
-    """A compiled binary classifier taking uint8-valued RGB tiles of ``input_px``."""
+def build_model(architecture: str, input_px: int, learning_rate: float = 1e-3, seed: int = 0,
+                accumulation_steps: int = 1):
+    """A compiled binary classifier taking uint8-valued RGB tiles of ``input_px``; with
+    ``accumulation_steps`` > 1 Adam applies the mean gradient of that many passes once."""
     import keras
 
     keras.utils.set_random_seed(seed)
@@ -78,7 +86,8 @@ def build_model(architecture: str, input_px: int, learning_rate: float = 1e-3, s
         raise ValueError(f"unknown architecture {architecture!r}; expected inception_v3 or small_cnn")
     outputs = keras.layers.Dense(1, activation="sigmoid", dtype="float32", name="p_high")(x)
     model = keras.Model(inputs, outputs, name=f"pathomch_{architecture}")
-    model.compile(optimizer=keras.optimizers.Adam(learning_rate), loss="binary_crossentropy")
+    accumulate = {"gradient_accumulation_steps": accumulation_steps} if accumulation_steps > 1 else {}
+    model.compile(optimizer=keras.optimizers.Adam(learning_rate, **accumulate), loss="binary_crossentropy")
     return model
 
 
@@ -191,6 +200,49 @@ def predict_files(model, files: list[str], input_px: int, batch_size: int = 256)
     return predict_arrays(model, decode_files(files, input_px), batch_size)
 
 
+# --------------------------------------------------------------------------- batch
+@dataclass(frozen=True)
+class BatchPlan:
+    """How one optimizer step of ``global_batch`` tiles is run on ``replicas`` devices.
+
+    Each pass feeds ``pass_batch`` tiles (``per_replica`` on each replica, as MirroredStrategy
+    splits a batch); ``accumulation`` passes make one step.
+    """
+
+    global_batch: int
+    replicas: int
+    per_replica: int
+    accumulation: int
+
+    @property
+    def pass_batch(self) -> int:
+        return self.global_batch // self.accumulation
+
+
+def batch_plan(global_batch: int, replicas: int = 1, per_replica_max: int | None = None) -> BatchPlan:
+    """Per-replica batch and gradient-accumulation steps for a global batch (SPEC 3.4).
+
+    Without ``per_replica_max`` every step is one pass of ``global_batch`` split over the
+    replicas (the current behaviour).  With it, the fewest accumulation passes ``a`` such that
+    ``global_batch = a x replicas x per_replica`` exactly, with ``per_replica <= per_replica_max``.
+
+    Examples
+    --------
+    >>> batch_plan(144, 8, 18)     # the paper: 18 tiles on each of 8 GPUs
+    BatchPlan(global_batch=144, replicas=8, per_replica=18, accumulation=1)
+    >>> batch_plan(144, 1, 18)     # one GPU: 8 passes of 18 tiles per step
+    BatchPlan(global_batch=144, replicas=1, per_replica=18, accumulation=8)
+    """
+    replicas = max(1, int(replicas))
+    if per_replica_max is None:
+        return BatchPlan(global_batch, replicas, max(1, global_batch // replicas), 1)
+    for acc in range(1, global_batch + 1):
+        if global_batch % (acc * replicas) == 0 and global_batch // (acc * replicas) <= per_replica_max:
+            return BatchPlan(global_batch, replicas, global_batch // (acc * replicas), acc)
+    raise ValueError(f"training.batch_size {global_batch} cannot be split evenly over {replicas} replicas; "
+                     f"set it to a multiple of {replicas} (the paper: 144 with per_replica_batch 18)")
+
+
 # --------------------------------------------------------------------------- training
 #: weight of the validation tile loss in the selection score: far below one AUC step, so it only
 #: orders evaluations with equal slide AUC
@@ -204,7 +256,43 @@ def tile_loss(probs: list[np.ndarray], labels: list[int]) -> float:
     return float(-(y * np.log(p) + (1 - y) * np.log(1 - p)).mean()) if p.size else float("nan")
 
 
-def _slide_auc_callback(val: SlideSet, input_px: int, batch_size: int, threshold: float, log):
+MONITORS = ("slide_auc", "tile_loss")
+
+
+def selection_score(auc: float, loss: float, monitor: str = "slide_auc") -> float:
+    """The value (higher is better) that drives LR decay, early stopping and the kept weights.
+
+    ``slide_auc``: the validation slide AUC, equal AUCs ranked by tile loss; ``tile_loss``: minus
+    the validation tile loss (the original code's choice).
+
+    Examples
+    --------
+    >>> selection_score(0.9, 0.5) > selection_score(0.9, 0.6)
+    True
+    >>> selection_score(0.8, 0.4, "tile_loss") > selection_score(0.9, 0.5, "tile_loss")
+    True
+    """
+    if monitor == "slide_auc":
+        return auc - TIE_BREAK * loss
+    if monitor == "tile_loss":
+        return -loss
+    raise ValueError(f"training.monitor must be one of {MONITORS}, not {monitor!r}")
+
+
+def schedule_callbacks(tcfg) -> list:
+    """Keras' ``ReduceLROnPlateau`` and ``EarlyStopping`` on ``val_selection`` (see :func:`selection_score`)."""
+    import keras
+
+    return [
+        keras.callbacks.ReduceLROnPlateau(monitor="val_selection", mode="max", factor=tcfg.reduce_lr_factor,
+                                          patience=tcfg.reduce_lr_patience, min_delta=0.0, verbose=0),
+        keras.callbacks.EarlyStopping(monitor="val_selection", mode="max", patience=tcfg.early_stop_patience,
+                                      min_delta=0.0, verbose=0),
+    ]
+
+
+def _slide_auc_callback(val: SlideSet, input_px: int, batch_size: int, threshold: float, log,
+                        monitor: str = "slide_auc"):
     import keras
 
     class SlideAUC(keras.callbacks.Callback):
@@ -223,8 +311,7 @@ def _slide_auc_callback(val: SlideSet, input_px: int, batch_size: int, threshold
             logs = logs if logs is not None else {}
             logs["val_slide_auc"] = auc
             logs["val_tile_loss"] = loss
-            # selection: slide AUC first; equal AUCs (often 1.0 on easy traits) ranked by tile loss
-            logs["val_selection"] = auc - TIE_BREAK * loss
+            logs["val_selection"] = selection_score(auc, loss, monitor)
             lr = float(keras.ops.convert_to_numpy(self.model.optimizer.learning_rate))
             self.rows.append({"eval": epoch + 1, "loss": float(logs.get("loss", np.nan)), "val_slide_auc": auc,
                               "val_tile_loss": loss, "learning_rate": lr})
@@ -232,8 +319,8 @@ def _slide_auc_callback(val: SlideSet, input_px: int, batch_size: int, threshold
             if np.float32(logs["val_selection"]) > np.float32(self.best_selection):
                 self.best_selection = logs["val_selection"]
                 self.best, self.best_eval, self.best_weights = auc, epoch + 1, self.model.get_weights()
-            log(f"evaluation {epoch + 1}: loss {logs.get('loss', float('nan')):.4f}, validation slide AUC {auc:.3f} "
-                f"(best {self.best:.3f} at {self.best_eval}), lr {lr:.2g}")
+            log(f"evaluation {epoch + 1}: loss {logs.get('loss', float('nan')):.4f}, validation slide AUC {auc:.3f}, "
+                f"tile loss {loss:.4f} (best by {monitor} at {self.best_eval}), lr {lr:.2g}")
 
         def on_train_end(self, logs=None):
             if self.best_weights is not None:
@@ -258,7 +345,9 @@ def train_model(train: SlideSet, val: SlideSet, tcfg, threshold: float = 0.5, se
         raise ValueError(f"training needs tiles of both classes; got {n_tiles} tiles, labels {sorted(set(train.labels))}")
     if len(set(val.labels)) < 2:
         raise ValueError(f"validation needs slides of both classes for an AUC; got {sorted(set(val.labels))}")
-    steps_per_epoch = max(1, math.ceil(n_tiles / tcfg.batch_size))
+    replicas = strategy.num_replicas_in_sync if strategy is not None else 1
+    plan = batch_plan(tcfg.batch_size, replicas, tcfg.per_replica_batch)
+    steps_per_epoch = max(1, math.ceil(n_tiles / tcfg.batch_size))  # optimizer steps of the global batch
     steps_per_eval = max(1, math.ceil(steps_per_epoch / tcfg.evals_per_epoch))
     n_evals = max(1, math.ceil(tcfg.max_epochs * tcfg.evals_per_epoch))
     if tcfg.mixed_precision:
@@ -269,24 +358,22 @@ def train_model(train: SlideSet, val: SlideSet, tcfg, threshold: float = 0.5, se
         tf.config.experimental.enable_op_determinism()
     scope = strategy.scope() if strategy is not None else _null()
     with scope:
-        model = build_model(tcfg.architecture, tcfg.input_px, tcfg.learning_rate, seed)
-    ds = train_dataset(train, tcfg.input_px, tcfg.batch_size, seed, tcfg.cache_decoded, tcfg.max_tiles_per_slide,
+        model = build_model(tcfg.architecture, tcfg.input_px, tcfg.learning_rate, seed, plan.accumulation)
+    # one pass feeds pass_batch tiles (MirroredStrategy splits them over the replicas); `accumulation` passes a step
+    ds = train_dataset(train, tcfg.input_px, plan.pass_batch, seed, tcfg.cache_decoded, tcfg.max_tiles_per_slide,
                        tcfg.deterministic)
-    auc_cb = _slide_auc_callback(val, tcfg.input_px, max(tcfg.batch_size, 256), threshold, log)
-    callbacks = [
-        auc_cb,
-        keras.callbacks.ReduceLROnPlateau(monitor="val_selection", mode="max", factor=tcfg.reduce_lr_factor,
-                                          patience=tcfg.reduce_lr_patience, min_delta=0.0, verbose=0),
-        keras.callbacks.EarlyStopping(monitor="val_selection", mode="max", patience=tcfg.early_stop_patience,
-                                      min_delta=0.0, verbose=0),
-    ]
+    auc_cb = _slide_auc_callback(val, tcfg.input_px, max(tcfg.batch_size, 256), threshold, log, tcfg.monitor)
+    callbacks = [auc_cb, *schedule_callbacks(tcfg)]
     log(f"training {tcfg.architecture} at {tcfg.input_px} px on {len(train)} slides ({n_tiles} tiles), "
-        f"validating on {len(val)} slides every {steps_per_eval} steps, at most {n_evals} evaluations")
+        f"validating on {len(val)} slides every {steps_per_eval} steps, at most {n_evals} evaluations; "
+        f"batch {plan.global_batch} = {plan.per_replica} per replica x {plan.replicas} replicas x "
+        f"{plan.accumulation} accumulated passes; monitor {tcfg.monitor}")
     # the dataset is shuffled by tf.data; shuffle=False only tells Keras not to try
-    model.fit(ds, epochs=n_evals, steps_per_epoch=steps_per_eval, callbacks=callbacks, verbose=0, shuffle=False)
+    model.fit(ds, epochs=n_evals, steps_per_epoch=steps_per_eval * plan.accumulation, callbacks=callbacks, verbose=0,
+              shuffle=False)
     history = pd.DataFrame(auc_cb.rows)
     res = TrainResult(float(auc_cb.best), int(auc_cb.best_eval), len(history), len(train), int(n_tiles), len(val),
-                      time.perf_counter() - t0, history)
+                      time.perf_counter() - t0, history, tcfg.monitor, asdict(plan))
     return model, res
 
 

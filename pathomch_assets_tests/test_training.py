@@ -74,3 +74,83 @@ def test_paper_inception_v3_trains_a_few_steps(tmp_path):
     assert res.evals == 2 and 0.0 <= res.best_val_auc <= 1.0
     with pytest.raises(ValueError, match="input_px >= 75"):
         build_model("inception_v3", 64)
+
+
+# ---------------------------------------------------------------- the paper's batch (issue 16)
+@pytest.mark.parametrize("replicas, per_replica, accumulation", [(8, 18, 1), (1, 18, 8), (2, 18, 4), (3, 16, 3)])
+def test_paper_batch_per_replica_and_accumulation(replicas, per_replica, accumulation):
+    """144 tiles per step: 18 on each of 8 GPUs (paper), or accumulated passes on fewer devices."""
+    from pathomch_assets.training import batch_plan
+
+    plan = batch_plan(144, replicas, 18)
+    assert (plan.per_replica, plan.accumulation) == (per_replica, accumulation)
+    assert plan.per_replica * plan.replicas * plan.accumulation == 144 and plan.pass_batch * accumulation == 144
+
+
+def test_batch_without_per_replica_cap_is_one_pass_of_the_global_batch():
+    from pathomch_assets.training import batch_plan
+
+    assert batch_plan(64, 1).pass_batch == 64 and batch_plan(64, 1).accumulation == 1  # the demo, unchanged
+    assert batch_plan(32, 8).per_replica == 4 and batch_plan(32, 8).pass_batch == 32
+    with pytest.raises(ValueError, match="multiple of 5"):
+        batch_plan(144, 5, 18)
+
+
+def test_accumulated_passes_make_one_step_of_the_global_batch(tmp_path):
+    """One replica, per_replica_batch 4, batch_size 16: Adam applies one update per 4 passes of 4 tiles."""
+    train = make_slides(tmp_path, 4, lambda i: i % 2, seed=6)
+    val = make_slides(tmp_path, 2, lambda i: i % 2, seed=7)
+    cfg = TrainingConfig(architecture="small_cnn", input_px=32, batch_size=16, per_replica_batch=4,
+                         evals_per_epoch=1, max_epochs=2)
+    model, res = train_model(train, val, cfg, seed=0, log=lambda *_: None)
+    steps = res.evals * 3  # 48 training tiles / 16 per step
+    assert res.batch == {"global_batch": 16, "replicas": 1, "per_replica": 4, "accumulation": 4}
+    assert int(model.optimizer.iterations) == steps and int(model.optimizer._iterations) == 4 * steps
+
+
+# ---------------------------------------------------------------- training.monitor (issue 16)
+def drive_schedule(monitor, history):
+    """Keras' ReduceLROnPlateau and EarlyStopping, as train_model builds them, fed a constructed
+    validation history of (slide AUC, tile loss); returns (first decay, stop, best) evaluation."""
+    import keras
+
+    from pathomch_assets.training import schedule_callbacks, selection_score
+
+    cfg = TrainingConfig(monitor=monitor, reduce_lr_patience=3, early_stop_patience=6)
+    model = keras.Sequential([keras.Input((2,)), keras.layers.Dense(1)])
+    model.compile(optimizer=keras.optimizers.Adam(1e-3), loss="mse")
+    callbacks = schedule_callbacks(cfg)
+    for cb in callbacks:
+        cb.set_model(model)
+        cb.on_train_begin()
+    decay = stop = None
+    scores = []
+    for i, (auc, loss) in enumerate(history, start=1):
+        scores.append(selection_score(auc, loss, monitor))
+        for cb in callbacks:
+            cb.on_epoch_end(i - 1, {"val_selection": scores[-1]})
+        if decay is None and float(model.optimizer.learning_rate) < 1e-3:
+            decay = i
+        if model.stop_training:
+            stop = i
+            break
+    return decay, stop, int(np.argmax(scores)) + 1
+
+
+def test_monitor_changes_decay_stop_and_kept_evaluation():
+    # slide AUC keeps improving while the tile loss is best at evaluation 2 and then worsens
+    history = [(0.60 + 0.02 * i, 0.50 if i == 2 else 0.55 + 0.01 * i) for i in range(1, 13)]
+    assert drive_schedule("slide_auc", history) == (None, None, 12)
+    assert drive_schedule("tile_loss", history) == (5, 8, 2)  # the 3rd and 6th evaluation without a lower loss
+
+
+def test_tile_loss_monitor_in_a_tiny_training(tmp_path):
+    train = make_slides(tmp_path, 6, lambda i: i % 2, seed=8)
+    val = make_slides(tmp_path, 4, lambda i: i % 2, seed=9)
+    cfg = TrainingConfig(architecture="small_cnn", input_px=32, batch_size=16, evals_per_epoch=2,
+                         reduce_lr_patience=1, early_stop_patience=2, max_epochs=10, monitor="tile_loss")
+    _, res = train_model(train, val, cfg, seed=3, log=lambda *_: None)
+    h = res.history
+    assert res.monitor == "tile_loss"
+    assert res.best_eval == int(h["val_tile_loss"].idxmin()) + 1  # weights kept at the lowest tile loss
+    assert res.evals == len(h) and (res.evals == 20 or res.evals - res.best_eval == 2)
