@@ -182,8 +182,9 @@ def bootstrap_ci(tensor: np.ndarray, mask: np.ndarray, n_boot: int = BOOTSTRAP, 
     Neighbouring tiles are not independent (regions of a trait span many tiles), so resampling single
     tiles would make the interval too narrow; instead the tissue is cut into ``side`` x ``side`` blocks
     (the regions of :func:`spatial_test`) and blocks are drawn with replacement, their tiles pooled and
-    the HTI recomputed, ``n_boot`` times (``side=1``: the plain tile bootstrap).  One combination
-    everywhere gives [0, 0].
+    the HTI recomputed, ``n_boot`` times (``side=1``: the plain tile bootstrap).  The percentile interval
+    is widened to contain the slide's HTI where the entropy's skew puts it outside (an HTI near 0 or 1).
+    One combination everywhere gives [0, 0].
     """
     tensor, mask = np.asarray(tensor, bool), np.asarray(mask, bool)
     calls = tensor[:, mask].T
@@ -199,7 +200,8 @@ def bootstrap_ci(tensor: np.ndarray, mask: np.ndarray, n_boot: int = BOOTSTRAP, 
         pick = rng.integers(len(members), size=len(members))
         values[i] = hti_from_calls(calls[np.concatenate([members[b] for b in pick])])
     a = (1 - level) / 2
-    return float(np.quantile(values, a)), float(np.quantile(values, 1 - a))
+    h = hti_from_calls(calls)
+    return min(float(np.quantile(values, a)), h), max(float(np.quantile(values, 1 - a)), h)
 
 
 def robust_calls(soft: np.ndarray, mask: np.ndarray, threshold: float = 0.5) -> np.ndarray:
@@ -237,10 +239,11 @@ def hti_robust(soft: np.ndarray, mask: np.ndarray, threshold: float = 0.5) -> fl
     return hti_from_tensor(robust_calls(soft, mask, threshold), mask)
 
 
-def hti_stats(tensor: np.ndarray, mask: np.ndarray, soft: np.ndarray | None = None, n_boot: int = BOOTSTRAP,
-              permutations: int = PERMUTATIONS, seed: int = 0) -> dict:
+def hti_stats(tensor: np.ndarray, mask: np.ndarray, soft: np.ndarray | None = None, threshold: float = 0.5,
+              n_boot: int = BOOTSTRAP, permutations: int = PERMUTATIONS, seed: int = 0) -> dict:
     """Every per-slide HTI figure of one trait set: the paper's HTI, its CI, ``hta``'s index and spatial
-    p-value, the HTI normalised by combinations present, and the robust HTI (from ``soft`` calls when given)."""
+    p-value, the HTI normalised by combinations present, and the robust HTI (from ``soft`` calls and their
+    ``threshold`` when given, else from the hard calls: then equal to the HTI)."""
     tensor, mask = np.asarray(tensor, bool), np.asarray(mask, bool)
     calls = tensor[:, mask].T
     lo, hi = bootstrap_ci(tensor, mask, n_boot, seed=seed)
@@ -248,5 +251,5 @@ def hti_stats(tensor: np.ndarray, mask: np.ndarray, soft: np.ndarray | None = No
     return {"hti": hti_from_calls(calls), "ci_low": lo, "ci_high": hi, "hti_present": hti_present(calls),
             "hta": sp["hta"], "hta_random": sp["hta_random"], "p_spatial": sp["p_spatial"],
             "region_side": sp["region_side"],
-            "hti_robust": hti_robust(tensor.astype(float) if soft is None else soft, mask),
+            "hti_robust": hti_robust(tensor.astype(float) if soft is None else soft, mask, threshold),
             "n_combinations": int((combination_shares(calls) > 0).sum())}

@@ -5,6 +5,9 @@ out-of-distribution for both traits (never used to train or validate either mode
 primary (DX1) slide each.  Groups: HTI > 0.5 vs <= 0.5, and the contrast HTI > 0.7 vs <= 0.3;
 Kaplan-Meier curves with 95% confidence intervals and the log-rank test.  Baselines: bulk
 expression above vs below the median, per trait.  A Cox model takes HTI as a continuous covariate.
+Beyond the paper (issue 19): Harrell's concordance index of HTI, number-at-risk tables under every
+Kaplan-Meier plot, the same groupings by the robust HTI, and HTI by above/below-median expression
+(paper Figure 5b).
 """
 
 from __future__ import annotations
@@ -52,11 +55,26 @@ def logrank_groups(df: pd.DataFrame, high: pd.Series, low: pd.Series, grouping: 
 
 
 def hti_groupings(df: pd.DataFrame, split: float = 0.5, contrast_low: float = 0.3,
-                  contrast_high: float = 0.7) -> list[GroupTest]:
-    """HTI > ``split`` vs <= ``split``; HTI > ``contrast_high`` vs <= ``contrast_low``."""
-    h = df["hti"]
-    return [logrank_groups(df, h > split, h <= split, f"hti>{split:g} vs <={split:g}"),
-            logrank_groups(df, h > contrast_high, h <= contrast_low, f"hti>{contrast_high:g} vs <={contrast_low:g}")]
+                  contrast_high: float = 0.7, column: str = "hti") -> list[GroupTest]:
+    """HTI > ``split`` vs <= ``split``; HTI > ``contrast_high`` vs <= ``contrast_low`` (``column``: ``hti``
+    or ``hti_robust``, which names the groupings)."""
+    h = df[column]
+    return [logrank_groups(df, h > split, h <= split, f"{column}>{split:g} vs <={split:g}"),
+            logrank_groups(df, h > contrast_high, h <= contrast_low,
+                           f"{column}>{contrast_high:g} vs <={contrast_low:g}")]
+
+
+def concordance(df: pd.DataFrame, column: str = "hti") -> tuple[float, int]:
+    """Harrell's C of ``column`` as a risk score (lifelines ``concordance_index``) and the patients used.
+
+    Above 0.5: patients with a higher HTI die sooner; 0.5: no information.  NaN below 5 patients or 2 events.
+    """
+    from lifelines.utils import concordance_index
+
+    d = df[["os_months", "os_event", column]].dropna()
+    if len(d) < 5 or d["os_event"].sum() < 2 or d[column].nunique() < 2:
+        return float("nan"), len(d)
+    return float(concordance_index(d["os_months"], -d[column], d["os_event"])), len(d)
 
 
 def expression_groupings(df: pd.DataFrame, traits: list[str]) -> list[GroupTest]:
@@ -77,34 +95,62 @@ class CoxResult:
     n: int
 
 
-def cox_hti(df: pd.DataFrame) -> CoxResult:
+def cox_hti(df: pd.DataFrame, column: str = "hti") -> CoxResult:
     """Cox proportional hazards with HTI (0-1) as the only covariate; HR per unit HTI."""
     from lifelines import CoxPHFitter
 
-    d = df[["os_months", "os_event", "hti"]].dropna()
-    if len(d) < 5 or d["hti"].nunique() < 2 or d["os_event"].sum() < 2:
+    d = df[["os_months", "os_event", column]].dropna()
+    if len(d) < 5 or d[column].nunique() < 2 or d["os_event"].sum() < 2:
         return CoxResult(np.nan, np.nan, np.nan, np.nan, len(d))
     cph = CoxPHFitter().fit(d, duration_col="os_months", event_col="os_event")
-    s = cph.summary.loc["hti"]
+    s = cph.summary.loc[column]
     return CoxResult(float(s["exp(coef)"]), float(s["p"]), float(s["exp(coef) lower 95%"]),
                      float(s["exp(coef) upper 95%"]), len(d))
 
 
-def plot_km(test: GroupTest, ax=None, labels=("low", "high")):
-    """Kaplan-Meier curves with 95% CI for the two groups of ``test``; returns the axes."""
+def plot_km(test: GroupTest, ax=None, labels=("low", "high"), at_risk: bool = True):
+    """Kaplan-Meier curves with 95% CI for the two groups of ``test``, with the number at risk (and censored,
+    events) under the plot (lifelines ``add_at_risk_counts``); returns the axes."""
     import matplotlib.pyplot as plt
     from lifelines import KaplanMeierFitter
+    from lifelines.plotting import add_at_risk_counts
 
     if ax is None:
         ax = plt.gca()
+    fitters = []
     for g, name, colour in ((0, labels[0], "tab:blue"), (1, labels[1], "tab:red")):
         d = test.data[test.data["group"] == g]
         if len(d):
-            KaplanMeierFitter().fit(d["os_months"], d["os_event"], label=f"{name} (n={len(d)})").plot_survival_function(
-                ax=ax, ci_show=True, color=colour)
+            km = KaplanMeierFitter().fit(d["os_months"], d["os_event"], label=f"{name} (n={len(d)})")
+            km.plot_survival_function(ax=ax, ci_show=True, color=colour)
+            fitters.append(km)
     ax.set_title(f"{test.grouping}\nlog-rank p = {test.logrank_p:.3g}", fontsize=8)
     ax.set_xlabel("months")
     ax.set_ylabel("overall survival")
     ax.set_ylim(0, 1.05)
     ax.legend(fontsize=7)
+    if at_risk and fitters:
+        add_at_risk_counts(*fitters, labels=[labels[i] for i in range(2) if (test.data["group"] == i).any()],
+                           ax=ax, fontsize=6)
     return ax
+
+
+def plot_hti_by_expression(df: pd.DataFrame, traits: list[str], column: str = "hti"):
+    """HTI of patients with bulk expression above vs at or below the median, per trait (paper Figure 5b),
+    with a Mann-Whitney p-value each; returns the figure."""
+    import matplotlib.pyplot as plt
+    from scipy.stats import mannwhitneyu
+
+    fig, axes = plt.subplots(1, len(traits), figsize=(3.2 * len(traits), 3), squeeze=False, sharey=True)
+    for ax, t in zip(axes[0], traits):
+        q = df[f"percentile_{t}"]
+        low, high = df.loc[q <= 50, column].dropna().to_numpy(), df.loc[q > 50, column].dropna().to_numpy()
+        p = mannwhitneyu(high, low).pvalue if len(low) and len(high) else np.nan
+        box = ax.boxplot([low, high], patch_artist=True, widths=0.6)
+        for patch, colour in zip(box["boxes"], ("#9ecae1", "#fc9272")):
+            patch.set_facecolor(colour)
+        ax.set_xticks([1, 2], [f"<= median\n(n={len(low)})", f"> median\n(n={len(high)})"], fontsize=7)
+        ax.set_title(f"{t} expression\nMann-Whitney p = {p:.3g}", fontsize=8)
+    axes[0][0].set_ylabel(column.replace("_", " "))
+    fig.tight_layout()
+    return fig

@@ -48,3 +48,57 @@ def test_survival_set_is_test_plus_ood_for_both_traits_and_never_trained_on():
     assert s == {"p1", "p2"}  # p1 test; p2 OOD for both; p3 labelled for B; p4 validation
     assert leaked_patients(s, labels, splits, ["A", "B"]) == set()
     assert leaked_patients({"p3"}, labels, splits, ["A", "B"]) == {"p3"}
+
+
+def test_concordance_matches_lifelines_and_reads_as_risk():
+    from lifelines.utils import concordance_index
+
+    from pathomch_assets.survival import concordance
+
+    df = frame(effect=2.5, seed=2)
+    c, n = concordance(df)
+    assert n == len(df) and c == pytest.approx(concordance_index(df.os_months, -df.hti, df.os_event))
+    assert c > 0.6  # higher HTI, shorter survival: concordant
+    assert concordance(frame(effect=0.0, seed=3))[0] == pytest.approx(0.5, abs=0.1)
+    assert np.isnan(concordance(df.head(3))[0])
+
+
+def test_robust_groupings_are_named_by_their_column():
+    from pathomch_assets.survival import hti_groupings
+
+    df = frame().assign(hti_robust=lambda d: d.hti.clip(0, 0.6))
+    split, contrast = hti_groupings(df, column="hti_robust")
+    assert split.grouping == "hti_robust>0.5 vs <=0.5" and split.n_high == (df.hti_robust > 0.5).sum()
+    assert contrast.n_high == 0
+
+
+def test_kaplan_meier_has_number_at_risk_table():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from pathomch_assets.survival import plot_km
+
+    df = frame()
+    split, _ = hti_groupings(df)
+    fig, ax = plt.subplots()
+    plot_km(split, ax=ax)
+    table = fig.axes[1]  # lifelines' at-risk table: one tick label per time, group blocks of at risk/censored/events
+    import re
+
+    first = table.get_xticklabels()[0].get_text()
+    assert [int(n) for n in re.findall(r"At risk\s+(\d+)", first)] == [split.n_low, split.n_high]  # all at time 0
+    later = [int(v) for v in table.get_xticklabels()[1].get_text().split()]
+    assert later[0] < split.n_low  # fewer at risk later on
+    plt.close(fig)
+
+
+def test_hti_by_expression_figure_counts_patients():
+    from pathomch_assets.survival import plot_hti_by_expression
+
+    df = frame().assign(percentile_B=lambda d: 100 - d.percentile_A)
+    fig = plot_hti_by_expression(df, ["A", "B"])
+    ticks = [t.get_text() for t in fig.axes[0].get_xticklabels()]
+    assert ticks == [f"<= median\n(n={(df.percentile_A <= 50).sum()})", f"> median\n(n={(df.percentile_A > 50).sum()})"]
+    assert "Mann-Whitney p" in fig.axes[1].get_title()

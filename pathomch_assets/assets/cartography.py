@@ -1,13 +1,16 @@
 """Tensor molecular cartography and HTI per slide (SPEC 3.8-3.9)."""
 
+import zlib
+
 import dagster as dg
 import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 
-from ..cartography import Cartography, build_cartography, heterogeneity_png, plot_heterogeneity_map, write_geojson
+from ..cartography import (Cartography, build_cartography, combination_names, heterogeneity_png,
+                           plot_heterogeneity_map, write_geojson)
 from ..config import PathomchConfig
-from ..heterogeneity import hti_from_calls
+from ..heterogeneity import BOOTSTRAP, PERMUTATIONS, combination_codes, hti_from_calls, hti_stats, robust_calls
 from ..partitions import SLIDES, by_cohort
 from ..reporting import figure_file, md_table
 from ..resources import PathomchResource
@@ -36,9 +39,64 @@ def cartography_file(cfg: PathomchConfig, cohort: str, slide_id: str, ext: str =
 
 
 def slide_calls(cfg: PathomchConfig, cohort: str, slide_id: str) -> pd.DataFrame | None:
-    """Ensemble tile calls of one slide (``col, row, trait, call``), or None if it has none."""
+    """Ensemble tile calls of one slide (``col, row, trait, call`` and, where scoring wrote them, ``votes``
+    and the members' mean probability ``p``), or None if it has none."""
     path = slide_calls_path(cfg, cohort, slide_id)
-    return read_parquet(path, columns=["col", "row", "trait", "call"]) if path.exists() else None
+    if not path.exists():
+        return None
+    df = read_parquet(path)
+    return df[[c for c in ("col", "row", "trait", "call", "votes", "p") if c in df.columns]]
+
+
+def soft_calls(cfg: PathomchConfig, calls: pd.DataFrame, carto: Cartography) -> tuple[np.ndarray, float]:
+    """The ensemble's soft calls on the grid (traits x rows x cols) and the threshold that gives its hard calls.
+
+    The members' mean probability ``p`` where scoring stored it (threshold ``ensemble.threshold``), else the
+    share of members voting positive (threshold halfway between ``min_votes - 1`` and ``min_votes`` votes),
+    else the hard calls themselves.
+    """
+    soft = carto.tensor.astype(float)
+    column, threshold = None, 0.5
+    if "p" in calls.columns and calls["p"].notna().all():
+        column, threshold = "p", cfg.ensemble.threshold
+    elif "votes" in calls.columns and calls["votes"].notna().all():
+        column, threshold = "votes", (cfg.ensemble.min_votes - 0.5) / cfg.ensemble.size
+    if column:
+        for k, trait in enumerate(carto.traits):
+            t = calls[calls["trait"] == trait]
+            values = t[column].to_numpy(float) / (cfg.ensemble.size if column == "votes" else 1.0)
+            soft[k, t["row"].to_numpy(), t["col"].to_numpy()] = values
+    return soft, threshold
+
+
+def hti_settings(cfg: PathomchConfig) -> dict:
+    """Settings behind the HTI statistics (part of the cartography and survival code versions)."""
+    return {"bootstrap": BOOTSTRAP, "permutations": PERMUTATIONS, "robust": "confidence-weighted 3x3 v1",
+            "ensemble": cfg.ensemble.model_dump(mode="json")}
+
+
+def set_results(cohort: str, sid: str, tset: list[str], sub: Cartography, soft: np.ndarray,
+                threshold: float) -> tuple[dict, dict, pd.DataFrame]:
+    """The ``hti``, ``hti_stats`` rows and the ``hti_combinations`` rows of one slide and trait set."""
+    c = sub.calls()
+    stats = hti_stats(sub.tensor, sub.mask, soft, threshold, seed=zlib.crc32(f"{sid}|{'+'.join(tset)}".encode()))
+    rc = robust_calls(soft, sub.mask, threshold)[:, sub.mask].T
+    key = {"cohort": cohort, "traits": "+".join(tset), "slide_id": sid, "patient_id": sid[:12]}
+    n_tiles = int(sub.mask.sum())
+    hti_row = {**key, "hti": stats["hti"], "n_tiles": n_tiles, "n_positive": int(c.any(axis=1).sum())}
+    stats_row = {**key, **{k: stats[k] for k in ("hti", "ci_low", "ci_high", "hti_robust", "p_spatial", "hta",
+                                                 "hta_random", "hti_present", "n_combinations", "region_side")},
+                 "n_tiles": n_tiles}
+    n_comb = 2 ** len(tset)
+    counts = np.bincount(combination_codes(c), minlength=n_comb) if len(c) else np.zeros(n_comb, int)
+    rcounts = np.bincount(combination_codes(rc), minlength=n_comb) if len(rc) else np.zeros(n_comb, int)
+    pos, rpos = counts[1:].sum(), rcounts[1:].sum()
+    names = ["none"] + combination_names(tset)
+    combos = pd.DataFrame({**key, "combination": names, "n_tiles": counts,
+                           "share": [np.nan] + [v / pos if pos else 0.0 for v in counts[1:]],
+                           "tissue_share": counts / max(n_tiles, 1),
+                           "share_robust": [np.nan] + [v / rpos if rpos else 0.0 for v in rcounts[1:]]})
+    return hti_row, stats_row, combos
 
 
 def analysis_settings(cfg: PathomchConfig) -> dict:
@@ -49,16 +107,20 @@ def analysis_settings(cfg: PathomchConfig) -> dict:
 def build(cfg: PathomchConfig, slide_predictions_asset, trait_model_asset, ensemble_asset):
     @dg.asset(
         partitions_def=SLIDES, backfill_policy=dg.BackfillPolicy.single_run(), group_name="cartography",
-        kinds={"numpy", "geojson"}, code_version=code_version(cfg.tiling.tile_px, analysis_settings(cfg)),
+        kinds={"numpy", "geojson"},
+        code_version=code_version(cfg.tiling.tile_px, analysis_settings(cfg), hti_settings(cfg)),
         deps=[slide_predictions_asset, *model_deps(trait_model_asset, ensemble_asset)],
         description="Per slide: the tensor molecular cartography (traits x rows x cols ensemble tile calls "
         "with a tissue mask, .npz), a heterogeneity map (.png, with a legend of trait combinations), a QuPath "
-        "GeoJSON of the tile calls, and the HTI of each analysed trait set (`hti` table). Maps of a sample of "
-        "slides are shown here.",
+        "GeoJSON of the tile calls, and the HTI of each analysed trait set (`hti` table). Beside the paper's HTI "
+        "(`hti_stats`): a block-bootstrap 95% CI, a spatial p-value against random placement of the same calls "
+        "(`p_spatial`, after the authors' hta package), the HTI normalised by combinations present as hta does, "
+        "and a robust HTI where unsure tile calls are decided by their neighbours; the share of each trait "
+        "combination per slide (`hti_combinations`). Maps of a sample of slides are shown here.",
     )
     def slide_cartography(context: dg.AssetExecutionContext, pathomch: PathomchResource) -> dg.MaterializeResult:
         cfg, store = pathomch.get_config(), pathomch.get_store()
-        gallery, rows_all, skipped = [], [], 0
+        gallery, rows_all, stats_all, skipped = [], [], [], 0
         for cohort, sids in by_cohort(context.partition_keys).items():
             traits = cfg.cohorts[cohort].traits
             sets = analysis_sets(cfg, cohort, store)
@@ -66,7 +128,8 @@ def build(cfg: PathomchConfig, slide_predictions_asset, trait_model_asset, ensem
             for sid in sids:
                 g = slide_calls(cfg, cohort, sid)
                 if g is None:
-                    store.delete("hti", f"{cohort}/{sid}")
+                    for table in ("hti", "hti_stats", "hti_combinations"):
+                        store.delete(table, f"{cohort}/{sid}")
                     for ext in ("npz", "geojson", "png"):
                         cartography_file(cfg, cohort, sid, ext).unlink(missing_ok=True)
                     skipped += 1
@@ -76,38 +139,45 @@ def build(cfg: PathomchConfig, slide_predictions_asset, trait_model_asset, ensem
                 s = slides.loc[sid]
                 level0_px = cfg.tiling.tile_px * float(s["base_magnification"]) / cfg.tiling.magnification
                 write_geojson(carto, cartography_file(cfg, cohort, sid, "geojson"), level0_px, sid)
-                rows = []
+                soft, threshold = soft_calls(cfg, g, carto)
+                rows, stats, combos = [], [], []
                 for tset in sets:
                     idx = [traits.index(t) for t in tset]
-                    sub = Cartography(tset, carto.tensor[idx], carto.mask)
-                    c = sub.calls()
-                    rows.append({"cohort": cohort, "traits": "+".join(tset), "slide_id": sid, "patient_id": sid[:12],
-                                 "hti": hti_from_calls(c), "n_tiles": int(carto.mask.sum()),
-                                 "n_positive": int(c.any(axis=1).sum())})
+                    h, st, cb = set_results(cohort, sid, tset, Cartography(tset, carto.tensor[idx], carto.mask),
+                                            soft[idx], threshold)
+                    rows.append(h)
+                    stats.append(st)
+                    combos.append(cb)
                 store.write("hti", f"{cohort}/{sid}", pd.DataFrame(rows))
+                store.write("hti_stats", f"{cohort}/{sid}", pd.DataFrame(stats))
+                store.write("hti_combinations", f"{cohort}/{sid}", pd.concat(combos, ignore_index=True))
+                stats_all.extend(stats)
                 first = Cartography(sets[0], carto.tensor[[traits.index(t) for t in sets[0]]], carto.mask)
                 heterogeneity_png(first, cartography_file(cfg, cohort, sid, "png"), title=f"{sid}  HTI {rows[0]['hti']:.2f}")
                 rows_all.extend(rows)
                 if len(gallery) < 6:
-                    gallery.append((sid, first, rows[0]["hti"]))
+                    gallery.append((sid, first, stats[0]))
         store.ensure_views()
         hti = pd.DataFrame(rows_all)
         meta = {"slides_mapped": int(hti["slide_id"].nunique()) if len(hti) else 0, "slides_without_calls": skipped}
         if len(hti):
             meta["hti_summary"] = md_table(hti.groupby(["cohort", "traits"])["hti"].describe().reset_index())
+            meta["hti_stats_summary"] = md_table(stats_summary(pd.DataFrame(stats_all)))
             meta["dagster/row_count"] = len(hti)
         if gallery:
             fig, axes = plt.subplots(2, 3, figsize=(11, 6))
             for ax in axes.flat:
                 ax.axis("off")
-            for ax, (sid, carto, h) in zip(axes.flat, gallery):
-                plot_heterogeneity_map(carto, sid[:23], h, ax=ax)
+            for ax, (sid, carto, st) in zip(axes.flat, gallery):
+                plot_heterogeneity_map(carto, f"{sid[:23]}\n95% CI [{st['ci_low']:.2f}, {st['ci_high']:.2f}], robust "
+                                       f"{st['hti_robust']:.2f}, spatial p {st['p_spatial']:.2g}", st["hti"], ax=ax)
             fig.tight_layout()
             meta.update(figure_file(fig, cfg.output_root / "figures" / "heterogeneity_maps" / f"{context.run.run_id}.png",
                                     "heterogeneity_maps", cfg.output_root))
         if len(hti) and hti["slide_id"].nunique() == 1:
             cohort, sid = hti["cohort"].iloc[0], hti["slide_id"].iloc[0]
             meta["map"] = dg.MetadataValue.path(str(cartography_file(cfg, cohort, sid, "png")))
+            meta["hti_stats"] = md_table(pd.DataFrame(stats_all).drop(columns=["cohort", "slide_id", "patient_id"]))
         return dg.MaterializeResult(metadata=meta)
 
     @dg.asset_check(asset=slide_cartography, description="Every HTI lies in [0, 1].")
@@ -116,4 +186,27 @@ def build(cfg: PathomchConfig, slide_predictions_asset, trait_model_asset, ensem
         bad = hti[(hti["hti"] < 0) | (hti["hti"] > 1) | hti["hti"].isna()]
         return dg.AssetCheckResult(passed=bad.empty, metadata={"rows": len(hti), "out_of_range": len(bad)})
 
-    return [slide_cartography], [hti_within_unit_interval]
+    @dg.asset_check(asset=slide_cartography, description="The combination shares of every slide and trait set "
+                    "with a positive tile sum to 1, and its CI contains its HTI.")
+    def hti_shares_and_intervals(pathomch: PathomchResource) -> dg.AssetCheckResult:
+        store = pathomch.get_store()
+        sums = store.query("SELECT cohort, traits, slide_id, sum(share) s, sum(tissue_share) t FROM hti_combinations "
+                           "GROUP BY ALL")
+        bad_sums = sums[((sums["s"] - 1).abs() > 1e-9) & (sums["s"] > 0) | ((sums["t"] - 1).abs() > 1e-9)]
+        st = store.read("hti_stats")
+        bad_ci = st[(st["ci_low"] > st["hti"] + 1e-9) | (st["ci_high"] < st["hti"] - 1e-9)]
+        return dg.AssetCheckResult(passed=bad_sums.empty and bad_ci.empty,
+                                   metadata={"slides": len(sums), "shares_not_summing_to_1": len(bad_sums),
+                                             "hti_outside_ci": len(bad_ci)})
+
+    return [slide_cartography], [hti_within_unit_interval, hti_shares_and_intervals]
+
+
+def stats_summary(stats: pd.DataFrame) -> pd.DataFrame:
+    """Per cohort and trait set: mean HTI and robust HTI, median CI width, share of slides with spatial p < 0.05."""
+    if stats.empty:
+        return stats
+    return stats.groupby(["cohort", "traits"]).agg(
+        slides=("slide_id", "size"), hti_mean=("hti", "mean"), hti_robust_mean=("hti_robust", "mean"),
+        ci_width_median=("ci_high", lambda s: float((s - stats.loc[s.index, "ci_low"]).median())),
+        spatial_p_below_005=("p_spatial", lambda s: float((s < 0.05).mean()))).reset_index()
