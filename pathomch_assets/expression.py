@@ -4,8 +4,9 @@
   separated, first column ``gene_id`` = ``SYMBOL|EntrezID``, then aliquot barcodes, ``NA`` missing.
 - PanCanAtlas miRNA (``pancanMiRs_EBadjOnProtocolPlatformWithoutRepsWithUnCorrectMiRs_08_04_16.csv``):
   comma separated, ``Genes``, ``Correction``, then aliquot barcodes.
-- cBioPortal ``data_clinical_patient.txt``: tab separated, ``#`` header lines, ``PATIENT_ID``,
-  ``OS_STATUS``, ``OS_MONTHS``.
+- cBioPortal ``data_clinical_patient.txt`` of the "TCGA, Firehose Legacy" studies (the paper's) or the
+  PanCanAtlas 2018 studies: tab separated, ``#`` header lines, ``PATIENT_ID``, ``OS_STATUS``,
+  ``OS_MONTHS``; or the Firehose Legacy BCR table (``VITAL_STATUS``, days to death or last follow-up).
 
 The expression files are streamed: the header is read once, then only the lines of the wanted
 genes are split, and only primary-tumour (sample type ``01``) columns are kept, so a 1.9 GB
@@ -225,14 +226,34 @@ def _long(tab: ExpressionTable, names: dict[str, str]) -> pd.DataFrame:
 class ClinicalTable:
     patients: pd.DataFrame  # patient_id, os_months, os_event, er_status, subtype
     problems: list[str] = field(default_factory=list)  # rows left out, each naming file and line
+    layout: str = "cBioPortal OS_STATUS/OS_MONTHS"  # which survival columns were read
+    missing_columns: list[str] = field(default_factory=list)  # configured ER/subtype columns the file lacks
 
 
+#: OS status spellings: cBioPortal since 2020 (``1:DECEASED``), Firehose Legacy and PanCanAtlas 2018 downloads
+#: before that (``DECEASED``/``LIVING``), TCGA BCR vital status (``Dead``/``Alive``); compared upper-cased
 _STATUS = {"1:DECEASED": 1, "DECEASED": 1, "0:LIVING": 0, "LIVING": 0, "1": 1, "0": 0, "DEAD": 1, "ALIVE": 0}
+#: days per month for survival given in days (TCGA BCR ``DAYS_TO_DEATH``/``DAYS_TO_LAST_FOLLOWUP``)
+DAYS_PER_MONTH = 365.25 / 12
+#: other names of the patient id column (TCGA BCR biotab files, the Firehose Legacy study's BCR table)
+_PATIENT_ALIASES = ("PATIENT_ID", "BCR_PATIENT_BARCODE")
 
 
 def read_clinical(path: str | Path, er_column: str = "ER_STATUS_BY_IHC", subtype_column: str = "SUBTYPE") -> ClinicalTable:
     """Read a cBioPortal clinical patient table; rows with NA or negative survival are left out
-    and listed in ``problems``; a wrong header raises :class:`ExpressionFormatError`."""
+    and listed in ``problems``; a wrong header raises :class:`ExpressionFormatError`.
+
+    Layouts (``layout`` says which was read; column names are matched case-insensitively):
+
+    - cBioPortal ``data_clinical_patient.txt`` of the "TCGA, Firehose Legacy" studies (``brca_tcga``,
+      ``luad_tcga``, the paper's) and of the PanCanAtlas 2018 studies: ``PATIENT_ID``, ``OS_STATUS``
+      (``1:DECEASED``/``0:LIVING``, or ``DECEASED``/``LIVING`` in older downloads), ``OS_MONTHS``.
+      PanCanAtlas adds ``SUBTYPE`` (``BRCA_LumA``, ...); Firehose Legacy patient tables have no PAM50 column.
+    - The Firehose Legacy study's ``data_bcr_clinical_data_patient.txt`` (and TCGA BCR biotabs), when the
+      ``OS_`` columns are absent: ``VITAL_STATUS`` (``Dead``/``Alive``) with ``DAYS_TO_DEATH`` or
+      ``DAYS_TO_LAST_FOLLOWUP``, in days (months = days / 30.44); biotab header continuation rows
+      (``CDE_ID:...``) are skipped.
+    """
     path = Path(path)
     problems: list[str] = []
     with _decoding_errors(path), open_text(path) as fh:
@@ -241,37 +262,43 @@ def read_clinical(path: str | Path, er_column: str = "ER_STATUS_BY_IHC", subtype
         raise ExpressionFormatError(f"{path}: no header line (expected PATIENT_ID, OS_STATUS, OS_MONTHS)")
     hline, header_text = lines[0]
     header = header_text.rstrip("\r\n").split("\t")
-    need = ["PATIENT_ID", "OS_STATUS", "OS_MONTHS"]
-    missing = [c for c in need if c not in header]
+    upper = [h.strip().upper() for h in header]
+    ix = {c: i for i, c in reversed(list(enumerate(upper)))}  # first occurrence wins
+    pid_col = next((a for a in _PATIENT_ALIASES if a in ix), None)
+    if {"OS_STATUS", "OS_MONTHS"} <= ix.keys() or pid_col is None or "VITAL_STATUS" not in ix:
+        layout = "cBioPortal OS_STATUS/OS_MONTHS"
+        need = ["PATIENT_ID", "OS_STATUS", "OS_MONTHS"]
+        missing = [c for c in need if c not in ix and not (c == "PATIENT_ID" and pid_col)]
+    else:
+        layout = "TCGA BCR VITAL_STATUS/DAYS_TO_DEATH/DAYS_TO_LAST_FOLLOWUP"
+        missing = [] if {"DAYS_TO_DEATH", "DAYS_TO_LAST_FOLLOWUP"} & ix.keys() else ["DAYS_TO_DEATH",
+                                                                                   "DAYS_TO_LAST_FOLLOWUP"]
     if missing:
-        raise ExpressionFormatError(f"{path}: line {hline}: expected columns {need} in the tab-separated "
-                                    f"cBioPortal header, missing {missing}")
-    ix = {c: header.index(c) for c in header}
+        raise ExpressionFormatError(f"{path}: line {hline}: expected columns ['PATIENT_ID', 'OS_STATUS', 'OS_MONTHS'] "
+                                    f"in the tab-separated cBioPortal header (or VITAL_STATUS with DAYS_TO_DEATH/"
+                                    f"DAYS_TO_LAST_FOLLOWUP), missing {missing}")
+    er_i, sub_i = ix.get(er_column.upper()), ix.get(subtype_column.upper())
+    absent = [c for c, i in ((er_column, er_i), (subtype_column, sub_i)) if i is None]
     rows = []
     for lineno, text in lines[1:]:
         f = text.rstrip("\r\n").split("\t")
         if len(f) != len(header):
             problems.append(f"{path}: line {lineno}: expected {len(header)} fields, found {len(f)}; row left out")
             continue
-        pid, status, months = f[ix["PATIENT_ID"]].strip(), f[ix["OS_STATUS"]].strip(), f[ix["OS_MONTHS"]].strip()
-        if status in NA_STRINGS or months in NA_STRINGS:
-            problems.append(f"{path}: line {lineno}: {pid} has no OS_STATUS/OS_MONTHS; left out of survival")
+        pid = f[ix[pid_col]].strip()
+        if pid.startswith("CDE_ID:") or pid.upper() == pid_col or pid == header[ix[pid_col]].strip():
+            continue  # biotab header continuation (CDE names and ids)
+        if layout.startswith("cBioPortal"):
+            parsed = _os_columns(f[ix["OS_STATUS"]].strip(), f[ix["OS_MONTHS"]].strip(), pid)
+        else:
+            parsed = _vital_status(f, ix, pid)
+        if isinstance(parsed, str):
+            problems.append(f"{path}: line {lineno}: {parsed}")
             continue
-        if status.upper() not in _STATUS:
-            problems.append(f"{path}: line {lineno}: OS_STATUS {status!r} is not 1:DECEASED/0:LIVING; row left out")
-            continue
-        try:
-            t = float(months)
-        except ValueError:
-            problems.append(f"{path}: line {lineno}: OS_MONTHS {months!r} is not a number; row left out")
-            continue
-        if not np.isfinite(t) or t < 0:
-            problems.append(f"{path}: line {lineno}: OS_MONTHS {months} is {'negative' if t < 0 else 'not finite'}; "
-                            f"row left out")
-            continue
-        er = f[ix[er_column]].strip() if er_column in ix else ""
-        sub = f[ix[subtype_column]].strip() if subtype_column in ix else ""
-        rows.append((pid, t, _STATUS[status.upper()], None if er in NA_STRINGS else er,
+        t, event = parsed
+        er = f[er_i].strip() if er_i is not None else ""
+        sub = f[sub_i].strip() if sub_i is not None else ""
+        rows.append((pid, t, event, None if er in NA_STRINGS else er,
                      None if sub in NA_STRINGS else sub.removeprefix("BRCA_").removeprefix("LUAD_")))
     if not rows:
         shown = "\n  ".join(problems[:5]) + (f"\n  ... and {len(problems) - 5} more" if len(problems) > 5 else "")
@@ -281,4 +308,38 @@ def read_clinical(path: str | Path, er_column: str = "ER_STATUS_BY_IHC", subtype
     dup = df["patient_id"].duplicated(keep="first")
     for pid in df.loc[dup, "patient_id"]:
         problems.append(f"{path}: patient {pid} appears more than once; the first row is used")
-    return ClinicalTable(df[~dup].reset_index(drop=True), problems)
+    return ClinicalTable(df[~dup].reset_index(drop=True), problems, layout, absent)
+
+
+def _months(value: str, what: str, pid: str, scale: float = 1.0) -> float | str:
+    try:
+        t = float(value)
+    except ValueError:
+        return f"{what} {value!r} is not a number; row left out"
+    if not np.isfinite(t) or t < 0:
+        return f"{what} {value} is {'negative' if t < 0 else 'not finite'}; row left out"
+    return t / scale
+
+
+def _os_columns(status: str, months: str, pid: str) -> tuple[float, int] | str:
+    if status in NA_STRINGS or months in NA_STRINGS:
+        return f"{pid} has no OS_STATUS/OS_MONTHS; left out of survival"
+    if status.upper() not in _STATUS:
+        return f"OS_STATUS {status!r} is not 1:DECEASED/0:LIVING (or DECEASED/LIVING); row left out"
+    t = _months(months, "OS_MONTHS", pid)
+    return t if isinstance(t, str) else (t, _STATUS[status.upper()])
+
+
+def _vital_status(f: list[str], ix: dict[str, int], pid: str) -> tuple[float, int] | str:
+    status = f[ix["VITAL_STATUS"]].strip()
+    if status in NA_STRINGS:
+        return f"{pid} has no VITAL_STATUS; left out of survival"
+    if status.upper() not in _STATUS:
+        return f"VITAL_STATUS {status!r} is not Dead/Alive; row left out"
+    event = _STATUS[status.upper()]
+    column = "DAYS_TO_DEATH" if event else "DAYS_TO_LAST_FOLLOWUP"
+    days = f[ix[column]].strip() if column in ix else ""
+    if days in NA_STRINGS:
+        return f"{pid} is {status} without {column}; left out of survival"
+    t = _months(days, column, pid, DAYS_PER_MONTH)
+    return t if isinstance(t, str) else (t, event)

@@ -62,6 +62,12 @@ def manifest_totals(manifest: str | Path) -> tuple[int, int]:
     return len(df), int(df["size"].sum())
 
 
+def manifest_patients(manifest: str | Path) -> int:
+    """Patients of a GDC manifest (TCGA ids: the first 12 characters of the file name).  Every diagnostic
+    slide is tiled and trained on (SPEC 2), so sizing counts slides; this is for the report."""
+    return pd.read_csv(manifest, sep="\t")["filename"].str[:12].nunique()
+
+
 def size_cohort(cfg: PathomchConfig, cohort: str, slides: int, slide_bytes: int, rates: Rates,
                 tiles_per_slide: float, epochs: float, tiling_workers: int, accelerators: int) -> dict:
     """One row of the sizing table."""
@@ -93,11 +99,12 @@ def sizing_table(cfg: PathomchConfig, rates: Rates, **assumptions) -> pd.DataFra
         if c.manifest is None:
             raise ValueError(f"cohorts.{name}: sizing counts slides from its GDC manifest; none configured")
         slides, nbytes = manifest_totals(c.manifest)
-        rows.append(size_cohort(cfg, name, slides, nbytes, rates, **a))
+        row = size_cohort(cfg, name, slides, nbytes, rates, **a)
+        rows.append({"cohort": name, "patients": manifest_patients(c.manifest), **row})
     table = pd.DataFrame(rows)
     total = table.drop(columns="cohort").sum().to_dict()
     table = pd.concat([table, pd.DataFrame([{"cohort": "total", **total}])], ignore_index=True)
-    return table.astype({"slides": int, "models": int})
+    return table.astype({"patients": int, "slides": int, "models": int})
 
 
 def report(cfg: PathomchConfig, bench: str | Path, **kwargs) -> str:

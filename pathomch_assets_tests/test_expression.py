@@ -1,6 +1,7 @@
 """Expression and clinical tables in the real PanCanAtlas and cBioPortal layouts."""
 
 import numpy as np
+import pandas as pd
 import pytest
 
 from pathomch_assets.expression import (MIRNA, MRNA, ExpressionFormatError, read_clinical, read_expression,
@@ -133,3 +134,68 @@ def test_clinical_without_survival_columns_names_the_file(tmp_path):
     p.write_text("#x\nPATIENT_ID\tAGE\nTCGA-A1-A0SB\t50\n")
     with pytest.raises(ExpressionFormatError, match=r"data_clinical_patient.txt: line 2: .*missing \['OS_STATUS'"):
         read_clinical(p)
+
+
+# the same four patients as the three layouts the paper's and today's cBioPortal downloads give
+PANCAN = """#Patient Identifier\tOverall Survival Status\tOverall Survival (Months)\tER\tSubtype
+#Identifier\tStatus\tMonths\tER\tSubtype
+#STRING\tSTRING\tNUMBER\tSTRING\tSTRING
+#1\t1\t1\t1\t1
+PATIENT_ID\tOS_STATUS\tOS_MONTHS\tER_STATUS_BY_IHC\tSUBTYPE
+TCGA-A1-A0SB\t1:DECEASED\t12.5\tPositive\tBRCA_LumA
+TCGA-A2-A04P\t0:LIVING\t40\tNegative\tBRCA_Basal
+TCGA-BH-A0E9\t0:LIVING\t[Not Available]\tPositive\tBRCA_LumB
+TCGA-E2-A15K\t1:DECEASED\t3.25\t[Not Available]\tBRCA_Her2
+"""
+# brca_tcga (Firehose Legacy) data_clinical_patient.txt: other columns first, older status spelling, no PAM50
+FIREHOSE = """#Other Patient ID\tPatient Identifier\tDiagnosis Age\tER Status By IHC\tOverall Survival (Months)\tOverall Survival Status
+#x\tx\tx\tx\tx\tx
+#STRING\tSTRING\tNUMBER\tSTRING\tNUMBER\tSTRING
+#1\t1\t1\t1\t1\t1
+OTHER_PATIENT_ID\tPATIENT_ID\tAGE\tER_STATUS_BY_IHC\tOS_MONTHS\tOS_STATUS
+6E7D5EC6\tTCGA-A1-A0SB\t70\tPositive\t12.5\tDECEASED
+55262FCB\tTCGA-A2-A04P\t36\tNegative\t40\tLIVING
+427D0648\tTCGA-BH-A0E9\t62\tPositive\t[Not Available]\tLIVING
+A9E1D7B2\tTCGA-E2-A15K\t57\t[Not Available]\t3.25\tDECEASED
+"""
+# brca_tcga (Firehose Legacy) data_bcr_clinical_data_patient.txt: vital status and days (months x 30.4375)
+FIREHOSE_BCR = """#Patient Identifier\tVital Status\tDays to Death\tDays to Last Followup\tER Status By IHC
+#x\tx\tx\tx\tx
+#STRING\tSTRING\tNUMBER\tNUMBER\tSTRING
+#1\t1\t1\t1\t1
+PATIENT_ID\tVITAL_STATUS\tDAYS_TO_DEATH\tDAYS_TO_LAST_FOLLOWUP\tER_STATUS_BY_IHC
+TCGA-A1-A0SB\tDead\t380.46875\t[Not Applicable]\tPositive
+TCGA-A2-A04P\tAlive\t[Not Applicable]\t1217.5\tNegative
+TCGA-BH-A0E9\tAlive\t[Not Applicable]\t[Not Available]\tPositive
+TCGA-E2-A15K\tDead\t98.921875\t[Not Applicable]\t[Not Available]
+"""
+
+
+def test_firehose_legacy_and_pancanatlas_give_the_same_survival(tmp_path):
+    tables = {}
+    for name, text in (("pancan", PANCAN), ("firehose", FIREHOSE), ("bcr", FIREHOSE_BCR)):
+        (tmp_path / name).mkdir()
+        p = tmp_path / name / "data_clinical_patient.txt"
+        p.write_text(text)
+        tables[name] = read_clinical(p)
+    cols = ["patient_id", "os_months", "os_event", "er_status"]
+    want = tables["pancan"].patients[cols]
+    assert want["patient_id"].tolist() == ["TCGA-A1-A0SB", "TCGA-A2-A04P", "TCGA-E2-A15K"]
+    for name in ("firehose", "bcr"):
+        got = tables[name].patients[cols]
+        pd.testing.assert_frame_equal(got, want, check_exact=False, rtol=1e-9)
+        assert len(tables[name].problems) == 1 and "TCGA-BH-A0E9" in tables[name].problems[0]
+    assert tables["pancan"].patients["subtype"].tolist() == ["LumA", "Basal", "Her2"]
+    assert tables["firehose"].patients["subtype"].isna().all() and tables["firehose"].missing_columns == ["SUBTYPE"]
+    assert tables["bcr"].layout.startswith("TCGA BCR") and tables["firehose"].layout.startswith("cBioPortal")
+
+
+def test_bcr_biotab_header_rows_are_skipped(tmp_path):
+    p = tmp_path / "nationwidechildrens.org_clinical_patient_brca.txt"
+    p.write_text("bcr_patient_barcode\tvital_status\tdays_to_death\tdays_to_last_followup\n"
+                 "bcr_patient_barcode\tvital_status\tdays_to_death\tdays_to_last_followup\n"
+                 "CDE_ID:2003301\tCDE_ID:5\tCDE_ID:3165475\tCDE_ID:3008273\n"
+                 "TCGA-A1-A0SB\tDead\t365.25\t[Not Applicable]\n")
+    tab = read_clinical(p)
+    assert tab.patients[["patient_id", "os_months", "os_event"]].values.tolist() == [["TCGA-A1-A0SB", 12.0, 1]]
+    assert not tab.problems

@@ -53,3 +53,15 @@ def test_gpu_measurements_replace_the_cpu_rates(tmp_path):
     (tmp_path / "r.json").write_text(json.dumps(results))
     rates = Rates.from_bench(tmp_path / "r.json")
     assert (rates.train_tiles_per_s, rates.infer_tiles_per_s, rates.device) == (450.0, 1350.0, "GPU X, mixed_float16")
+
+
+def test_sizing_command_counts_every_diagnostic_slide_of_the_paper(capsys, monkeypatch):
+    """`pathomch sizing --config deploy/pathomch.tcga.yaml`: 761 BRCA and 469 LUAD slides (paper, Methods)
+    of 703 and 410 patients: every diagnostic slide, not one per patient."""
+    from pathomch_assets.cli import main
+
+    monkeypatch.chdir(REPO)
+    assert main(["sizing", "--config", str(PAPER)]) == 0
+    rows = {line.split("|")[1].strip(): [c.strip() for c in line.split("|")[2:4]]
+            for line in capsys.readouterr().out.splitlines() if line.startswith("| ") and "cohort" not in line}
+    assert rows["brca"] == ["703", "761"] and rows["luad"] == ["410", "469"] and rows["total"] == ["1113", "1230"]
