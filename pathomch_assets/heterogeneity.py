@@ -191,14 +191,19 @@ def bootstrap_ci(tensor: np.ndarray, mask: np.ndarray, n_boot: int = BOOTSTRAP, 
     if calls.shape[0] == 0:
         return 0.0, 0.0
     side = side or region_side(calls.shape[0])
-    blocks = _region_ids(mask, side)
-    _, blocks = np.unique(blocks, return_inverse=True)
-    members = [np.flatnonzero(blocks == b) for b in range(blocks.max() + 1)]
+    _, blocks = np.unique(_region_ids(mask, side), return_inverse=True)
+    n_blocks, n_comb = int(blocks.max()) + 1, 2 ** calls.shape[1] - 1
+    per_block = np.zeros((n_blocks, n_comb + 1))
+    np.add.at(per_block, (blocks, combination_codes(calls)), 1)
     rng = np.random.default_rng(seed)
-    values = np.empty(n_boot)
-    for i in range(n_boot):
-        pick = rng.integers(len(members), size=len(members))
-        values[i] = hti_from_calls(calls[np.concatenate([members[b] for b in pick])])
+    picks = rng.integers(n_blocks, size=(n_boot, n_blocks))
+    times = np.zeros((n_boot, n_blocks))
+    np.add.at(times, (np.arange(n_boot)[:, None], picks), 1)
+    counts = (times @ per_block)[:, 1:]  # combination counts of each resample
+    total = counts.sum(axis=1, keepdims=True)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        p = np.where(total > 0, counts / total, 0.0)
+        values = -np.where(p > 0, p * np.log(p), 0.0).sum(axis=1) / np.log(n_comb) if n_comb > 1 else np.zeros(n_boot)
     a = (1 - level) / 2
     h = hti_from_calls(calls)
     return min(float(np.quantile(values, a)), h), max(float(np.quantile(values, 1 - a)), h)
