@@ -36,21 +36,52 @@ def same_test_set(splits: pd.DataFrame) -> dg.AssetCheckResult:
                                description="; ".join(bad) if bad else None)
 
 
-def label_balance(labels: pd.DataFrame, splits: pd.DataFrame) -> dg.AssetCheckResult:
-    """Both classes present among labelled patients in train, val and test of every round."""
+def label_balance(labels: pd.DataFrame, splits: pd.DataFrame, ensemble_size: int = 3) -> dg.AssetCheckResult:
+    """Both classes present among labelled patients in train, val and test of every round.
+
+    Not blocking: a (trait, round) whose train or validation split lacks a class is excluded from that
+    trait's ensemble by ``trait_model`` and the rest goes on (a warning here); a trait left with fewer
+    such rounds than ``ensemble_size``, or whose test set lacks a class, cannot be evaluated (an error
+    naming it, though other traits still run).
+    """
     lab = labels[labels["subset"] == "labeled"].merge(splits, on=["cohort", "patient_id"])
     counts = lab.pivot_table(index=["cohort", "trait", "round", "split"], columns="label", values="patient_id",
                              aggfunc="count", fill_value=0)
     for cls in (0, 1):
         if cls not in counts.columns:
             counts[cls] = 0
+    # every (trait, round, split), also those without a single labelled patient
+    full = pd.MultiIndex.from_tuples(
+        [(c, t, r, sp) for c, t in labels[["cohort", "trait"]].drop_duplicates().itertuples(index=False)
+         for r in sorted(splits.loc[splits["cohort"] == c, "round"].unique()) for sp in ("train", "val", "test")],
+        names=["cohort", "trait", "round", "split"])
+    counts = counts.reindex(full, fill_value=0) if len(full) else counts
     counts = counts.rename(columns={0: "low", 1: "high"}).reset_index()
-    bad = counts[(counts["low"] == 0) | (counts["high"] == 0)]
+    if counts.empty:
+        return dg.AssetCheckResult(passed=False, metadata={"missing_class": 0},
+                                   description="no labelled patient in any split: materialize labels and splits")
+    counts["ok"] = (counts["low"] > 0) & (counts["high"] > 0)
+    fit = counts[counts["split"].isin(["train", "val"])].groupby(["cohort", "trait", "round"])["ok"].all()
+    rounds = splits["round"].nunique()
+    usable = fit.groupby(["cohort", "trait"]).sum()
+    test_ok = counts[counts["split"] == "test"].groupby(["cohort", "trait"])["ok"].all()
+    excluded = [f"{c}/{t} round {r}" for (c, t, r), ok in fit.items() if not ok]
+    failing = [f"{c}/{t} ({n} of {rounds} rounds usable, ensemble.size {ensemble_size})"
+               for (c, t), n in usable.items() if n < ensemble_size]
+    failing += [f"{c}/{t} (its test set lacks a class)" for (c, t), ok in test_ok.items() if not ok]
+    parts = []
+    if excluded:
+        parts.append(f"train or validation lacks a class, so these rounds are excluded from their trait's ensemble "
+                     f"(other rounds and traits go on): {', '.join(excluded)}")
+    if failing:
+        parts.append(f"these traits cannot be evaluated: {', '.join(failing)}; add patients or raise "
+                     f"splits.val_fraction/test_fraction")
+    severity = dg.AssetCheckSeverity.ERROR if failing else dg.AssetCheckSeverity.WARN
     return dg.AssetCheckResult(
-        passed=bad.empty and not counts.empty,
-        metadata={"missing_class": len(bad), "counts": md_table(counts.query("round == 0"))},
-        description=None if bad.empty else "a split lacks one class: " + ", ".join(
-            f"{r.cohort}/{r.trait} round {r.round} {r.split}" for r in bad.head(8).itertuples()))
+        passed=not parts, severity=severity,
+        metadata={"missing_class": int((~counts["ok"]).sum()), "excluded_rounds": len(excluded),
+                  "traits_failing": len(failing), "counts": md_table(counts.query("round == 0").drop(columns="ok"))},
+        description=". ".join(parts) or None)
 
 
 def build(splits_asset, labels_asset):
@@ -64,10 +95,13 @@ def build(splits_asset, labels_asset):
     def test_set_same_every_round(context, pathomch: PathomchResource) -> dg.AssetCheckResult:
         return same_test_set(_read(pathomch, "splits", context))
 
-    @dg.asset_check(asset=labels_asset, blocking=True,
-                    description="Both label classes are present in train, validation and test of every round.")
+    @dg.asset_check(asset=labels_asset, blocking=False,
+                    description="Both label classes are present in train, validation and test of every round. "
+                    "Not blocking: a round lacking a class is excluded from its trait's ensemble (warning); a "
+                    "trait with too few usable rounds fails alone at `ensemble` (error here).")
     def label_classes_present(context, pathomch: PathomchResource) -> dg.AssetCheckResult:
-        return label_balance(_read(pathomch, "labels", context), _read(pathomch, "splits", context))
+        return label_balance(_read(pathomch, "labels", context), _read(pathomch, "splits", context),
+                             pathomch.get_config().ensemble.size)
 
     return [no_patient_in_two_splits, test_set_same_every_round, label_classes_present]
 
@@ -82,9 +116,13 @@ def min_tiles(slides: pd.DataFrame, minimum: int) -> dg.AssetCheckResult:
         description=None if low.empty else "few tiles: " + ", ".join(low["slide_id"].head(10)))
 
 
-def better_than_chance(metrics: pd.DataFrame) -> dg.AssetCheckResult:
+def better_than_chance(metrics: pd.DataFrame, excluded: pd.DataFrame | None = None) -> dg.AssetCheckResult:
+    """Validation AUC above 0.5 for every trained round; ``excluded`` (``model_rounds`` rows) rounds have no model."""
     val = metrics[metrics["eval_set"] == "val"]
     bad = val[~(val["auc"] > 0.5)]
+    if val.empty and excluded is not None and len(excluded):
+        return dg.AssetCheckResult(passed=True, severity=dg.AssetCheckSeverity.WARN, metadata={"models": 0},
+                                   description="no model: excluded (" + "; ".join(excluded["reason"].astype(str)) + ")")
     return dg.AssetCheckResult(
         passed=bad.empty and not val.empty, severity=dg.AssetCheckSeverity.WARN,
         metadata={"models": len(val), "val_auc_min": float(val["auc"].min()) if len(val) else float("nan")},
@@ -108,9 +146,10 @@ def build_slide_and_model_checks(slide_tiles_asset, trait_model_asset):
         if target and round_name:
             cohort, _, trait = target.partition("/")
             m = store.read("model_metrics", "cohort = ? AND trait = ? AND model = ?", [cohort, trait, round_name])
-        else:
-            m = store.read("model_metrics", "model LIKE 'round_%'")
-        return better_than_chance(m)
+            excluded = store.read("model_rounds", "cohort = ? AND trait = ? AND model = ? AND status = 'excluded'",
+                                  [cohort, trait, round_name])
+            return better_than_chance(m, excluded)
+        return better_than_chance(store.read("model_metrics", "model LIKE 'round_%'"))
 
     return [minimum_tiles_per_slide, model_better_than_chance]
 

@@ -79,12 +79,73 @@ def evaluation_sets(labels: pd.DataFrame, splits: pd.DataFrame, round_: int | No
 
 
 def metrics_rows(scores: pd.DataFrame, sets: dict[str, pd.DataFrame]) -> pd.DataFrame:
-    """AUC per evaluation set; ``scores`` has ``patient_id, score`` (one primary slide each)."""
+    """Slide-level AUC per evaluation set (SPEC 3.5): ``scores`` has ``patient_id, score``, one row per
+    slide (a patient with two diagnostic slides counts twice, each slide with the patient's label)."""
     rows = []
     for name, truth in sets.items():
         m = truth.merge(scores, on="patient_id").dropna(subset=["score"])
-        rows.append({"eval_set": name, "auc": slide_auc(m["label"], m["score"]), "n_slides": len(m)})
+        rows.append({"eval_set": name, "auc": slide_auc(m["label"], m["score"]), "n_slides": len(m),
+                     "n_patients": m["patient_id"].nunique()})
     return pd.DataFrame(rows)
+
+
+#: the ``model`` of the Table 1 rows summarising the rounds (not ``round_...``: ``LIKE 'round_%'`` must not match)
+ROUNDS_MEAN = "mean_of_rounds"
+
+
+def rounds_summary(metrics: pd.DataFrame) -> pd.DataFrame:
+    """Per evaluation set, the mean AUC of the trained rounds with its min-max range (paper Table 1: test
+    5-run mean).  ``metrics``: ``model_metrics`` rows of one trait; rounds without an AUC are left out.
+
+    Examples
+    --------
+    >>> m = pd.DataFrame({"model": ["round_0", "round_1", "round_2", "ensemble"], "eval_set": ["test"] * 4,
+    ...                   "auc": [0.6, 0.8, 0.7, 0.9], "n_slides": [10] * 4})
+    >>> rounds_summary(m)[["eval_set", "auc", "auc_min", "auc_max", "n_models"]].round(2).values.tolist()
+    [['test', 0.7, 0.6, 0.8, 3]]
+    """
+    r = metrics[metrics["model"].str.startswith("round_")].dropna(subset=["auc"])
+    rows = [{"model": ROUNDS_MEAN, "eval_set": name, "auc": float(g["auc"].mean()), "auc_min": float(g["auc"].min()),
+             "auc_max": float(g["auc"].max()), "n_models": int(g["model"].nunique()),
+             "n_slides": int(g["n_slides"].max())} for name, g in r.groupby("eval_set", sort=False)]
+    return pd.DataFrame(rows, columns=["model", "eval_set", "auc", "auc_min", "auc_max", "n_models", "n_slides"])
+
+
+def missing_class(rows: pd.DataFrame, splits=("train", "val")) -> str | None:
+    """Why a round cannot be trained or validated, or ``None``: a split of ``rows`` (labelled slides of one
+    trait and round: ``split, label, patient_id, slide_id``) without both classes.
+
+    Examples
+    --------
+    >>> df = pd.DataFrame({"split": ["train", "train", "val", "val"], "label": [0, 1, 1, 1],
+    ...                    "patient_id": list("abcd"), "slide_id": list("abcd")})
+    >>> missing_class(df)
+    'the val split has only high (label 1) patients (2 patients, 2 slides)'
+    """
+    problems = []
+    for split in splits:
+        g = rows[rows["split"] == split]
+        classes = set(g["label"].astype(int))
+        if len(classes) < 2:
+            has = "no labelled" if not classes else f"only {'high (label 1)' if 1 in classes else 'low (label 0)'}"
+            problems.append(f"the {split} split has {has} patients ({g['patient_id'].nunique()} patients, "
+                            f"{g['slide_id'].nunique()} slides)")
+    return "; ".join(problems) or None
+
+
+def exclusion_advice(cohort: str, trait: str, model: str, reason: str) -> str:
+    """The warning for a round left out of its trait's ensemble: which, why, and what to change."""
+    return (f"{cohort}/{trait} {model} is excluded from the ensemble: {reason}. The cohort is too small for "
+            f"this split: add patients, raise splits.val_fraction (now too few labelled patients land in "
+            f"validation), or widen labels.low_percentile/high_percentile; other rounds and traits go on")
+
+
+def too_few_rounds(cohort: str, trait: str, usable: list[str], excluded: dict[str, str], size: int) -> str:
+    """The failure message of a trait left with fewer usable rounds than ``ensemble.size``."""
+    why = "; ".join(f"{m}: {r}" for m, r in sorted(excluded.items()))
+    return (f"{cohort}/{trait}: only {len(usable)} usable rounds ({', '.join(usable) or 'none'}) but ensemble.size is "
+            f"{size}; excluded: {why}. Add patients, raise splits.val_fraction or splits.rounds, or lower "
+            f"ensemble.size/min_votes for this deployment; the other traits are not affected")
 
 
 def bh_fdr(p_values) -> np.ndarray:

@@ -288,8 +288,15 @@ def check_manifest_entry(ref: SlideRef) -> str | None:
     return None
 
 
+def usable_slides(slides: pd.DataFrame) -> pd.DataFrame:
+    """Every usable slide (``status == 'ok'``; non-diagnostic slides are 'skipped' at tiling), sorted by
+    cohort and slide id: all of them are trained on and scored, each with its patient's label (SPEC 2)."""
+    ok = slides[slides["status"] == "ok"]
+    return ok.sort_values(["cohort", "slide_id"]).reset_index(drop=True)
+
+
 def primary_slides(slides: pd.DataFrame) -> pd.DataFrame:
-    """One usable slide per patient: the DX1 slide, else the lowest DX number (SPEC 2).
+    """One usable slide per patient: the DX1 slide, else the lowest DX number (SPEC 2: survival only).
 
     ``slides`` has ``cohort, slide_id, patient_id, status``; only ``status == 'ok'`` counts.
     """

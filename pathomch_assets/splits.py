@@ -55,3 +55,25 @@ def leakage(splits: pd.DataFrame) -> pd.DataFrame:
     """Patients in more than one split within a round (should be empty)."""
     n = splits.groupby(["round", "patient_id"])["split"].nunique()
     return n[n > 1].reset_index()
+
+
+def split_counts(splits: pd.DataFrame, slides: pd.DataFrame, labels: pd.DataFrame | None = None) -> pd.DataFrame:
+    """Patients and slides per round and split (``split_counts`` table rows).
+
+    ``splits``: ``round, patient_id, split``; ``slides``: the usable slides (``patient_id, slide_id``).
+    Without ``labels``: every patient (``subset`` 'all', no trait or label).  With ``labels`` (one
+    cohort's ``labels`` table): the labelled patients per trait and label (``subset`` 'labeled').
+    """
+    per_patient = slides.groupby("patient_id")["slide_id"].nunique().rename("n_slides").reset_index()
+    sp = splits[["round", "patient_id", "split"]].merge(per_patient, on="patient_id", how="left").fillna({"n_slides": 0})
+    if labels is None:
+        keys, frame = ["round", "split"], sp
+    else:
+        lab = labels[labels["subset"] == "labeled"][["trait", "patient_id", "label"]]
+        keys, frame = ["round", "split", "trait", "label"], sp.merge(lab, on="patient_id")
+    out = frame.groupby(keys).agg(n_patients=("patient_id", "nunique"), n_slides=("n_slides", "sum")).reset_index()
+    out["subset"] = "all" if labels is None else "labeled"
+    for col in ("trait", "label"):
+        if col not in out.columns:
+            out[col] = None
+    return out[["round", "split", "subset", "trait", "label", "n_patients", "n_slides"]]

@@ -77,3 +77,39 @@ def test_evaluation_sets_and_metrics():
     scores = pd.DataFrame({"patient_id": list("abcdefgh"), "score": [90, 10, 80, 20, 0, 0, 30, 70]})
     m = metrics_rows(scores, sets).set_index("eval_set")
     assert m.loc["test", "auc"] == 1.0 and m.loc["ood_all", "auc"] == 0.0 and m.loc["val", "n_slides"] == 2
+
+
+def test_auc_is_over_slides_each_with_its_patients_label():
+    """A patient with two slides counts twice (SPEC 3.5: slide-level AUC over slides, as in the paper)."""
+    sets = {"test": pd.DataFrame({"patient_id": ["a", "b", "c"], "label": [1, 0, 0]})}
+    # a has a high-scoring DX1 and a low-scoring DX2; per slide 2 of the 6 (positive, negative) pairs are wrong
+    scores = pd.DataFrame({"patient_id": ["a", "a", "b", "c"], "score": [90.0, 5.0, 10.0, 20.0]})
+    m = metrics_rows(scores, sets).set_index("eval_set")
+    assert (m.loc["test", "n_slides"], m.loc["test", "n_patients"]) == (4, 3)
+    assert m.loc["test", "auc"] == pytest.approx(slide_auc([1, 1, 0, 0], [90, 5, 10, 20])) == 0.5
+
+
+def test_rounds_mean_and_range_for_table_1():
+    from pathomch_assets.evaluation import ROUNDS_MEAN, rounds_summary
+
+    m = pd.DataFrame({"model": ["round_0", "round_1", "round_3", "ensemble", "round_0", "round_1", "round_3"],
+                      "eval_set": ["test"] * 4 + ["val"] * 3, "auc": [0.7, 0.9, 0.8, 0.95, 0.6, np.nan, 0.8],
+                      "n_slides": [10, 10, 10, 10, 5, 5, 5]})
+    r = rounds_summary(m).set_index("eval_set")
+    assert r.loc["test", ["auc", "auc_min", "auc_max", "n_models"]].tolist() == pytest.approx([0.8, 0.7, 0.9, 3])
+    assert r.loc["val", "n_models"] == 2 and r.loc["val", "auc"] == pytest.approx(0.7)  # a NaN AUC is left out
+    assert set(r["model"]) == {ROUNDS_MEAN} and not ROUNDS_MEAN.startswith("round")
+
+
+def test_missing_class_names_the_split_and_counts():
+    from pathomch_assets.evaluation import exclusion_advice, missing_class, too_few_rounds
+
+    rows = pd.DataFrame({"split": ["train", "train", "val", "val", "val"], "label": [0, 1, 0, 0, 0],
+                         "patient_id": ["a", "b", "c", "d", "d"], "slide_id": ["a1", "b1", "c1", "d1", "d2"]})
+    assert missing_class(rows) == "the val split has only low (label 0) patients (2 patients, 3 slides)"
+    assert missing_class(rows.assign(label=[0, 1, 0, 1, 1])) is None
+    assert "no labelled patients" in missing_class(rows[rows.split == "train"])
+    msg = exclusion_advice("c", "T", "round_2", "why")
+    assert "c/T round_2 is excluded" in msg and "splits.val_fraction" in msg
+    msg = too_few_rounds("c", "T", ["round_0", "round_1"], {"round_2": "x"}, 3)
+    assert "only 2 usable rounds" in msg and "ensemble.size is 3" in msg and "round_2: x" in msg

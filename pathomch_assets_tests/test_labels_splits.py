@@ -70,3 +70,38 @@ def test_checks_catch_leakage_and_missing_classes():
                            "subset": "labeled"})
     assert label_balance(labels, s).passed
     assert not label_balance(labels.assign(label=1), s).passed
+
+
+
+def test_split_counts_of_patients_and_slides():
+    from pathomch_assets.splits import split_counts
+
+    s = pd.DataFrame({"round": 0, "patient_id": ["a", "b", "c", "d"], "split": ["train", "train", "val", "test"]})
+    slides = pd.DataFrame({"patient_id": ["a", "a", "b", "c", "d"], "slide_id": ["a1", "a2", "b1", "c1", "d1"]})
+    allc = split_counts(s, slides).set_index("split")
+    assert allc.loc["train", ["n_patients", "n_slides"]].tolist() == [2, 3] and set(allc["subset"]) == {"all"}
+    labels = pd.DataFrame({"trait": "T", "patient_id": ["a", "b", "c"], "label": [1, 0, 1],
+                           "subset": ["labeled", "labeled", "ood_all"]})
+    lab = split_counts(s, slides, labels).set_index(["split", "label"])
+    assert lab.loc[("train", 1), ["n_patients", "n_slides"]].tolist() == [1, 2] and len(lab) == 2
+
+
+def test_missing_class_in_a_round_is_a_warning_too_few_rounds_an_error():
+    """Small cohorts: one trait's validation lacks a class in two rounds. Not blocking (the check is
+    declared non-blocking); a warning naming the rounds while 3 usable rounds remain, an error naming the
+    trait when fewer remain than ensemble.size."""
+    import dagster as dg
+
+    pids = patients(40)
+    s = assign_splits(pids, seed=1, test_fraction=0.2, val_fraction=0.2).assign(cohort="c")
+    labels = pd.DataFrame({"cohort": "c", "patient_id": pids, "label": [i % 2 for i in range(40)],
+                           "subset": "labeled"})
+    labels = pd.concat([labels.assign(trait="A"), labels.assign(trait="B")])
+    val = s[(s.split == "val") & s["round"].isin([1, 3])]
+    # trait A: every validation patient of rounds 1 and 3 is high
+    hide = labels.trait.eq("A") & labels.patient_id.isin(val.patient_id) & labels.label.eq(0)
+    res = label_balance(labels[~hide], s)
+    assert not res.passed and res.severity == dg.AssetCheckSeverity.WARN
+    assert "c/A round 1" in res.description and "c/A round 3" in res.description and "c/B" not in res.description
+    res = label_balance(labels[~hide], s, ensemble_size=4)
+    assert res.severity == dg.AssetCheckSeverity.ERROR and "c/A (3 of 5 rounds usable, ensemble.size 4)" in res.description

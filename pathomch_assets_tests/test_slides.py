@@ -6,7 +6,8 @@ import pandas as pd
 import pytest
 
 from pathomch_assets.slides import (SlideError, base_magnification, choose_level, discover_slides, open_slide,
-                                    patient_id, primary_slides, read_gdc_manifest, slide_id_from_path, slide_info)
+                                    patient_id, primary_slides, read_gdc_manifest, slide_id_from_path, slide_info,
+                                    usable_slides)
 from pathomch_assets.tiling import TilingParams, tile_slide
 
 from .conftest import FIXTURES, OPENSLIDE
@@ -117,3 +118,20 @@ def test_primary_slide_is_dx1():
     df["patient_id"] = df.slide_id.str[:12]
     p = primary_slides(df)
     assert p.slide_id.tolist() == ["TCGA-AA-0001-01Z-00-DX1.y", "TCGA-AA-0002-01Z-00-DX3.z"]
+
+
+def test_every_diagnostic_slide_is_used_and_dx1_only_for_survival(tmp_path):
+    """A patient with DX1 and DX2 slides: both are training/scoring slides, only DX1 is the survival slide."""
+    from pathomch_assets.assets.molecular import survival_slides, training_slides
+    from pathomch_assets.storage import TableStore
+
+    ids = ["TCGA-AA-0001-01Z-00-DX2.x", "TCGA-AA-0001-01Z-00-DX1.y", "TCGA-AA-0002-01Z-00-DX1.z",
+           "TCGA-AA-0003-01Z-00-DX1.w", "TCGA-AA-0002-01A-01-TS1.t"]
+    df = pd.DataFrame({"cohort": "c", "slide_id": ids, "path": "p", "status": ["ok", "ok", "ok", "error", "skipped"],
+                       "error": None})
+    df["patient_id"] = df.slide_id.str[:12]
+    assert usable_slides(df).slide_id.tolist() == sorted(ids[:3])
+    store = TableStore(tmp_path / "tables", tmp_path / "db.duckdb")
+    store.write("slides", "c", df)
+    assert training_slides(store, "c").slide_id.tolist() == sorted(ids[:3])
+    assert survival_slides(store, "c").slide_id.tolist() == ["TCGA-AA-0001-01Z-00-DX1.y", "TCGA-AA-0002-01Z-00-DX1.z"]
