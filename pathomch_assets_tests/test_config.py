@@ -124,3 +124,17 @@ def test_duckdb_file_must_be_local(minimal, tmp_path):
     text = minimal.read_text().replace("duckdb_path: out/p.duckdb", "duckdb_path: s3://b/p.duckdb")
     with pytest.raises(ConfigError, match=r"bad.yaml[\s\S]*duckdb_path: .*must be a local file"):
         load_config(write(tmp_path, text, "bad.yaml"))
+
+
+def test_monitor_and_batch_settings(minimal, tmp_path):
+    """training.monitor defaults to slide_auc; the paper config trains with 144 tiles, 18 per replica."""
+    from pathlib import Path
+
+    cfg = load_config(minimal)
+    assert (cfg.training.monitor, cfg.training.batch_size, cfg.training.per_replica_batch) == ("slide_auc", 32, None)
+    bad = write(tmp_path, MINIMAL + "training:\n  monitor: val_loss\n", "bad.yaml")
+    with pytest.raises(ConfigError, match=r"bad.yaml[\s\S]*training.monitor"):
+        load_config(bad)
+    paper = load_config(Path(__file__).resolve().parents[1] / "deploy" / "pathomch.tcga.yaml", check_files=False)
+    assert (paper.training.batch_size, paper.training.per_replica_batch) == (144, 18)
+    assert all(c.clinical.parent.name in ("brca_tcga", "luad_tcga") for c in paper.cohorts.values())  # Firehose Legacy
