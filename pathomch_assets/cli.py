@@ -97,6 +97,40 @@ def cmd_sql(args) -> int:
     return 0
 
 
+#: slides that are usable but have no HTI row yet: tiled and not yet mapped, or whose run failed after tiling
+UNMAPPED_SQL = """select s.cohort, s.slide_id, 'no HTI yet' as status, 'tiled, but not scored and mapped' as error
+from slides s where s.status = 'ok' and not exists
+  (select 1 from hti h where h.cohort = s.cohort and h.slide_id = s.slide_id)"""
+
+
+def cmd_status(args) -> int:
+    """Which slides are not processed, and why: `slides` rows that are not ok, usable slides without an
+    HTI, and slides whose runs failed until the new-slide sensor gave up (with the run's error)."""
+    import pandas as pd
+
+    from .runner import instance_for
+    from .sensors import unprocessed_slides
+    from .storage import TableStore
+
+    cfg = load_config(args.config, check_files=False)
+    store = TableStore(cfg.tables_dir, cfg.duckdb_path)
+    frames = [store.query("select cohort, slide_id, status, error from slides where status <> 'ok'"),
+              store.query(UNMAPPED_SQL)]
+    failed = unprocessed_slides(instance_for(cfg))
+    if failed:
+        frames.append(pd.DataFrame([{"cohort": f["partition_key"].partition("/")[0],
+                                     "slide_id": f["partition_key"].partition("/")[2],
+                                     "status": "run failed", "error": f"{f['error']} (run {f['run_id']})"}
+                                    for f in failed]))
+    out = pd.concat([f for f in frames if len(f)], ignore_index=True) if any(len(f) for f in frames) else None
+    if out is None:
+        print("every slide is processed")
+        return 0
+    print(out.to_markdown(index=False, tablefmt="psql"))
+    print(f"({len(out)} slides not processed)")
+    return 0
+
+
 def cmd_sizing(args) -> int:
     from .sizing import report
 
@@ -132,6 +166,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--tiling-workers", type=int)
     p.add_argument("--accelerators", type=int, help="training devices working in parallel")
     p.set_defaults(func=cmd_sizing)
+    p = sub.add_parser("status", help="slides that are not processed, and why")
+    p.add_argument("--config", help=f"YAML configuration (default: ${ENV_VAR} or the demo)")
+    p.set_defaults(func=cmd_status)
     p = sub.add_parser("sql", help="run a SQL query against the result tables")
     p.add_argument("query")
     p.add_argument("--config", help=f"YAML configuration (default: ${ENV_VAR} or the demo)")

@@ -52,7 +52,7 @@ def test_sensor_adds_new_slides_once(small_demo, tmp_path):
             instance.add_dynamic_partitions(SLIDES.name, ["brca/TCGA-ZZ-0001-01Z-00-DX1.new"])
             shutil.copy(OPENSLIDE / "unreadable.svs", new)  # same name, new content
             fourth = sensor(dg.build_sensor_context(instance=instance, cursor=third.cursor))
-            assert [r.tags["pathomch/reason"] for r in fourth.run_requests] == ["slide changed (new MD5)"]
+            assert [r.tags["pathomch/reason"] for r in fourth.run_requests] == ["slide changed (new size/mtime)"]
         finally:
             new.unlink()
         fifth = sensor(dg.build_sensor_context(instance=instance, cursor=fourth.cursor))
