@@ -72,6 +72,8 @@ def hti_from_tensor(tensor: np.ndarray, mask: np.ndarray | None = None) -> float
 #: bootstrap resamples for the HTI confidence interval, permutations for the spatial p-value
 BOOTSTRAP = 200
 PERMUTATIONS = 199
+#: robust HTI: how far an unsure tile's soft call moves towards its neighbourhood's (0 none, 1 all the way)
+NEIGHBOUR_WEIGHT = 0.5
 
 
 def combination_shares(calls: np.ndarray) -> np.ndarray:
@@ -209,17 +211,20 @@ def bootstrap_ci(tensor: np.ndarray, mask: np.ndarray, n_boot: int = BOOTSTRAP, 
     return min(float(np.quantile(values, a)), h), max(float(np.quantile(values, 1 - a)), h)
 
 
-def robust_calls(soft: np.ndarray, mask: np.ndarray, threshold: float = 0.5) -> np.ndarray:
+def robust_calls(soft: np.ndarray, mask: np.ndarray, threshold=0.5, weight: float = NEIGHBOUR_WEIGHT) -> np.ndarray:
     r"""Tile calls corrected by their neighbours where the ensemble is unsure.
 
-    ``soft[k, row, col]`` is the ensemble's soft call of trait *k* (the share of members voting
-    positive, or a probability); :math:`s` for a tile, :math:`m` the mean of :math:`s` over the tissue
-    tiles of its 3 x 3 neighbourhood (itself included), :math:`c = |2s - 1|` the ensemble's confidence:
+    ``soft[k, row, col]`` is the ensemble's soft call of trait *k* (the members' mean probability, or the
+    share of members voting positive) and ``threshold`` (one per trait, or one for all) the level that
+    makes it a call; :math:`s` for a tile, :math:`m` the mean of :math:`s` over the tissue tiles of its
+    3 x 3 neighbourhood (itself included), :math:`c` the ensemble's confidence, 0 at the threshold
+    :math:`\tau` and 1 at 0 or 1 (:math:`c = (s - \tau)/(1 - \tau)` above it, :math:`(\tau - s)/\tau` below),
+    and :math:`w` the ``weight`` of the neighbourhood:
 
-    .. math::  \tilde s = c\,s + (1 - c)\,m, \qquad \text{call} = [\tilde s \ge \text{threshold}].
+    .. math::  \tilde s = (1 - w(1 - c))\,s + w(1 - c)\,m, \qquad \text{call} = [\tilde s \ge \tau].
 
-    A unanimous tile (:math:`s \in \{0, 1\}`, so any noise-free hard call) keeps its call; a split vote is
-    decided by the tiles around it.  Morphology regions span several tiles while call errors of a model
+    A certain tile (:math:`s \in \{0, 1\}`, so any noise-free hard call) keeps its call; an unsure one is
+    decided by the tiles around it.  Morphology regions span several tiles while the errors of a model
     that barely sees a trait are scattered and unsure, and every scattered error adds a spurious
     combination to the HTI's entropy; this removes them without touching confident calls.
     """
@@ -227,24 +232,25 @@ def robust_calls(soft: np.ndarray, mask: np.ndarray, threshold: float = 0.5) -> 
 
     soft = np.asarray(soft, float)
     mask = np.asarray(mask, bool)
-    w = mask.astype(float)
+    taus = np.broadcast_to(np.asarray(threshold, float), (soft.shape[0],))
     out = np.zeros(soft.shape, bool)
-    n = uniform_filter(w, size=3, mode="constant")
+    n = uniform_filter(mask.astype(float), size=3, mode="constant")
     for k in range(soft.shape[0]):
-        s = np.where(mask, soft[k], 0.0)
+        s, tau = np.where(mask, soft[k], 0.0), taus[k]
         with np.errstate(divide="ignore", invalid="ignore"):
             m = np.where(n > 0, uniform_filter(s, size=3, mode="constant") / n, 0.0)
-        c = np.abs(2 * s - 1)
-        out[k] = mask & (c * s + (1 - c) * m >= threshold)
+        c = np.clip(np.where(s >= tau, (s - tau) / (1 - tau), (tau - s) / tau), 0.0, 1.0)
+        move = weight * (1 - c)
+        out[k] = mask & ((1 - move) * s + move * m >= tau)
     return out
 
 
-def hti_robust(soft: np.ndarray, mask: np.ndarray, threshold: float = 0.5) -> float:
+def hti_robust(soft: np.ndarray, mask: np.ndarray, threshold=0.5) -> float:
     """The paper's HTI of :func:`robust_calls`; equals ``hti_from_tensor`` on noise-free (0/1) calls."""
     return hti_from_tensor(robust_calls(soft, mask, threshold), mask)
 
 
-def hti_stats(tensor: np.ndarray, mask: np.ndarray, soft: np.ndarray | None = None, threshold: float = 0.5,
+def hti_stats(tensor: np.ndarray, mask: np.ndarray, soft: np.ndarray | None = None, threshold=0.5,
               n_boot: int = BOOTSTRAP, permutations: int = PERMUTATIONS, seed: int = 0) -> dict:
     """Every per-slide HTI figure of one trait set: the paper's HTI, its CI, ``hta``'s index and spatial
     p-value, the HTI normalised by combinations present, and the robust HTI (from ``soft`` calls and their
@@ -258,3 +264,19 @@ def hti_stats(tensor: np.ndarray, mask: np.ndarray, soft: np.ndarray | None = No
             "region_side": sp["region_side"],
             "hti_robust": hti_robust(tensor.astype(float) if soft is None else soft, mask, threshold),
             "n_combinations": int((combination_shares(calls) > 0).sum())}
+
+
+def validation_threshold(labels: np.ndarray, probs: np.ndarray, default: float = 0.5) -> float:
+    """The tile threshold that best separates validation tiles by their slide's label (Youden's J).
+
+    Tiles inherit their slide's label, as in training; where a model barely sees a trait its probabilities
+    crowd around a level that 0.5 splits badly, and this moves the cut to where the validation tiles of
+    high and low slides part.  ``default`` when a class is missing.
+    """
+    from sklearn.metrics import roc_curve
+
+    labels, probs = np.asarray(labels, int), np.asarray(probs, float)
+    if labels.size == 0 or np.unique(labels).size < 2:
+        return default
+    fpr, tpr, thr = roc_curve(labels, probs)
+    return float(np.clip(thr[np.argmax(tpr - fpr)], 1e-6, 1 - 1e-6))

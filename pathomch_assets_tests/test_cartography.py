@@ -80,22 +80,18 @@ def test_png_map_with_legend(tmp_path):
         assert (legend.reshape(-1, 3) == c).all(axis=1).any()
 
 
-def test_set_results_shares_sum_to_one_and_soft_calls_from_votes():
+def test_set_results_shares_sum_to_one_and_soft_calls_from_probabilities():
     from pathomch_assets.assets.cartography import set_results, soft_calls
-    from pathomch_assets.config import EnsembleConfig
 
     calls = calls_frame()
-    calls["votes"] = calls["call"] * 3
-    calls.loc[(calls.col == 0) & (calls.trait == "A"), "votes"] = 2  # a split vote, still a positive call
     carto = build_cartography(calls, ["A", "B"])
-
-    class Cfg:
-        ensemble = EnsembleConfig()
-
-    soft, threshold = soft_calls(Cfg, calls, carto)
-    assert soft[0, 0, 0] == pytest.approx(2 / 3) and threshold == pytest.approx(0.5)
-    assert ((soft >= threshold) == carto.tensor.astype(bool)).all()  # the soft calls give the ensemble's calls
-    hti, stats, combos = set_results("c", "TCGA-XX-0001-01Z-00-DX1", ["A", "B"], carto, soft, threshold)
+    soft, taus = soft_calls(calls, carto)  # no probabilities: the hard calls, robust HTI = HTI
+    assert (soft == carto.tensor).all() and taus.tolist() == [0.5, 0.5]
+    calls["p"] = calls["call"] * 0.8 + 0.1
+    calls.loc[(calls.col == 0) & (calls.trait == "A"), "p"] = 0.55  # an unsure positive call
+    soft, taus = soft_calls(calls, carto)
+    assert soft[0, 0, 0] == pytest.approx(0.55) and ((soft >= 0.5) == carto.tensor.astype(bool)).all()
+    hti, stats, combos = set_results("c", "TCGA-XX-0001-01Z-00-DX1", ["A", "B"], carto, soft, taus)
     assert hti["hti"] == stats["hti"] == pytest.approx(1.0)  # A, B, A+B once each
     assert stats["ci_low"] <= stats["hti"] <= stats["ci_high"] and 0 <= stats["p_spatial"] <= 1
     assert combos["share"].sum() == pytest.approx(1.0) and combos["tissue_share"].sum() == pytest.approx(1.0)

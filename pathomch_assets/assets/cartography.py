@@ -1,5 +1,6 @@
 """Tensor molecular cartography and HTI per slide (SPEC 3.8-3.9)."""
 
+import json
 import zlib
 
 import dagster as dg
@@ -10,13 +11,14 @@ import pandas as pd
 from ..cartography import (Cartography, build_cartography, combination_names, heterogeneity_png,
                            plot_heterogeneity_map, write_geojson)
 from ..config import PathomchConfig
-from ..heterogeneity import BOOTSTRAP, PERMUTATIONS, combination_codes, hti_from_calls, hti_stats, robust_calls
+from ..heterogeneity import (BOOTSTRAP, NEIGHBOUR_WEIGHT, PERMUTATIONS, combination_codes, hti_stats, robust_calls,
+                             validation_threshold)
 from ..partitions import SLIDES, by_cohort
 from ..reporting import figure_file, md_table
 from ..resources import PathomchResource
 from ..storage import read_parquet, safe_stem
 from ..versions import code_version
-from .models import model_deps
+from .models import model_deps, predictions_path, tile_positions
 from .scoring import slide_calls_path
 
 ALL = dg.AllPartitionMapping()
@@ -48,35 +50,75 @@ def slide_calls(cfg: PathomchConfig, cohort: str, slide_id: str) -> pd.DataFrame
     return df[[c for c in ("col", "row", "trait", "call", "votes", "p") if c in df.columns]]
 
 
-def soft_calls(cfg: PathomchConfig, calls: pd.DataFrame, carto: Cartography) -> tuple[np.ndarray, float]:
-    """The ensemble's soft calls on the grid (traits x rows x cols) and the threshold that gives its hard calls.
+def soft_calls(calls: pd.DataFrame, carto: Cartography, probs: "EnsembleProbabilities | None" = None,
+               positions: pd.DataFrame | None = None, slide_id: str = "") -> tuple[np.ndarray, np.ndarray]:
+    """The ensemble's soft calls on the grid (traits x rows x cols) and the threshold of each trait.
 
-    The members' mean probability ``p`` where scoring stored it (threshold ``ensemble.threshold``), else the
-    share of members voting positive (threshold halfway between ``min_votes - 1`` and ``min_votes`` votes),
-    else the hard calls themselves.
+    The members' mean probability with each trait's validation threshold where ``probs`` has them for this
+    slide (``positions``: its tiles' ``col, row`` in prediction order), else the members' mean probability
+    ``p`` of the slide calls with 0.5, else the hard calls themselves (the robust HTI is then the HTI).
     """
     soft = carto.tensor.astype(float)
-    column, threshold = None, 0.5
-    if "p" in calls.columns and calls["p"].notna().all():
-        column, threshold = "p", cfg.ensemble.threshold
-    elif "votes" in calls.columns and calls["votes"].notna().all():
-        column, threshold = "votes", (cfg.ensemble.min_votes - 0.5) / cfg.ensemble.size
-    if column:
+    taus = np.full(len(carto.traits), 0.5)
+    if probs is not None and positions is not None and all(
+            len(probs.mean.get(t, {}).get(slide_id, ())) == len(positions) for t in carto.traits):
+        rows, cols = positions["row"].to_numpy(), positions["col"].to_numpy()
+        for k, trait in enumerate(carto.traits):
+            soft[k, rows, cols] = probs.mean[trait][slide_id]
+            taus[k] = probs.threshold[trait]
+    elif "p" in calls.columns and calls["p"].notna().all():
         for k, trait in enumerate(carto.traits):
             t = calls[calls["trait"] == trait]
-            values = t[column].to_numpy(float) / (cfg.ensemble.size if column == "votes" else 1.0)
-            soft[k, t["row"].to_numpy(), t["col"].to_numpy()] = values
-    return soft, threshold
+            soft[k, t["row"].to_numpy(), t["col"].to_numpy()] = t["p"].to_numpy(float)
+    return soft, taus
+
+
+class EnsembleProbabilities:
+    """The members' mean tile probability per slide and trait, and each trait's validation threshold.
+
+    From the members' stored tile predictions (``predictions/<cohort>/<trait>/<member>.parquet``); the
+    threshold is :func:`~pathomch_assets.heterogeneity.validation_threshold` over each member's own
+    validation tiles.  Slides no member scored during training (arrived later) have no entry.
+    """
+
+    def __init__(self, cfg: PathomchConfig, store, cohort: str, traits: list[str], log=None):
+        self.mean, self.threshold = {}, {}
+        labels = store.read("labels", "cohort = ? AND subset = 'labeled'", [cohort])
+        splits = store.read("splits", "cohort = ? AND split = 'val'", [cohort])
+        for trait in traits:
+            try:
+                members = json.loads((cfg.models_dir / cohort / trait / "ensemble.json").read_text())["members"]
+                stored, ys, ps = [], [], []
+                lab = labels[labels["trait"] == trait].set_index("patient_id")["label"]
+                for m in members:
+                    df = read_parquet(predictions_path(cfg, cohort, trait, m))
+                    stored.append({sid: g["p"].to_numpy() for sid, g in df.groupby("slide_id", sort=False)})
+                    rnd = int(str(m).rsplit("_", 1)[-1])
+                    val = set(splits.loc[splits["round"] == rnd, "patient_id"]) & set(lab.index)
+                    v = df[df["slide_id"].str[:12].isin(val)]
+                    ys.append(lab.loc[v["slide_id"].str[:12]].to_numpy())
+                    ps.append(v["p"].to_numpy())
+            except (OSError, KeyError, ValueError) as e:
+                if log:
+                    log.warning(f"{cohort}/{trait}: no member probabilities for the robust HTI ({e}); "
+                                "it falls back to the ensemble's votes")
+                continue
+            common = set.intersection(*(set(d) for d in stored)) if stored else set()
+            self.mean[trait] = {sid: np.mean([d[sid] for d in stored], axis=0) for sid in common
+                                if len({len(d[sid]) for d in stored}) == 1}
+            self.threshold[trait] = validation_threshold(np.concatenate(ys), np.concatenate(ps),
+                                                         cfg.ensemble.threshold)
 
 
 def hti_settings(cfg: PathomchConfig) -> dict:
     """Settings behind the HTI statistics (part of the cartography and survival code versions)."""
-    return {"bootstrap": BOOTSTRAP, "permutations": PERMUTATIONS, "robust": "confidence-weighted 3x3 v1",
+    return {"bootstrap": BOOTSTRAP, "permutations": PERMUTATIONS, "neighbour_weight": NEIGHBOUR_WEIGHT,
+            "robust": "member mean probability, validation threshold, confidence-weighted 3x3",
             "ensemble": cfg.ensemble.model_dump(mode="json")}
 
 
 def set_results(cohort: str, sid: str, tset: list[str], sub: Cartography, soft: np.ndarray,
-                threshold: float) -> tuple[dict, dict, pd.DataFrame]:
+                threshold) -> tuple[dict, dict, pd.DataFrame]:
     """The ``hti``, ``hti_stats`` rows and the ``hti_combinations`` rows of one slide and trait set."""
     c = sub.calls()
     stats = hti_stats(sub.tensor, sub.mask, soft, threshold, seed=zlib.crc32(f"{sid}|{'+'.join(tset)}".encode()))
@@ -125,6 +167,8 @@ def build(cfg: PathomchConfig, slide_predictions_asset, trait_model_asset, ensem
             traits = cfg.cohorts[cohort].traits
             sets = analysis_sets(cfg, cohort, store)
             slides = store.read("slides", "cohort = ?", [cohort]).set_index("slide_id")
+            probs = EnsembleProbabilities(cfg, store, cohort, traits, context.log)
+            positions = tile_positions(store, cohort)
             for sid in sids:
                 g = slide_calls(cfg, cohort, sid)
                 if g is None:
@@ -139,12 +183,12 @@ def build(cfg: PathomchConfig, slide_predictions_asset, trait_model_asset, ensem
                 s = slides.loc[sid]
                 level0_px = cfg.tiling.tile_px * float(s["base_magnification"]) / cfg.tiling.magnification
                 write_geojson(carto, cartography_file(cfg, cohort, sid, "geojson"), level0_px, sid)
-                soft, threshold = soft_calls(cfg, g, carto)
+                soft, threshold = soft_calls(g, carto, probs, positions.get(sid), sid)
                 rows, stats, combos = [], [], []
                 for tset in sets:
                     idx = [traits.index(t) for t in tset]
                     h, st, cb = set_results(cohort, sid, tset, Cartography(tset, carto.tensor[idx], carto.mask),
-                                            soft[idx], threshold)
+                                            soft[idx], threshold[idx])
                     rows.append(h)
                     stats.append(st)
                     combos.append(cb)
@@ -153,7 +197,8 @@ def build(cfg: PathomchConfig, slide_predictions_asset, trait_model_asset, ensem
                 store.write("hti_combinations", f"{cohort}/{sid}", pd.concat(combos, ignore_index=True))
                 stats_all.extend(stats)
                 first = Cartography(sets[0], carto.tensor[[traits.index(t) for t in sets[0]]], carto.mask)
-                heterogeneity_png(first, cartography_file(cfg, cohort, sid, "png"), title=f"{sid}  HTI {rows[0]['hti']:.2f}")
+                heterogeneity_png(first, cartography_file(cfg, cohort, sid, "png"),
+                                  title=f"{sid}  HTI {rows[0]['hti']:.2f}")
                 rows_all.extend(rows)
                 if len(gallery) < 6:
                     gallery.append((sid, first, stats[0]))
@@ -172,8 +217,8 @@ def build(cfg: PathomchConfig, slide_predictions_asset, trait_model_asset, ensem
                 plot_heterogeneity_map(carto, f"{sid[:23]}\n95% CI [{st['ci_low']:.2f}, {st['ci_high']:.2f}], robust "
                                        f"{st['hti_robust']:.2f}, spatial p {st['p_spatial']:.2g}", st["hti"], ax=ax)
             fig.tight_layout()
-            meta.update(figure_file(fig, cfg.output_root / "figures" / "heterogeneity_maps" / f"{context.run.run_id}.png",
-                                    "heterogeneity_maps", cfg.output_root))
+            maps_file = cfg.output_root / "figures" / "heterogeneity_maps" / f"{context.run.run_id}.png"
+            meta.update(figure_file(fig, maps_file, "heterogeneity_maps", cfg.output_root))
         if len(hti) and hti["slide_id"].nunique() == 1:
             cohort, sid = hti["cohort"].iloc[0], hti["slide_id"].iloc[0]
             meta["map"] = dg.MetadataValue.path(str(cartography_file(cfg, cohort, sid, "png")))
