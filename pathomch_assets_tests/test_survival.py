@@ -102,3 +102,17 @@ def test_hti_by_expression_figure_counts_patients():
     ticks = [t.get_text() for t in fig.axes[0].get_xticklabels()]
     assert ticks == [f"<= median\n(n={(df.percentile_A <= 50).sum()})", f"> median\n(n={(df.percentile_A > 50).sum()})"]
     assert "Mann-Whitney p" in fig.axes[1].get_title()
+
+
+def test_figure_6_says_why_it_is_not_made():
+    from pathomch_assets.assets.outcomes import clinical_groups
+
+    df = frame().assign(er_status=None, subtype=None)
+    groups, why = clinical_groups(df, "luad/data_clinical_patient.txt")
+    assert groups == [] and "not made" in why and "luad/data_clinical_patient.txt" in why
+    assert "ER status (ER_STATUS_BY_IHC): 0 patients" in why and "PAM50 subtype (SUBTYPE): 0 patients" in why
+    df["er_status"] = ["Positive", "Negative"] * (len(df) // 2)
+    groups, why = clinical_groups(df, "c.txt")
+    assert groups == ["er_status"] and "made for er_status" in why and "ER status" not in why
+    df["subtype"] = "LumA"
+    assert clinical_groups(df, "c.txt") == (["er_status", "subtype"], None)
