@@ -82,14 +82,18 @@ def test_png_map_with_legend(tmp_path):
 
 def test_set_results_shares_sum_to_one_and_soft_calls_from_probabilities():
     from pathomch_assets.assets.cartography import set_results, soft_calls
+    from pathomch_assets.config import EnsembleConfig
+
+    class Cfg:
+        ensemble = EnsembleConfig()
 
     calls = calls_frame()
     carto = build_cartography(calls, ["A", "B"])
-    soft, taus = soft_calls(calls, carto)  # no probabilities: the hard calls, robust HTI = HTI
-    assert (soft == carto.tensor).all() and taus.tolist() == [0.5, 0.5]
+    soft, taus = soft_calls(Cfg, calls, carto)  # no probabilities: the hard calls, robust HTI = HTI
+    assert (soft == carto.tensor).all() and taus == 0.5
     calls["p"] = calls["call"] * 0.8 + 0.1
     calls.loc[(calls.col == 0) & (calls.trait == "A"), "p"] = 0.55  # an unsure positive call
-    soft, taus = soft_calls(calls, carto)
+    soft, taus = soft_calls(Cfg, calls, carto)
     assert soft[0, 0, 0] == pytest.approx(0.55) and ((soft >= 0.5) == carto.tensor.astype(bool)).all()
     hti, stats, combos = set_results("c", "TCGA-XX-0001-01Z-00-DX1", ["A", "B"], carto, soft, taus)
     assert hti["hti"] == stats["hti"] == pytest.approx(1.0)  # A, B, A+B once each

@@ -124,17 +124,6 @@ def test_block_bootstrap_is_wider_than_tile_bootstrap_on_regions():
     assert lo1 <= h <= hi1 and hi4 - lo4 > hi1 - lo1
 
 
-def test_validation_threshold_moves_to_where_classes_part():
-    from pathomch_assets.heterogeneity import validation_threshold
-
-    rng = np.random.default_rng(1)
-    y = np.r_[np.zeros(500), np.ones(500)]
-    p = np.r_[rng.normal(0.40, 0.02, 500), rng.normal(0.46, 0.02, 500)]  # a model that barely sees the trait
-    tau = validation_threshold(y, p)
-    assert 0.41 < tau < 0.45
-    assert validation_threshold(np.ones(10), p[:10]) == 0.5  # one class: the default
-
-
 def test_robust_calls_keep_certain_calls_for_any_threshold():
     t = planted_map(4)
     mask = np.ones(t.shape[1:], bool)

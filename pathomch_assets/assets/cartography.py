@@ -11,8 +11,7 @@ import pandas as pd
 from ..cartography import (Cartography, build_cartography, combination_names, heterogeneity_png,
                            plot_heterogeneity_map, write_geojson)
 from ..config import PathomchConfig
-from ..heterogeneity import (BOOTSTRAP, NEIGHBOUR_WEIGHT, PERMUTATIONS, combination_codes, hti_stats, robust_calls,
-                             validation_threshold)
+from ..heterogeneity import BOOTSTRAP, NEIGHBOUR_WEIGHT, PERMUTATIONS, combination_codes, hti_stats, robust_calls
 from ..partitions import SLIDES, by_cohort
 from ..reporting import figure_file, md_table
 from ..resources import PathomchResource
@@ -50,70 +49,59 @@ def slide_calls(cfg: PathomchConfig, cohort: str, slide_id: str) -> pd.DataFrame
     return df[[c for c in ("col", "row", "trait", "call", "votes", "p") if c in df.columns]]
 
 
-def soft_calls(calls: pd.DataFrame, carto: Cartography, probs: "EnsembleProbabilities | None" = None,
-               positions: pd.DataFrame | None = None, slide_id: str = "") -> tuple[np.ndarray, np.ndarray]:
-    """The ensemble's soft calls on the grid (traits x rows x cols) and the threshold of each trait.
+def soft_calls(cfg: PathomchConfig, calls: pd.DataFrame, carto: Cartography,
+               probs: "EnsembleProbabilities | None" = None, positions: pd.DataFrame | None = None,
+               slide_id: str = "") -> tuple[np.ndarray, float]:
+    """The ensemble's soft calls on the grid (traits x rows x cols) and the threshold that makes them calls.
 
-    The members' mean probability with each trait's validation threshold where ``probs`` has them for this
-    slide (``positions``: its tiles' ``col, row`` in prediction order), else the members' mean probability
-    ``p`` of the slide calls with 0.5, else the hard calls themselves (the robust HTI is then the HTI).
+    The members' mean probability where ``probs`` has it for this slide (``positions``: its tiles' ``col,
+    row`` in prediction order) or the slide calls carry it (``p``), with ``ensemble.threshold``; else the
+    hard calls themselves (the robust HTI is then the HTI).
     """
     soft = carto.tensor.astype(float)
-    taus = np.full(len(carto.traits), 0.5)
     if probs is not None and positions is not None and all(
             len(probs.mean.get(t, {}).get(slide_id, ())) == len(positions) for t in carto.traits):
         rows, cols = positions["row"].to_numpy(), positions["col"].to_numpy()
         for k, trait in enumerate(carto.traits):
             soft[k, rows, cols] = probs.mean[trait][slide_id]
-            taus[k] = probs.threshold[trait]
-    elif "p" in calls.columns and calls["p"].notna().all():
+        return soft, cfg.ensemble.threshold
+    if "p" in calls.columns and calls["p"].notna().all():
         for k, trait in enumerate(carto.traits):
             t = calls[calls["trait"] == trait]
             soft[k, t["row"].to_numpy(), t["col"].to_numpy()] = t["p"].to_numpy(float)
-    return soft, taus
+        return soft, cfg.ensemble.threshold
+    return soft, 0.5
 
 
 class EnsembleProbabilities:
-    """The members' mean tile probability per slide and trait, and each trait's validation threshold.
+    """The members' mean tile probability per slide and trait (soft ensemble calls for the robust HTI).
 
-    From the members' stored tile predictions (``predictions/<cohort>/<trait>/<member>.parquet``); the
-    threshold is :func:`~pathomch_assets.heterogeneity.validation_threshold` over each member's own
-    validation tiles.  Slides no member scored during training (arrived later) have no entry.
+    From the members' stored tile predictions (``predictions/<cohort>/<trait>/<member>.parquet``).  Slides
+    no member scored during training (arrived later) have no entry: their robust HTI uses the hard calls.
     """
 
-    def __init__(self, cfg: PathomchConfig, store, cohort: str, traits: list[str], log=None):
-        self.mean, self.threshold = {}, {}
-        labels = store.read("labels", "cohort = ? AND subset = 'labeled'", [cohort])
-        splits = store.read("splits", "cohort = ? AND split = 'val'", [cohort])
+    def __init__(self, cfg: PathomchConfig, cohort: str, traits: list[str], log=None):
+        self.mean = {}
         for trait in traits:
             try:
                 members = json.loads((cfg.models_dir / cohort / trait / "ensemble.json").read_text())["members"]
-                stored, ys, ps = [], [], []
-                lab = labels[labels["trait"] == trait].set_index("patient_id")["label"]
-                for m in members:
-                    df = read_parquet(predictions_path(cfg, cohort, trait, m))
-                    stored.append({sid: g["p"].to_numpy() for sid, g in df.groupby("slide_id", sort=False)})
-                    rnd = int(str(m).rsplit("_", 1)[-1])
-                    val = set(splits.loc[splits["round"] == rnd, "patient_id"]) & set(lab.index)
-                    v = df[df["slide_id"].str[:12].isin(val)]
-                    ys.append(lab.loc[v["slide_id"].str[:12]].to_numpy())
-                    ps.append(v["p"].to_numpy())
+                stored = [{sid: g["p"].to_numpy() for sid, g in
+                           read_parquet(predictions_path(cfg, cohort, trait, m)).groupby("slide_id", sort=False)}
+                          for m in members]
             except (OSError, KeyError, ValueError) as e:
                 if log:
                     log.warning(f"{cohort}/{trait}: no member probabilities for the robust HTI ({e}); "
-                                "it falls back to the ensemble's votes")
+                                "it uses the hard calls (robust HTI = HTI)")
                 continue
             common = set.intersection(*(set(d) for d in stored)) if stored else set()
             self.mean[trait] = {sid: np.mean([d[sid] for d in stored], axis=0) for sid in common
                                 if len({len(d[sid]) for d in stored}) == 1}
-            self.threshold[trait] = validation_threshold(np.concatenate(ys), np.concatenate(ps),
-                                                         cfg.ensemble.threshold)
 
 
 def hti_settings(cfg: PathomchConfig) -> dict:
     """Settings behind the HTI statistics (part of the cartography and survival code versions)."""
     return {"bootstrap": BOOTSTRAP, "permutations": PERMUTATIONS, "neighbour_weight": NEIGHBOUR_WEIGHT,
-            "robust": "member mean probability, validation threshold, confidence-weighted 3x3",
+            "robust": "member mean probability, confidence-weighted 3x3",
             "ensemble": cfg.ensemble.model_dump(mode="json")}
 
 
@@ -167,7 +155,7 @@ def build(cfg: PathomchConfig, slide_predictions_asset, trait_model_asset, ensem
             traits = cfg.cohorts[cohort].traits
             sets = analysis_sets(cfg, cohort, store)
             slides = store.read("slides", "cohort = ?", [cohort]).set_index("slide_id")
-            probs = EnsembleProbabilities(cfg, store, cohort, traits, context.log)
+            probs = EnsembleProbabilities(cfg, cohort, traits, context.log)
             positions = tile_positions(store, cohort)
             for sid in sids:
                 g = slide_calls(cfg, cohort, sid)
@@ -183,12 +171,12 @@ def build(cfg: PathomchConfig, slide_predictions_asset, trait_model_asset, ensem
                 s = slides.loc[sid]
                 level0_px = cfg.tiling.tile_px * float(s["base_magnification"]) / cfg.tiling.magnification
                 write_geojson(carto, cartography_file(cfg, cohort, sid, "geojson"), level0_px, sid)
-                soft, threshold = soft_calls(g, carto, probs, positions.get(sid), sid)
+                soft, threshold = soft_calls(cfg, g, carto, probs, positions.get(sid), sid)
                 rows, stats, combos = [], [], []
                 for tset in sets:
                     idx = [traits.index(t) for t in tset]
                     h, st, cb = set_results(cohort, sid, tset, Cartography(tset, carto.tensor[idx], carto.mask),
-                                            soft[idx], threshold[idx])
+                                            soft[idx], threshold)
                     rows.append(h)
                     stats.append(st)
                     combos.append(cb)
