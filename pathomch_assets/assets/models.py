@@ -8,8 +8,9 @@ import pandas as pd
 
 from ..config import PathomchConfig, split_target
 from ..deployment import GPU_STEP
-from ..evaluation import (correlation_rows, ensemble_calls, evaluation_sets, metrics_rows, select_ensemble,
-                          slide_scores_from_tiles)
+from ..evaluation import (ROUNDS_MEAN, correlation_rows, ensemble_calls, evaluation_sets, exclusion_advice,
+                          metrics_rows, missing_class, rounds_summary, select_ensemble, slide_scores_from_tiles,
+                          too_few_rounds)
 from ..partitions import cohorts, target_rounds, targets
 from ..plots import plot_score_boxes, plot_training_curve
 from ..reporting import figure_file, md_table
@@ -17,7 +18,7 @@ from ..resources import AcceleratorResource, PathomchResource
 from ..storage import atomic_path, local_copy, read_parquet, tile_file
 from ..training import SlideSet, model_dir, predict_files, save_model, train_model
 from ..versions import code_version, data_version, file_version, refresh_on_new_slides
-from .molecular import cohort_slides
+from .molecular import training_slides
 
 ALL = dg.AllPartitionMapping()
 
@@ -54,10 +55,13 @@ def build(cfg: PathomchConfig, labels_asset, splits_asset):
         partitions_def=multi, group_name="models", kinds={"tensorflow", "keras"}, pool="gpu",
         op_tags=GPU_STEP, code_version=code_version(cfg.training, cfg.splits, cfg.labels, cfg.tiling, cfg.seed),
         deps=[dg.AssetDep(labels_asset, partition_mapping=ALL), dg.AssetDep(splits_asset, partition_mapping=ALL)],
-        description="One tile classifier per (cohort/trait, round) (SPEC 3.4): trained on the round's training "
-        "patients, validated by slide-level AUC every 1/16 epoch, best weights kept. Then scores every tile of "
-        "every usable slide. Writes the model, its history, tile predictions, and its rows of `slide_scores` "
-        "and `model_metrics`; re-materializing one partition retrains that model only.",
+        description="One tile classifier per (cohort/trait, round) (SPEC 3.4): trained on every diagnostic slide "
+        "of the round's training patients (tiles inherit the patient's label), validated every 1/16 epoch by "
+        "training.monitor (slide-level AUC by default), best weights kept. Then scores every tile of every usable "
+        "slide. Writes the model, its history, tile predictions, its rows of `slide_scores`, `model_metrics` "
+        "and `model_rounds`. A round whose training or validation split lacks a class is not trained: it is "
+        "recorded as excluded (`model_rounds`) with a warning and left out of the ensemble. Re-materializing "
+        "one partition retrains that model only.",
     )
     def trait_model(context: dg.AssetExecutionContext, pathomch: PathomchResource,
                     accelerator: AcceleratorResource) -> dg.MaterializeResult:
@@ -66,10 +70,25 @@ def build(cfg: PathomchConfig, labels_asset, splits_asset):
         target, round_name = keys["target"], keys["round"]
         cohort, trait = split_target(target)
         r = int(round_name.split("_")[1])
-        slides = cohort_slides(store, cohort)
+        slides = training_slides(store, cohort)
         labels = store.read("labels", "cohort = ? AND trait = ?", [cohort, trait])
         splits = store.read("splits", "cohort = ? AND round = ?", [cohort, r])
         lab = labels[labels["subset"] == "labeled"].merge(splits, on="patient_id").merge(slides, on="patient_id")
+        part = f"{target}/{round_name}"
+        counts = {f"{s}_{what}": int(lab.loc[lab["split"] == s, col].nunique())
+                  for s in ("train", "val") for what, col in (("patients", "patient_id"), ("slides", "slide_id"))}
+        reason = missing_class(lab)
+        if reason:
+            message = exclusion_advice(cohort, trait, round_name, reason)
+            context.log.warning(message)
+            for table in ("slide_scores", "model_metrics"):  # no stale rows of an earlier training
+                store.delete(table, part)
+            predictions_path(cfg, cohort, trait, round_name).unlink(missing_ok=True)
+            store.write("model_rounds", part, pd.DataFrame([{"cohort": cohort, "trait": trait, "model": round_name,
+                                                              "status": "excluded", "reason": reason, **counts}]))
+            store.ensure_views()
+            return dg.MaterializeResult(data_version=data_version("excluded", reason), metadata={
+                "excluded": message, **counts})
         train, val = (slide_set(cfg, cohort, lab[lab["split"] == s]) for s in ("train", "val"))
         seed = cfg.seed * 1000 + r
         model, res = train_model(train, val, cfg.training, cfg.ensemble.threshold, seed, accelerator.strategy(),
@@ -87,15 +106,17 @@ def build(cfg: PathomchConfig, labels_asset, splits_asset):
         with atomic_path(predictions_path(cfg, cohort, trait, round_name)) as tmp:
             preds.to_parquet(tmp, index=False)
         scores = score_rows(cohort, trait, round_name, preds, slides, cfg.ensemble.threshold)
-        part = f"{target}/{round_name}"
         store.write("slide_scores", part, scores)
         metrics = metrics_rows(scores[["patient_id", "score"]], evaluation_sets(labels, splits, r))
         store.write("model_metrics", part, metrics.assign(cohort=cohort, trait=trait, model=round_name))
+        store.write("model_rounds", part, pd.DataFrame([{"cohort": cohort, "trait": trait, "model": round_name,
+                                                          "status": "trained", "reason": None, **counts}]))
         store.ensure_views()
         auc = dict(zip(metrics["eval_set"], metrics["auc"]))
         return dg.MaterializeResult(data_version=file_version(directory / "model.keras"), metadata={
             "best_val_slide_auc": res.best_val_auc, "best_evaluation": res.best_eval, "evaluations": res.evals,
-            "train_slides": res.n_train_slides, "train_tiles": res.n_train_tiles, "seconds": round(res.seconds, 1),
+            "monitor": res.monitor, "batch": ", ".join(f"{k} {v}" for k, v in res.batch.items()), **counts,
+            "train_tiles": res.n_train_tiles, "seconds": round(res.seconds, 1),
             "test_auc": float(auc.get("test", np.nan)), "device": accelerator.describe(),
             "metrics": md_table(metrics), "model_path": dg.MetadataValue.path(str(directory / "model.keras")),
             **figure_file(plot_training_curve(res.history), cfg.output_root / "figures" / "training_curves" / cohort
@@ -107,19 +128,34 @@ def build(cfg: PathomchConfig, labels_asset, splits_asset):
         code_version=code_version(cfg.ensemble),
         deps=[dg.AssetDep(trait_model, partition_mapping=dg.MultiToSingleDimensionPartitionMapping("target"))],
         description="Ensemble per trait (SPEC 3.6): the 3 of 5 rounds with the best validation AUC; a tile is "
-        "positive when at least 2 of them say so. Writes the members (`ensemble.json`) and the `ensemble` rows "
-        "of `model_metrics`; `slide_predictions` applies it to every slide.",
+        "positive when at least 2 of them say so. Rounds excluded for a missing class are left out (listed in "
+        "the metadata and `model_rounds`); a trait with fewer usable rounds than ensemble.size fails alone. "
+        "Writes the members (`ensemble.json`), the `ensemble` rows of `model_metrics` and the Table 1 "
+        "`mean_of_rounds` rows (mean AUC of the rounds with auc_min/auc_max); `slide_predictions` applies it "
+        "to every slide.",
     )
     def ensemble(context: dg.AssetExecutionContext, pathomch: PathomchResource) -> dg.MaterializeResult:
         cfg, store = pathomch.get_config(), pathomch.get_store()
         target = context.partition_key
         cohort, trait = split_target(target)
-        metrics = store.read("model_metrics", "cohort = ? AND trait = ? AND eval_set = 'val' AND model LIKE 'round_%'",
-                             [cohort, trait])
+        rounds = cfg.round_names()
+        all_metrics = store.read("model_metrics", "cohort = ? AND trait = ?", [cohort, trait])
+        round_metrics = all_metrics[all_metrics["model"].isin(rounds)]
+        metrics = round_metrics[round_metrics["eval_set"] == "val"]
         val_auc = dict(zip(metrics["model"], metrics["auc"]))
-        missing = [m for m in cfg.round_names() if m not in val_auc]
+        status = store.read("model_rounds", "cohort = ? AND trait = ?", [cohort, trait])
+        excluded = {r.model: r.reason for r in status.itertuples() if r.status == "excluded" and r.model in rounds
+                    and r.model not in val_auc}
+        missing = [m for m in rounds if m not in val_auc and m not in excluded]
         if missing:
             raise dg.Failure(f"{target}: no trained model for {missing}; materialize trait_model for them first")
+        for m, why in excluded.items():
+            context.log.warning(exclusion_advice(cohort, trait, m, why))
+        usable = [m for m in rounds if m in val_auc]
+        if len(usable) < cfg.ensemble.size:
+            raise dg.Failure(too_few_rounds(cohort, trait, usable, excluded, cfg.ensemble.size))
+        summary = rounds_summary(round_metrics)
+        store.write("model_metrics", f"{target}/{ROUNDS_MEAN}", summary.assign(cohort=cohort, trait=trait))
         members = select_ensemble(val_auc, cfg.ensemble.size)
         frames = [read_parquet(predictions_path(cfg, cohort, trait, m)) for m in members]
         base = frames[0][["slide_id", "col", "row"]]
@@ -129,15 +165,15 @@ def build(cfg: PathomchConfig, labels_asset, splits_asset):
                                  f"for every round after re-tiling")
         probs = np.stack([f["p"].to_numpy() for f in frames])
         calls = ensemble_calls(probs, cfg.ensemble.threshold, cfg.ensemble.min_votes)
-        slides = cohort_slides(store, cohort)
+        slides = training_slides(store, cohort)
         scores = score_rows(cohort, trait, "ensemble", base.assign(call=calls), slides, cfg.ensemble.threshold)
         labels = store.read("labels", "cohort = ? AND trait = ?", [cohort, trait])
         splits = store.read("splits", "cohort = ?", [cohort])
         m = metrics_rows(scores[["patient_id", "score"]], evaluation_sets(labels, splits, None))
         store.write("model_metrics", f"{target}/ensemble", m.assign(cohort=cohort, trait=trait, model="ensemble"))
         store.ensure_views()
-        spec = json.dumps({"members": members, "val_auc": val_auc, "min_votes": cfg.ensemble.min_votes,
-                           "threshold": cfg.ensemble.threshold}, indent=1)
+        spec = json.dumps({"members": members, "val_auc": val_auc, "excluded": excluded,
+                           "min_votes": cfg.ensemble.min_votes, "threshold": cfg.ensemble.threshold}, indent=1)
         with atomic_path(cfg.models_dir / cohort / trait / "ensemble.json") as tmp:
             tmp.write_text(spec)
         auc = dict(zip(m["eval_set"], m["auc"]))
@@ -145,7 +181,9 @@ def build(cfg: PathomchConfig, labels_asset, splits_asset):
         return dg.MaterializeResult(data_version=data_version(spec, probs.tobytes()), metadata={
             "members": ", ".join(members), "test_auc": float(auc.get("test", np.nan)),
             "ood_near_auc": float(auc.get("ood_near", np.nan)), "ood_all_auc": float(auc.get("ood_all", np.nan)),
-            "metrics": md_table(m), "slides_scored": len(scores),
+            "metrics": md_table(m), "slides_scored": len(scores), "usable_rounds": len(usable),
+            "excluded_rounds": "; ".join(f"{k}: {v}" for k, v in excluded.items()) or "none",
+            "rounds_mean_and_range": md_table(summary[["eval_set", "auc", "auc_min", "auc_max", "n_models"]]),
         })
 
     return trait_model, ensemble
@@ -163,15 +201,17 @@ def build_evaluation(cfg: PathomchConfig, slide_predictions_asset, trait_model_a
         code_version=code_version(cfg.labels, cfg.ensemble),
         deps=[dg.AssetDep(slide_predictions_asset, partition_mapping=ALL), *model_deps(trait_model_asset, ensemble_asset)],
         automation_condition=refresh_on_new_slides(),
-        description="Per cohort: the paper's Table 1 (slide-level AUC: test 5-run mean, test ensemble, OOD-near "
-        "and OOD-all ensemble), Figure 2 (ensemble scores by label), and Spearman correlations of ensemble "
-        "scores with expression percentiles with Benjamini-Hochberg FDR across traits (`correlations`).",
+        description="Per cohort: the paper's Table 1 (slide-level AUC: test mean of the trained rounds with its "
+        "min-max range, test ensemble, OOD-near and OOD-all ensemble; rounds excluded for a missing class are "
+        "named), Figure 2 (ensemble scores by label), and Spearman correlations of ensemble scores with "
+        "expression percentiles with Benjamini-Hochberg FDR across traits (`correlations`).",
     )
     def model_evaluation(context: dg.AssetExecutionContext, pathomch: PathomchResource) -> dg.MaterializeResult:
         cfg, store = pathomch.get_config(), pathomch.get_store()
         cohort = context.partition_key
         metrics = store.read("model_metrics", "cohort = ?", [cohort])
         table1 = table_one(metrics, cfg.cohorts[cohort].traits)
+        status = store.read("model_rounds", "cohort = ? AND status = 'excluded'", [cohort])
         scores = store.read("slide_scores", "cohort = ? AND model = 'ensemble'", [cohort])
         labels = store.read("labels", "cohort = ?", [cohort])
         splits = store.read("splits", "cohort = ? AND round = 0", [cohort])
@@ -181,6 +221,7 @@ def build_evaluation(cfg: PathomchConfig, slide_predictions_asset, trait_model_a
         fig = plot_score_boxes(scores, labels, splits, cfg.cohorts[cohort].traits)
         return dg.MaterializeResult(metadata={
             "table_1": md_table(table1, floatfmt=".2f"),
+            "excluded_rounds": md_table(status[["trait", "model", "reason"]]) if len(status) else "none",
             **figure_file(fig, cfg.output_root / "figures" / f"{cohort}_figure_2_scores.png", "figure_2", cfg.output_root),
             "correlations": md_table(corr[["trait", "eval_set", "spearman_rho", "p_value", "fdr", "n_slides"]]),
         })
@@ -189,12 +230,17 @@ def build_evaluation(cfg: PathomchConfig, slide_predictions_asset, trait_model_a
 
 
 def table_one(metrics: pd.DataFrame, traits: list[str]) -> pd.DataFrame:
-    """Paper Table 1 layout: per trait, test 5-run mean, test ensemble, OOD-near and OOD-all ensemble."""
+    """Paper Table 1 layout: per trait, the test mean of the trained rounds with its min and max and how many
+    rounds, test ensemble, OOD-near and OOD-all ensemble (slide-level AUCs)."""
     rows = []
     for trait in traits:
         m = metrics[metrics["trait"] == trait]
-        rounds = m[m["model"].str.startswith("round_") & (m["eval_set"] == "test")]["auc"]
+        test = rounds_summary(m).set_index("eval_set")
         ens = m[m["model"] == "ensemble"].set_index("eval_set")["auc"]
-        rows.append({"trait": trait, "test (mean of runs)": rounds.mean(), "test (ensemble)": ens.get("test", np.nan),
+        has = "test" in test.index
+        rows.append({"trait": trait, "test (mean of runs)": test.at["test", "auc"] if has else np.nan,
+                     "min": test.at["test", "auc_min"] if has else np.nan,
+                     "max": test.at["test", "auc_max"] if has else np.nan,
+                     "runs": int(test.at["test", "n_models"]) if has else 0, "test (ensemble)": ens.get("test", np.nan),
                      "OOD-near (ensemble)": ens.get("ood_near", np.nan), "OOD-all (ensemble)": ens.get("ood_all", np.nan)})
     return pd.DataFrame(rows)

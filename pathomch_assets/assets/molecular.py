@@ -10,16 +10,25 @@ from ..labels import label_table
 from ..partitions import cohorts
 from ..reporting import md_table
 from ..resources import PathomchResource
-from ..slides import primary_slides
-from ..splits import assign_splits, moved_patients
+from ..slides import primary_slides, usable_slides
+from ..splits import assign_splits, moved_patients, split_counts
 from .ingest import slide_tiles
 
 ALL = dg.AllPartitionMapping()
 
 
-def cohort_slides(store, cohort: str) -> pd.DataFrame:
-    """The usable (primary, status ok) slide of each patient of ``cohort``."""
+def training_slides(store, cohort: str) -> pd.DataFrame:
+    """Every usable (status ok, diagnostic) slide of ``cohort``: labels, training, scores and AUCs (SPEC 2)."""
+    return usable_slides(store.read("slides", "cohort = ?", [cohort]))
+
+
+def survival_slides(store, cohort: str) -> pd.DataFrame:
+    """One usable slide per patient of ``cohort``, the DX1 slide (else the lowest DX): survival only (SPEC 3.10)."""
     return primary_slides(store.read("slides", "cohort = ?", [cohort]))
+
+
+#: the old name, one slide per patient: kept for the survival analysis until it calls survival_slides
+cohort_slides = survival_slides
 
 
 def build(cfg: PathomchConfig):
@@ -34,7 +43,7 @@ def build(cfg: PathomchConfig):
         cfg, store = pathomch.get_config(), pathomch.get_store()
         cohort = context.partition_key
         c = cfg.cohorts[cohort]
-        patients = set(cohort_slides(store, cohort)["patient_id"])
+        patients = set(training_slides(store, cohort)["patient_id"])
         if not patients:
             raise dg.Failure(f"cohort {cohort}: no slide with status 'ok' in `slides`; materialize slide_tiles first")
         df = read_traits(c.traits, c.mrna, c.mirna, patients)
@@ -58,11 +67,17 @@ def build(cfg: PathomchConfig):
         expr = store.read("expression", "cohort = ?", [cohort]).dropna(subset=["value"])
         lab = label_table(expr, cohort, cfg.labels.low_percentile, cfg.labels.high_percentile, cfg.labels.ood_near_width)
         store.write("labels", cohort, lab)
+        slides = training_slides(store, cohort)
+        per_split = split_counts(store.read("splits", "cohort = ?", [cohort]), slides, lab)
+        store.write("split_counts", f"{cohort}/labeled", per_split.assign(cohort=cohort))
         counts = lab.pivot_table(index="trait", columns=["subset", "label"], values="patient_id", aggfunc="count",
                                  fill_value=0)
         counts.columns = [f"{s} {'high' if l else 'low'}" if s == "labeled" else f"{s} {'>' if l else '<='}median"
                           for s, l in counts.columns]
-        return dg.MaterializeResult(metadata={"dagster/row_count": len(lab), "label_counts": md_table(counts.reset_index())})
+        return dg.MaterializeResult(metadata={
+            "dagster/row_count": len(lab), "label_counts": md_table(counts.reset_index()),
+            "labelled_per_split": md_table(labelled_wide(per_split[per_split["round"] == 0])),
+            "slides": len(slides), "patients_with_slides": int(slides["patient_id"].nunique())})
 
     @dg.asset(partitions_def=part, group_name="molecular", kinds={"pandas", "parquet"},
               deps=[dg.AssetDep(slide_tiles, partition_mapping=ALL)],
@@ -72,7 +87,8 @@ def build(cfg: PathomchConfig):
     def splits(context: dg.AssetExecutionContext, pathomch: PathomchResource) -> dg.MaterializeResult:
         cfg, store = pathomch.get_config(), pathomch.get_store()
         cohort = context.partition_key
-        patients = cohort_slides(store, cohort)["patient_id"]
+        slides = training_slides(store, cohort)
+        patients = slides["patient_id"]
         s = cfg.splits
         new = assign_splits(patients, cfg.seed, s.test_fraction, s.val_fraction, s.rounds)
         previous = store.read("splits", "cohort = ?", [cohort])
@@ -84,9 +100,10 @@ def build(cfg: PathomchConfig):
                 f"{store.tables_dir / 'splits'} on purpose to re-split (trained models then no longer match).")
         new.insert(0, "cohort", cohort)
         store.write("splits", cohort, new)
-        counts = new.pivot_table(index="round", columns="split", values="patient_id", aggfunc="count", fill_value=0)
+        counts = split_counts(new, slides)
+        store.write("split_counts", f"{cohort}/all", counts.assign(cohort=cohort))
         return dg.MaterializeResult(metadata={"dagster/row_count": len(new), "patients": int(patients.nunique()),
-                                              "split_counts": md_table(counts.reset_index())})
+                                              "slides": len(slides), "split_counts": md_table(counts_wide(counts))})
 
     @dg.asset(partitions_def=part, group_name="molecular", kinds={"pandas", "parquet"},
               description="Overall survival, ER status and subtype per patient from the cBioPortal clinical "
@@ -107,3 +124,22 @@ def build(cfg: PathomchConfig):
                                               "rows_left_out": len(tab.problems)})
 
     return [expression, labels, splits, clinical]
+
+
+def counts_wide(counts: pd.DataFrame) -> pd.DataFrame:
+    """``split_counts`` rows as a table per round: ``<split> patients`` and ``<split> slides``."""
+    wide = counts.pivot_table(index="round", columns="split", values=["n_patients", "n_slides"], aggfunc="sum",
+                              fill_value=0)
+    wide.columns = [f"{split} {'patients' if v == 'n_patients' else 'slides'}" for v, split in wide.columns]
+    return wide[sorted(wide.columns, key=lambda c: (["train", "val", "test"].index(c.split()[0]), c))].reset_index()
+
+
+def labelled_wide(counts: pd.DataFrame) -> pd.DataFrame:
+    """Labelled patients/slides per trait, split and class (one round) as ``low``/``high`` columns."""
+    if counts.empty:
+        return pd.DataFrame(columns=["trait", "split"])
+    c = counts.assign(cls=counts["label"].map({0: "low", 1: "high"}))
+    wide = c.pivot_table(index=["trait", "split"], columns="cls", values=["n_patients", "n_slides"], aggfunc="sum",
+                         fill_value=0)
+    wide.columns = [f"{cls} {'patients' if v == 'n_patients' else 'slides'}" for v, cls in wide.columns]
+    return wide.reset_index()
