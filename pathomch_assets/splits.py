@@ -65,7 +65,8 @@ def split_counts(splits: pd.DataFrame, slides: pd.DataFrame, labels: pd.DataFram
     cohort's ``labels`` table): the labelled patients per trait and label (``subset`` 'labeled').
     """
     per_patient = slides.groupby("patient_id")["slide_id"].nunique().rename("n_slides").reset_index()
-    sp = splits[["round", "patient_id", "split"]].merge(per_patient, on="patient_id", how="left").fillna({"n_slides": 0})
+    sp = splits[["round", "patient_id", "split"]].merge(per_patient, on="patient_id", how="left")
+    sp = sp.fillna({"n_slides": 0})
     if labels is None:
         keys, frame = ["round", "split"], sp
     else:

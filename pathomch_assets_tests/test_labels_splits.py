@@ -104,4 +104,5 @@ def test_missing_class_in_a_round_is_a_warning_too_few_rounds_an_error():
     assert not res.passed and res.severity == dg.AssetCheckSeverity.WARN
     assert "c/A round 1" in res.description and "c/A round 3" in res.description and "c/B" not in res.description
     res = label_balance(labels[~hide], s, ensemble_size=4)
-    assert res.severity == dg.AssetCheckSeverity.ERROR and "c/A (3 of 5 rounds usable, ensemble.size 4)" in res.description
+    assert res.severity == dg.AssetCheckSeverity.ERROR
+    assert "c/A (3 of 5 rounds usable, ensemble.size 4)" in res.description

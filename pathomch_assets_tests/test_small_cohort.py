@@ -102,7 +102,8 @@ def test_small_cohort_runs_end_to_end_without_the_excluded_rounds(small):
     assert all(m in meta["excluded_rounds"] for m in excluded) and meta["usable_rounds"] == 3
     evaluation = latest_metadata("model_evaluation", "brca")
     header = evaluation["table_1"].splitlines()[0]
-    assert [c.strip() for c in header.strip("|").split("|")][:5] == ["trait", "test (mean of runs)", "min", "max", "runs"]
+    columns = [c.strip() for c in header.strip("|").split("|")]
+    assert columns[:5] == ["trait", "test (mean of runs)", "min", "max", "runs"]
     assert all(m in evaluation["excluded_rounds"] for m in excluded)
     key = str(model_key(f"brca/{trait}", excluded[0]))
     assert "excluded from the ensemble" in latest_metadata("trait_model", key)["excluded"]

@@ -242,5 +242,6 @@ def table_one(metrics: pd.DataFrame, traits: list[str]) -> pd.DataFrame:
                      "min": test.at["test", "auc_min"] if has else np.nan,
                      "max": test.at["test", "auc_max"] if has else np.nan,
                      "runs": int(test.at["test", "n_models"]) if has else 0, "test (ensemble)": ens.get("test", np.nan),
-                     "OOD-near (ensemble)": ens.get("ood_near", np.nan), "OOD-all (ensemble)": ens.get("ood_all", np.nan)})
+                     "OOD-near (ensemble)": ens.get("ood_near", np.nan),
+                     "OOD-all (ensemble)": ens.get("ood_all", np.nan)})
     return pd.DataFrame(rows)
