@@ -27,10 +27,6 @@ def survival_slides(store, cohort: str) -> pd.DataFrame:
     return primary_slides(store.read("slides", "cohort = ?", [cohort]))
 
 
-#: the old name, one slide per patient: kept for the survival analysis until it calls survival_slides
-cohort_slides = survival_slides
-
-
 def build(cfg: PathomchConfig):
     part = cohorts(cfg)
 
