@@ -1,6 +1,5 @@
 """Tensor molecular cartography and HTI per slide (SPEC 3.8-3.9)."""
 
-import json
 import zlib
 
 import dagster as dg
@@ -17,7 +16,7 @@ from ..reporting import figure_file, md_table
 from ..resources import PathomchResource
 from ..storage import read_parquet, safe_stem
 from ..versions import code_version
-from .models import model_deps, predictions_path, tile_positions
+from .models import model_deps
 from .scoring import slide_calls_path
 
 ALL = dg.AllPartitionMapping()
@@ -49,53 +48,20 @@ def slide_calls(cfg: PathomchConfig, cohort: str, slide_id: str) -> pd.DataFrame
     return df[[c for c in ("col", "row", "trait", "call", "votes", "p") if c in df.columns]]
 
 
-def soft_calls(cfg: PathomchConfig, calls: pd.DataFrame, carto: Cartography,
-               probs: "EnsembleProbabilities | None" = None, positions: pd.DataFrame | None = None,
-               slide_id: str = "") -> tuple[np.ndarray, float]:
+def soft_calls(cfg: PathomchConfig, calls: pd.DataFrame, carto: Cartography) -> tuple[np.ndarray, float]:
     """The ensemble's soft calls on the grid (traits x rows x cols) and the threshold that makes them calls.
 
-    The members' mean probability where ``probs`` has it for this slide (``positions``: its tiles' ``col,
-    row`` in prediction order) or the slide calls carry it (``p``), with ``ensemble.threshold``; else the
-    hard calls themselves (the robust HTI is then the HTI).
+    The members' mean tile probability (``p``, written by ``slide_predictions`` for every slide, trained on
+    or arrived later) with ``ensemble.threshold``; slide calls from before ``p`` was stored give the hard
+    calls themselves (the robust HTI is then the HTI).
     """
     soft = carto.tensor.astype(float)
-    if probs is not None and positions is not None and all(
-            len(probs.mean.get(t, {}).get(slide_id, ())) == len(positions) for t in carto.traits):
-        rows, cols = positions["row"].to_numpy(), positions["col"].to_numpy()
-        for k, trait in enumerate(carto.traits):
-            soft[k, rows, cols] = probs.mean[trait][slide_id]
-        return soft, cfg.ensemble.threshold
     if "p" in calls.columns and calls["p"].notna().all():
         for k, trait in enumerate(carto.traits):
             t = calls[calls["trait"] == trait]
             soft[k, t["row"].to_numpy(), t["col"].to_numpy()] = t["p"].to_numpy(float)
         return soft, cfg.ensemble.threshold
     return soft, 0.5
-
-
-class EnsembleProbabilities:
-    """The members' mean tile probability per slide and trait (soft ensemble calls for the robust HTI).
-
-    From the members' stored tile predictions (``predictions/<cohort>/<trait>/<member>.parquet``).  Slides
-    no member scored during training (arrived later) have no entry: their robust HTI uses the hard calls.
-    """
-
-    def __init__(self, cfg: PathomchConfig, cohort: str, traits: list[str], log=None):
-        self.mean = {}
-        for trait in traits:
-            try:
-                members = json.loads((cfg.models_dir / cohort / trait / "ensemble.json").read_text())["members"]
-                stored = [{sid: g["p"].to_numpy() for sid, g in
-                           read_parquet(predictions_path(cfg, cohort, trait, m)).groupby("slide_id", sort=False)}
-                          for m in members]
-            except (OSError, KeyError, ValueError) as e:
-                if log:
-                    log.warning(f"{cohort}/{trait}: no member probabilities for the robust HTI ({e}); "
-                                "it uses the hard calls (robust HTI = HTI)")
-                continue
-            common = set.intersection(*(set(d) for d in stored)) if stored else set()
-            self.mean[trait] = {sid: np.mean([d[sid] for d in stored], axis=0) for sid in common
-                                if len({len(d[sid]) for d in stored}) == 1}
 
 
 def hti_settings(cfg: PathomchConfig) -> dict:
@@ -155,8 +121,6 @@ def build(cfg: PathomchConfig, slide_predictions_asset, trait_model_asset, ensem
             traits = cfg.cohorts[cohort].traits
             sets = analysis_sets(cfg, cohort, store)
             slides = store.read("slides", "cohort = ?", [cohort]).set_index("slide_id")
-            probs = EnsembleProbabilities(cfg, cohort, traits, context.log)
-            positions = tile_positions(store, cohort)
             for sid in sids:
                 g = slide_calls(cfg, cohort, sid)
                 if g is None:
@@ -171,7 +135,7 @@ def build(cfg: PathomchConfig, slide_predictions_asset, trait_model_asset, ensem
                 s = slides.loc[sid]
                 level0_px = cfg.tiling.tile_px * float(s["base_magnification"]) / cfg.tiling.magnification
                 write_geojson(carto, cartography_file(cfg, cohort, sid, "geojson"), level0_px, sid)
-                soft, threshold = soft_calls(cfg, g, carto, probs, positions.get(sid), sid)
+                soft, threshold = soft_calls(cfg, g, carto)
                 rows, stats, combos = [], [], []
                 for tset in sets:
                     idx = [traits.index(t) for t in tset]

@@ -85,7 +85,8 @@ def build(cfg: PathomchConfig, trait_model_asset, ensemble_asset):
                     ran_any |= ran
                     calls = ensemble_calls(probs, cfg.ensemble.threshold, cfg.ensemble.min_votes)
                     frames.append(pos.assign(trait=trait, call=calls,
-                                             votes=(probs >= cfg.ensemble.threshold).sum(axis=0)))
+                                             votes=(probs >= cfg.ensemble.threshold).sum(axis=0),
+                                             p=probs.mean(axis=0)))  # soft calls for the robust HTI
                     rows.append({"cohort": cohort, "trait": trait, "model": "ensemble", "slide_id": sid,
                                  "score": 100.0 * calls.mean(), "n_tiles": len(pos), "patient_id": sid[:12]})
                 with atomic_path(slide_calls_path(cfg, cohort, sid)) as tmp:
