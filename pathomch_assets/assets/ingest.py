@@ -2,6 +2,7 @@
 
 
 import contextlib
+import math
 from collections import Counter
 from pathlib import Path
 
@@ -31,7 +32,8 @@ def slide_refs(cfg, keys: list[str]) -> dict[str, object]:
 #: results kept when the file and settings are unchanged.  ``error`` is not among them: an error may be
 #: transient (permission denied, an I/O error, a file still being copied, a worker killed for memory)
 #: and nothing in the file's size or mtime says when it is over, so a failed slide is tried again on
-#: every run; a slide that is really broken fails again the same way, at the cost of one more attempt.
+#: every run; a slide that is really broken fails again the same way, at the cost of one more attempt
+#: (an open or a QC read: well under a second), and its row is then left as it was.
 REUSED_STATUSES = ("ok", "no_tissue")
 
 
@@ -50,6 +52,30 @@ def reusable(prev: dict | None, path, digest: str, cfg) -> bool:
     try:
         return prev["status"] != "ok" or tile_file(cfg.tiles_dir, cohort, prev["slide_id"]).exists()
     except OSError:
+        return False
+
+
+def same_outcome(prev: dict | None, row: dict) -> bool:
+    """``row`` says what ``prev`` said (timing aside): re-materializing leaves the table unchanged."""
+    if not prev:
+        return False
+    for k, v in row.items():
+        p = prev.get(k)
+        if k == "seconds" or (_null(v) and _null(p)):
+            continue
+        if _null(v) or _null(p) or (str(p) != str(v) and not _close(p, v)):
+            return False
+    return True
+
+
+def _null(x) -> bool:
+    return x is None or x is pd.NA or (isinstance(x, float) and math.isnan(x))
+
+
+def _close(a, b) -> bool:
+    try:
+        return abs(float(a) - float(b)) <= 1e-9 * max(1.0, abs(float(b)))
+    except (TypeError, ValueError):
         return False
 
 
@@ -137,6 +163,9 @@ def slide_tiles(context: dg.AssetExecutionContext, pathomch: PathomchResource) -
         row = slide_row(res.cohort, res.slide_id, res.path, res.status, res.error,
                         n_tiles=len(res.tiles), seconds=res.seconds, file_size=st.st_size if st else None,
                         file_mtime_ns=st.st_mtime_ns if st else None, params_hash=digest, **res.info)
+        if res.status == "error" and same_outcome(previous.get(key), row):
+            rows[key] = previous[key]  # tried again, failed the same way: its row stays as it was
+            continue
         tiles = res.tiles.assign(cohort=res.cohort, slide_id=res.slide_id) if res.status == "ok" else None
         rows[key] = record(key, row, tiles)
         if rows[key]["status"] == "ok":
