@@ -179,6 +179,13 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as err:
         print(f"pathomch: {err}", file=sys.stderr)
         return 2
+    except Exception as err:
+        from .runner import OutputsLocked
+
+        if not isinstance(err, OutputsLocked):
+            raise
+        print(f"pathomch: {err}", file=sys.stderr)
+        return 3
 
 
 if __name__ == "__main__":

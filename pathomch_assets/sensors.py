@@ -54,7 +54,8 @@ def discover_refs(cfg: PathomchConfig) -> dict[str, SlideRef]:
     found = {}
     for name, c in cfg.cohorts.items():
         if c.slides_dir.exists() or c.manifest is not None:
-            found.update({r.partition_key: r for r in discover_cohort(name, c) if not r.missing})
+            # refused slides (path policy, broken link, duplicate id) are kept: they get an `error` row
+            found.update({r.partition_key: r for r in discover_cohort(name, c) if r.usable or r.error})
     return found
 
 
@@ -199,7 +200,7 @@ def evaluate(cfg: PathomchConfig, job_name: str, context: dg.SensorEvaluationCon
     state = load_cursor(context.cursor, files)
     instance = context.instance
     known = set(instance.get_dynamic_partitions(SLIDES.name))
-    fps = {k: fp_hash(fingerprint(r.path, r.md5)) for k, r in files.items()}
+    fps = {k: fp_hash(f"error:{r.error}" if r.error else fingerprint(r.path, r.md5)) for k, r in files.items()}
     old_fp = state["fp"]
     hashes = {k: key_hash(k) for k in files.keys() | known}
     # entries of slides that are neither on disk nor partitions any more are forgotten

@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from .slides import LevelChoice, SlideError, choose_level, open_slide, slide_info
+from .slides import LevelChoice, SlideError, check_manifest_entry, choose_level, open_slide, slide_info
 
 #: tiles read per ``read_region`` call along a row (bounds memory: 16 x 512 px x 512 px x 4 B = 16 MB)
 BAND_TILES = 16
@@ -268,8 +268,12 @@ def iter_tiles(slide, info, choice: LevelChoice, params: TilingParams, path: str
 
 
 def tile_slide(cohort: str, slide_id: str, path: str | Path, out_file: str | Path, params: TilingParams,
-               default_magnification: float | None = None) -> SlideTilingResult:
-    """Tile one slide into ``out_file`` (TFRecord, written atomically); never raises for bad slides."""
+               default_magnification: float | None = None, manifest_ref=None) -> SlideTilingResult:
+    """Tile one slide into ``out_file`` (TFRecord, written atomically); never raises for bad slides.
+
+    ``manifest_ref``: the slide's ``SlideRef`` when a GDC manifest lists it; its size and MD5 are checked
+    here, in the worker (one streamed read, in parallel), before the slide is opened.
+    """
     from . import storage
 
     t0 = time.perf_counter()
@@ -277,6 +281,8 @@ def tile_slide(cohort: str, slide_id: str, path: str | Path, out_file: str | Pat
     slide = reader = None
     try:
         readable(path)
+        if manifest_ref is not None and (problem := check_manifest_entry(manifest_ref)):
+            raise SlideError(path, problem.removeprefix(f"{path}: "))
         slide = open_slide(path)
         info = slide_info(slide, path, default_magnification)
         thumb = qc_read(slide, info, path)

@@ -426,3 +426,52 @@ def test_clinical_file_with_no_valid_row_is_an_error_naming_the_file(tmp_path):
     msg = str(err.value)
     assert msg.startswith(f"{c}: no usable patient row (of 2)")
     assert f"{c}: line 2: OS_STATUS 'maybe'" in msg and f"{c}: line 3: OS_MONTHS -1 is negative" in msg
+
+
+def test_refused_and_mismatched_slides_become_error_rows_through_the_pipeline(tmp_path, monkeypatch):
+    """Discovery refusals and manifest mismatches reach the `slides` table as `error` rows naming the file,
+    through the real `slide_tiles` asset (partitions added as the sensor and the CLI add them); good
+    slides are tiled; nothing outside `slides_dir` is read."""
+    import hashlib
+    import shutil
+
+    from pathomch_assets.definitions import build_definitions
+    from pathomch_assets.runner import materialize_all
+    from pathomch_assets.storage import TableStore
+
+    from .conftest import OPENSLIDE
+
+    slides = tmp_path / "slides"
+    outside = tmp_path / "outside"
+    for d in (slides, outside):
+        d.mkdir()
+    good, bad_md5 = "TCGA-AA-0001-01Z-00-DX1.GOOD", "TCGA-AA-0002-01Z-00-DX1.BADMD5"
+    for sid in (good, bad_md5):
+        (slides / sid).mkdir()
+        shutil.copy(OPENSLIDE / "small.svs", slides / sid / f"{sid}.svs")
+    digest = hashlib.md5((OPENSLIDE / "small.svs").read_bytes()).hexdigest()
+    size = (OPENSLIDE / "small.svs").stat().st_size
+    shutil.copy(OPENSLIDE / "small.svs", outside / "x.svs")
+    (slides / "esc").mkdir()
+    (slides / "esc" / "TCGA-AA-0003-01Z-00-DX1.ESC.svs").symlink_to(outside / "x.svs")
+    manifest = tmp_path / "manifest.txt"
+    manifest.write_text("id\tfilename\tmd5\tsize\tstate\n"
+                        f"{good}\t{good}.svs\t{digest}\t{size}\treleased\n"
+                        f"{bad_md5}\t{bad_md5}.svs\t{'0' * 32}\t{size}\treleased\n"
+                        f"esc\tTCGA-AA-0003-01Z-00-DX1.ESC.svs\t{digest}\t{size}\treleased\n")
+    (tmp_path / "mrna.tsv").write_text("gene_id\n")
+    (tmp_path / "mirna.csv").write_text("Genes,Correction\n")
+    config = tmp_path / "pathomch.yaml"
+    config.write_text(f"data_dir: out\nduckdb_path: out/p.duckdb\ntiling: {{magnification: 20, tile_px: 16, max_background_fraction: 1.0}}\n"
+                      f"cohorts:\n  brca:\n    slides_dir: slides\n    manifest: manifest.txt\n    mrna: mrna.tsv\n"
+                      f"    mirna: mirna.csv\n    traits: [MKI67, miR-17-5p]\n    default_magnification: 20\n")
+    monkeypatch.setenv("DAGSTER_HOME", str(tmp_path / "home"))
+    monkeypatch.setenv("PATHOMCH_CONFIG", str(config))
+    cfg = load_config(config)
+    assert not materialize_all(build_definitions(cfg), cfg, selection="slide_tiles", log=lambda *a: None).failed
+    rows = TableStore(cfg.tables_dir, cfg.duckdb_path).query("select slide_id, status, error from slides")
+    rows = rows.set_index("slide_id")
+    assert rows.status[good] == "ok"
+    assert rows.status[bad_md5] == "error" and "MD5" in rows.error[bad_md5] and f"{bad_md5}.svs" in rows.error[bad_md5]
+    esc = "TCGA-AA-0003-01Z-00-DX1.ESC"
+    assert rows.status[esc] == "error" and "outside" in rows.error[esc]

@@ -100,7 +100,10 @@ def test_rematerializing_is_idempotent_and_resumes_a_killed_tiling_run(foundatio
     sel = "slide_tiles,labels,splits"
     assert not materialize_all(defs, cfg, selection=sel, log=lambda *a: None).failed
     for t, before in tables.items():  # twice: identical rows, no duplicates, no slide tiled again
-        pd.testing.assert_frame_equal(before, store.query(f"select * from {t} order by all"))
+        # (error rows are tried again on every run, in case the cause was transient: only their timing differs)
+        drop = ["seconds"] if t == "slides" else []
+        pd.testing.assert_frame_equal(before.drop(columns=drop),
+                                      store.query(f"select * from {t} order by all").drop(columns=drop))
     assert {p: p.stat().st_mtime_ns for p in files} == files
     # a run killed mid-way: three slides never finished (no row, no file), a temporary file left behind
     ok = tables["slides"][tables["slides"].status == "ok"].head(3)
@@ -134,7 +137,7 @@ def test_ensembles_find_planted_traits(foundation):
     cfg, _, store = foundation
     m = store.query("select * from model_metrics")
     assert set(m.eval_set) == {"val", "test", "ood_near", "ood_all"}
-    assert set(m.model) == {f"round_{i}" for i in range(5)} | {"ensemble"}
+    assert set(m.model) == {f"round_{i}" for i in range(5)} | {"ensemble", "mean_of_rounds"}
     ens = m[(m.model == "ensemble") & (m.eval_set == "test")].set_index(["cohort", "trait"]).auc
     for cohort in ("brca", "luad"):
         signal, control = planted(cfg, cohort)
@@ -151,7 +154,8 @@ def test_ensemble_members_are_the_best_three_rounds(foundation):
     import json
 
     cfg, _, store = foundation
-    val = store.query("select trait, model, auc from model_metrics where cohort = 'brca' and eval_set = 'val'")
+    val = store.query("select trait, model, auc from model_metrics where cohort = 'brca' and eval_set = 'val' "
+                      "and model like 'round_%'")
     for trait in ("MKI67", "miR-17-5p"):
         members = json.loads((cfg.models_dir / "brca" / trait / "ensemble.json").read_text())["members"]
         v = val[val.trait == trait].set_index("model").auc

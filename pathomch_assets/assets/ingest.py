@@ -13,7 +13,7 @@ from ..deployment import TILING_STEP
 from ..partitions import SLIDES, by_cohort
 from ..reporting import md_table
 from ..resources import PathomchResource
-from ..slides import discover_slides, is_diagnostic
+from ..slides import discover_cohort, is_diagnostic
 from ..storage import tile_file
 from ..tiling import TilingParams, default_workers, tile_slides
 
@@ -23,7 +23,7 @@ def slide_refs(cfg, keys: list[str]) -> dict[str, object]:
     out = {}
     for cohort, sids in by_cohort(keys).items():
         c = cfg.cohorts.get(cohort)
-        found = {r.slide_id: r for r in discover_slides(cohort, c.slides_dir, c.manifest)} if c else {}
+        found = {r.slide_id: r for r in discover_cohort(cohort, c)} if c else {}
         for sid in sids:
             out[f"{cohort}/{sid}"] = found.get(sid)
     return out
@@ -113,13 +113,16 @@ def slide_tiles(context: dg.AssetExecutionContext, pathomch: PathomchResource) -
         if ref is not None and not ref.missing and reusable(previous.get(key), ref.path, digest, cfg):
             reused += 1  # same file, same settings, finished before: nothing to redo (resume after a kill)
             continue
-        if ref is None or ref.missing:
+        if ref is not None and ref.error:  # refused by discovery (path policy, broken link, duplicate id, ...)
+            rows[key] = slide_row(cohort, sid, ref.path, "error", ref.error)
+        elif ref is None or ref.missing:
             rows[key] = slide_row(cohort, sid, ref.path if ref else "", "missing", f"{sid}: slide file not found")
         elif cfg.cohorts[cohort].diagnostic_only and not is_diagnostic(sid):
             rows[key] = slide_row(cohort, sid, ref.path, "skipped", f"{ref.path}: not a diagnostic slide (no -DX in its name)")
         else:
             jobs.append((cohort, sid, str(ref.path), tile_file(cfg.tiles_dir, cohort, sid), params,
-                         cfg.cohorts[cohort].default_magnification))
+                         cfg.cohorts[cohort].default_magnification,
+                         ref if (ref.md5 or ref.size is not None) else None))  # checked against the manifest
     tiles_total, unrecorded = 0, {}
 
     def record(key: str, row: dict, tiles: pd.DataFrame | None = None) -> dict:
