@@ -350,6 +350,8 @@ def _materialize_all(defs, cfg, selection, partitions, log, missing_only, execut
             outcomes = one_by_one()
         for (label, _), (success, run_id) in zip(runs, outcomes):
             summary.runs += 1
+            for line in failed_checks(instance, run_id):
+                log(f"  check failed: {line}")
             if not success:
                 failed_keys.update(batch)
                 summary.failed.append(f"{names} [{label}] (run {run_id})")
@@ -362,6 +364,17 @@ def _materialize_all(defs, cfg, selection, partitions, log, missing_only, execut
 
 def _with_owner_tags(kwargs: dict) -> dict:
     return {**kwargs, "tags": {**kwargs.get("tags", {}), **owner_tags()}}
+
+
+def failed_checks(instance: dg.DagsterInstance, run_id: str) -> list[str]:
+    """The asset checks of a run that did not pass, with severity and description (what to change)."""
+    out = []
+    for rec in instance.get_records_for_run(run_id, of_type=dg.DagsterEventType.ASSET_CHECK_EVALUATION).records:
+        ev = rec.event_log_entry.dagster_event.event_specific_data
+        if not ev.passed:
+            out.append(f"{ev.asset_key.to_user_string()} check {ev.check_name} ({ev.severity.value}): "
+                       f"{ev.description or 'no description'}")
+    return out
 
 
 def _run_tags(pdef, kwargs: dict) -> dict:

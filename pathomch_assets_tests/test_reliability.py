@@ -102,3 +102,26 @@ def test_missing_only_resumes_without_redoing_finished_partitions(small_demo, tm
     assert first.runs == 1 and calls == ["a"]
     again = materialize_all(defs, cfg, missing_only=True, log=lambda *a: None)
     assert calls == ["a", "b", "c"] and again.already == 1
+
+
+def test_failed_check_descriptions_are_reported():
+    """`pathomch materialize` prints every failing check with its description (what to change)."""
+    from pathomch_assets.runner import failed_checks
+
+    @dg.asset
+    def thing():
+        return 1
+
+    @dg.asset_check(asset=thing)
+    def has_both_classes():
+        return dg.AssetCheckResult(passed=False, severity=dg.AssetCheckSeverity.WARN,
+                                   description="brca/ESR1 round_2: the val split has one class; raise val_fraction")
+
+    @dg.asset_check(asset=thing)
+    def fine():
+        return dg.AssetCheckResult(passed=True)
+
+    instance = dg.DagsterInstance.ephemeral()
+    result = dg.materialize([thing, has_both_classes, fine], instance=instance)
+    assert failed_checks(instance, result.run_id) == [
+        "thing check has_both_classes (WARN): brca/ESR1 round_2: the val split has one class; raise val_fraction"]
