@@ -12,7 +12,7 @@ import pytest
 
 from pathomch_assets.config import ConfigError, load_config
 from pathomch_assets.demo_cohort import write_pyramid
-from pathomch_assets.expression import (MIRNA, MRNA, ExpressionFormatError, read_clinical, read_expression,
+from pathomch_assets.expression import (MRNA, ExpressionFormatError, read_clinical, read_expression,
                                         read_traits)
 from pathomch_assets.slides import (ManifestError, SlideError, check_manifest_entry, discover_cohort,
                                     discover_slides, open_slide, tiff_truncation)
@@ -462,9 +462,10 @@ def test_refused_and_mismatched_slides_become_error_rows_through_the_pipeline(tm
     (tmp_path / "mrna.tsv").write_text("gene_id\n")
     (tmp_path / "mirna.csv").write_text("Genes,Correction\n")
     config = tmp_path / "pathomch.yaml"
-    config.write_text(f"data_dir: out\nduckdb_path: out/p.duckdb\ntiling: {{magnification: 20, tile_px: 16, max_background_fraction: 1.0}}\n"
-                      f"cohorts:\n  brca:\n    slides_dir: slides\n    manifest: manifest.txt\n    mrna: mrna.tsv\n"
-                      f"    mirna: mirna.csv\n    traits: [MKI67, miR-17-5p]\n    default_magnification: 20\n")
+    config.write_text("data_dir: out\nduckdb_path: out/p.duckdb\n"
+                      "tiling: {magnification: 20, tile_px: 16, max_background_fraction: 1.0}\n"
+                      "cohorts:\n  brca:\n    slides_dir: slides\n    manifest: manifest.txt\n    mrna: mrna.tsv\n"
+                      "    mirna: mirna.csv\n    traits: [MKI67, miR-17-5p]\n    default_magnification: 20\n")
     monkeypatch.setenv("DAGSTER_HOME", str(tmp_path / "home"))
     monkeypatch.setenv("PATHOMCH_CONFIG", str(config))
     cfg = load_config(config)
