@@ -70,7 +70,7 @@ def make_bench_slide(path: Path, size_20x: int, seed: int = 0, tissue_share: flo
                         ys, xs = max(y, y0), max(x, x0)
                         ye, xe = min(y + 256, y0 + bpx, shape[0]), min(x + 256, x0 + bpx, shape[1])
                         if ye > ys and xe > xs:
-                            out[ys - y:ye - y, xs - x:xe - x] = b[ys - y0:ye - y0, xs - x0:xe - x0]
+                            out[ys - y : ye - y, xs - x : xe - x] = b[ys - y0 : ye - y0, xs - x0 : xe - x0]
                 yield out
 
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -79,11 +79,21 @@ def make_bench_slide(path: Path, size_20x: int, seed: int = 0, tissue_share: flo
     with tifffile.TiffWriter(tmp, bigtiff=True) as tif:
         for level, s in enumerate(scales):
             side = int(size_20x * s)
-            kw = dict(shape=(side, side, 3), dtype=np.uint8, tile=(256, 256), compression="jpeg",
-                      compressionargs={"level": 80}, photometric="rgb", metadata=None,
-                      subfiletype=0 if level == 0 else 1, maxworkers=os.cpu_count())
+            kw = dict(
+                shape=(side, side, 3),
+                dtype=np.uint8,
+                tile=(256, 256),
+                compression="jpeg",
+                compressionargs={"level": 80},
+                photometric="rgb",
+                metadata=None,
+                subfiletype=0 if level == 0 else 1,
+                maxworkers=os.cpu_count(),
+            )
             if level == 0:
-                kw["description"] = f"Aperio Image Library v12.0.15\r\n{w0}x{w0} (256x256) JPEG/RGB Q=80|AppMag = 40|MPP = 0.2500"
+                kw["description"] = (
+                    f"Aperio Image Library v12.0.15\r\n{w0}x{w0} (256x256) JPEG/RGB Q=80|AppMag = 40|MPP = 0.2500"
+                )
             tif.write(tiles(level, (side, side)), **kw)
     tmp.replace(path)
     return path
@@ -101,15 +111,20 @@ def run_tiler(slide: str, out: str, threads: int = 2) -> dict:
     startup = time.perf_counter() - t0
     t0 = time.perf_counter()
     res = tile_slide("bench", "bench", slide, out, TilingParams(20, 512, threads=threads))
-    return {"seconds": time.perf_counter() - t0, "worker_startup_seconds": startup, "tiles": len(res.tiles),
-            "status": res.status, "level": res.info.get("level"), "read_px": res.info.get("read_px"),
-            "threads": threads}
+    return {
+        "seconds": time.perf_counter() - t0,
+        "worker_startup_seconds": startup,
+        "tiles": len(res.tiles),
+        "status": res.status,
+        "level": res.info.get("level"),
+        "read_px": res.info.get("read_px"),
+        "threads": threads,
+    }
 
 
 def run_naive(slide: str, out_dir: str) -> dict:
     """The original study's way: level 0, 512 * mag / 20 px per tile, PIL resize, a JPEG file each."""
     import openslide
-    from PIL import Image
 
     t0 = time.perf_counter()
     s = openslide.OpenSlide(slide)
@@ -157,10 +172,17 @@ def _child(method: str, *args) -> dict:
     """Run one method in a fresh process; adds its peak RSS."""
     # VmHWM belongs to this process's own address space; ru_maxrss would carry the forking
     # parent's high-water mark across exec on Linux
-    code = ("import json; from pathomch_assets import bench; "
-            f"r = bench.{method}(*{list(args)!r}); r['peak_rss_mb'] = bench.peak_rss_mb(); print(json.dumps(r))")
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
-                         env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"})
+    code = (
+        "import json; from pathomch_assets import bench; "
+        f"r = bench.{method}(*{list(args)!r}); r['peak_rss_mb'] = bench.peak_rss_mb(); print(json.dumps(r))"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        check=True,
+        env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"},
+    )
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
@@ -174,12 +196,19 @@ def bench_tiling(sizes=(20480, 40960 // 2 * 1)) -> list[dict]:
             naive = _child("run_naive", str(slide), tmp)
             floor = _child("run_floor", str(slide), ours["level"] or 0)
         assert ours["tiles"] == naive["tiles"], (ours, naive)
-        rows.append({
-            "slide_px_40x": 2 * size_20x, "tissue_tiles": ours["tiles"], "tiler": ours, "tiler_1_thread": single,
-            "naive": naive, "floor": floor, "speedup_vs_naive_1_thread": naive["seconds"] / single["seconds"],
-            "speedup_vs_naive": naive["seconds"] / ours["seconds"],
-            "time_vs_decode_floor": ours["seconds"] / floor["seconds"],
-        })
+        rows.append(
+            {
+                "slide_px_40x": 2 * size_20x,
+                "tissue_tiles": ours["tiles"],
+                "tiler": ours,
+                "tiler_1_thread": single,
+                "naive": naive,
+                "floor": floor,
+                "speedup_vs_naive_1_thread": naive["seconds"] / single["seconds"],
+                "speedup_vs_naive": naive["seconds"] / ours["seconds"],
+                "time_vs_decode_floor": ours["seconds"] / floor["seconds"],
+            }
+        )
     return rows
 
 
@@ -214,9 +243,14 @@ def bench_input(tiles: dict[str, tuple[Path, int]], seconds: float = 8.0) -> lis
     from .training import SlideSet, build_model, train_dataset
 
     out = []
-    configs = (("demo: small_cnn 32 px from 128 px tiles, cached", "demo",
-                TrainingConfig(architecture="small_cnn", input_px=32, batch_size=64, cache_decoded=True)),
-               ("paper: inception_v3 512 px from 512 px tiles", "paper", TrainingConfig(input_px=512, batch_size=8)))
+    configs = (
+        (
+            "demo: small_cnn 32 px from 128 px tiles, cached",
+            "demo",
+            TrainingConfig(architecture="small_cnn", input_px=32, batch_size=64, cache_decoded=True),
+        ),
+        ("paper: inception_v3 512 px from 512 px tiles", "paper", TrainingConfig(input_px=512, batch_size=8)),
+    )
     for name, store, cfg in configs:
         path, n_tiles = tiles[store]
         slides = SlideSet(["a", "b"], [str(path)] * 2, [0, 1])
@@ -232,16 +266,25 @@ def bench_input(tiles: dict[str, tuple[Path, int]], seconds: float = 8.0) -> lis
         y = np.zeros((cfg.batch_size, 1), "float32")
         train = tiles_per_s(lambda: model.train_on_batch(x, y), cfg.batch_size, seconds)
         infer = tiles_per_s(lambda: model.predict_on_batch(x), cfg.batch_size, seconds / 2)
-        out.append({"config": name, "store": store, "device": device_name(),
-                    "tile_bytes": path.stat().st_size / max(n_tiles, 1), "pipeline_tiles_per_s": pipeline,
-                    "training_tiles_per_s": train, "inference_tiles_per_s": infer,
-                    "pipeline_over_training": pipeline / train})
+        out.append(
+            {
+                "config": name,
+                "store": store,
+                "device": device_name(),
+                "tile_bytes": path.stat().st_size / max(n_tiles, 1),
+                "pipeline_tiles_per_s": pipeline,
+                "training_tiles_per_s": train,
+                "inference_tiles_per_s": infer,
+                "pipeline_over_training": pipeline / train,
+            }
+        )
         keras.backend.clear_session()
     return out
 
 
-def bench_accelerators(architecture: str = "inception_v3", input_px: int = 512, batch_size: int = 32,
-                       seconds: float = 10.0) -> list[dict]:
+def bench_accelerators(
+    architecture: str = "inception_v3", input_px: int = 512, batch_size: int = 32, seconds: float = 10.0
+) -> list[dict]:
     """Training and inference tiles/s for each accelerator setting: float32 and mixed precision,
     on one device and, with several GPUs, on all of them (``MirroredStrategy``, the batch per GPU
     kept).  Without a GPU it runs on the CPU, which is how tests cover the code path."""
@@ -257,8 +300,11 @@ def bench_accelerators(architecture: str = "inception_v3", input_px: int = 512, 
         for n in spans:
             keras.mixed_precision.set_global_policy(precision)
             try:
-                strategy = (tf.distribute.MirroredStrategy([f"/gpu:{i}" for i in range(n)]) if n > 1
-                            else tf.distribute.get_strategy())
+                strategy = (
+                    tf.distribute.MirroredStrategy([f"/gpu:{i}" for i in range(n)])
+                    if n > 1
+                    else tf.distribute.get_strategy()
+                )
                 with strategy.scope():
                     model = build_model(architecture, input_px)
                 batch = batch_size * n
@@ -266,6 +312,7 @@ def bench_accelerators(architecture: str = "inception_v3", input_px: int = 512, 
                 data = tf.data.Dataset.from_tensors((x, np.zeros((batch, 1), "float32"))).repeat()
                 rates = {}
                 for phase in ("training", "inference"):
+
                     def run(steps):
                         if phase == "training":
                             model.fit(data, steps_per_epoch=steps, epochs=1, verbose=0)
@@ -283,17 +330,33 @@ def bench_accelerators(architecture: str = "inception_v3", input_px: int = 512, 
             finally:
                 keras.mixed_precision.set_global_policy("float32")
                 keras.backend.clear_session()
-            out.append({"device": device_name(), "devices": n, "precision": precision, "architecture": architecture,
-                        "input_px": input_px, "batch_per_device": batch_size,
-                        "training_tiles_per_s": rates["training"], "inference_tiles_per_s": rates["inference"]})
+            out.append(
+                {
+                    "device": device_name(),
+                    "devices": n,
+                    "precision": precision,
+                    "architecture": architecture,
+                    "input_px": input_px,
+                    "batch_per_device": batch_size,
+                    "training_tiles_per_s": rates["training"],
+                    "inference_tiles_per_s": rates["inference"],
+                }
+            )
     return out
 
 
 def main() -> None:
     BENCH_DIR.mkdir(exist_ok=True)
     for size in (10240, 20480):  # generated in a child: the parent stays small
-        subprocess.run([sys.executable, "-c", f"from pathomch_assets import bench; bench.make_bench_slide("
-                        f"bench.SLIDE_DIR / 'bench40x_{2 * size}.svs', {size})"], check=True)
+        subprocess.run(
+            [
+                sys.executable,
+                "-c",
+                f"from pathomch_assets import bench; bench.make_bench_slide("
+                f"bench.SLIDE_DIR / 'bench40x_{2 * size}.svs', {size})",
+            ],
+            check=True,
+        )
     tiling = bench_tiling((10240, 20480))
     from .tiling import TilingParams, tile_slide
 
@@ -309,26 +372,36 @@ def main() -> None:
     # Inception v3 at 512 px per accelerator setting; on a CPU that takes hours in mixed precision
     # (emulated), so only a GPU machine runs it (tests run the same code on the CPU, small)
     accelerators = bench_accelerators() if tf.config.list_physical_devices("GPU") else []
-    results = {"machine": {"platform": platform.platform(), "cpus": os.cpu_count(), "python": platform.python_version()},
-               "tiling": tiling, "input_pipeline": inputs, "accelerators": accelerators}
+    results = {
+        "machine": {"platform": platform.platform(), "cpus": os.cpu_count(), "python": platform.python_version()},
+        "tiling": tiling,
+        "input_pipeline": inputs,
+        "accelerators": accelerators,
+    }
     (BENCH_DIR / "results.json").write_text(json.dumps(results, indent=1))
     print(f"machine: {results['machine']}")
     print("tiling at 20x / 512 px on a generated 40x slide (same process type, fresh process each):")
     for r in tiling:
-        print(f"  {r['slide_px_40x']:>6} px: {r['tissue_tiles']} tiles; tiler {r['tiler']['seconds']:.2f} s "
-              f"(1 thread {r['tiler_1_thread']['seconds']:.2f} s; peak RSS {r['tiler']['peak_rss_mb']:.0f} MB with "
-              f"TensorFlow loaded; naive {r['naive']['peak_rss_mb']:.0f} MB), "
-              f"naive {r['naive']['seconds']:.1f} s, decode floor {r['floor']['seconds']:.2f} s -> "
-              f"{r['speedup_vs_naive']:.1f}x naive ({r['speedup_vs_naive_1_thread']:.1f}x on 1 thread), "
-              f"{r['time_vs_decode_floor']:.2f}x floor time")
+        print(
+            f"  {r['slide_px_40x']:>6} px: {r['tissue_tiles']} tiles; tiler {r['tiler']['seconds']:.2f} s "
+            f"(1 thread {r['tiler_1_thread']['seconds']:.2f} s; peak RSS {r['tiler']['peak_rss_mb']:.0f} MB with "
+            f"TensorFlow loaded; naive {r['naive']['peak_rss_mb']:.0f} MB), "
+            f"naive {r['naive']['seconds']:.1f} s, decode floor {r['floor']['seconds']:.2f} s -> "
+            f"{r['speedup_vs_naive']:.1f}x naive ({r['speedup_vs_naive_1_thread']:.1f}x on 1 thread), "
+            f"{r['time_vs_decode_floor']:.2f}x floor time"
+        )
     print("input pipeline vs training on this CPU:")
     for r in inputs:
-        print(f"  {r['config']} on {r['device']}: tf.data {r['pipeline_tiles_per_s']:.0f} tiles/s, training "
-              f"{r['training_tiles_per_s']:.1f} tiles/s -> {r['pipeline_over_training']:.1f}x; inference "
-              f"{r['inference_tiles_per_s']:.1f} tiles/s; {r['tile_bytes'] / 1024:.0f} KiB per stored tile")
+        print(
+            f"  {r['config']} on {r['device']}: tf.data {r['pipeline_tiles_per_s']:.0f} tiles/s, training "
+            f"{r['training_tiles_per_s']:.1f} tiles/s -> {r['pipeline_over_training']:.1f}x; inference "
+            f"{r['inference_tiles_per_s']:.1f} tiles/s; {r['tile_bytes'] / 1024:.0f} KiB per stored tile"
+        )
     for r in accelerators:
-        print(f"  {r['architecture']} {r['input_px']} px on {r['devices']} x {r['device']}, {r['precision']}: training "
-              f"{r['training_tiles_per_s']:.0f} tiles/s, inference {r['inference_tiles_per_s']:.0f} tiles/s")
+        print(
+            f"  {r['architecture']} {r['input_px']} px on {r['devices']} x {r['device']}, {r['precision']}: training "
+            f"{r['training_tiles_per_s']:.0f} tiles/s, inference {r['inference_tiles_per_s']:.0f} tiles/s"
+        )
     if not accelerators:
         print("no GPU: accelerator figures (float32 / mixed precision, one / all GPUs) not measured")
     print(f"written to {BENCH_DIR / 'results.json'}")

@@ -41,7 +41,7 @@ class Cartography:
         return path
 
     @classmethod
-    def load(cls, path: str | Path) -> "Cartography":
+    def load(cls, path: str | Path) -> Cartography:
         with np.load(local_copy(path)) as z:
             return cls([str(t) for t in z["traits"]], z["tensor"], z["mask"])
 
@@ -165,14 +165,26 @@ def to_geojson(carto: Cartography, tile_px_level0: float, name: str = "") -> dic
     s = float(tile_px_level0)
     for r, c, code in zip(rows, cols, codes):
         x0, y0 = c * s, r * s
-        klass = {"name": names[code - 1], "color": [int(v) for v in colours[code - 1]]} if code else \
-            {"name": "negative", "color": list(NEGATIVE_RGB)}
-        features.append({
-            "type": "Feature",
-            "geometry": {"type": "Polygon", "coordinates": [[[x0, y0], [x0 + s, y0], [x0 + s, y0 + s], [x0, y0 + s], [x0, y0]]]},
-            "properties": {"objectType": "tile", "name": f"{name} col {c} row {r}", "classification": klass,
-                           "measurements": {t: int(carto.tensor[k, r, c]) for k, t in enumerate(carto.traits)}},
-        })
+        klass = (
+            {"name": names[code - 1], "color": [int(v) for v in colours[code - 1]]}
+            if code
+            else {"name": "negative", "color": list(NEGATIVE_RGB)}
+        )
+        features.append(
+            {
+                "type": "Feature",
+                "geometry": {
+                    "type": "Polygon",
+                    "coordinates": [[[x0, y0], [x0 + s, y0], [x0 + s, y0 + s], [x0, y0 + s], [x0, y0]]],
+                },
+                "properties": {
+                    "objectType": "tile",
+                    "name": f"{name} col {c} row {r}",
+                    "classification": klass,
+                    "measurements": {t: int(carto.tensor[k, r, c]) for k, t in enumerate(carto.traits)},
+                },
+            }
+        )
     return {"type": "FeatureCollection", "features": features}
 
 

@@ -1,6 +1,5 @@
 """Asset checks: leakage and balance guards that block downstream assets when they fail."""
 
-
 import dagster as dg
 import pandas as pd
 
@@ -23,17 +22,24 @@ def _read(pathomch: PathomchResource, table: str, context) -> pd.DataFrame:
 
 def split_leakage(splits: pd.DataFrame) -> dg.AssetCheckResult:
     bad = leakage(splits)
-    return dg.AssetCheckResult(passed=bad.empty, metadata={"patients_in_two_splits": len(bad)},
-                               description=None if bad.empty else f"{len(bad)} patient-rounds in two splits")
+    return dg.AssetCheckResult(
+        passed=bad.empty,
+        metadata={"patients_in_two_splits": len(bad)},
+        description=None if bad.empty else f"{len(bad)} patient-rounds in two splits",
+    )
 
 
 def same_test_set(splits: pd.DataFrame) -> dg.AssetCheckResult:
-    sets = {(c, r): frozenset(g.loc[g["split"] == "test", "patient_id"])
-            for (c, r), g in splits.groupby(["cohort", "round"])}
-    bad = [f"{c} round {r}" for (c, r), s in sets.items()
-           if s != next(v for (c2, _), v in sorted(sets.items()) if c2 == c)]
-    return dg.AssetCheckResult(passed=not bad, metadata={"rounds_differing": len(bad)},
-                               description="; ".join(bad) if bad else None)
+    sets = {
+        (c, r): frozenset(g.loc[g["split"] == "test", "patient_id"])
+        for (c, r), g in splits.groupby(["cohort", "round"])
+    }
+    bad = [
+        f"{c} round {r}" for (c, r), s in sets.items() if s != next(v for (c2, _), v in sorted(sets.items()) if c2 == c)
+    ]
+    return dg.AssetCheckResult(
+        passed=not bad, metadata={"rounds_differing": len(bad)}, description="; ".join(bad) if bad else None
+    )
 
 
 def label_balance(labels: pd.DataFrame, splits: pd.DataFrame, ensemble_size: int = 3) -> dg.AssetCheckResult:
@@ -45,63 +51,87 @@ def label_balance(labels: pd.DataFrame, splits: pd.DataFrame, ensemble_size: int
     naming it, though other traits still run).
     """
     lab = labels[labels["subset"] == "labeled"].merge(splits, on=["cohort", "patient_id"])
-    counts = lab.pivot_table(index=["cohort", "trait", "round", "split"], columns="label", values="patient_id",
-                             aggfunc="count", fill_value=0)
+    counts = lab.pivot_table(
+        index=["cohort", "trait", "round", "split"], columns="label", values="patient_id", aggfunc="count", fill_value=0
+    )
     for cls in (0, 1):
         if cls not in counts.columns:
             counts[cls] = 0
     # every (trait, round, split), also those without a single labelled patient
     full = pd.MultiIndex.from_tuples(
-        [(c, t, r, sp) for c, t in labels[["cohort", "trait"]].drop_duplicates().itertuples(index=False)
-         for r in sorted(splits.loc[splits["cohort"] == c, "round"].unique()) for sp in ("train", "val", "test")],
-        names=["cohort", "trait", "round", "split"])
+        [
+            (c, t, r, sp)
+            for c, t in labels[["cohort", "trait"]].drop_duplicates().itertuples(index=False)
+            for r in sorted(splits.loc[splits["cohort"] == c, "round"].unique())
+            for sp in ("train", "val", "test")
+        ],
+        names=["cohort", "trait", "round", "split"],
+    )
     counts = counts.reindex(full, fill_value=0) if len(full) else counts
     counts = counts.rename(columns={0: "low", 1: "high"}).reset_index()
     if counts.empty:
-        return dg.AssetCheckResult(passed=False, metadata={"missing_class": 0},
-                                   description="no labelled patient in any split: materialize labels and splits")
+        return dg.AssetCheckResult(
+            passed=False,
+            metadata={"missing_class": 0},
+            description="no labelled patient in any split: materialize labels and splits",
+        )
     counts["ok"] = (counts["low"] > 0) & (counts["high"] > 0)
     fit = counts[counts["split"].isin(["train", "val"])].groupby(["cohort", "trait", "round"])["ok"].all()
     rounds = splits["round"].nunique()
     usable = fit.groupby(["cohort", "trait"]).sum()
     test_ok = counts[counts["split"] == "test"].groupby(["cohort", "trait"])["ok"].all()
     excluded = [f"{c}/{t} round {r}" for (c, t, r), ok in fit.items() if not ok]
-    failing = [f"{c}/{t} ({n} of {rounds} rounds usable, ensemble.size {ensemble_size})"
-               for (c, t), n in usable.items() if n < ensemble_size]
+    failing = [
+        f"{c}/{t} ({n} of {rounds} rounds usable, ensemble.size {ensemble_size})"
+        for (c, t), n in usable.items()
+        if n < ensemble_size
+    ]
     failing += [f"{c}/{t} (its test set lacks a class)" for (c, t), ok in test_ok.items() if not ok]
     parts = []
     if excluded:
-        parts.append(f"train or validation lacks a class, so these rounds are excluded from their trait's ensemble "
-                     f"(other rounds and traits go on): {', '.join(excluded)}")
+        parts.append(
+            f"train or validation lacks a class, so these rounds are excluded from their trait's ensemble "
+            f"(other rounds and traits go on): {', '.join(excluded)}"
+        )
     if failing:
-        parts.append(f"these traits cannot be evaluated: {', '.join(failing)}; add patients or raise "
-                     f"splits.val_fraction/test_fraction")
+        parts.append(
+            f"these traits cannot be evaluated: {', '.join(failing)}; add patients or raise "
+            f"splits.val_fraction/test_fraction"
+        )
     severity = dg.AssetCheckSeverity.ERROR if failing else dg.AssetCheckSeverity.WARN
     return dg.AssetCheckResult(
-        passed=not parts, severity=severity,
-        metadata={"missing_class": int((~counts["ok"]).sum()), "excluded_rounds": len(excluded),
-                  "traits_failing": len(failing), "counts": md_table(counts.query("round == 0").drop(columns="ok"))},
-        description=". ".join(parts) or None)
+        passed=not parts,
+        severity=severity,
+        metadata={
+            "missing_class": int((~counts["ok"]).sum()),
+            "excluded_rounds": len(excluded),
+            "traits_failing": len(failing),
+            "counts": md_table(counts.query("round == 0").drop(columns="ok")),
+        },
+        description=". ".join(parts) or None,
+    )
 
 
 def build(splits_asset, labels_asset):
-    @dg.asset_check(asset=splits_asset, blocking=True,
-                    description="No patient appears in two splits of one round.")
+    @dg.asset_check(asset=splits_asset, blocking=True, description="No patient appears in two splits of one round.")
     def no_patient_in_two_splits(context, pathomch: PathomchResource) -> dg.AssetCheckResult:
         return split_leakage(_read(pathomch, "splits", context))
 
-    @dg.asset_check(asset=splits_asset, blocking=True,
-                    description="The held-out test set is the same in every round.")
+    @dg.asset_check(asset=splits_asset, blocking=True, description="The held-out test set is the same in every round.")
     def test_set_same_every_round(context, pathomch: PathomchResource) -> dg.AssetCheckResult:
         return same_test_set(_read(pathomch, "splits", context))
 
-    @dg.asset_check(asset=labels_asset, blocking=False,
-                    description="Both label classes are present in train, validation and test of every round. "
-                    "Not blocking: a round lacking a class is excluded from its trait's ensemble (warning); a "
-                    "trait with too few usable rounds fails alone at `ensemble` (error here).")
+    @dg.asset_check(
+        asset=labels_asset,
+        blocking=False,
+        description="Both label classes are present in train, validation and test of every round. "
+        "Not blocking: a round lacking a class is excluded from its trait's ensemble (warning); a "
+        "trait with too few usable rounds fails alone at `ensemble` (error here).",
+    )
     def label_classes_present(context, pathomch: PathomchResource) -> dg.AssetCheckResult:
-        return label_balance(_read(pathomch, "labels", context), _read(pathomch, "splits", context),
-                             pathomch.get_config().ensemble.size)
+        return label_balance(
+            _read(pathomch, "labels", context), _read(pathomch, "splits", context), pathomch.get_config().ensemble.size
+        )
 
     return [no_patient_in_two_splits, test_set_same_every_round, label_classes_present]
 
@@ -110,10 +140,16 @@ def min_tiles(slides: pd.DataFrame, minimum: int) -> dg.AssetCheckResult:
     ok = slides[slides["status"] == "ok"]
     low = ok[ok["n_tiles"].fillna(0) < minimum]
     return dg.AssetCheckResult(
-        passed=low.empty, severity=dg.AssetCheckSeverity.WARN,
-        metadata={"slides_ok": len(ok), "below_minimum": len(low), "minimum": minimum,
-                  "min_tiles_seen": int(ok["n_tiles"].min()) if len(ok) else 0},
-        description=None if low.empty else "few tiles: " + ", ".join(low["slide_id"].head(10)))
+        passed=low.empty,
+        severity=dg.AssetCheckSeverity.WARN,
+        metadata={
+            "slides_ok": len(ok),
+            "below_minimum": len(low),
+            "minimum": minimum,
+            "min_tiles_seen": int(ok["n_tiles"].min()) if len(ok) else 0,
+        },
+        description=None if low.empty else "few tiles: " + ", ".join(low["slide_id"].head(10)),
+    )
 
 
 def better_than_chance(metrics: pd.DataFrame, excluded: pd.DataFrame | None = None) -> dg.AssetCheckResult:
@@ -121,24 +157,38 @@ def better_than_chance(metrics: pd.DataFrame, excluded: pd.DataFrame | None = No
     val = metrics[metrics["eval_set"] == "val"]
     bad = val[~(val["auc"] > 0.5)]
     if val.empty and excluded is not None and len(excluded):
-        return dg.AssetCheckResult(passed=True, severity=dg.AssetCheckSeverity.WARN, metadata={"models": 0},
-                                   description="no model: excluded (" + "; ".join(excluded["reason"].astype(str)) + ")")
+        return dg.AssetCheckResult(
+            passed=True,
+            severity=dg.AssetCheckSeverity.WARN,
+            metadata={"models": 0},
+            description="no model: excluded (" + "; ".join(excluded["reason"].astype(str)) + ")",
+        )
     return dg.AssetCheckResult(
-        passed=bad.empty and not val.empty, severity=dg.AssetCheckSeverity.WARN,
+        passed=bad.empty and not val.empty,
+        severity=dg.AssetCheckSeverity.WARN,
         metadata={"models": len(val), "val_auc_min": float(val["auc"].min()) if len(val) else float("nan")},
-        description=None if bad.empty else "no better than chance on validation: " + ", ".join(
-            f"{r.cohort}/{r.trait} {r.model} (AUC {r.auc:.2f})" for r in bad.itertuples()))
+        description=None
+        if bad.empty
+        else "no better than chance on validation: "
+        + ", ".join(f"{r.cohort}/{r.trait} {r.model} (AUC {r.auc:.2f})" for r in bad.itertuples()),
+    )
 
 
 def build_slide_and_model_checks(slide_tiles_asset, trait_model_asset):
-    @dg.asset_check(asset=slide_tiles_asset, description="Every usable slide has at least tiling.min_tiles_per_slide "
-                    "tissue tiles (a warning: such slides give thin maps).")
+    @dg.asset_check(
+        asset=slide_tiles_asset,
+        description="Every usable slide has at least tiling.min_tiles_per_slide "
+        "tissue tiles (a warning: such slides give thin maps).",
+    )
     def minimum_tiles_per_slide(context, pathomch: PathomchResource) -> dg.AssetCheckResult:
         cfg = pathomch.get_config()
         return min_tiles(pathomch.get_store().read("slides"), cfg.tiling.min_tiles_per_slide)
 
-    @dg.asset_check(asset=trait_model_asset, description="The model's validation slide AUC is above 0.5 (a warning: "
-                    "a trait without morphology, like a negative control, is expected to fail it).")
+    @dg.asset_check(
+        asset=trait_model_asset,
+        description="The model's validation slide AUC is above 0.5 (a warning: "
+        "a trait without morphology, like a negative control, is expected to fail it).",
+    )
     def model_better_than_chance(context, pathomch: PathomchResource) -> dg.AssetCheckResult:
         tags = context.run.tags if context.run else {}
         target, round_name = tags.get("dagster/partition/target"), tags.get("dagster/partition/round")
@@ -146,8 +196,11 @@ def build_slide_and_model_checks(slide_tiles_asset, trait_model_asset):
         if target and round_name:
             cohort, _, trait = target.partition("/")
             m = store.read("model_metrics", "cohort = ? AND trait = ? AND model = ?", [cohort, trait, round_name])
-            excluded = store.read("model_rounds", "cohort = ? AND trait = ? AND model = ? AND status = 'excluded'",
-                                  [cohort, trait, round_name])
+            excluded = store.read(
+                "model_rounds",
+                "cohort = ? AND trait = ? AND model = ? AND status = 'excluded'",
+                [cohort, trait, round_name],
+            )
             return better_than_chance(m, excluded)
         return better_than_chance(store.read("model_metrics", "model LIKE 'round_%'"))
 
@@ -159,14 +212,20 @@ def selection_leakage(splits: pd.DataFrame) -> dg.AssetCheckResult:
     test = splits[splits["split"] == "test"][["cohort", "patient_id"]].drop_duplicates()
     val = splits[splits["split"] == "val"][["cohort", "round", "patient_id"]]
     bad = val.merge(test, on=["cohort", "patient_id"])
-    return dg.AssetCheckResult(passed=bad.empty, metadata={"test_patients_in_validation": len(bad)},
-                               description=None if bad.empty else ", ".join(bad["patient_id"].head(10)))
+    return dg.AssetCheckResult(
+        passed=bad.empty,
+        metadata={"test_patients_in_validation": len(bad)},
+        description=None if bad.empty else ", ".join(bad["patient_id"].head(10)),
+    )
 
 
 def build_selection_check(ensemble_asset):
-    @dg.asset_check(asset=ensemble_asset, blocking=True,
-                    description="Ensemble members are chosen on validation patients only: no test patient "
-                    "is in any round's validation set.")
+    @dg.asset_check(
+        asset=ensemble_asset,
+        blocking=True,
+        description="Ensemble members are chosen on validation patients only: no test patient "
+        "is in any round's validation set.",
+    )
     def selection_without_test_patients(context, pathomch: PathomchResource) -> dg.AssetCheckResult:
         return selection_leakage(pathomch.get_store().read("splits"))
 

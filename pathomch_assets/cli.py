@@ -25,11 +25,14 @@ def cmd_materialize(args) -> int:
 
     defs, cfg = _defs_and_config(args.config)
     parts = [p for p in (args.partition or "").split(",") if p] or None
-    summary = materialize_all(defs, cfg, args.select, parts, missing_only=args.missing, executor=args.executor,
-                              parallel=args.parallel)
-    print(f"{summary.runs} runs in {summary.seconds:.0f} s"
-          + (f" ({summary.already} partitions already materialized)" if args.missing else "")
-          + f"; results in {cfg.duckdb_path}")
+    summary = materialize_all(
+        defs, cfg, args.select, parts, missing_only=args.missing, executor=args.executor, parallel=args.parallel
+    )
+    print(
+        f"{summary.runs} runs in {summary.seconds:.0f} s"
+        + (f" ({summary.already} partitions already materialized)" if args.missing else "")
+        + f"; results in {cfg.duckdb_path}"
+    )
     return _report_failures(summary)
 
 
@@ -68,21 +71,29 @@ def cmd_demo(args) -> int:
     from .storage import TableStore
 
     store = TableStore(cfg.tables_dir, cfg.duckdb_path)
-    counts = store.query(" UNION ALL ".join(f"SELECT '{t}' AS table_name, count(*) AS n_rows FROM {t}"
-                                           for t in ("slides", "tiles", "labels", "splits")))
+    counts = store.query(
+        " UNION ALL ".join(
+            f"SELECT '{t}' AS table_name, count(*) AS n_rows FROM {t}" for t in ("slides", "tiles", "labels", "splits")
+        )
+    )
     print(counts.to_markdown(index=False, tablefmt="simple"))
     print("\nSlide-level AUC of the ensembles (paper Table 1 layout):")
-    auc = store.query("pivot (select cohort, trait, eval_set, round(auc, 2) auc from model_metrics "
-                      "where model = 'ensemble') on eval_set using first(auc) order by all")
+    auc = store.query(
+        "pivot (select cohort, trait, eval_set, round(auc, 2) auc from model_metrics "
+        "where model = 'ensemble') on eval_set using first(auc) order by all"
+    )
     print(auc.to_markdown(index=False, tablefmt="simple"))
     print("\nSurvival by heterogeneity (log-rank):")
-    sv = store.query("select cohort, traits, grouping, n_low, n_high, logrank_p from survival "
-                     "where method = 'logrank' and grouping like 'hti%' order by all")
+    sv = store.query(
+        "select cohort, traits, grouping, n_low, n_high, logrank_p from survival "
+        "where method = 'logrank' and grouping like 'hti%' order by all"
+    )
     print(sv.to_markdown(index=False, tablefmt="simple", floatfmt=".3g"))
     print(f"\n{summary.runs} runs in {summary.seconds:.0f} s.")
-    print(f"Results: {cfg.duckdb_path} (DuckDB; try: pathomch sql \"select status, count(*) from slides group by 1\")")
-    print(f"Files:   {cfg.data_dir} (maps: cartography/<cohort>/<slide>.png|.npz|.geojson; "
-          f"Kaplan-Meier: survival/*.png)")
+    print(f'Results: {cfg.duckdb_path} (DuckDB; try: pathomch sql "select status, count(*) from slides group by 1")')
+    print(
+        f"Files:   {cfg.data_dir} (maps: cartography/<cohort>/<slide>.png|.npz|.geojson; Kaplan-Meier: survival/*.png)"
+    )
     print(f"UI:      make ui   (dagster dev on http://127.0.0.1:3000, DAGSTER_HOME={os.environ.get('DAGSTER_HOME')})")
     return _report_failures(summary)
 
@@ -114,14 +125,25 @@ def cmd_status(args) -> int:
 
     cfg = load_config(args.config, check_files=False)
     store = TableStore(cfg.tables_dir, cfg.duckdb_path)
-    frames = [store.query("select cohort, slide_id, status, error from slides where status <> 'ok'"),
-              store.query(UNMAPPED_SQL)]
+    frames = [
+        store.query("select cohort, slide_id, status, error from slides where status <> 'ok'"),
+        store.query(UNMAPPED_SQL),
+    ]
     failed = unprocessed_slides(instance_for(cfg))
     if failed:
-        frames.append(pd.DataFrame([{"cohort": f["partition_key"].partition("/")[0],
-                                     "slide_id": f["partition_key"].partition("/")[2],
-                                     "status": "run failed", "error": f"{f['error']} (run {f['run_id']})"}
-                                    for f in failed]))
+        frames.append(
+            pd.DataFrame(
+                [
+                    {
+                        "cohort": f["partition_key"].partition("/")[0],
+                        "slide_id": f["partition_key"].partition("/")[2],
+                        "status": "run failed",
+                        "error": f"{f['error']} (run {f['run_id']})",
+                    }
+                    for f in failed
+                ]
+            )
+        )
     out = pd.concat([f for f in frames if len(f)], ignore_index=True) if any(len(f) for f in frames) else None
     if out is None:
         print("every slide is processed")
@@ -151,12 +173,22 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--config", help=f"YAML configuration (default: ${ENV_VAR} or the demo)")
     p.add_argument("--select", help="Dagster asset selection, e.g. 'slide_tiles' or 'key:labels+'")
     p.add_argument("--partition", help="only these partition keys (comma separated)")
-    p.add_argument("--missing", action="store_true",
-                   help="only partitions not materialized yet (resume after an interrupted run)")
-    p.add_argument("--executor", choices=["in_process", "multiprocess"], default="in_process",
-                   help="in_process: one process; multiprocess: a process per step (Dagster's multiprocess_executor)")
-    p.add_argument("--parallel", type=int, default=1, metavar="N",
-                   help="partition runs in flight at once (with --executor multiprocess)")
+    p.add_argument(
+        "--missing", action="store_true", help="only partitions not materialized yet (resume after an interrupted run)"
+    )
+    p.add_argument(
+        "--executor",
+        choices=["in_process", "multiprocess"],
+        default="in_process",
+        help="in_process: one process; multiprocess: a process per step (Dagster's multiprocess_executor)",
+    )
+    p.add_argument(
+        "--parallel",
+        type=int,
+        default=1,
+        metavar="N",
+        help="partition runs in flight at once (with --executor multiprocess)",
+    )
     p.set_defaults(func=cmd_materialize)
     p = sub.add_parser("sizing", help="resources for a configuration, from measured rates (bench/results.json)")
     p.add_argument("--config", help=f"YAML configuration whose cohorts name GDC manifests (default: ${ENV_VAR})")

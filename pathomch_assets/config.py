@@ -38,18 +38,26 @@ class _Strict(BaseModel):
 class TilingConfig(_Strict):
     """SPEC 3.3: non-overlapping tiles at a target magnification, background filtered."""
 
-    magnification: float = Field(20.0, ge=MIN_MAGNIFICATION, le=MAX_MAGNIFICATION,
-                                 description="target objective power (20x = 0.5 um/px)")
+    magnification: float = Field(
+        20.0, ge=MIN_MAGNIFICATION, le=MAX_MAGNIFICATION, description="target objective power (20x = 0.5 um/px)"
+    )
     tile_px: int = Field(512, ge=16, le=4096)
-    background_threshold: int = Field(220, ge=0, le=255, description="a pixel is background when all channels exceed this")
+    background_threshold: int = Field(
+        220, ge=0, le=255, description="a pixel is background when all channels exceed this"
+    )
     max_background_fraction: float = Field(0.5, ge=0, le=1)
     jpeg_quality: int = Field(90, ge=50, le=100)
     workers: int = Field(2, ge=1, le=512, description="slides tiled in parallel (processes)")
     threads_per_slide: int = Field(2, ge=1, le=256, description="threads reading one slide's rows")
-    reader: Literal["auto", "openslide"] = Field("auto", description="auto: decode a tiled TIFF page that is exactly the "
-                                                "chosen level directly (same pixels, about 3x cheaper); openslide: always read_region")
+    reader: Literal["auto", "openslide"] = Field(
+        "auto",
+        description="auto: decode a tiled TIFF page that is exactly the "
+        "chosen level directly (same pixels, about 3x cheaper); openslide: always read_region",
+    )
     min_tiles_per_slide: int = Field(5, ge=1, description="fewer tissue tiles than this is flagged by an asset check")
-    magnification_tolerance: float = Field(0.05, ge=0, lt=0.5, description="relative; a level this close to the target is read as is")
+    magnification_tolerance: float = Field(
+        0.05, ge=0, lt=0.5, description="relative; a level this close to the target is read as is"
+    )
 
 
 class LabelConfig(_Strict):
@@ -79,26 +87,36 @@ class TrainingConfig(_Strict):
 
     architecture: Literal["inception_v3", "small_cnn"] = "inception_v3"
     input_px: int = Field(512, ge=16, le=1024, description="tiles are resized to this before the network")
-    batch_size: int = Field(32, ge=1, description="global batch: tiles per optimizer step, over all replicas "
-                            "(paper: 144 = 18 per GPU x 8 GPUs)")
-    per_replica_batch: int | None = Field(None, ge=1, description="most tiles one replica (GPU) takes per pass; "
-                                          "with fewer replicas than batch_size / per_replica_batch, gradients of "
-                                          "several passes are accumulated so that each step still sees batch_size "
-                                          "tiles (None: batch_size / replicas, no accumulation)")
+    batch_size: int = Field(
+        32,
+        ge=1,
+        description="global batch: tiles per optimizer step, over all replicas (paper: 144 = 18 per GPU x 8 GPUs)",
+    )
+    per_replica_batch: int | None = Field(
+        None,
+        ge=1,
+        description="most tiles one replica (GPU) takes per pass; "
+        "with fewer replicas than batch_size / per_replica_batch, gradients of "
+        "several passes are accumulated so that each step still sees batch_size "
+        "tiles (None: batch_size / replicas, no accumulation)",
+    )
     learning_rate: float = Field(1e-3, gt=0)
     evals_per_epoch: int = Field(16, ge=1, description="validation by slide-level AUC every 1/N epoch")
     reduce_lr_patience: int = Field(10, ge=1, description="evaluations without AUC gain before the LR is reduced")
     reduce_lr_factor: float = Field(0.1, gt=0, lt=1)
     early_stop_patience: int = Field(30, ge=1, description="evaluations without AUC gain before training stops")
     monitor: Literal["slide_auc", "tile_loss"] = Field(
-        "slide_auc", description="validation measure for learning-rate decay, early stopping and the kept weights: "
-        "slide_auc (SPEC 3.4; equal AUCs ranked by tile loss) or tile_loss (the original PathoMCH code's choice)")
+        "slide_auc",
+        description="validation measure for learning-rate decay, early stopping and the kept weights: "
+        "slide_auc (SPEC 3.4; equal AUCs ranked by tile loss) or tile_loss (the original PathoMCH code's choice)",
+    )
     max_epochs: float = Field(100.0, gt=0)
     max_tiles_per_slide: int | None = Field(None, ge=1, description="cap on tiles per slide per epoch (None: all)")
     mixed_precision: bool = False
     cache_decoded: bool = Field(False, description="keep decoded tiles in memory (small cohorts only)")
-    deterministic: bool = Field(False, description="reproducible training (TensorFlow op determinism, ordered "
-                                "input); slower, notably on GPUs")
+    deterministic: bool = Field(
+        False, description="reproducible training (TensorFlow op determinism, ordered input); slower, notably on GPUs"
+    )
 
 
 class EnsembleConfig(_Strict):
@@ -132,12 +150,21 @@ class CohortConfig(_Strict):
     clinical: Path | None = None
     manifest: Path | None = Field(None, description="GDC manifest; when given, only its slides are used")
     traits: list[str] = Field(min_length=1)
-    survival_pairs: list[list[str]] = Field(default_factory=list, description="empty: the two traits with the best ensemble test AUC")
+    survival_pairs: list[list[str]] = Field(
+        default_factory=list, description="empty: the two traits with the best ensemble test AUC"
+    )
     hti_sets: list[list[str]] = Field(default_factory=list, description="extra trait sets for HTI (any size)")
-    default_magnification: float | None = Field(None, ge=MIN_MAGNIFICATION, le=MAX_MAGNIFICATION,
-                                                description="used when a slide has neither mpp nor objective power")
-    allowed_dirs: list[Path] = Field(default_factory=list, description="folders outside slides_dir that slides "
-                                     "(or the links in slides_dir) may resolve into; nothing else is read")
+    default_magnification: float | None = Field(
+        None,
+        ge=MIN_MAGNIFICATION,
+        le=MAX_MAGNIFICATION,
+        description="used when a slide has neither mpp nor objective power",
+    )
+    allowed_dirs: list[Path] = Field(
+        default_factory=list,
+        description="folders outside slides_dir that slides "
+        "(or the links in slides_dir) may resolve into; nothing else is read",
+    )
     diagnostic_only: bool = True
     er_status_column: str = "ER_STATUS_BY_IHC"
     subtype_column: str = "SUBTYPE"
@@ -167,15 +194,25 @@ class CohortConfig(_Strict):
         return self
 
     def all_paths(self) -> dict[str, Path | None]:
-        return {"slides_dir": self.slides_dir, "mrna": self.mrna, "mirna": self.mirna,
-                "clinical": self.clinical, "manifest": self.manifest}
+        return {
+            "slides_dir": self.slides_dir,
+            "mrna": self.mrna,
+            "mirna": self.mirna,
+            "clinical": self.clinical,
+            "manifest": self.manifest,
+        }
 
 
 class PathomchConfig(_Strict):
-    data_dir: Path | str = Field(description="outputs: a folder, or an fsspec URL (s3://bucket/prefix, gs://..., "
-                                             "memory://...) for tiles, models, maps and tables on object storage")
-    storage_options: dict[str, Any] = Field(default_factory=dict, description="fsspec options for a data_dir URL "
-                                            "(e.g. endpoint_url for MinIO); credentials come from the environment")
+    data_dir: Path | str = Field(
+        description="outputs: a folder, or an fsspec URL (s3://bucket/prefix, gs://..., "
+        "memory://...) for tiles, models, maps and tables on object storage"
+    )
+    storage_options: dict[str, Any] = Field(
+        default_factory=dict,
+        description="fsspec options for a data_dir URL "
+        "(e.g. endpoint_url for MinIO); credentials come from the environment",
+    )
     duckdb_path: Path
     seed: int = 2020
     cohorts: dict[str, CohortConfig] = Field(min_length=1)
@@ -204,11 +241,11 @@ class PathomchConfig(_Strict):
     @classmethod
     def _local_duckdb(cls, value):
         if is_url(value):
-            raise ValueError("must be a local file (the DuckDB views read the Parquet tables under data_dir, "
-                             "wherever that is)")
+            raise ValueError(
+                "must be a local file (the DuckDB views read the Parquet tables under data_dir, wherever that is)"
+            )
         if isinstance(value, (str, os.PathLike)) and str(value) and Path(value).is_dir():
-            raise ValueError(f"{value} is a folder; give a file path inside it, "
-                             f"e.g. {Path(value) / 'pathomch.duckdb'}")
+            raise ValueError(f"{value} is a folder; give a file path inside it, e.g. {Path(value) / 'pathomch.duckdb'}")
         return value
 
     @property
@@ -272,7 +309,7 @@ def is_url(value) -> bool:
 
 def _resolve(value, base: Path):
     if isinstance(value, str) and value.startswith("file://"):
-        value = value[len("file://"):]
+        value = value[len("file://") :]
     if isinstance(value, str) and value and not os.path.isabs(value) and not is_url(value):
         return str((base / value).resolve())
     return value
@@ -349,8 +386,10 @@ def unwritable(folder) -> str | None:
         return f"{folder} cannot be created: {probe} is a file, not a folder; choose another location"
     if not os.access(probe, os.W_OK | os.X_OK):
         what = "is read-only" if probe == folder else f"cannot be created: {probe} is read-only"
-        return (f"{folder} {what} for this user; make it writable (chmod u+w {probe}) or set another folder "
-                f"in the configuration")
+        return (
+            f"{folder} {what} for this user; make it writable (chmod u+w {probe}) or set another folder "
+            f"in the configuration"
+        )
     return None
 
 
@@ -362,9 +401,11 @@ def load_config(path: str | os.PathLike | None = None, check_files: bool = True)
     try:
         raw = load_yaml(path.read_text(encoding="utf-8-sig")) or {}
     except DuplicateKeyError as err:
-        raise ConfigError(f"{path}: line {err.line}: key {err.key!r} appears twice in the same mapping (first on "
-                          f"line {err.first_line}); YAML would silently keep only the last one: merge or rename "
-                          f"them") from None
+        raise ConfigError(
+            f"{path}: line {err.line}: key {err.key!r} appears twice in the same mapping (first on "
+            f"line {err.first_line}); YAML would silently keep only the last one: merge or rename "
+            f"them"
+        ) from None
     except yaml.YAMLError as err:
         raise ConfigError(f"{path}: not valid YAML: {err}") from None
     except (OSError, UnicodeDecodeError) as err:

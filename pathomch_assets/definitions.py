@@ -10,7 +10,6 @@ from .config import PathomchConfig, load_config
 from .deployment import executor_from_env
 from .resources import AcceleratorResource, PathomchResource
 
-
 #: shown on every asset in the UI; a deployment may replace it
 OWNERS = ["team:computational-pathology"]
 
@@ -19,9 +18,12 @@ def automation_sensor() -> dg.AutomationConditionSensorDefinition:
     """Evaluates the assets' automation conditions (eager refresh of evaluation and survival when new
     slides are processed).  Running by default: `dagster dev`'s daemon acts on it without a click."""
     return dg.AutomationConditionSensorDefinition(
-        "pathomch_automation", target=dg.AssetSelection.all(), default_status=dg.DefaultSensorStatus.RUNNING,
+        "pathomch_automation",
+        target=dg.AssetSelection.all(),
+        default_status=dg.DefaultSensorStatus.RUNNING,
         minimum_interval_seconds=30,
-        description="Refreshes model_evaluation and survival_analysis (eager) after new slides are scored and mapped.")
+        description="Refreshes model_evaluation and survival_analysis (eager) after new slides are scored and mapped.",
+    )
 
 
 def build_definitions(cfg: PathomchConfig | None = None, config_path: str | None = None) -> dg.Definitions:
@@ -34,14 +36,28 @@ def build_definitions(cfg: PathomchConfig | None = None, config_path: str | None
     model_evaluation = models.build_evaluation(cfg, slide_predictions, trait_model, ensemble)
     carto_assets, carto_checks = cartography.build(cfg, slide_predictions, trait_model, ensemble)
     survival_assets, survival_checks = outcomes.build(cfg, carto_assets[0], clinical, trait_model, ensemble)
-    assets = [ingest.slide_tiles, *mol, trait_model, ensemble, slide_predictions, model_evaluation, *carto_assets,
-              *survival_assets]
-    asset_checks = [*checks.build(splits, labels), *checks.build_slide_and_model_checks(ingest.slide_tiles, trait_model),
-                    checks.build_selection_check(ensemble),
-                    *carto_checks, *survival_checks]
+    assets = [
+        ingest.slide_tiles,
+        *mol,
+        trait_model,
+        ensemble,
+        slide_predictions,
+        model_evaluation,
+        *carto_assets,
+        *survival_assets,
+    ]
+    asset_checks = [
+        *checks.build(splits, labels),
+        *checks.build_slide_and_model_checks(ingest.slide_tiles, trait_model),
+        checks.build_selection_check(ensemble),
+        *carto_checks,
+        *survival_checks,
+    ]
     slide_job = dg.define_asset_job(
-        "process_slides", selection=[ingest.slide_tiles, slide_predictions, *carto_assets],
-        description="Tile a slide, score it with the existing ensembles, map it and compute its HTI.")
+        "process_slides",
+        selection=[ingest.slide_tiles, slide_predictions, *carto_assets],
+        description="Tile a slide, score it with the existing ensembles, map it and compute its HTI.",
+    )
     return dg.Definitions(
         assets=dg.map_asset_specs(lambda spec: spec.replace_attributes(owners=OWNERS), assets),
         asset_checks=asset_checks,

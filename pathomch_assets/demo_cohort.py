@@ -24,7 +24,6 @@ beside the data (per tile and trait: planted on/off; per slide: planted shares a
 
 from __future__ import annotations
 
-import io
 import json
 import string
 import uuid
@@ -43,9 +42,26 @@ REPO_TILES = Path(__file__).resolve().parent.parent / "data" / "tcga_tiles"
 SOURCE_PX = 512  # shipped tiles: 512 px at 20x
 
 #: real Entrez ids of the genes used (PanCanAtlas ``SYMBOL|Entrez``)
-ENTREZ = {"MKI67": 4288, "FOXA1": 3169, "MYC": 4609, "ESR1": 2099, "CD24": 100133941, "FOXC1": 2296,
-          "ERBB2": 2064, "EGFR": 1956, "KRAS": 3845, "CD274": 29126, "GAPDH": 2597, "ACTB": 60,
-          "TP53": 7157, "PTEN": 5728, "CDH1": 999, "VIM": 7431, "KRT5": 3852, "PGR": 5241}
+ENTREZ = {
+    "MKI67": 4288,
+    "FOXA1": 3169,
+    "MYC": 4609,
+    "ESR1": 2099,
+    "CD24": 100133941,
+    "FOXC1": 2296,
+    "ERBB2": 2064,
+    "EGFR": 1956,
+    "KRAS": 3845,
+    "CD274": 29126,
+    "GAPDH": 2597,
+    "ACTB": 60,
+    "TP53": 7157,
+    "PTEN": 5728,
+    "CDH1": 999,
+    "VIM": 7431,
+    "KRT5": 3852,
+    "PGR": 5241,
+}
 EXTRA_MIRNAS = ["hsa-let-7a-5p", "hsa-miR-21-5p", "hsa-miR-29a-3p", "hsa-miR-155-5p", "hsa-miR-200c-3p"]
 
 
@@ -61,19 +77,32 @@ class DemoCohortSpec:
 
 
 DEFAULT_COHORTS = (
-    DemoCohortSpec("brca", ("A1", "A2", "AR", "BH", "E2"),
-                   {"MKI67": "dark_nuclei", "miR-17-5p": "blue_tint", "ESR1": "none"}, ("MKI67", "miR-17-5p"),
-                   n_patients=200),
-    DemoCohortSpec("luad", ("05", "38", "44", "49", "55"),
-                   {"miR-17-5p": "dark_nuclei", "KRAS": "pale_eosin", "EGFR": "none"}, ("miR-17-5p", "KRAS"),
-                   n_patients=160, gdc_layout=True),
+    DemoCohortSpec(
+        "brca",
+        ("A1", "A2", "AR", "BH", "E2"),
+        {"MKI67": "dark_nuclei", "miR-17-5p": "blue_tint", "ESR1": "none"},
+        ("MKI67", "miR-17-5p"),
+        n_patients=200,
+    ),
+    DemoCohortSpec(
+        "luad",
+        ("05", "38", "44", "49", "55"),
+        {"miR-17-5p": "dark_nuclei", "KRAS": "pale_eosin", "EGFR": "none"},
+        ("miR-17-5p", "KRAS"),
+        n_patients=160,
+        gdc_layout=True,
+    ),
 )
 
 #: the harder planted family (issue 19): a fine nuclear texture beside a colour trait and a control.
 #: Not part of ``make demo``; built by tests and by the HTI study (``heterogeneity`` README table).
-HARDER_COHORT = DemoCohortSpec("hard", ("A7", "AC", "B6", "D8", "E9"),
-                               {"FOXC1": "fine_texture", "miR-17-5p": "blue_tint", "EGFR": "none"},
-                               ("FOXC1", "miR-17-5p"), n_patients=160)
+HARDER_COHORT = DemoCohortSpec(
+    "hard",
+    ("A7", "AC", "B6", "D8", "E9"),
+    {"FOXC1": "fine_texture", "miR-17-5p": "blue_tint", "EGFR": "none"},
+    ("FOXC1", "miR-17-5p"),
+    n_patients=160,
+)
 
 #: fine_texture: cell size of the granular pattern in source pixels (20x) and the darkening of its dark cells
 TEXTURE_CELL_PX = 8
@@ -108,8 +137,9 @@ def apply_effect(rgb: np.ndarray, effect: str) -> np.ndarray:
         sel = tissue & (lum < 175) & checker
         img[sel] *= TEXTURE_DARKEN
     else:
-        raise ValueError(f"unknown planted effect {effect!r}; expected dark_nuclei, blue_tint, pale_eosin, "
-                         "fine_texture or none")
+        raise ValueError(
+            f"unknown planted effect {effect!r}; expected dark_nuclei, blue_tint, pale_eosin, fine_texture or none"
+        )
     return np.clip(img, 0, 255).astype(np.uint8)
 
 
@@ -225,7 +255,7 @@ def compose_slide(plan: SlidePlan, sources: dict[str, list[np.ndarray]], scale: 
                     t[:, -w:] = 255
             if scale != 1:
                 t = np.asarray(Image.fromarray(t).resize((px, px), Image.Resampling.BICUBIC))
-            canvas[r * px:(r + 1) * px, c * px:(c + 1) * px] = t
+            canvas[r * px : (r + 1) * px, c * px : (c + 1) * px] = t
     return canvas
 
 
@@ -249,8 +279,13 @@ def write_pyramid(path: str | Path, base: np.ndarray, style: str, quality: int =
     tmp = path.with_name(f".{path.name}.tmp")
     with tifffile.TiffWriter(tmp, bigtiff=False) as tif:
         for i, lev in enumerate(levels):
-            kw = dict(tile=(256, 256), compression="jpeg", compressionargs={"level": quality},
-                      photometric="rgb", metadata=None)
+            kw = dict(
+                tile=(256, 256),
+                compression="jpeg",
+                compressionargs={"level": quality},
+                photometric="rgb",
+                metadata=None,
+            )
             if i == 0 and style.startswith("aperio"):
                 desc = f"Aperio Image Library v12.0.15\r\n{w}x{h} (256x256) JPEG/RGB Q={quality}|AppMag = {mag}"
                 if style == "aperio20":
@@ -258,7 +293,7 @@ def write_pyramid(path: str | Path, base: np.ndarray, style: str, quality: int =
                 kw["description"] = desc
             if style == "generic_mpp":
                 # mpp only, from TIFF resolution in px/cm (0.5 um/px = 20000 px/cm at level 0)
-                res = 1e4 / (mpp * (4 ** i))
+                res = 1e4 / (mpp * (4**i))
                 kw.update(resolution=(res, res), resolutionunit="CENTIMETER")
             tif.write(lev, subfiletype=0 if i == 0 else 1, **kw)
     tmp.replace(path)
@@ -286,7 +321,7 @@ def plan_cohort(spec: DemoCohortSpec, seed: int, sources: list[str]):
         ids.add(f"TCGA-{rng.choice(list(spec.tss))}-{_random_id(rng)}")
     patients = sorted(ids)
     rng.shuffle(patients)
-    with_slides, without = sorted(patients[: spec.n_patients]), sorted(patients[spec.n_patients:])
+    with_slides, without = sorted(patients[: spec.n_patients]), sorted(patients[spec.n_patients :])
     planted = [t for t, e in spec.traits.items() if e != "none"]
     shares = {t: {} for t in spec.traits}
     mixing = {}
@@ -320,13 +355,26 @@ def _plan_slide(spec, rng, pid, kind, sources, shares, mix, planted, sample="01Z
         on[t] = _on_map(f, kept, shares[t][pid]).tolist()
     u = rng.random()
     style = "aperio20" if u < 0.75 else ("aperio40_power" if u < 0.87 else "generic_mpp")
-    sid = f"{pid}-{sample}-{kind}.{uuid.UUID(int=int(rng.integers(2**63)) << 64 | int(rng.integers(2**63))).hex[:8].upper()}"
+    suffix = uuid.UUID(int=int(rng.integers(2**63)) << 64 | int(rng.integers(2**63))).hex[:8].upper()
+    sid = f"{pid}-{sample}-{kind}.{suffix}"
     ext = ".tif" if style == "generic_mpp" else ".svs"
     file = f"{sid}{ext}"
     if spec.gdc_layout:
         file = f"{uuid.UUID(int=int(rng.integers(2**63)))}/{file}"
-    return SlidePlan(spec.name, sid, file, str(rng.choice(sources)), rows, cols, style, int(rng.integers(2**31)),
-                     tissue.tolist(), edge_white.tolist(), on, {t: spec.traits[t] for t in planted})
+    return SlidePlan(
+        spec.name,
+        sid,
+        file,
+        str(rng.choice(sources)),
+        rows,
+        cols,
+        style,
+        int(rng.integers(2**31)),
+        tissue.tolist(),
+        edge_white.tolist(),
+        on,
+        {t: spec.traits[t] for t in planted},
+    )
 
 
 def _eroded(mask: np.ndarray) -> np.ndarray:
@@ -410,26 +458,39 @@ def clinical_table(spec: DemoCohortSpec, seed: int, with_slides, planted_hti: di
         event = int(t_event <= t_cens)
         er = "Positive" if shares.get("ESR1", {}).get(pid, rng.uniform()) > 0.3 else "Negative"
         subtype = rng.choice(["LumA", "LumB", "Her2", "Basal", "Normal"], p=[0.4, 0.2, 0.12, 0.18, 0.1])
-        rows.append({"PATIENT_ID": pid, "OS_STATUS": "1:DECEASED" if event else "0:LIVING",
-                     "OS_MONTHS": round(min(t_event, t_cens), 2), "AGE": int(rng.integers(30, 85)),
-                     "ER_STATUS_BY_IHC": er if spec.name == "brca" else "[Not Available]",
-                     "SUBTYPE": f"BRCA_{subtype}" if spec.name == "brca" else "[Not Available]"})
+        rows.append(
+            {
+                "PATIENT_ID": pid,
+                "OS_STATUS": "1:DECEASED" if event else "0:LIVING",
+                "OS_MONTHS": round(min(t_event, t_cens), 2),
+                "AGE": int(rng.integers(30, 85)),
+                "ER_STATUS_BY_IHC": er if spec.name == "brca" else "[Not Available]",
+                "SUBTYPE": f"BRCA_{subtype}" if spec.name == "brca" else "[Not Available]",
+            }
+        )
     return pd.DataFrame(rows)
 
 
 def write_clinical(df: pd.DataFrame, path: Path) -> None:
     """cBioPortal ``data_clinical_patient.txt``: four ``#`` lines, then the header."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    names = {"PATIENT_ID": "Patient Identifier", "OS_STATUS": "Overall Survival Status",
-             "OS_MONTHS": "Overall Survival (Months)", "AGE": "Diagnosis Age",
-             "ER_STATUS_BY_IHC": "ER Status By IHC", "SUBTYPE": "Subtype"}
+    names = {
+        "PATIENT_ID": "Patient Identifier",
+        "OS_STATUS": "Overall Survival Status",
+        "OS_MONTHS": "Overall Survival (Months)",
+        "AGE": "Diagnosis Age",
+        "ER_STATUS_BY_IHC": "ER Status By IHC",
+        "SUBTYPE": "Subtype",
+    }
     types = {"OS_MONTHS": "NUMBER", "AGE": "NUMBER"}
     cols = list(df.columns)
-    lines = ["#" + "\t".join(names.get(c, c) for c in cols),
-             "#" + "\t".join(names.get(c, c) for c in cols),
-             "#" + "\t".join(types.get(c, "STRING") for c in cols),
-             "#" + "\t".join("1" for _ in cols),
-             "\t".join(cols)]
+    lines = [
+        "#" + "\t".join(names.get(c, c) for c in cols),
+        "#" + "\t".join(names.get(c, c) for c in cols),
+        "#" + "\t".join(types.get(c, "STRING") for c in cols),
+        "#" + "\t".join("1" for _ in cols),
+        "\t".join(cols),
+    ]
     lines += ["\t".join(str(v) for v in rec) for rec in df.itertuples(index=False)]
     path.write_text("\n".join(lines) + "\n")
 
@@ -441,14 +502,28 @@ def write_manifest(plans: list[SlidePlan], slides_dir: Path, path: Path) -> None
     rows = []
     for p in plans:
         f = slides_dir / p.file
-        rows.append((p.file.split("/")[0] if "/" in p.file else str(uuid.uuid5(uuid.NAMESPACE_URL, p.slide_id)),
-                     Path(p.file).name, hashlib.md5(f.read_bytes()).hexdigest(), f.stat().st_size, "released"))
+        rows.append(
+            (
+                p.file.split("/")[0] if "/" in p.file else str(uuid.uuid5(uuid.NAMESPACE_URL, p.slide_id)),
+                Path(p.file).name,
+                hashlib.md5(f.read_bytes()).hexdigest(),
+                f.stat().st_size,
+                "released",
+            )
+        )
     pd.DataFrame(rows, columns=["id", "filename", "md5", "size", "state"]).to_csv(path, sep="\t", index=False)
 
 
-def build_demo(out_dir: str | Path, seed: int = 2020, cohorts=DEFAULT_COHORTS, workers: int = 2,
-               tiles_dir: str | Path = REPO_TILES, progress=print, write_config: bool = True,
-               overrides: dict | None = None) -> Path:
+def build_demo(
+    out_dir: str | Path,
+    seed: int = 2020,
+    cohorts=DEFAULT_COHORTS,
+    workers: int = 2,
+    tiles_dir: str | Path = REPO_TILES,
+    progress=print,
+    write_config: bool = True,
+    overrides: dict | None = None,
+) -> Path:
     """Build every demo cohort under ``out_dir``.
 
     With ``write_config``, also writes ``out_dir/pathomch.yaml``: the shipped demo settings
@@ -482,14 +557,24 @@ def build_demo(out_dir: str | Path, seed: int = 2020, cohorts=DEFAULT_COHORTS, w
             h = float(hti_from_calls(on[kept])) if on is not None else 0.0
             if "-DX1." in p.slide_id:
                 planted_hti[p.slide_id[:12]] = h
-            truth_slides.append({"cohort": spec.name, "slide_id": p.slide_id, "patient_id": p.slide_id[:12],
-                                 "traits": "+".join(pair), "planted_hti": h, "style": p.style,
-                                 "source_slide": p.source, "n_tissue_positions": int(kept.sum()),
-                                 **{f"share_{t}": shares[t][p.slide_id[:12]] for t in spec.traits}})
+            truth_slides.append(
+                {
+                    "cohort": spec.name,
+                    "slide_id": p.slide_id,
+                    "patient_id": p.slide_id[:12],
+                    "traits": "+".join(pair),
+                    "planted_hti": h,
+                    "style": p.style,
+                    "source_slide": p.source,
+                    "n_tissue_positions": int(kept.sum()),
+                    **{f"share_{t}": shares[t][p.slide_id[:12]] for t in spec.traits},
+                }
+            )
             for r, c in zip(*np.nonzero(kept)):
                 for t in spec.traits:
-                    truth_tiles.append((spec.name, p.slide_id, int(c), int(r), t,
-                                        int(t in p.on and bool(p.on[t][r][c]))))
+                    truth_tiles.append(
+                        (spec.name, p.slide_id, int(c), int(r), t, int(t in p.on and bool(p.on[t][r][c])))
+                    )
         mrna, mirna = expression_tables(spec, seed, patients, with_slides, shares)
         write_mrna(mrna, cdir / "EBPlusPlusAdjustPANCAN_IlluminaHiSeq_RNASeqV2.geneExp.tsv")
         write_mirna(mirna, cdir / "pancanMiRs_EBadjOnProtocolPlatformWithoutRepsWithUnCorrectMiRs_08_04_16.csv")
@@ -511,16 +596,19 @@ def build_demo(out_dir: str | Path, seed: int = 2020, cohorts=DEFAULT_COHORTS, w
                 if i % 50 == 0 or i == len(jobs):
                     progress(f"  {i}/{len(jobs)} slides")
     else:
-        for i, job in enumerate(jobs, 1):
+        for job in jobs:
             _build_slide(job)
     for spec in cohorts:
         plans = [p for p, _ in all_plans if p.cohort == spec.name]
         write_manifest(plans, out_dir / spec.name / "slides", out_dir / spec.name / "gdc_manifest.txt")
     pd.DataFrame(truth_tiles, columns=["cohort", "slide_id", "col", "row", "trait", "planted_on"]).to_csv(
-        out_dir / "ground_truth_tiles.csv", index=False)
+        out_dir / "ground_truth_tiles.csv", index=False
+    )
     pd.DataFrame(truth_slides).to_csv(out_dir / "ground_truth_slides.csv", index=False)
     (out_dir / "demo.json").write_text(json.dumps({"seed": seed, "cohorts": [asdict(c) for c in cohorts]}, indent=1))
     cfg_path = out_dir / "pathomch.yaml"
     if write_config:
-        cfg_path.write_text("# written by pathomch_assets.demo_cohort.build_demo\n" + yaml.safe_dump(config, sort_keys=False))
+        cfg_path.write_text(
+            "# written by pathomch_assets.demo_cohort.build_demo\n" + yaml.safe_dump(config, sort_keys=False)
+        )
     return cfg_path

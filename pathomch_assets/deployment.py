@@ -22,16 +22,21 @@ K8S_EXECUTOR_CONFIG_ENV = "PATHOMCH_K8S_EXECUTOR_CONFIG"
 K8S_TAG = "dagster-k8s/config"
 
 #: trait_model: one GPU per training step, on a GPU node (measured peaks: docs/scale-out.md)
-GPU_STEP = {K8S_TAG: {
-    "container_config": {"resources": {"requests": {"cpu": "4", "memory": "24Gi"},
-                                       "limits": {"nvidia.com/gpu": 1, "memory": "32Gi"}}},
-    "pod_spec_config": {"tolerations": [{"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}]},
-}}
+GPU_STEP = {
+    K8S_TAG: {
+        "container_config": {
+            "resources": {"requests": {"cpu": "4", "memory": "24Gi"}, "limits": {"nvidia.com/gpu": 1, "memory": "32Gi"}}
+        },
+        "pod_spec_config": {"tolerations": [{"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}]},
+    }
+}
 
 #: slide_tiles: a worker pool of ``tiling.workers`` processes (< 1 GB RSS each, bench/results.json)
-TILING_STEP = {K8S_TAG: {
-    "container_config": {"resources": {"requests": {"cpu": "8", "memory": "12Gi"}, "limits": {"memory": "16Gi"}}},
-}}
+TILING_STEP = {
+    K8S_TAG: {
+        "container_config": {"resources": {"requests": {"cpu": "8", "memory": "12Gi"}, "limits": {"memory": "16Gi"}}},
+    }
+}
 
 
 def executor_from_env() -> dg.ExecutorDefinition | None:

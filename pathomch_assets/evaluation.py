@@ -84,8 +84,14 @@ def metrics_rows(scores: pd.DataFrame, sets: dict[str, pd.DataFrame]) -> pd.Data
     rows = []
     for name, truth in sets.items():
         m = truth.merge(scores, on="patient_id").dropna(subset=["score"])
-        rows.append({"eval_set": name, "auc": slide_auc(m["label"], m["score"]), "n_slides": len(m),
-                     "n_patients": m["patient_id"].nunique()})
+        rows.append(
+            {
+                "eval_set": name,
+                "auc": slide_auc(m["label"], m["score"]),
+                "n_slides": len(m),
+                "n_patients": m["patient_id"].nunique(),
+            }
+        )
     return pd.DataFrame(rows)
 
 
@@ -105,9 +111,18 @@ def rounds_summary(metrics: pd.DataFrame) -> pd.DataFrame:
     [['test', 0.7, 0.6, 0.8, 3]]
     """
     r = metrics[metrics["model"].str.startswith("round_")].dropna(subset=["auc"])
-    rows = [{"model": ROUNDS_MEAN, "eval_set": name, "auc": float(g["auc"].mean()), "auc_min": float(g["auc"].min()),
-             "auc_max": float(g["auc"].max()), "n_models": int(g["model"].nunique()),
-             "n_slides": int(g["n_slides"].max())} for name, g in r.groupby("eval_set", sort=False)]
+    rows = [
+        {
+            "model": ROUNDS_MEAN,
+            "eval_set": name,
+            "auc": float(g["auc"].mean()),
+            "auc_min": float(g["auc"].min()),
+            "auc_max": float(g["auc"].max()),
+            "n_models": int(g["model"].nunique()),
+            "n_slides": int(g["n_slides"].max()),
+        }
+        for name, g in r.groupby("eval_set", sort=False)
+    ]
     return pd.DataFrame(rows, columns=["model", "eval_set", "auc", "auc_min", "auc_max", "n_models", "n_slides"])
 
 
@@ -128,24 +143,30 @@ def missing_class(rows: pd.DataFrame, splits=("train", "val")) -> str | None:
         classes = set(g["label"].astype(int))
         if len(classes) < 2:
             has = "no labelled" if not classes else f"only {'high (label 1)' if 1 in classes else 'low (label 0)'}"
-            problems.append(f"the {split} split has {has} patients ({g['patient_id'].nunique()} patients, "
-                            f"{g['slide_id'].nunique()} slides)")
+            problems.append(
+                f"the {split} split has {has} patients ({g['patient_id'].nunique()} patients, "
+                f"{g['slide_id'].nunique()} slides)"
+            )
     return "; ".join(problems) or None
 
 
 def exclusion_advice(cohort: str, trait: str, model: str, reason: str) -> str:
     """The warning for a round left out of its trait's ensemble: which, why, and what to change."""
-    return (f"{cohort}/{trait} {model} is excluded from the ensemble: {reason}. The cohort is too small for "
-            f"this split: add patients, raise splits.val_fraction (now too few labelled patients land in "
-            f"validation), or widen labels.low_percentile/high_percentile; other rounds and traits go on")
+    return (
+        f"{cohort}/{trait} {model} is excluded from the ensemble: {reason}. The cohort is too small for "
+        f"this split: add patients, raise splits.val_fraction (now too few labelled patients land in "
+        f"validation), or widen labels.low_percentile/high_percentile; other rounds and traits go on"
+    )
 
 
 def too_few_rounds(cohort: str, trait: str, usable: list[str], excluded: dict[str, str], size: int) -> str:
     """The failure message of a trait left with fewer usable rounds than ``ensemble.size``."""
     why = "; ".join(f"{m}: {r}" for m, r in sorted(excluded.items()))
-    return (f"{cohort}/{trait}: only {len(usable)} usable rounds ({', '.join(usable) or 'none'}) but ensemble.size is "
-            f"{size}; excluded: {why}. Add patients, raise splits.val_fraction or splits.rounds, or lower "
-            f"ensemble.size/min_votes for this deployment; the other traits are not affected")
+    return (
+        f"{cohort}/{trait}: only {len(usable)} usable rounds ({', '.join(usable) or 'none'}) but ensemble.size is "
+        f"{size}; excluded: {why}. Add patients, raise splits.val_fraction or splits.rounds, or lower "
+        f"ensemble.size/min_votes for this deployment; the other traits are not affected"
+    )
 
 
 def bh_fdr(p_values) -> np.ndarray:
@@ -183,12 +204,13 @@ def correlation_rows(scores: pd.DataFrame, labels: pd.DataFrame, splits: pd.Data
                 rho, p = spearmanr(m["score"], m["percentile"])
             else:
                 rho, p = np.nan, np.nan
-            rows.append({"trait": trait, "eval_set": name, "spearman_rho": float(rho), "p_value": float(p),
-                         "n_slides": len(m)})
+            rows.append(
+                {"trait": trait, "eval_set": name, "spearman_rho": float(rho), "p_value": float(p), "n_slides": len(m)}
+            )
     df = pd.DataFrame(rows)
     if df.empty:
         return df.assign(fdr=pd.Series(dtype=float))
     df["fdr"] = np.nan
-    for name, idx in df.groupby("eval_set").groups.items():
+    for idx in df.groupby("eval_set").groups.values():
         df.loc[idx, "fdr"] = bh_fdr(df.loc[idx, "p_value"])
     return df

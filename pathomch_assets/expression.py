@@ -33,8 +33,19 @@ import pandas as pd
 from .config import is_mirna
 
 _BARCODE = re.compile(r"^TCGA-[A-Z0-9]{2}-[A-Z0-9]{4}-\d{2}")
-NA_STRINGS = {"", "NA", "NaN", "nan", "null", "[Not Available]", "[Not Applicable]", "[Unknown]",
-              "[Discrepancy]", "[Not Evaluated]", "[Completed]"}
+NA_STRINGS = {
+    "",
+    "NA",
+    "NaN",
+    "nan",
+    "null",
+    "[Not Available]",
+    "[Not Applicable]",
+    "[Unknown]",
+    "[Discrepancy]",
+    "[Not Evaluated]",
+    "[Completed]",
+}
 PRIMARY_TUMOUR = "01"
 
 
@@ -71,11 +82,14 @@ def _decoding_errors(path: Path):
     try:
         yield
     except UnicodeDecodeError as err:
-        raise ExpressionFormatError(f"{path}: not UTF-8 text ({err.reason} at byte {err.start} of a block); "
-                                    f"expected a tab/comma separated text file, optionally gzipped") from None
+        raise ExpressionFormatError(
+            f"{path}: not UTF-8 text ({err.reason} at byte {err.start} of a block); "
+            f"expected a tab/comma separated text file, optionally gzipped"
+        ) from None
     except (EOFError, gzip.BadGzipFile, zlib.error) as err:
-        raise ExpressionFormatError(f"{path}: truncated or corrupt gzip file ({err}); "
-                                    f"fetch or decompress it again") from None
+        raise ExpressionFormatError(
+            f"{path}: truncated or corrupt gzip file ({err}); fetch or decompress it again"
+        ) from None
 
 
 def sample_type(barcode: str) -> str:
@@ -103,8 +117,9 @@ class ExpressionTable:
     notes: list[str] = field(default_factory=list)
 
 
-def read_expression(path: str | Path, layout: TableLayout, rows: list[str], key=lambda s: s,
-                    patients: set[str] | None = None) -> ExpressionTable:
+def read_expression(
+    path: str | Path, layout: TableLayout, rows: list[str], key=lambda s: s, patients: set[str] | None = None
+) -> ExpressionTable:
     """Stream ``path`` and return the ``rows`` (matched on ``key(first field)``) for primary tumours.
 
     Parameters
@@ -131,14 +146,16 @@ def read_expression(path: str | Path, layout: TableLayout, rows: list[str], key=
         if header[: len(expected)] != expected:
             raise ExpressionFormatError(
                 f"{path}: line 1: expected the header to start with {expected} ({layout.name}), "
-                f"found {header[: len(expected)]}")
+                f"found {header[: len(expected)]}"
+            )
         first = len(expected)
         keep_idx, keep_patients, skipped = [], [], 0
         for i, bc in enumerate(header[first:], start=first):
             if not _BARCODE.match(bc):
                 raise ExpressionFormatError(
                     f"{path}: line 1, column {i + 1}: expected a TCGA aliquot barcode "
-                    f"(TCGA-XX-XXXX-01A-...), found {bc!r}")
+                    f"(TCGA-XX-XXXX-01A-...), found {bc!r}"
+                )
             pid = bc[:12]
             if sample_type(bc) != PRIMARY_TUMOUR or (patients is not None and pid not in patients):
                 skipped += 1
@@ -155,12 +172,14 @@ def read_expression(path: str | Path, layout: TableLayout, rows: list[str], key=
             if name in found:
                 raise ExpressionFormatError(
                     f"{path}: line {lineno}: {name!r} appears again (first on line {found_line[name]}); "
-                    f"expected one row per {'gene' if layout is MRNA else 'miRNA'}")
+                    f"expected one row per {'gene' if layout is MRNA else 'miRNA'}"
+                )
             fields = next(csv.reader([line.rstrip("\r\n")], delimiter=layout.sep))
             if len(fields) != n_fields:
                 raise ExpressionFormatError(
                     f"{path}: line {lineno}: expected {n_fields} fields as in the header, found {len(fields)} "
-                    f"(truncated or malformed file?)")
+                    f"(truncated or malformed file?)"
+                )
             found[name] = _parse_values(fields, keep_idx, header, path, lineno)
             found_line[name] = lineno
     missing = [r for r in rows if r not in found]
@@ -184,17 +203,20 @@ def _parse_values(fields: list[str], idx: list[int], header: list[str], path: Pa
             value = float(raw)
         except ValueError:
             raise ExpressionFormatError(
-                f"{path}: line {lineno}, column {i + 1} ({header[i]}): expected a number or NA, found {raw!r}") from None
+                f"{path}: line {lineno}, column {i + 1} ({header[i]}): expected a number or NA, found {raw!r}"
+            ) from None
         if math.isinf(value):
             raise ExpressionFormatError(
                 f"{path}: line {lineno}, column {i + 1} ({header[i]}): expected a finite number or NA, found {raw!r}; "
-                f"an infinite expression value is an upstream error: fix the file or write NA")
+                f"an infinite expression value is an upstream error: fix the file or write NA"
+            )
         out[j] = value  # a NaN spelling not in NA_STRINGS is missing too
     return out
 
 
-def read_traits(traits: list[str], mrna: str | Path, mirna: str | Path | None,
-                patients: set[str] | None = None) -> pd.DataFrame:
+def read_traits(
+    traits: list[str], mrna: str | Path, mirna: str | Path | None, patients: set[str] | None = None
+) -> pd.DataFrame:
     """Long table ``trait, patient_id, value, n_aliquots`` for configured traits.
 
     miRNA traits (``miR-``/``let-``) come from the miRNA file, others from the mRNA file.
@@ -239,7 +261,9 @@ DAYS_PER_MONTH = 365.25 / 12
 _PATIENT_ALIASES = ("PATIENT_ID", "BCR_PATIENT_BARCODE")
 
 
-def read_clinical(path: str | Path, er_column: str = "ER_STATUS_BY_IHC", subtype_column: str = "SUBTYPE") -> ClinicalTable:
+def read_clinical(
+    path: str | Path, er_column: str = "ER_STATUS_BY_IHC", subtype_column: str = "SUBTYPE"
+) -> ClinicalTable:
     """Read a cBioPortal clinical patient table; rows with NA or negative survival are left out
     and listed in ``problems``; a wrong header raises :class:`ExpressionFormatError`.
 
@@ -271,12 +295,15 @@ def read_clinical(path: str | Path, er_column: str = "ER_STATUS_BY_IHC", subtype
         missing = [c for c in need if c not in ix and not (c == "PATIENT_ID" and pid_col)]
     else:
         layout = "TCGA BCR VITAL_STATUS/DAYS_TO_DEATH/DAYS_TO_LAST_FOLLOWUP"
-        missing = [] if {"DAYS_TO_DEATH", "DAYS_TO_LAST_FOLLOWUP"} & ix.keys() else ["DAYS_TO_DEATH",
-                                                                                   "DAYS_TO_LAST_FOLLOWUP"]
+        missing = (
+            [] if {"DAYS_TO_DEATH", "DAYS_TO_LAST_FOLLOWUP"} & ix.keys() else ["DAYS_TO_DEATH", "DAYS_TO_LAST_FOLLOWUP"]
+        )
     if missing:
-        raise ExpressionFormatError(f"{path}: line {hline}: expected columns ['PATIENT_ID', 'OS_STATUS', 'OS_MONTHS'] "
-                                    f"in the tab-separated cBioPortal header (or VITAL_STATUS with DAYS_TO_DEATH/"
-                                    f"DAYS_TO_LAST_FOLLOWUP), missing {missing}")
+        raise ExpressionFormatError(
+            f"{path}: line {hline}: expected columns ['PATIENT_ID', 'OS_STATUS', 'OS_MONTHS'] "
+            f"in the tab-separated cBioPortal header (or VITAL_STATUS with DAYS_TO_DEATH/"
+            f"DAYS_TO_LAST_FOLLOWUP), missing {missing}"
+        )
     er_i, sub_i = ix.get(er_column.upper()), ix.get(subtype_column.upper())
     absent = [c for c, i in ((er_column, er_i), (subtype_column, sub_i)) if i is None]
     rows = []
@@ -298,12 +325,21 @@ def read_clinical(path: str | Path, er_column: str = "ER_STATUS_BY_IHC", subtype
         t, event = parsed
         er = f[er_i].strip() if er_i is not None else ""
         sub = f[sub_i].strip() if sub_i is not None else ""
-        rows.append((pid, t, event, None if er in NA_STRINGS else er,
-                     None if sub in NA_STRINGS else sub.removeprefix("BRCA_").removeprefix("LUAD_")))
+        rows.append(
+            (
+                pid,
+                t,
+                event,
+                None if er in NA_STRINGS else er,
+                None if sub in NA_STRINGS else sub.removeprefix("BRCA_").removeprefix("LUAD_"),
+            )
+        )
     if not rows:
         shown = "\n  ".join(problems[:5]) + (f"\n  ... and {len(problems) - 5} more" if len(problems) > 5 else "")
-        raise ExpressionFormatError(f"{path}: no usable patient row (of {len(lines) - 1}); survival cannot be "
-                                    f"computed: fix the file" + (f"\n  {shown}" if problems else ""))
+        raise ExpressionFormatError(
+            f"{path}: no usable patient row (of {len(lines) - 1}); survival cannot be "
+            f"computed: fix the file" + (f"\n  {shown}" if problems else "")
+        )
     df = pd.DataFrame(rows, columns=["patient_id", "os_months", "os_event", "er_status", "subtype"])
     dup = df["patient_id"].duplicated(keep="first")
     for pid in df.loc[dup, "patient_id"]:

@@ -144,8 +144,9 @@ def _regional_hti(codes: np.ndarray, regions: np.ndarray, n_present: int) -> np.
     return np.where(total > 0, (ent * pos).sum(axis=1) / np.maximum(total, 1), 0.0)
 
 
-def spatial_test(tensor: np.ndarray, mask: np.ndarray, permutations: int = PERMUTATIONS, side: int | None = None,
-                 seed: int = 0) -> dict:
+def spatial_test(
+    tensor: np.ndarray, mask: np.ndarray, permutations: int = PERMUTATIONS, side: int | None = None, seed: int = 0
+) -> dict:
     r"""Spatial heterogeneity against random placement of the same calls (after ``hta``, Levy-Jurgenson et al.).
 
     The statistic is ``hta``'s index: the tissue is cut into ``side`` x ``side`` regions, each region's HTI
@@ -178,8 +179,14 @@ def spatial_test(tensor: np.ndarray, mask: np.ndarray, permutations: int = PERMU
     return {"hta": observed, "hta_random": float(null.mean()), "p_spatial": float(p), "region_side": side}
 
 
-def bootstrap_ci(tensor: np.ndarray, mask: np.ndarray, n_boot: int = BOOTSTRAP, side: int | None = None,
-                 level: float = 0.95, seed: int = 0) -> tuple[float, float]:
+def bootstrap_ci(
+    tensor: np.ndarray,
+    mask: np.ndarray,
+    n_boot: int = BOOTSTRAP,
+    side: int | None = None,
+    level: float = 0.95,
+    seed: int = 0,
+) -> tuple[float, float]:
     """Percentile confidence interval of the paper's HTI by a spatial block bootstrap.
 
     Neighbouring tiles are not independent (regions of a trait span many tiles), so resampling single
@@ -251,8 +258,15 @@ def hti_robust(soft: np.ndarray, mask: np.ndarray, threshold=0.5) -> float:
     return hti_from_tensor(robust_calls(soft, mask, threshold), mask)
 
 
-def hti_stats(tensor: np.ndarray, mask: np.ndarray, soft: np.ndarray | None = None, threshold=0.5,
-              n_boot: int = BOOTSTRAP, permutations: int = PERMUTATIONS, seed: int = 0) -> dict:
+def hti_stats(
+    tensor: np.ndarray,
+    mask: np.ndarray,
+    soft: np.ndarray | None = None,
+    threshold=0.5,
+    n_boot: int = BOOTSTRAP,
+    permutations: int = PERMUTATIONS,
+    seed: int = 0,
+) -> dict:
     """Every per-slide HTI figure of one trait set: the paper's HTI, its CI, ``hta``'s index and spatial
     p-value, the HTI normalised by combinations present, and the robust HTI (from ``soft`` calls and their
     ``threshold`` when given, else from the hard calls: then equal to the HTI)."""
@@ -260,9 +274,15 @@ def hti_stats(tensor: np.ndarray, mask: np.ndarray, soft: np.ndarray | None = No
     calls = tensor[:, mask].T
     lo, hi = bootstrap_ci(tensor, mask, n_boot, seed=seed)
     sp = spatial_test(tensor, mask, permutations, seed=seed)
-    return {"hti": hti_from_calls(calls), "ci_low": lo, "ci_high": hi, "hti_present": hti_present(calls),
-            "hta": sp["hta"], "hta_random": sp["hta_random"], "p_spatial": sp["p_spatial"],
-            "region_side": sp["region_side"],
-            "hti_robust": hti_robust(tensor.astype(float) if soft is None else soft, mask, threshold),
-            "n_combinations": int((combination_shares(calls) > 0).sum())}
-
+    return {
+        "hti": hti_from_calls(calls),
+        "ci_low": lo,
+        "ci_high": hi,
+        "hti_present": hti_present(calls),
+        "hta": sp["hta"],
+        "hta_random": sp["hta_random"],
+        "p_spatial": sp["p_spatial"],
+        "region_side": sp["region_side"],
+        "hti_robust": hti_robust(tensor.astype(float) if soft is None else soft, mask, threshold),
+        "n_combinations": int((combination_shares(calls) > 0).sum()),
+    }

@@ -65,13 +65,17 @@ def label_table(expression: pd.DataFrame, cohort: str, low: float, high: float, 
         vals = grp.set_index("patient_id")["value"]
         inf = vals[np.isinf(vals.astype(float))]
         if not inf.empty:  # the readers refuse them; a percentile of infinity would be a silent 'high'
-            raise ValueError(f"{cohort}/{trait}: infinite expression for {sorted(inf.index)[:5]}; "
-                             f"expected finite values or NA")
+            raise ValueError(
+                f"{cohort}/{trait}: infinite expression for {sorted(inf.index)[:5]}; expected finite values or NA"
+            )
         lab = assign_labels(vals, low, high, near_width)
         lab.insert(0, "trait", trait)
         lab["expression"] = lab["patient_id"].map(vals)
         frames.append(lab)
-    out = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(
-        columns=["trait", "patient_id", "percentile", "label", "subset", "expression"])
+    out = (
+        pd.concat(frames, ignore_index=True)
+        if frames
+        else pd.DataFrame(columns=["trait", "patient_id", "percentile", "label", "subset", "expression"])
+    )
     out.insert(0, "cohort", cohort)
     return out

@@ -20,7 +20,9 @@ def targets(cfg: PathomchConfig) -> dg.StaticPartitionsDefinition:
 
 
 def target_rounds(cfg: PathomchConfig) -> dg.MultiPartitionsDefinition:
-    return dg.MultiPartitionsDefinition({"target": targets(cfg), "round": dg.StaticPartitionsDefinition(cfg.round_names())})
+    return dg.MultiPartitionsDefinition(
+        {"target": targets(cfg), "round": dg.StaticPartitionsDefinition(cfg.round_names())}
+    )
 
 
 def model_key(target: str, round_name: str) -> dg.MultiPartitionKey:

@@ -31,8 +31,11 @@ def plot_training_curve(history: pd.DataFrame):
 def plot_score_boxes(scores: pd.DataFrame, labels: pd.DataFrame, splits: pd.DataFrame, traits: list[str]):
     """Ensemble slide scores by ground truth, per trait, for test, OOD-near and OOD-all (Figure 2)."""
     test = set(splits.loc[splits["split"] == "test", "patient_id"])
-    sets = [("test", lambda l: (l["subset"] == "labeled") & l["patient_id"].isin(test)),
-            ("OOD-near", lambda l: l["subset"] == "ood_near"), ("OOD-all", lambda l: l["subset"] == "ood_all")]
+    sets = [
+        ("test", lambda lab: (lab["subset"] == "labeled") & lab["patient_id"].isin(test)),
+        ("OOD-near", lambda lab: lab["subset"] == "ood_near"),
+        ("OOD-all", lambda lab: lab["subset"] == "ood_all"),
+    ]
     fig, axes = plt.subplots(1, len(traits), figsize=(3.2 * len(traits), 3), squeeze=False, sharey=True)
     for ax, trait in zip(axes[0], traits):
         lab = labels[labels["trait"] == trait]

@@ -56,11 +56,15 @@ class AcceleratorResource(dg.ConfigurableResource):
         self._gpus = [g.name for g in gpus]
         if context.log:
             if gpus:
-                context.log.info(f"TensorFlow {tf.__version__}: training on {len(gpus)} GPU(s) {self._gpus}"
-                                 f"{', mixed precision' if self.mixed_precision else ''}")
+                context.log.info(
+                    f"TensorFlow {tf.__version__}: training on {len(gpus)} GPU(s) {self._gpus}"
+                    f"{', mixed precision' if self.mixed_precision else ''}"
+                )
             else:
-                context.log.info(f"TensorFlow {tf.__version__}: no GPU visible, training on the CPU "
-                                 f"({len(tf.config.list_physical_devices('CPU'))} device, {os.cpu_count()} cores)")
+                context.log.info(
+                    f"TensorFlow {tf.__version__}: no GPU visible, training on the CPU "
+                    f"({len(tf.config.list_physical_devices('CPU'))} device, {os.cpu_count()} cores)"
+                )
 
     def strategy(self):
         import tensorflow as tf

@@ -140,10 +140,15 @@ def outputs_lock(cfg: PathomchConfig):
             holder = json.loads(path.read_text() or "{}")
         except (OSError, ValueError):
             holder = {}
-        who = (f"pid {holder.get('pid')} on {holder.get('host')}, since {holder.get('since')}" if holder
-               else "another process")
-        raise OutputsLocked(f"another `pathomch materialize` ({who}) is writing these outputs ({cfg.duckdb_path}; "
-                            f"lock {path}); wait for it to finish or stop it, then run again") from None
+        who = (
+            f"pid {holder.get('pid')} on {holder.get('host')}, since {holder.get('since')}"
+            if holder
+            else "another process"
+        )
+        raise OutputsLocked(
+            f"another `pathomch materialize` ({who}) is writing these outputs ({cfg.duckdb_path}; "
+            f"lock {path}); wait for it to finish or stop it, then run again"
+        ) from None
 
 
 def _owner() -> dict:
@@ -156,7 +161,7 @@ def _process_start(pid: int) -> str | None:
         stat = Path(f"/proc/{pid}/stat").read_text()
     except OSError:
         return None
-    return stat[stat.rindex(")") + 2:].split()[19]
+    return stat[stat.rindex(")") + 2 :].split()[19]
 
 
 def _alive(pid: int, start: str | None) -> bool:
@@ -178,8 +183,12 @@ def owner_tags() -> dict[str, str]:
     """Tags for a run executed by this process (``dagster/max_retries`` 0: the CLI resumes itself, with
     ``--missing``; a daemon must not retry a CLI run behind its back)."""
     pid, start = os.getpid(), _process_start(os.getpid())
-    return {PID_TAG: str(pid), **({START_TAG: start} if start else {}), HOST_TAG: socket.gethostname(),
-            "dagster/max_retries": "0"}
+    return {
+        PID_TAG: str(pid),
+        **({START_TAG: start} if start else {}),
+        HOST_TAG: socket.gethostname(),
+        "dagster/max_retries": "0",
+    }
 
 
 def clean_dead_runs(instance: dg.DagsterInstance, log=print) -> list[str]:
@@ -190,19 +199,29 @@ def clean_dead_runs(instance: dg.DagsterInstance, log=print) -> list[str]:
     daemon's: run monitoring in ``dagster.yaml``).
     """
     host = socket.gethostname()
-    active = [dg.DagsterRunStatus.STARTING, dg.DagsterRunStatus.STARTED, dg.DagsterRunStatus.QUEUED,
-              dg.DagsterRunStatus.NOT_STARTED, dg.DagsterRunStatus.CANCELING]
+    active = [
+        dg.DagsterRunStatus.STARTING,
+        dg.DagsterRunStatus.STARTED,
+        dg.DagsterRunStatus.QUEUED,
+        dg.DagsterRunStatus.NOT_STARTED,
+        dg.DagsterRunStatus.CANCELING,
+    ]
     failed = []
     for record in instance.get_run_records(filters=dg.RunsFilter(statuses=active)):
         run = record.dagster_run
         pid = run.tags.get(PID_TAG)
         if not pid or run.tags.get(HOST_TAG) != host or _alive(int(pid), run.tags.get(START_TAG) or None):
             continue
-        instance.report_run_failed(run, f"the process that ran this run (pid {pid} on {host}) is gone "
-                                        "(killed?); marked failed by `pathomch materialize` before new work")
+        instance.report_run_failed(
+            run,
+            f"the process that ran this run (pid {pid} on {host}) is gone "
+            "(killed?); marked failed by `pathomch materialize` before new work",
+        )
         failed.append(run.run_id)
-        log(f"run {run.run_id} ({run.job_name}) was left {run.status.value} by a process that is gone "
-            f"(pid {pid}): marked failed")
+        log(
+            f"run {run.run_id} ({run.job_name}) was left {run.status.value} by a process that is gone "
+            f"(pid {pid}): marked failed"
+        )
     storage = instance.event_log_storage
     if storage.supports_global_concurrency_limits:
         holding = storage.get_concurrency_run_ids()
@@ -260,10 +279,14 @@ def batch_job(config_path: str | None, asset_keys: list[str]) -> dg.JobDefinitio
     from .definitions import build_definitions
 
     defs = build_definitions(config_path=config_path)
-    job = dg.define_asset_job(BATCH_JOB, selection=dg.AssetSelection.assets(*map(dg.AssetKey.from_user_string, asset_keys)),
-                              executor_def=dg.multiprocess_executor)
-    return dg.Definitions(assets=defs.assets, asset_checks=defs.asset_checks, resources=defs.resources,
-                          jobs=[job]).resolve_job_def(BATCH_JOB)
+    job = dg.define_asset_job(
+        BATCH_JOB,
+        selection=dg.AssetSelection.assets(*map(dg.AssetKey.from_user_string, asset_keys)),
+        executor_def=dg.multiprocess_executor,
+    )
+    return dg.Definitions(
+        assets=defs.assets, asset_checks=defs.asset_checks, resources=defs.resources, jobs=[job]
+    ).resolve_job_def(BATCH_JOB)
 
 
 def execute_run(config_path: str | None, asset_keys: list[str], tags: dict) -> tuple[bool, str]:
@@ -274,9 +297,16 @@ def execute_run(config_path: str | None, asset_keys: list[str], tags: dict) -> t
         return result.success, result.run_id
 
 
-def materialize_all(defs: dg.Definitions, cfg: PathomchConfig, selection: str | None = None,
-                    partitions: list[str] | None = None, log=print, missing_only: bool = False,
-                    executor: str = "in_process", parallel: int = 1) -> RunSummary:
+def materialize_all(
+    defs: dg.Definitions,
+    cfg: PathomchConfig,
+    selection: str | None = None,
+    partitions: list[str] | None = None,
+    log=print,
+    missing_only: bool = False,
+    executor: str = "in_process",
+    parallel: int = 1,
+) -> RunSummary:
     """Materialize the selected assets (all by default) for every partition, in order.
 
     ``missing_only`` skips partitions every asset of the batch already has (resume after a
@@ -330,23 +360,39 @@ def _materialize_all(defs, cfg, selection, partitions, log, missing_only, execut
             if pool is None:
                 # Dagster's run orchestration is per process (logging, signals): runs in flight at
                 # once each get a process of their own, reused across batches
-                pool = ProcessPoolExecutor(max_workers=parallel, mp_context=get_context("spawn"),
-                                           initializer=exit_with_parent, initargs=(os.getpid(),))
+                pool = ProcessPoolExecutor(
+                    max_workers=parallel,
+                    mp_context=get_context("spawn"),
+                    initializer=exit_with_parent,
+                    initargs=(os.getpid(),),
+                )
             for label, _ in runs:
                 log(f"materializing {names} [{label}]")
-            outcomes = pool.map(execute_run, [config_path] * len(runs), [batch_keys] * len(runs),
-                                [_run_tags(pdef, kwargs) for _, kwargs in runs])
+            outcomes = pool.map(
+                execute_run,
+                [config_path] * len(runs),
+                [batch_keys] * len(runs),
+                [_run_tags(pdef, kwargs) for _, kwargs in runs],
+            )
         else:
+
             def one_by_one():
                 for label, kwargs in runs:
                     log(f"materializing {names} [{label}]")
                     if executor == "multiprocess":
                         yield execute_run(config_path, batch_keys, _run_tags(pdef, kwargs))
                     else:
-                        r = dg.materialize(all_assets, selection=batch, instance=instance, resources=resources,
-                                           raise_on_error=False, run_config=RUN_CONFIG,
-                                           **_with_owner_tags(kwargs))
+                        r = dg.materialize(
+                            all_assets,
+                            selection=batch,
+                            instance=instance,
+                            resources=resources,
+                            raise_on_error=False,
+                            run_config=RUN_CONFIG,
+                            **_with_owner_tags(kwargs),
+                        )
                         yield r.success, r.run_id
+
             outcomes = one_by_one()
         for (label, _), (success, run_id) in zip(runs, outcomes):
             summary.runs += 1
@@ -372,8 +418,10 @@ def failed_checks(instance: dg.DagsterInstance, run_id: str) -> list[str]:
     for rec in instance.get_records_for_run(run_id, of_type=dg.DagsterEventType.ASSET_CHECK_EVALUATION).records:
         ev = rec.event_log_entry.dagster_event.event_specific_data
         if not ev.passed:
-            out.append(f"{ev.asset_key.to_user_string()} check {ev.check_name} ({ev.severity.value}): "
-                       f"{ev.description or 'no description'}")
+            out.append(
+                f"{ev.asset_key.to_user_string()} check {ev.check_name} ({ev.severity.value}): "
+                f"{ev.description or 'no description'}"
+            )
     return out
 
 
@@ -423,8 +471,10 @@ def _partition_runs(pdef, instance, only: list[str] | None):
             for k in keys:
                 yield k, {"partition_key": k}
             return
-        yield f"{len(keys)} partitions", {"tags": {"dagster/asset_partition_range_start": keys[0],
-                                                   "dagster/asset_partition_range_end": keys[-1]}}
+        yield (
+            f"{len(keys)} partitions",
+            {"tags": {"dagster/asset_partition_range_start": keys[0], "dagster/asset_partition_range_end": keys[-1]}},
+        )
         return
     for k in pdef.get_partition_keys(dynamic_partitions_store=instance):
         if only and str(k) not in only and not any(part in only for part in str(k).split("|")):

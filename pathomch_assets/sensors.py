@@ -22,7 +22,7 @@ import hashlib
 import json
 import os
 import time
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 import dagster as dg
@@ -75,8 +75,9 @@ def slide_files(path: Path) -> list[Path]:
         own, folder = [path], path.with_suffix("")
     else:
         return [path]
-    return own + (sorted(e for e in folder.iterdir() if e.is_file() and not e.name.startswith("."))
-                  if folder.is_dir() else [])
+    return own + (
+        sorted(e for e in folder.iterdir() if e.is_file() and not e.name.startswith(".")) if folder.is_dir() else []
+    )
 
 
 def fingerprint(path: Path, md5: str | None = None) -> str:
@@ -128,7 +129,7 @@ def _latest_run(instance: dg.DagsterInstance, job_name: str, key: str):
 
 
 def _ts(value: datetime) -> float:
-    return (value if value.tzinfo else value.replace(tzinfo=timezone.utc)).timestamp()
+    return (value if value.tzinfo else value.replace(tzinfo=UTC)).timestamp()
 
 
 def _first_error(instance: dg.DagsterInstance, run_id: str) -> str:
@@ -144,22 +145,30 @@ def _first_error(instance: dg.DagsterInstance, run_id: str) -> str:
     return "unknown error"
 
 
-def collect_failures(instance: dg.DagsterInstance, job_name: str, state: dict, max_retries: int,
-                     backoff_s: float, log) -> None:
+def collect_failures(
+    instance: dg.DagsterInstance, job_name: str, state: dict, max_retries: int, backoff_s: float, log
+) -> None:
     """Look at the failed runs of ``job_name`` updated since the cursor's ``failed_after`` (at most
     FAILED_RUNS_PER_TICK); schedule a retry for a slide whose latest run it is, or give up on it."""
-    after = datetime.fromtimestamp(state["failed_after"], tz=timezone.utc)
+    after = datetime.fromtimestamp(state["failed_after"], tz=UTC)
     records = instance.get_run_records(
         dg.RunsFilter(job_name=job_name, statuses=[dg.DagsterRunStatus.FAILURE], updated_after=after),
-        limit=FAILED_RUNS_PER_TICK, order_by="update_timestamp", ascending=True)
+        limit=FAILED_RUNS_PER_TICK,
+        order_by="update_timestamp",
+        ascending=True,
+    )
     if len(records) == FAILED_RUNS_PER_TICK:  # leave the last timestamp whole for the next tick
         last = records[-1].update_timestamp
         records = [r for r in records if r.update_timestamp != last] or records
     for rec in records:
         run = rec.dagster_run
         key = run.tags.get(PARTITION_NAME_TAG)
-        if (key is None or run.tags.get(WILL_RETRY_TAG) == "true" or run.tags.get(RETRIES_TAG) == "exhausted"
-                or (state["retry"].get(key) or [None] * 3)[2] == run.run_id):
+        if (
+            key is None
+            or run.tags.get(WILL_RETRY_TAG) == "true"
+            or run.tags.get(RETRIES_TAG) == "exhausted"
+            or (state["retry"].get(key) or [None] * 3)[2] == run.run_id
+        ):
             continue  # not a slide run, retried by Dagster itself, already given up on or already scheduled
         latest = _latest_run(instance, job_name, key)
         if latest is None or latest.run_id != run.run_id:
@@ -168,14 +177,18 @@ def collect_failures(instance: dg.DagsterInstance, job_name: str, state: dict, m
         ended = rec.end_time or _ts(rec.update_timestamp)
         if attempt < max_retries:
             state["retry"][key] = [attempt + 1, ended + backoff_s * 2**attempt, run.run_id]
-            log.info(f"{key}: run {run.run_id} failed; retry {attempt + 1} of {max_retries} "
-                     f"after {backoff_s * 2**attempt:.0f} s")
+            log.info(
+                f"{key}: run {run.run_id} failed; retry {attempt + 1} of {max_retries} "
+                f"after {backoff_s * 2**attempt:.0f} s"
+            )
         else:
             why = _first_error(instance, run.run_id)
             instance.add_run_tags(run.run_id, {RETRIES_TAG: "exhausted", FAILURE_TAG: why})
             state["retry"].pop(key, None)
-            log.warning(f"{key}: run {run.run_id} failed after {max_retries} retries; the slide stays unprocessed "
-                        f"(runs tagged {RETRIES_TAG}=exhausted): {why}")
+            log.warning(
+                f"{key}: run {run.run_id} failed after {max_retries} retries; the slide stays unprocessed "
+                f"(runs tagged {RETRIES_TAG}=exhausted): {why}"
+            )
     if records:
         state["failed_after"] = max(state["failed_after"], _ts(records[-1].update_timestamp))
 
@@ -188,13 +201,27 @@ def unprocessed_slides(instance: dg.DagsterInstance, job_name: str = "process_sl
         key = run.tags.get(PARTITION_NAME_TAG)
         latest = _latest_run(instance, job_name, key) if key else None
         if latest is not None and latest.run_id == run.run_id and key not in {o["partition_key"] for o in out}:
-            out.append({"partition_key": key, "run_id": run.run_id, "reason": run.tags.get(RUN_FAILURE_REASON_TAG, ""),
-                        "error": run.tags.get(FAILURE_TAG, "")})
+            out.append(
+                {
+                    "partition_key": key,
+                    "run_id": run.run_id,
+                    "reason": run.tags.get(RUN_FAILURE_REASON_TAG, ""),
+                    "error": run.tags.get(FAILURE_TAG, ""),
+                }
+            )
     return sorted(out, key=lambda o: o["partition_key"])
 
 
-def evaluate(cfg: PathomchConfig, job_name: str, context: dg.SensorEvaluationContext, *, max_per_tick: int,
-             max_retries: int, backoff_s: float, clock) -> dg.SensorResult:
+def evaluate(
+    cfg: PathomchConfig,
+    job_name: str,
+    context: dg.SensorEvaluationContext,
+    *,
+    max_per_tick: int,
+    max_retries: int,
+    backoff_s: float,
+    clock,
+) -> dg.SensorResult:
     """One tick: the run requests and partitions to add, and the next cursor."""
     files = discover_refs(cfg)
     state = load_cursor(context.cursor, files)
@@ -236,8 +263,9 @@ def evaluate(cfg: PathomchConfig, job_name: str, context: dg.SensorEvaluationCon
                 why, old = "slide file back after removal", "removed"
             return dg.RunRequest(partition_key=k, run_key=f"{k}@{old}->{fps[k]}", tags={REASON_TAG: why})
         if kind == "removed":
-            return dg.RunRequest(partition_key=k, run_key=f"{k}@{old}->removed",
-                                 tags={REASON_TAG: "slide file removed"})
+            return dg.RunRequest(
+                partition_key=k, run_key=f"{k}@{old}->removed", tags={REASON_TAG: "slide file removed"}
+            )
         if kind == "new":
             return dg.RunRequest(partition_key=k, run_key=f"{k}@{fps[k]}", tags={REASON_TAG: "new slide"})
         attempt, _, run_id = retry[k]
@@ -245,14 +273,20 @@ def evaluate(cfg: PathomchConfig, job_name: str, context: dg.SensorEvaluationCon
         if latest is None or latest.run_id != run_id:  # run again by someone else meanwhile
             retry.pop(k)
             return None
-        return dg.RunRequest(partition_key=k, run_key=f"{k}@retry{attempt}:{run_id}",
-                             tags={REASON_TAG: f"retry {attempt} of {max_retries}: run {run_id} failed",
-                                   ATTEMPT_TAG: str(attempt)})
+        return dg.RunRequest(
+            partition_key=k,
+            run_key=f"{k}@retry{attempt}:{run_id}",
+            tags={REASON_TAG: f"retry {attempt} of {max_retries}: run {run_id} failed", ATTEMPT_TAG: str(attempt)},
+        )
 
     # changed, removed and failed slides first, then new ones; a slide processed again needs no retry
     again = set(changed) | set(removed)
-    candidates = [*((k, "changed") for k in sorted(changed)), *((k, "removed") for k in sorted(removed)),
-                  *((k, "retry") for k in due if k not in again), *((k, "new") for k in sorted(new))]
+    candidates = [
+        *((k, "changed") for k in sorted(changed)),
+        *((k, "removed") for k in sorted(removed)),
+        *((k, "retry") for k in due if k not in again),
+        *((k, "new") for k in sorted(new)),
+    ]
     requests, looked_at = [], 0
     for k, kind in candidates:
         if len(requests) == max_per_tick:
@@ -265,33 +299,50 @@ def evaluate(cfg: PathomchConfig, job_name: str, context: dg.SensorEvaluationCon
         new_fp[hashes[k]] = fps.get(k, REMOVED)
         retry.pop(k, None)
         if kind in ("changed", "removed"):
-            context.log.info(f"{k}: {req.tags[REASON_TAG]}; " + ("its rows are withdrawn (status 'missing')"
-                                                                  if kind == "removed" else "processing again"))
+            context.log.info(
+                f"{k}: {req.tags[REASON_TAG]}; "
+                + ("its rows are withdrawn (status 'missing')" if kind == "removed" else "processing again")
+            )
     left = len(candidates) - looked_at
     if left:
         context.log.info(f"{len(requests)} runs requested, {left} left for the next ticks")
     cursor = dump_cursor({"fp": new_fp, "retry": retry, "failed_after": state["failed_after"]})
     if not requests:
         waiting = f"; {len(retry)} slides wait for a retry" if retry else ""
-        return dg.SensorResult(skip_reason=dg.SkipReason(f"no new, changed, removed or failed slides{waiting}"),
-                               cursor=cursor)
+        return dg.SensorResult(
+            skip_reason=dg.SkipReason(f"no new, changed, removed or failed slides{waiting}"), cursor=cursor
+        )
     added = [r.partition_key for r in requests if r.partition_key not in known]
-    return dg.SensorResult(run_requests=requests,
-                           dynamic_partitions_requests=[SLIDES.build_add_request(added)] if added else [],
-                           cursor=cursor)
+    return dg.SensorResult(
+        run_requests=requests,
+        dynamic_partitions_requests=[SLIDES.build_add_request(added)] if added else [],
+        cursor=cursor,
+    )
 
 
-def build(cfg: PathomchConfig, job, *, max_per_tick: int = MAX_PER_TICK, max_retries: int = MAX_RETRIES,
-          backoff_s: float = RETRY_BACKOFF_S, clock=time.time):
-    @dg.sensor(job=job, minimum_interval_seconds=60, default_status=dg.DefaultSensorStatus.STOPPED,
-               description=f"Watches every cohort's slide folder. New slides become `slides` partitions and are "
-               "tiled, scored with the existing ensembles and mapped; changed slides (new manifest MD5, else new "
-               "size/mtime of any of their files) are processed again; removed ones are withdrawn. A slide whose "
-               f"latest run failed is requested again with backoff, up to {max_retries} times, then its run is "
-               f"tagged {RETRIES_TAG}=exhausted. At most {max_per_tick} runs per tick; no slide is read in the "
-               "tick. Idempotent: a tick with no change requests nothing.")
+def build(
+    cfg: PathomchConfig,
+    job,
+    *,
+    max_per_tick: int = MAX_PER_TICK,
+    max_retries: int = MAX_RETRIES,
+    backoff_s: float = RETRY_BACKOFF_S,
+    clock=time.time,
+):
+    @dg.sensor(
+        job=job,
+        minimum_interval_seconds=60,
+        default_status=dg.DefaultSensorStatus.STOPPED,
+        description=f"Watches every cohort's slide folder. New slides become `slides` partitions and are "
+        "tiled, scored with the existing ensembles and mapped; changed slides (new manifest MD5, else new "
+        "size/mtime of any of their files) are processed again; removed ones are withdrawn. A slide whose "
+        f"latest run failed is requested again with backoff, up to {max_retries} times, then its run is "
+        f"tagged {RETRIES_TAG}=exhausted. At most {max_per_tick} runs per tick; no slide is read in the "
+        "tick. Idempotent: a tick with no change requests nothing.",
+    )
     def new_slides_sensor(context: dg.SensorEvaluationContext):
-        return evaluate(cfg, job.name, context, max_per_tick=max_per_tick, max_retries=max_retries,
-                        backoff_s=backoff_s, clock=clock)
+        return evaluate(
+            cfg, job.name, context, max_per_tick=max_per_tick, max_retries=max_retries, backoff_s=backoff_s, clock=clock
+        )
 
     return new_slides_sensor

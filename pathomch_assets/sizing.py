@@ -24,7 +24,6 @@ import pandas as pd
 
 from .config import PathomchConfig
 
-
 #: the named assumptions and cluster shape, unless the caller gives others (CLI flags)
 ASSUMPTIONS = {"tiles_per_slide": 2500, "epochs": 5, "tiling_workers": 64, "accelerators": 8}
 
@@ -39,21 +38,33 @@ class Rates:
     machine: str
 
     @classmethod
-    def from_bench(cls, path: str | Path) -> "Rates":
+    def from_bench(cls, path: str | Path) -> Rates:
         r = json.loads(Path(path).read_text())
         big = max(r["tiling"], key=lambda t: t["slide_px_40x"])
         one = big["tiler_1_thread"]
         paper = next(i for i in r["input_pipeline"] if i.get("store") == "paper" or "inception" in i["config"])
-        train, infer, device = (paper["training_tiles_per_s"], paper.get("inference_tiles_per_s", float("nan")),
-                                paper.get("device", "CPU"))
-        gpu = [a for a in r.get("accelerators", []) if a["devices"] == 1 and a["architecture"] == "inception_v3"
-               and a["input_px"] == 512]
+        train, infer, device = (
+            paper["training_tiles_per_s"],
+            paper.get("inference_tiles_per_s", float("nan")),
+            paper.get("device", "CPU"),
+        )
+        gpu = [
+            a
+            for a in r.get("accelerators", [])
+            if a["devices"] == 1 and a["architecture"] == "inception_v3" and a["input_px"] == 512
+        ]
         if gpu:  # measured on a GPU: one device, its faster precision
             best = max(gpu, key=lambda a: a["training_tiles_per_s"])
             train, infer = best["training_tiles_per_s"], best["inference_tiles_per_s"]
             device = f"{best['device']}, {best['precision']}"
-        return cls(one["tiles"] / one["seconds"], paper.get("tile_bytes", float("nan")), train, infer, device,
-                   f"{r['machine']['platform']}, {r['machine']['cpus']} CPUs")
+        return cls(
+            one["tiles"] / one["seconds"],
+            paper.get("tile_bytes", float("nan")),
+            train,
+            infer,
+            device,
+            f"{r['machine']['platform']}, {r['machine']['cpus']} CPUs",
+        )
 
 
 def manifest_totals(manifest: str | Path) -> tuple[int, int]:
@@ -68,8 +79,17 @@ def manifest_patients(manifest: str | Path) -> int:
     return pd.read_csv(manifest, sep="\t")["filename"].str[:12].nunique()
 
 
-def size_cohort(cfg: PathomchConfig, cohort: str, slides: int, slide_bytes: int, rates: Rates,
-                tiles_per_slide: float, epochs: float, tiling_workers: int, accelerators: int) -> dict:
+def size_cohort(
+    cfg: PathomchConfig,
+    cohort: str,
+    slides: int,
+    slide_bytes: int,
+    rates: Rates,
+    tiles_per_slide: float,
+    epochs: float,
+    tiling_workers: int,
+    accelerators: int,
+) -> dict:
     """One row of the sizing table."""
     c = cfg.cohorts[cohort]
     tiles = slides * tiles_per_slide
@@ -84,10 +104,16 @@ def size_cohort(cfg: PathomchConfig, cohort: str, slides: int, slide_bytes: int,
     device_hours = models * (train_s + infer_s) / 3600
     tiling_core_h = tiles / rates.tiling_tiles_per_s_per_worker / 3600
     return {
-        "cohort": cohort, "slides": slides, "slide_TB": slide_bytes / 1e12, "tiles_M": tiles / 1e6,
-        "tile_store_GB": tiles * rates.tile_bytes / 1e9, "models": models,
-        "tiling_core_h": tiling_core_h, f"tiling_wall_h_{tiling_workers}_workers": tiling_core_h / tiling_workers,
-        "device_h": device_hours, f"training_wall_h_{accelerators}_devices": device_hours / accelerators,
+        "cohort": cohort,
+        "slides": slides,
+        "slide_TB": slide_bytes / 1e12,
+        "tiles_M": tiles / 1e6,
+        "tile_store_GB": tiles * rates.tile_bytes / 1e9,
+        "models": models,
+        "tiling_core_h": tiling_core_h,
+        f"tiling_wall_h_{tiling_workers}_workers": tiling_core_h / tiling_workers,
+        "device_h": device_hours,
+        f"training_wall_h_{accelerators}_devices": device_hours / accelerators,
     }
 
 

@@ -24,8 +24,7 @@ import pandas as pd
 from .config import ConfigError
 
 #: File endings OpenSlide opens (OpenSlide 4).  DICOM slides are one folder of ``.dcm`` files.
-SLIDE_SUFFIXES = {".svs", ".tif", ".tiff", ".ndpi", ".vms", ".vmu", ".scn", ".mrxs",
-                  ".svslide", ".bif", ".czi", ".dcm"}
+SLIDE_SUFFIXES = {".svs", ".tif", ".tiff", ".ndpi", ".vms", ".vmu", ".scn", ".mrxs", ".svslide", ".bif", ".czi", ".dcm"}
 
 #: mpp outside this range is not a microscope slide (e.g. a TIFF's 72 dpi default).
 PLAUSIBLE_MPP = (0.05, 20.0)
@@ -117,8 +116,10 @@ def read_gdc_manifest(path: str | Path) -> pd.DataFrame:
         reader = csv.reader(fh, delimiter="\t")
         header = next(reader, None)
         if header is None or [h.strip() for h in header[:5]] != GDC_MANIFEST_COLUMNS:
-            raise ManifestError(f"{path}: line 1: expected GDC manifest header "
-                                f"{' '.join(GDC_MANIFEST_COLUMNS)!r}, found {' '.join(header or [])!r}")
+            raise ManifestError(
+                f"{path}: line 1: expected GDC manifest header "
+                f"{' '.join(GDC_MANIFEST_COLUMNS)!r}, found {' '.join(header or [])!r}"
+            )
         rows, lines = [], []
         for lineno, row in enumerate(reader, start=2):
             if not row or not "".join(row).strip():
@@ -127,11 +128,15 @@ def read_gdc_manifest(path: str | Path) -> pd.DataFrame:
                 raise ManifestError(f"{path}: line {lineno}: expected 5 tab-separated fields, found {len(row)}")
             md5, size = row[2].strip(), row[3].strip()
             if md5 and not _MD5.match(md5):
-                raise ManifestError(f"{path}: line {lineno}: md5 {md5!r} is not 32 hex digits; fix the manifest "
-                                    f"(download it again from the GDC portal)")
+                raise ManifestError(
+                    f"{path}: line {lineno}: md5 {md5!r} is not 32 hex digits; fix the manifest "
+                    f"(download it again from the GDC portal)"
+                )
             if size and not size.isdigit():
-                raise ManifestError(f"{path}: line {lineno}: size {size!r} is not a byte count; fix the manifest "
-                                    f"(download it again from the GDC portal)")
+                raise ManifestError(
+                    f"{path}: line {lineno}: size {size!r} is not a byte count; fix the manifest "
+                    f"(download it again from the GDC portal)"
+                )
             rows.append(row[:5])
             lines.append(lineno)
     out = pd.DataFrame(rows, columns=GDC_MANIFEST_COLUMNS)
@@ -139,8 +144,9 @@ def read_gdc_manifest(path: str | Path) -> pd.DataFrame:
     return out
 
 
-def discover_slides(cohort: str, slides_dir: str | Path, manifest: str | Path | None = None,
-                    allowed_dirs=()) -> list[SlideRef]:
+def discover_slides(
+    cohort: str, slides_dir: str | Path, manifest: str | Path | None = None, allowed_dirs=()
+) -> list[SlideRef]:
     """List the slides of a cohort, sorted by slide id.
 
     Without a manifest: every file under ``slides_dir`` with a slide ending (recursively,
@@ -171,8 +177,16 @@ def discover_slides(cohort: str, slides_dir: str | Path, manifest: str | Path | 
         (first, problem), *others = found.values()
         if others:
             where = ", ".join(str(u) for u in found)
-            refs.append(SlideRef(cohort, sid, first, True, error=f"{first}: slide id {sid!r} found {len(found)} times "
-                                 f"({where}); a slide id must be unique in slides_dir: remove or rename the copies"))
+            refs.append(
+                SlideRef(
+                    cohort,
+                    sid,
+                    first,
+                    True,
+                    error=f"{first}: slide id {sid!r} found {len(found)} times "
+                    f"({where}); a slide id must be unique in slides_dir: remove or rename the copies",
+                )
+            )
         elif problem:
             refs.append(SlideRef(cohort, sid, first, True, error=f"{first}: {problem}"))
         else:
@@ -197,13 +211,14 @@ def path_problem(path: Path, roots: list[str], dicom_folder_ok: bool = True) -> 
     """Why ``path`` may not be read as a slide (``None``: it may): outside the allowed folders, a
     broken link, a folder named like a slide, not a regular file."""
     if path.is_symlink() and not path.exists():
-        return (f"broken symbolic link (to {os.readlink(path)}); restore the file it points to "
-                f"or remove the link")
+        return f"broken symbolic link (to {os.readlink(path)}); restore the file it points to or remove the link"
     real = os.path.realpath(path)
     if not _inside(real, roots):
         allowed = " or ".join(roots)
-        return (f"resolves to {real}, outside {allowed}; slides are read only inside slides_dir: move the "
-                f"file there, or add its folder to the cohort's allowed_dirs if it is meant to be read")
+        return (
+            f"resolves to {real}, outside {allowed}; slides are read only inside slides_dir: move the "
+            f"file there, or add its folder to the cohort's allowed_dirs if it is meant to be read"
+        )
     if os.path.isdir(real):
         if dicom_folder_ok and path.suffix.lower() == ".dcm":
             return None
@@ -228,16 +243,25 @@ def _from_manifest(cohort: str, slides_dir: Path, manifest: Path, roots: list[st
         meta = dict(md5=md5, size=size, listed_in=where)
         bad = next(((k, v) for k, v in (("id", rec.id), ("filename", rec.filename)) if not _plain_name(v)), None)
         if bad is not None:
-            ref = SlideRef(cohort, sid, slides_dir, True, **meta, error=(
-                f"{manifest}: line {line}: {bad[0]} {bad[1]!r} is not a plain name (a GDC manifest lists a file "
-                f"id and a file name, no folders, '..' or absolute paths); the slide is not read: fix that line"))
+            ref = SlideRef(
+                cohort,
+                sid,
+                slides_dir,
+                True,
+                **meta,
+                error=(
+                    f"{manifest}: line {line}: {bad[0]} {bad[1]!r} is not a plain name (a GDC manifest lists a file "
+                    f"id and a file name, no folders, '..' or absolute paths); the slide is not read: fix that line"
+                ),
+            )
         else:
             candidates = [slides_dir / rec.id / rec.filename, slides_dir / rec.filename]
             found = next((c for c in candidates if os.path.lexists(c)), None)
             problem = path_problem(found, roots) if found is not None else None
             if problem:
-                ref = SlideRef(cohort, sid, found, True, **meta,
-                               error=f"{found}: {problem} (listed in {manifest}, line {line})")
+                ref = SlideRef(
+                    cohort, sid, found, True, **meta, error=f"{found}: {problem} (listed in {manifest}, line {line})"
+                )
             else:
                 ref = SlideRef(cohort, sid, found or candidates[0], found is None, **meta)
         by_id.setdefault(sid, []).append(ref)
@@ -245,10 +269,19 @@ def _from_manifest(cohort: str, slides_dir: Path, manifest: Path, roots: list[st
     for sid, same in by_id.items():
         if len(same) > 1:
             lines = ", ".join(r.listed_in.rsplit(":", 1)[1] for r in same)
-            refs.append(SlideRef(cohort, sid, same[0].path, True, same[0].md5, same[0].size,
-                                 listed_in=same[0].listed_in,
-                                 error=f"{manifest}: lines {lines}: slide id {sid!r} is listed {len(same)} times; "
-                                       f"a slide id must be unique: remove the extra lines"))
+            refs.append(
+                SlideRef(
+                    cohort,
+                    sid,
+                    same[0].path,
+                    True,
+                    same[0].md5,
+                    same[0].size,
+                    listed_in=same[0].listed_in,
+                    error=f"{manifest}: lines {lines}: slide id {sid!r} is listed {len(same)} times; "
+                    f"a slide id must be unique: remove the extra lines",
+                )
+            )
         else:
             refs.append(same[0])
     return sorted(refs, key=lambda r: r.slide_id)
@@ -276,13 +309,16 @@ def check_manifest_entry(ref: SlideRef) -> str | None:
     try:
         size = os.stat(ref.path).st_size
         if ref.size is not None and size != ref.size:
-            return (f"{ref.path}: {size} bytes, but the manifest{listed} says {ref.size}: incomplete or wrong file; "
-                    f"{redo}")
+            return (
+                f"{ref.path}: {size} bytes, but the manifest{listed} says {ref.size}: incomplete or wrong file; {redo}"
+            )
         if ref.md5 is not None:
             digest = file_md5(ref.path)
             if digest != ref.md5.lower():
-                return (f"{ref.path}: MD5 {digest} differs from the manifest's {ref.md5}{listed}: corrupt or not the "
-                        f"listed file; {redo}")
+                return (
+                    f"{ref.path}: MD5 {digest} differs from the manifest's {ref.md5}{listed}: corrupt or not the "
+                    f"listed file; {redo}"
+                )
     except OSError as err:
         return f"{ref.path}: cannot read it to check it against the manifest{listed}: {err.strerror or err}"
     return None
@@ -342,7 +378,11 @@ def base_magnification(props: dict, path: str | Path, default: float | None = No
         return power, "objective_power", mpp
     if default is not None:
         return float(default), "config_default", mpp
-    why = "no objective power and no mpp" if mpp is None else f"no objective power and an implausible mpp of {mpp:g} um/px"
+    why = (
+        "no objective power and no mpp"
+        if mpp is None
+        else f"no objective power and an implausible mpp of {mpp:g} um/px"
+    )
     raise SlideError(path, f"{why}; set default_magnification for this cohort to use it")
 
 
@@ -361,8 +401,9 @@ class LevelChoice:
     read_px: int  # pixels read at `level` for one tile; resized to tile_px when different
 
 
-def choose_level(base_mag: float, downsamples: tuple[float, ...], target_mag: float, tile_px: int,
-                 tolerance: float = 0.05) -> LevelChoice:
+def choose_level(
+    base_mag: float, downsamples: tuple[float, ...], target_mag: float, tile_px: int, tolerance: float = 0.05
+) -> LevelChoice:
     """The pyramid level closest to, and not below, the target magnification (SPEC 3.3).
 
     A level within ``tolerance`` (relative) of the target is read as is.  When every level is
@@ -436,13 +477,31 @@ def describe_open_error(path: str | Path, exc: BaseException | None) -> str:
     if isinstance(exc, OSError):
         return f"cannot read it: {exc.strerror or exc}"
     if type(exc).__name__ == "OpenSlideUnsupportedFormatError" and head[128:132] != b"DICM":
-        return (f"not a slide format OpenSlide reads ({size} bytes starting {head[:8]!r}; "
-                f"{exc or 'unsupported format'}); check the file is the slide and not, e.g., an HTML error page")
+        return (
+            f"not a slide format OpenSlide reads ({size} bytes starting {head[:8]!r}; "
+            f"{exc or 'unsupported format'}); check the file is the slide and not, e.g., an HTML error page"
+        )
     return f"OpenSlide cannot open it: {exc}"
 
 
-_TIFF_TYPE_SIZE = {1: 1, 2: 1, 3: 2, 4: 4, 5: 8, 6: 1, 7: 1, 8: 2, 9: 4, 10: 8, 11: 4, 12: 8, 13: 4,
-                   16: 8, 17: 8, 18: 8}
+_TIFF_TYPE_SIZE = {
+    1: 1,
+    2: 1,
+    3: 2,
+    4: 4,
+    5: 8,
+    6: 1,
+    7: 1,
+    8: 2,
+    9: 4,
+    10: 8,
+    11: 4,
+    12: 8,
+    13: 4,
+    16: 8,
+    17: 8,
+    18: 8,
+}
 _TIFF_ARRAY = {3: "u2", 4: "u4", 13: "u4", 16: "u8"}
 _DATA_TAGS = {273: "offsets", 324: "offsets", 279: "counts", 325: "counts"}
 
@@ -463,8 +522,10 @@ def _tiff_truncation(path: Path) -> str | None:
     size = path.stat().st_size
 
     def cut(end: int) -> str:
-        return (f"truncated or corrupt: the file has {size} bytes but its TIFF structure refers to byte {end}; "
-                f"the download or copy did not finish: fetch it again")
+        return (
+            f"truncated or corrupt: the file has {size} bytes but its TIFF structure refers to byte {end}; "
+            f"the download or copy did not finish: fetch it again"
+        )
 
     with open(path, "rb") as fh:
         head = fh.read(16)
@@ -496,14 +557,14 @@ def _tiff_truncation(path: Path) -> str | None:
             raw = fh.read(n * ent_size + off_size)
             arrays: dict[str, np.ndarray] = {}
             for i in range(n):
-                ent = raw[i * ent_size:(i + 1) * ent_size]
+                ent = raw[i * ent_size : (i + 1) * ent_size]
                 tag, typ = struct.unpack(e + "HH", ent[:4])
-                count = struct.unpack(e + off_fmt, ent[4:4 + off_size])[0]
+                count = struct.unpack(e + off_fmt, ent[4 : 4 + off_size])[0]
                 nbytes = _TIFF_TYPE_SIZE.get(typ, 1) * count
                 if nbytes <= off_size:
-                    value = ent[4 + off_size:4 + off_size + nbytes]
+                    value = ent[4 + off_size : 4 + off_size + nbytes]
                 else:
-                    voff = struct.unpack(e + off_fmt, ent[4 + off_size:])[0]
+                    voff = struct.unpack(e + off_fmt, ent[4 + off_size :])[0]
                     if voff + nbytes > size:
                         return cut(voff + nbytes)
                     value = None

@@ -22,8 +22,9 @@ def unit_hash(seed: int, purpose: str, patient_id: str) -> float:
     return int.from_bytes(digest, "big") / 2.0**64
 
 
-def assign_splits(patient_ids, seed: int, test_fraction: float = 0.1, val_fraction: float = 0.1,
-                  rounds: int = 5) -> pd.DataFrame:
+def assign_splits(
+    patient_ids, seed: int, test_fraction: float = 0.1, val_fraction: float = 0.1, rounds: int = 5
+) -> pd.DataFrame:
     """Rows ``round, patient_id, split`` (``train``/``val``/``test``) for every round.
 
     Examples

@@ -30,46 +30,165 @@ import pandas as pd
 # --------------------------------------------------------------------------- schemas
 #: Column names are the SPEC 5 contract (extra columns follow the required ones).
 SCHEMAS: dict[str, dict[str, str]] = {
-    "slides": {"cohort": "VARCHAR", "slide_id": "VARCHAR", "patient_id": "VARCHAR", "path": "VARCHAR",
-               "status": "VARCHAR", "error": "VARCHAR", "n_tiles": "INTEGER", "width": "BIGINT",
-               "height": "BIGINT", "vendor": "VARCHAR", "base_magnification": "DOUBLE",
-               "magnification_source": "VARCHAR", "mpp": "DOUBLE", "level": "INTEGER",
-               "level_magnification": "DOUBLE", "read_px": "INTEGER", "seconds": "DOUBLE", "file_size": "BIGINT",
-               "file_mtime_ns": "BIGINT", "params_hash": "VARCHAR"},
-    "tiles": {"cohort": "VARCHAR", "slide_id": "VARCHAR", "col": "INTEGER", "row": "INTEGER",
-              "tissue_fraction": "DOUBLE", "idx": "INTEGER"},
-    "labels": {"cohort": "VARCHAR", "trait": "VARCHAR", "patient_id": "VARCHAR", "percentile": "DOUBLE",
-               "label": "INTEGER", "subset": "VARCHAR", "expression": "DOUBLE"},
+    "slides": {
+        "cohort": "VARCHAR",
+        "slide_id": "VARCHAR",
+        "patient_id": "VARCHAR",
+        "path": "VARCHAR",
+        "status": "VARCHAR",
+        "error": "VARCHAR",
+        "n_tiles": "INTEGER",
+        "width": "BIGINT",
+        "height": "BIGINT",
+        "vendor": "VARCHAR",
+        "base_magnification": "DOUBLE",
+        "magnification_source": "VARCHAR",
+        "mpp": "DOUBLE",
+        "level": "INTEGER",
+        "level_magnification": "DOUBLE",
+        "read_px": "INTEGER",
+        "seconds": "DOUBLE",
+        "file_size": "BIGINT",
+        "file_mtime_ns": "BIGINT",
+        "params_hash": "VARCHAR",
+    },
+    "tiles": {
+        "cohort": "VARCHAR",
+        "slide_id": "VARCHAR",
+        "col": "INTEGER",
+        "row": "INTEGER",
+        "tissue_fraction": "DOUBLE",
+        "idx": "INTEGER",
+    },
+    "labels": {
+        "cohort": "VARCHAR",
+        "trait": "VARCHAR",
+        "patient_id": "VARCHAR",
+        "percentile": "DOUBLE",
+        "label": "INTEGER",
+        "subset": "VARCHAR",
+        "expression": "DOUBLE",
+    },
     "splits": {"cohort": "VARCHAR", "round": "INTEGER", "patient_id": "VARCHAR", "split": "VARCHAR"},
-    "expression": {"cohort": "VARCHAR", "trait": "VARCHAR", "patient_id": "VARCHAR", "value": "DOUBLE",
-                   "n_aliquots": "INTEGER"},
-    "clinical": {"cohort": "VARCHAR", "patient_id": "VARCHAR", "os_months": "DOUBLE", "os_event": "INTEGER",
-                 "er_status": "VARCHAR", "subtype": "VARCHAR"},
-    "slide_scores": {"cohort": "VARCHAR", "trait": "VARCHAR", "model": "VARCHAR", "slide_id": "VARCHAR",
-                     "score": "DOUBLE", "n_tiles": "INTEGER", "patient_id": "VARCHAR"},
-    "model_metrics": {"cohort": "VARCHAR", "trait": "VARCHAR", "model": "VARCHAR", "eval_set": "VARCHAR",
-                      "auc": "DOUBLE", "n_slides": "INTEGER", "n_patients": "INTEGER", "auc_min": "DOUBLE",
-                      "auc_max": "DOUBLE", "n_models": "INTEGER"},
-    "model_rounds": {"cohort": "VARCHAR", "trait": "VARCHAR", "model": "VARCHAR", "status": "VARCHAR",
-                     "reason": "VARCHAR", "train_patients": "INTEGER", "train_slides": "INTEGER",
-                     "val_patients": "INTEGER", "val_slides": "INTEGER"},
-    "split_counts": {"cohort": "VARCHAR", "round": "INTEGER", "split": "VARCHAR", "subset": "VARCHAR",
-                     "trait": "VARCHAR", "label": "INTEGER", "n_patients": "INTEGER", "n_slides": "INTEGER"},
-    "correlations": {"cohort": "VARCHAR", "trait": "VARCHAR", "eval_set": "VARCHAR", "spearman_rho": "DOUBLE",
-                     "p_value": "DOUBLE", "fdr": "DOUBLE", "n_slides": "INTEGER"},
-    "hti": {"cohort": "VARCHAR", "traits": "VARCHAR", "slide_id": "VARCHAR", "patient_id": "VARCHAR",
-            "hti": "DOUBLE", "n_tiles": "INTEGER", "n_positive": "INTEGER"},
-    "survival": {"cohort": "VARCHAR", "traits": "VARCHAR", "grouping": "VARCHAR", "n_low": "INTEGER",
-                 "n_high": "INTEGER", "logrank_p": "DOUBLE", "test_statistic": "DOUBLE", "method": "VARCHAR",
-                 "hazard_ratio": "DOUBLE", "hr_ci_low": "DOUBLE", "hr_ci_high": "DOUBLE", "p_value": "DOUBLE",
-                 "n_patients": "INTEGER", "c_index": "DOUBLE"},
-    "hti_stats": {"cohort": "VARCHAR", "traits": "VARCHAR", "slide_id": "VARCHAR", "patient_id": "VARCHAR",
-                  "hti": "DOUBLE", "ci_low": "DOUBLE", "ci_high": "DOUBLE", "hti_robust": "DOUBLE",
-                  "p_spatial": "DOUBLE", "hta": "DOUBLE", "hta_random": "DOUBLE", "hti_present": "DOUBLE",
-                  "n_combinations": "INTEGER", "region_side": "INTEGER", "n_tiles": "INTEGER"},
-    "hti_combinations": {"cohort": "VARCHAR", "traits": "VARCHAR", "slide_id": "VARCHAR", "patient_id": "VARCHAR",
-                         "combination": "VARCHAR", "share": "DOUBLE", "n_tiles": "INTEGER", "tissue_share": "DOUBLE",
-                         "share_robust": "DOUBLE"},
+    "expression": {
+        "cohort": "VARCHAR",
+        "trait": "VARCHAR",
+        "patient_id": "VARCHAR",
+        "value": "DOUBLE",
+        "n_aliquots": "INTEGER",
+    },
+    "clinical": {
+        "cohort": "VARCHAR",
+        "patient_id": "VARCHAR",
+        "os_months": "DOUBLE",
+        "os_event": "INTEGER",
+        "er_status": "VARCHAR",
+        "subtype": "VARCHAR",
+    },
+    "slide_scores": {
+        "cohort": "VARCHAR",
+        "trait": "VARCHAR",
+        "model": "VARCHAR",
+        "slide_id": "VARCHAR",
+        "score": "DOUBLE",
+        "n_tiles": "INTEGER",
+        "patient_id": "VARCHAR",
+    },
+    "model_metrics": {
+        "cohort": "VARCHAR",
+        "trait": "VARCHAR",
+        "model": "VARCHAR",
+        "eval_set": "VARCHAR",
+        "auc": "DOUBLE",
+        "n_slides": "INTEGER",
+        "n_patients": "INTEGER",
+        "auc_min": "DOUBLE",
+        "auc_max": "DOUBLE",
+        "n_models": "INTEGER",
+    },
+    "model_rounds": {
+        "cohort": "VARCHAR",
+        "trait": "VARCHAR",
+        "model": "VARCHAR",
+        "status": "VARCHAR",
+        "reason": "VARCHAR",
+        "train_patients": "INTEGER",
+        "train_slides": "INTEGER",
+        "val_patients": "INTEGER",
+        "val_slides": "INTEGER",
+    },
+    "split_counts": {
+        "cohort": "VARCHAR",
+        "round": "INTEGER",
+        "split": "VARCHAR",
+        "subset": "VARCHAR",
+        "trait": "VARCHAR",
+        "label": "INTEGER",
+        "n_patients": "INTEGER",
+        "n_slides": "INTEGER",
+    },
+    "correlations": {
+        "cohort": "VARCHAR",
+        "trait": "VARCHAR",
+        "eval_set": "VARCHAR",
+        "spearman_rho": "DOUBLE",
+        "p_value": "DOUBLE",
+        "fdr": "DOUBLE",
+        "n_slides": "INTEGER",
+    },
+    "hti": {
+        "cohort": "VARCHAR",
+        "traits": "VARCHAR",
+        "slide_id": "VARCHAR",
+        "patient_id": "VARCHAR",
+        "hti": "DOUBLE",
+        "n_tiles": "INTEGER",
+        "n_positive": "INTEGER",
+    },
+    "survival": {
+        "cohort": "VARCHAR",
+        "traits": "VARCHAR",
+        "grouping": "VARCHAR",
+        "n_low": "INTEGER",
+        "n_high": "INTEGER",
+        "logrank_p": "DOUBLE",
+        "test_statistic": "DOUBLE",
+        "method": "VARCHAR",
+        "hazard_ratio": "DOUBLE",
+        "hr_ci_low": "DOUBLE",
+        "hr_ci_high": "DOUBLE",
+        "p_value": "DOUBLE",
+        "n_patients": "INTEGER",
+        "c_index": "DOUBLE",
+    },
+    "hti_stats": {
+        "cohort": "VARCHAR",
+        "traits": "VARCHAR",
+        "slide_id": "VARCHAR",
+        "patient_id": "VARCHAR",
+        "hti": "DOUBLE",
+        "ci_low": "DOUBLE",
+        "ci_high": "DOUBLE",
+        "hti_robust": "DOUBLE",
+        "p_spatial": "DOUBLE",
+        "hta": "DOUBLE",
+        "hta_random": "DOUBLE",
+        "hti_present": "DOUBLE",
+        "n_combinations": "INTEGER",
+        "region_side": "INTEGER",
+        "n_tiles": "INTEGER",
+    },
+    "hti_combinations": {
+        "cohort": "VARCHAR",
+        "traits": "VARCHAR",
+        "slide_id": "VARCHAR",
+        "patient_id": "VARCHAR",
+        "combination": "VARCHAR",
+        "share": "DOUBLE",
+        "n_tiles": "INTEGER",
+        "tissue_share": "DOUBLE",
+        "share_robust": "DOUBLE",
+    },
 }
 
 _PANDAS_TYPES = {"VARCHAR": "string", "INTEGER": "Int32", "BIGINT": "Int64", "DOUBLE": "float64"}
@@ -104,8 +223,11 @@ def atomic_path(path, keep_suffix: bool = False):
     remote = is_remote(path)
     if not remote:
         path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=f".tmp{path.suffix}" if keep_suffix else ".tmp",
-                               dir=None if remote else path.parent)
+    fd, tmp = tempfile.mkstemp(
+        prefix=f".{path.name}.",
+        suffix=f".tmp{path.suffix}" if keep_suffix else ".tmp",
+        dir=None if remote else path.parent,
+    )
     os.close(fd)
     try:
         yield Path(tmp)
@@ -197,11 +319,15 @@ class TileWriter:
 
     def write_jpeg(self, jpeg: bytes, col: int, row: int) -> None:
         tf = self._tf
-        ex = tf.train.Example(features=tf.train.Features(feature={
-            "image": tf.train.Feature(bytes_list=tf.train.BytesList(value=[bytes(jpeg)])),
-            "col": tf.train.Feature(int64_list=tf.train.Int64List(value=[int(col)])),
-            "row": tf.train.Feature(int64_list=tf.train.Int64List(value=[int(row)])),
-        }))
+        ex = tf.train.Example(
+            features=tf.train.Features(
+                feature={
+                    "image": tf.train.Feature(bytes_list=tf.train.BytesList(value=[bytes(jpeg)])),
+                    "col": tf.train.Feature(int64_list=tf.train.Int64List(value=[int(col)])),
+                    "row": tf.train.Feature(int64_list=tf.train.Int64List(value=[int(row)])),
+                }
+            )
+        )
         self._writer.write(ex.SerializeToString())
 
     def abort(self) -> None:
@@ -229,8 +355,11 @@ def parse_tile_record(serialized):
     """``tf.data`` map function: record -> (uint8 image, col, row)."""
     import tensorflow as tf
 
-    spec = {"image": tf.io.FixedLenFeature([], tf.string), "col": tf.io.FixedLenFeature([], tf.int64),
-            "row": tf.io.FixedLenFeature([], tf.int64)}
+    spec = {
+        "image": tf.io.FixedLenFeature([], tf.string),
+        "col": tf.io.FixedLenFeature([], tf.int64),
+        "row": tf.io.FixedLenFeature([], tf.int64),
+    }
     ex = tf.io.parse_single_example(serialized, spec)
     return tf.io.decode_jpeg(ex["image"], channels=3), ex["col"], ex["row"]
 
@@ -291,8 +420,10 @@ class TableStore:
         return sql_string(glob_escape(str(self._dir(table))) + "/*.parquet")
 
     def _view_sql(self, table: str, temporary: bool = False) -> str:
-        return (f"CREATE OR REPLACE {'TEMP ' if temporary else ''}VIEW {table} AS SELECT * FROM "
-                f"read_parquet({self._glob(table)}, union_by_name=true)")
+        return (
+            f"CREATE OR REPLACE {'TEMP ' if temporary else ''}VIEW {table} AS SELECT * FROM "
+            f"read_parquet({self._glob(table)}, union_by_name=true)"
+        )
 
     def conform(self, table: str, df: pd.DataFrame) -> pd.DataFrame:
         """Order and type ``df``'s columns as the table's schema; missing required ones raise."""
@@ -358,8 +489,10 @@ class TableStore:
         if self.duckdb_path.is_file() and self._stamp.is_file() and self._stamp.read_text().strip() == signature:
             return False
         if self.duckdb_path.is_dir():
-            raise IsADirectoryError(f"duckdb_path {self.duckdb_path} is a directory; set duckdb_path to a file name "
-                                    f"such as {self.duckdb_path / 'pathomch.duckdb'}")
+            raise IsADirectoryError(
+                f"duckdb_path {self.duckdb_path} is a directory; set duckdb_path to a file name "
+                f"such as {self.duckdb_path / 'pathomch.duckdb'}"
+            )
         for table in SCHEMAS:
             self.ensure_schema_file(table)
         self.duckdb_path.parent.mkdir(parents=True, exist_ok=True)
@@ -397,6 +530,20 @@ class TableStore:
 
 
 #: how many leading columns of each schema are the SPEC 5 contract (required on write)
-_REQUIRED = {"slides": 6, "tiles": 5, "labels": 6, "splits": 4, "expression": 4, "clinical": 4,
-             "slide_scores": 5, "model_metrics": 6, "correlations": 6, "hti": 6, "survival": 6,
-             "model_rounds": 5, "split_counts": 8, "hti_stats": 8, "hti_combinations": 7}
+_REQUIRED = {
+    "slides": 6,
+    "tiles": 5,
+    "labels": 6,
+    "splits": 4,
+    "expression": 4,
+    "clinical": 4,
+    "slide_scores": 5,
+    "model_metrics": 6,
+    "correlations": 6,
+    "hti": 6,
+    "survival": 6,
+    "model_rounds": 5,
+    "split_counts": 8,
+    "hti_stats": 8,
+    "hti_combinations": 7,
+}

@@ -54,14 +54,16 @@ def logrank_groups(df: pd.DataFrame, high: pd.Series, low: pd.Series, grouping: 
     return GroupTest(grouping, len(b), len(a), float(res.p_value), float(res.test_statistic), d)
 
 
-def hti_groupings(df: pd.DataFrame, split: float = 0.5, contrast_low: float = 0.3,
-                  contrast_high: float = 0.7, column: str = "hti") -> list[GroupTest]:
+def hti_groupings(
+    df: pd.DataFrame, split: float = 0.5, contrast_low: float = 0.3, contrast_high: float = 0.7, column: str = "hti"
+) -> list[GroupTest]:
     """HTI > ``split`` vs <= ``split``; HTI > ``contrast_high`` vs <= ``contrast_low`` (``column``: ``hti``
     or ``hti_robust``, which names the groupings)."""
     h = df[column]
-    return [logrank_groups(df, h > split, h <= split, f"{column}>{split:g} vs <={split:g}"),
-            logrank_groups(df, h > contrast_high, h <= contrast_low,
-                           f"{column}>{contrast_high:g} vs <={contrast_low:g}")]
+    return [
+        logrank_groups(df, h > split, h <= split, f"{column}>{split:g} vs <={split:g}"),
+        logrank_groups(df, h > contrast_high, h <= contrast_low, f"{column}>{contrast_high:g} vs <={contrast_low:g}"),
+    ]
 
 
 def concordance(df: pd.DataFrame, column: str = "hti") -> tuple[float, int]:
@@ -104,8 +106,9 @@ def cox_hti(df: pd.DataFrame, column: str = "hti") -> CoxResult:
         return CoxResult(np.nan, np.nan, np.nan, np.nan, len(d))
     cph = CoxPHFitter().fit(d, duration_col="os_months", event_col="os_event")
     s = cph.summary.loc[column]
-    return CoxResult(float(s["exp(coef)"]), float(s["p"]), float(s["exp(coef) lower 95%"]),
-                     float(s["exp(coef) upper 95%"]), len(d))
+    return CoxResult(
+        float(s["exp(coef)"]), float(s["p"]), float(s["exp(coef) lower 95%"]), float(s["exp(coef) upper 95%"]), len(d)
+    )
 
 
 def plot_km(test: GroupTest, ax=None, labels=("low", "high"), at_risk: bool = True):
@@ -130,8 +133,9 @@ def plot_km(test: GroupTest, ax=None, labels=("low", "high"), at_risk: bool = Tr
     ax.set_ylim(0, 1.05)
     ax.legend(fontsize=7)
     if at_risk and fitters:
-        add_at_risk_counts(*fitters, labels=[labels[i] for i in range(2) if (test.data["group"] == i).any()],
-                           ax=ax, fontsize=6)
+        add_at_risk_counts(
+            *fitters, labels=[labels[i] for i in range(2) if (test.data["group"] == i).any()], ax=ax, fontsize=6
+        )
     return ax
 
 

@@ -48,10 +48,18 @@ class TilingParams:
         return hashlib.sha1(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:12]
 
     @classmethod
-    def from_config(cls, cfg) -> "TilingParams":
+    def from_config(cls, cfg) -> TilingParams:
         t = cfg.tiling
-        return cls(t.magnification, t.tile_px, t.background_threshold, t.max_background_fraction,
-                   t.jpeg_quality, t.magnification_tolerance, t.threads_per_slide, t.reader)
+        return cls(
+            t.magnification,
+            t.tile_px,
+            t.background_threshold,
+            t.max_background_fraction,
+            t.jpeg_quality,
+            t.magnification_tolerance,
+            t.threads_per_slide,
+            t.reader,
+        )
 
 
 @dataclass
@@ -106,7 +114,7 @@ def grid_shape(info, choice: LevelChoice) -> tuple[int, int]:
     return w // choice.read_px, h // choice.read_px
 
 
-def candidate_cells(thumb: np.ndarray | None, info, choice: LevelChoice, params: "TilingParams") -> np.ndarray | None:
+def candidate_cells(thumb: np.ndarray | None, info, choice: LevelChoice, params: TilingParams) -> np.ndarray | None:
     """Grid cells that may hold tissue, from the whole-level QC thumbnail (None: all).
 
     Conservative: a cell is dropped only when its thumbnail area is blank to within 2% (and
@@ -159,7 +167,7 @@ class TiffLevelReader:
         tif.filehandle.set_lock(True)  # row bands are read on threads
 
     @classmethod
-    def open(cls, path, info, level: int) -> "TiffLevelReader | None":
+    def open(cls, path, info, level: int) -> TiffLevelReader | None:
         import tifffile
 
         down = info.level_downsamples[level]
@@ -171,8 +179,14 @@ class TiffLevelReader:
             return None
         w, h = info.level_dimensions[level]
         for page in tif.pages:
-            if (page.is_tiled and (page.imagewidth, page.imagelength) == (w, h) and page.samplesperpixel == 3
-                    and page.imagedepth == 1 and page.planarconfig == 1 and page.bitspersample == 8):
+            if (
+                page.is_tiled
+                and (page.imagewidth, page.imagelength) == (w, h)
+                and page.samplesperpixel == 3
+                and page.imagedepth == 1
+                and page.planarconfig == 1
+                and page.bitspersample == 8
+            ):
                 return cls(tif, page)
         tif.close()
         return None
@@ -186,15 +200,16 @@ class TiffLevelReader:
         index = [ty * across + tx for ty in range(ty0, ty1 + 1) for tx in range(tx0, tx1 + 1)]
         out = np.empty(((ty1 - ty0 + 1) * th, (tx1 - tx0 + 1) * tw, 3), np.uint8)
         fh = self.tif.filehandle
-        for data, i in fh.read_segments([p.dataoffsets[i] for i in index], [p.databytecounts[i] for i in index],
-                                        indices=index, lock=fh.lock):
+        for data, i in fh.read_segments(
+            [p.dataoffsets[i] for i in index], [p.databytecounts[i] for i in index], indices=index, lock=fh.lock
+        ):
             seg, (_, _, sy, sx, _), _ = self.decode(data, i, jpegtables=p.jpegtables, jpegheader=p.jpegheader)
             if seg is None:
                 raise ValueError(f"tile {i} of page {p.index} has no data")
             seg = seg.reshape(seg.shape[-3:])[..., :3]  # (depth,) height, width, samples
-            out[sy - ty0 * th:sy - ty0 * th + seg.shape[0], sx - tx0 * tw:sx - tx0 * tw + seg.shape[1]] = seg
+            out[sy - ty0 * th : sy - ty0 * th + seg.shape[0], sx - tx0 * tw : sx - tx0 * tw + seg.shape[1]] = seg
         oy, ox = y - ty0 * th, x - tx0 * tw
-        return out[oy:oy + height, ox:ox + width]
+        return out[oy : oy + height, ox : ox + width]
 
     def close(self) -> None:
         self.tif.close()
@@ -212,8 +227,16 @@ def _read_band(slide, reader, info, choice: LevelChoice, path, x: int, y: int, w
     return rgba_to_rgb_on_white(band)
 
 
-def _tile_row(slide, info, choice: LevelChoice, params: "TilingParams", path, row: int, cols: np.ndarray,
-              reader: TiffLevelReader | None = None):
+def _tile_row(
+    slide,
+    info,
+    choice: LevelChoice,
+    params: TilingParams,
+    path,
+    row: int,
+    cols: np.ndarray,
+    reader: TiffLevelReader | None = None,
+):
     """Tissue tiles of one grid row: ``[(col, fraction, jpeg bytes), ...]``."""
     import imagecodecs
     from PIL import Image
@@ -226,8 +249,16 @@ def _tile_row(slide, info, choice: LevelChoice, params: "TilingParams", path, ro
             band = _read_band(slide, reader, info, choice, path, c0 * s, row * s, n * s, s)
             tiles = band.reshape(s, n, s, 3).transpose(1, 0, 2, 3)
             if s != params.tile_px:
-                tiles = np.stack([np.asarray(Image.fromarray(np.ascontiguousarray(t)).resize(
-                    (params.tile_px, params.tile_px), Image.Resampling.BOX)) for t in tiles])
+                tiles = np.stack(
+                    [
+                        np.asarray(
+                            Image.fromarray(np.ascontiguousarray(t)).resize(
+                                (params.tile_px, params.tile_px), Image.Resampling.BOX
+                            )
+                        )
+                        for t in tiles
+                    ]
+                )
             fracs = tissue_fraction(tiles, params.background_threshold)
             for k in np.flatnonzero(fracs >= 1.0 - params.max_background_fraction):
                 jpeg = imagecodecs.jpeg8_encode(np.ascontiguousarray(tiles[k]), level=params.jpeg_quality)
@@ -235,8 +266,16 @@ def _tile_row(slide, info, choice: LevelChoice, params: "TilingParams", path, ro
     return out
 
 
-def iter_tiles(slide, info, choice: LevelChoice, params: TilingParams, path: str | Path = "slide", thumb=None,
-               threads: int = 1, reader: TiffLevelReader | None = None):
+def iter_tiles(
+    slide,
+    info,
+    choice: LevelChoice,
+    params: TilingParams,
+    path: str | Path = "slide",
+    thumb=None,
+    threads: int = 1,
+    reader: TiffLevelReader | None = None,
+):
     """Yield ``(col, row, tissue_fraction, jpeg bytes)`` for tissue tiles, row by row.
 
     Rows are read on ``threads`` threads (OpenSlide and the JPEG codec release the GIL) and
@@ -267,8 +306,15 @@ def iter_tiles(slide, info, choice: LevelChoice, params: TilingParams, path: str
             yield from ((col, row, frac, jpeg) for col, frac, jpeg in tiles)
 
 
-def tile_slide(cohort: str, slide_id: str, path: str | Path, out_file: str | Path, params: TilingParams,
-               default_magnification: float | None = None, manifest_ref=None) -> SlideTilingResult:
+def tile_slide(
+    cohort: str,
+    slide_id: str,
+    path: str | Path,
+    out_file: str | Path,
+    params: TilingParams,
+    default_magnification: float | None = None,
+    manifest_ref=None,
+) -> SlideTilingResult:
     """Tile one slide into ``out_file`` (TFRecord, written atomically); never raises for bad slides.
 
     ``manifest_ref``: the slide's ``SlideRef`` when a GDC manifest lists it; its size and MD5 are checked
@@ -286,12 +332,22 @@ def tile_slide(cohort: str, slide_id: str, path: str | Path, out_file: str | Pat
         slide = open_slide(path)
         info = slide_info(slide, path, default_magnification)
         thumb = qc_read(slide, info, path)
-        choice = choose_level(info.base_magnification, info.level_downsamples, params.magnification,
-                              params.tile_px, params.magnification_tolerance)
+        choice = choose_level(
+            info.base_magnification,
+            info.level_downsamples,
+            params.magnification,
+            params.tile_px,
+            params.magnification_tolerance,
+        )
         res.info = {
-            "width": info.width, "height": info.height, "vendor": info.vendor,
-            "base_magnification": info.base_magnification, "magnification_source": info.magnification_source,
-            "mpp": info.mpp, "level": choice.level, "level_magnification": choice.level_magnification,
+            "width": info.width,
+            "height": info.height,
+            "vendor": info.vendor,
+            "base_magnification": info.base_magnification,
+            "magnification_source": info.magnification_source,
+            "mpp": info.mpp,
+            "level": choice.level,
+            "level_magnification": choice.level_magnification,
             "read_px": choice.read_px,
         }
         reader = TiffLevelReader.open(path, info, choice.level) if params.reader == "auto" else None
@@ -305,7 +361,10 @@ def tile_slide(cohort: str, slide_id: str, path: str | Path, out_file: str | Pat
                 writer.abort()
         res.tiles = pd.DataFrame(records, columns=["col", "row", "tissue_fraction", "idx"])
         if not records:
-            res.status, res.error = "no_tissue", f"{path}: no tile with at least {1 - params.max_background_fraction:.0%} tissue"
+            res.status, res.error = (
+                "no_tissue",
+                f"{path}: no tile with at least {1 - params.max_background_fraction:.0%} tissue",
+            )
     except Exception as err:  # SlideError, and anything else (OSError writing tiles, codec errors): this slide only
         res.status, res.error = "error", str(err) if isinstance(err, SlideError) else f"{path}: {_describe(err)}"
         res.tiles = res.tiles.iloc[0:0]
@@ -330,8 +389,9 @@ def readable(path) -> None:
         with p.open("rb") as fh:
             fh.read(1)
     except OSError as err:
-        raise SlideError(path, f"cannot read the file: {err.strerror or err} (fix it; it is tried again "
-                               "on the next run)") from None
+        raise SlideError(
+            path, f"cannot read the file: {err.strerror or err} (fix it; it is tried again on the next run)"
+        ) from None
 
 
 def _describe(err: BaseException) -> str:
@@ -377,8 +437,13 @@ def exit_with_parent(parent_pid: int) -> None:
 def _failed(job: tuple, err: BaseException) -> SlideTilingResult:
     """The result of a job whose worker failed (e.g. killed for memory): an error for that slide."""
     cohort, slide_id, path = job[:3]
-    return SlideTilingResult(cohort, slide_id, str(path), status="error",
-                             error=f"{path}: tiling worker failed: {_describe(err)} (tried again on the next run)")
+    return SlideTilingResult(
+        cohort,
+        slide_id,
+        str(path),
+        status="error",
+        error=f"{path}: tiling worker failed: {_describe(err)} (tried again on the next run)",
+    )
 
 
 def tile_slides(jobs: list[tuple], workers: int = 1, progress=None):
@@ -398,8 +463,12 @@ def tile_slides(jobs: list[tuple], workers: int = 1, progress=None):
                 progress(i, total, res)
             yield res
         return
-    with ProcessPoolExecutor(max_workers=min(workers, total), mp_context=get_context("spawn"),
-                             initializer=exit_with_parent, initargs=(os.getpid(),)) as pool:
+    with ProcessPoolExecutor(
+        max_workers=min(workers, total),
+        mp_context=get_context("spawn"),
+        initializer=exit_with_parent,
+        initargs=(os.getpid(),),
+    ) as pool:
         futures = {pool.submit(_tile_job, job): job for job in jobs}
         for i, fut in enumerate(as_completed(futures), 1):
             try:

@@ -61,8 +61,9 @@ class TrainResult:
 
 
 # --------------------------------------------------------------------------- model
-def build_model(architecture: str, input_px: int, learning_rate: float = 1e-3, seed: int = 0,
-                accumulation_steps: int = 1):
+def build_model(
+    architecture: str, input_px: int, learning_rate: float = 1e-3, seed: int = 0, accumulation_steps: int = 1
+):
     """A compiled binary classifier taking uint8-valued RGB tiles of ``input_px``; with
     ``accumulation_steps`` > 1 Adam applies the mean gradient of that many passes once."""
     import keras
@@ -73,8 +74,9 @@ def build_model(architecture: str, input_px: int, learning_rate: float = 1e-3, s
     if architecture == "inception_v3":
         if input_px < 75:
             raise ValueError(f"inception_v3 needs input_px >= 75, got {input_px}")
-        base = keras.applications.InceptionV3(include_top=False, weights=None, input_shape=(input_px, input_px, 3),
-                                              pooling="avg")
+        base = keras.applications.InceptionV3(
+            include_top=False, weights=None, input_shape=(input_px, input_px, 3), pooling="avg"
+        )
         x = base(x)
     elif architecture == "small_cnn":
         # no batch normalisation: with a few hundred steps its moving statistics lag the
@@ -113,8 +115,15 @@ def _augment(img, label):
     return img, label
 
 
-def train_dataset(slides: SlideSet, input_px: int, batch_size: int, seed: int, cache: bool = False,
-                  max_tiles_per_slide: int | None = None, deterministic: bool = False):
+def train_dataset(
+    slides: SlideSet,
+    input_px: int,
+    batch_size: int,
+    seed: int,
+    cache: bool = False,
+    max_tiles_per_slide: int | None = None,
+    deterministic: bool = False,
+):
     """Shuffled, augmented, endless batches of (tile, slide label); tiles read in parallel."""
     import tensorflow as tf
 
@@ -126,14 +135,20 @@ def train_dataset(slides: SlideSet, input_px: int, batch_size: int, seed: int, c
             ds = ds.shuffle(4096, seed=seed).take(max_tiles_per_slide)
         return ds.map(lambda r: (r, label))
 
-    ds = files.shuffle(len(slides), seed=seed).interleave(per_slide, cycle_length=min(16, max(1, len(slides))),
-                                                           num_parallel_calls=AUTOTUNE, deterministic=deterministic)
+    ds = files.shuffle(len(slides), seed=seed).interleave(
+        per_slide, cycle_length=min(16, max(1, len(slides))), num_parallel_calls=AUTOTUNE, deterministic=deterministic
+    )
     decode = _decode(input_px)
     ds = ds.map(lambda r, y: (decode(r), y), num_parallel_calls=AUTOTUNE)
     if cache:
         ds = ds.cache()
-    return (ds.shuffle(4096, seed=seed, reshuffle_each_iteration=True).repeat()
-            .map(_augment, num_parallel_calls=AUTOTUNE).batch(batch_size).prefetch(AUTOTUNE))
+    return (
+        ds.shuffle(4096, seed=seed, reshuffle_each_iteration=True)
+        .repeat()
+        .map(_augment, num_parallel_calls=AUTOTUNE)
+        .batch(batch_size)
+        .prefetch(AUTOTUNE)
+    )
 
 
 def count_tiles(files: list[str]) -> list[int]:
@@ -143,7 +158,7 @@ def count_tiles(files: list[str]) -> list[int]:
 
 
 #: decoded tiles kept between runs of one process (the in-process CLI runs every model in one)
-_DECODED: "OrderedDict[tuple, np.ndarray]" = OrderedDict()
+_DECODED: OrderedDict[tuple, np.ndarray] = OrderedDict()
 DECODED_CACHE_BYTES = 2 * 1024**3
 
 
@@ -162,8 +177,15 @@ def decode_files(files: list[str], input_px: int, batch_size: int = 512) -> list
         ds = tf.data.Dataset.from_tensor_slices((names, np.arange(len(names), dtype=np.int64)))
         ds = ds.flat_map(lambda f, i: tf.data.TFRecordDataset(f).map(lambda r: (r, i)))
         decode = _decode(input_px)
-        ds = ds.map(lambda r, i: (tf.cast(tf.round(decode(r)), tf.uint8), i), num_parallel_calls=AUTOTUNE,
-                    deterministic=True).batch(batch_size).prefetch(AUTOTUNE)
+        ds = (
+            ds.map(
+                lambda r, i: (tf.cast(tf.round(decode(r)), tf.uint8), i),
+                num_parallel_calls=AUTOTUNE,
+                deterministic=True,
+            )
+            .batch(batch_size)
+            .prefetch(AUTOTUNE)
+        )
         imgs, idx = [], []
         for x, i in ds:
             imgs.append(x.numpy())
@@ -190,8 +212,12 @@ def predict_arrays(model, arrays: list[np.ndarray], batch_size: int = 256) -> li
     x = np.concatenate([a for a in arrays if len(a)])
     import keras
 
-    p = np.concatenate([keras.ops.convert_to_numpy(model(x[i:i + batch_size].astype(np.float32), training=False))[:, 0]
-                        for i in range(0, len(x), batch_size)]).astype(np.float32)
+    p = np.concatenate(
+        [
+            keras.ops.convert_to_numpy(model(x[i : i + batch_size].astype(np.float32), training=False))[:, 0]
+            for i in range(0, len(x), batch_size)
+        ]
+    ).astype(np.float32)
     return np.split(p, np.cumsum(sizes)[:-1])
 
 
@@ -239,8 +265,10 @@ def batch_plan(global_batch: int, replicas: int = 1, per_replica_max: int | None
     for acc in range(1, global_batch + 1):
         if global_batch % (acc * replicas) == 0 and global_batch // (acc * replicas) <= per_replica_max:
             return BatchPlan(global_batch, replicas, global_batch // (acc * replicas), acc)
-    raise ValueError(f"training.batch_size {global_batch} cannot be split evenly over {replicas} replicas; "
-                     f"set it to a multiple of {replicas} (the paper: 144 with per_replica_batch 18)")
+    raise ValueError(
+        f"training.batch_size {global_batch} cannot be split evenly over {replicas} replicas; "
+        f"set it to a multiple of {replicas} (the paper: 144 with per_replica_batch 18)"
+    )
 
 
 # --------------------------------------------------------------------------- training
@@ -284,15 +312,23 @@ def schedule_callbacks(tcfg) -> list:
     import keras
 
     return [
-        keras.callbacks.ReduceLROnPlateau(monitor="val_selection", mode="max", factor=tcfg.reduce_lr_factor,
-                                          patience=tcfg.reduce_lr_patience, min_delta=0.0, verbose=0),
-        keras.callbacks.EarlyStopping(monitor="val_selection", mode="max", patience=tcfg.early_stop_patience,
-                                      min_delta=0.0, verbose=0),
+        keras.callbacks.ReduceLROnPlateau(
+            monitor="val_selection",
+            mode="max",
+            factor=tcfg.reduce_lr_factor,
+            patience=tcfg.reduce_lr_patience,
+            min_delta=0.0,
+            verbose=0,
+        ),
+        keras.callbacks.EarlyStopping(
+            monitor="val_selection", mode="max", patience=tcfg.early_stop_patience, min_delta=0.0, verbose=0
+        ),
     ]
 
 
-def _slide_auc_callback(val: SlideSet, input_px: int, batch_size: int, threshold: float, log,
-                        monitor: str = "slide_auc"):
+def _slide_auc_callback(
+    val: SlideSet, input_px: int, batch_size: int, threshold: float, log, monitor: str = "slide_auc"
+):
     import keras
 
     class SlideAUC(keras.callbacks.Callback):
@@ -313,14 +349,23 @@ def _slide_auc_callback(val: SlideSet, input_px: int, batch_size: int, threshold
             logs["val_tile_loss"] = loss
             logs["val_selection"] = selection_score(auc, loss, monitor)
             lr = float(keras.ops.convert_to_numpy(self.model.optimizer.learning_rate))
-            self.rows.append({"eval": epoch + 1, "loss": float(logs.get("loss", np.nan)), "val_slide_auc": auc,
-                              "val_tile_loss": loss, "learning_rate": lr})
+            self.rows.append(
+                {
+                    "eval": epoch + 1,
+                    "loss": float(logs.get("loss", np.nan)),
+                    "val_slide_auc": auc,
+                    "val_tile_loss": loss,
+                    "learning_rate": lr,
+                }
+            )
             # float32, as Keras' EarlyStopping and ReduceLROnPlateau compare (keras.ops.greater)
             if np.float32(logs["val_selection"]) > np.float32(self.best_selection):
                 self.best_selection = logs["val_selection"]
                 self.best, self.best_eval, self.best_weights = auc, epoch + 1, self.model.get_weights()
-            log(f"evaluation {epoch + 1}: loss {logs.get('loss', float('nan')):.4f}, validation slide AUC {auc:.3f}, "
-                f"tile loss {loss:.4f} (best by {monitor} at {self.best_eval}), lr {lr:.2g}")
+            log(
+                f"evaluation {epoch + 1}: loss {logs.get('loss', float('nan')):.4f}, validation slide AUC {auc:.3f}, "
+                f"tile loss {loss:.4f} (best by {monitor} at {self.best_eval}), lr {lr:.2g}"
+            )
 
         def on_train_end(self, logs=None):
             if self.best_weights is not None:
@@ -329,8 +374,9 @@ def _slide_auc_callback(val: SlideSet, input_px: int, batch_size: int, threshold
     return SlideAUC()
 
 
-def train_model(train: SlideSet, val: SlideSet, tcfg, threshold: float = 0.5, seed: int = 0, strategy=None,
-                log=print) -> tuple[object, TrainResult]:
+def train_model(
+    train: SlideSet, val: SlideSet, tcfg, threshold: float = 0.5, seed: int = 0, strategy=None, log=print
+) -> tuple[object, TrainResult]:
     """Train one model; returns it (best weights) and a :class:`TrainResult`.
 
     ``tcfg`` is the ``training`` section of the configuration.
@@ -342,7 +388,9 @@ def train_model(train: SlideSet, val: SlideSet, tcfg, threshold: float = 0.5, se
     if tcfg.max_tiles_per_slide:
         n_tiles = min(n_tiles, tcfg.max_tiles_per_slide * len(train))
     if n_tiles == 0 or len(set(train.labels)) < 2:
-        raise ValueError(f"training needs tiles of both classes; got {n_tiles} tiles, labels {sorted(set(train.labels))}")
+        raise ValueError(
+            f"training needs tiles of both classes; got {n_tiles} tiles, labels {sorted(set(train.labels))}"
+        )
     if len(set(val.labels)) < 2:
         raise ValueError(f"validation needs slides of both classes for an AUC; got {sorted(set(val.labels))}")
     replicas = strategy.num_replicas_in_sync if strategy is not None else 1
@@ -360,20 +408,39 @@ def train_model(train: SlideSet, val: SlideSet, tcfg, threshold: float = 0.5, se
     with scope:
         model = build_model(tcfg.architecture, tcfg.input_px, tcfg.learning_rate, seed, plan.accumulation)
     # one pass feeds pass_batch tiles (MirroredStrategy splits them over the replicas); `accumulation` passes a step
-    ds = train_dataset(train, tcfg.input_px, plan.pass_batch, seed, tcfg.cache_decoded, tcfg.max_tiles_per_slide,
-                       tcfg.deterministic)
+    ds = train_dataset(
+        train, tcfg.input_px, plan.pass_batch, seed, tcfg.cache_decoded, tcfg.max_tiles_per_slide, tcfg.deterministic
+    )
     auc_cb = _slide_auc_callback(val, tcfg.input_px, max(tcfg.batch_size, 256), threshold, log, tcfg.monitor)
     callbacks = [auc_cb, *schedule_callbacks(tcfg)]
-    log(f"training {tcfg.architecture} at {tcfg.input_px} px on {len(train)} slides ({n_tiles} tiles), "
+    log(
+        f"training {tcfg.architecture} at {tcfg.input_px} px on {len(train)} slides ({n_tiles} tiles), "
         f"validating on {len(val)} slides every {steps_per_eval} steps, at most {n_evals} evaluations; "
         f"batch {plan.global_batch} = {plan.per_replica} per replica x {plan.replicas} replicas x "
-        f"{plan.accumulation} accumulated passes; monitor {tcfg.monitor}")
+        f"{plan.accumulation} accumulated passes; monitor {tcfg.monitor}"
+    )
     # the dataset is shuffled by tf.data; shuffle=False only tells Keras not to try
-    model.fit(ds, epochs=n_evals, steps_per_epoch=steps_per_eval * plan.accumulation, callbacks=callbacks, verbose=0,
-              shuffle=False)
+    model.fit(
+        ds,
+        epochs=n_evals,
+        steps_per_epoch=steps_per_eval * plan.accumulation,
+        callbacks=callbacks,
+        verbose=0,
+        shuffle=False,
+    )
     history = pd.DataFrame(auc_cb.rows)
-    res = TrainResult(float(auc_cb.best), int(auc_cb.best_eval), len(history), len(train), int(n_tiles), len(val),
-                      time.perf_counter() - t0, history, tcfg.monitor, asdict(plan))
+    res = TrainResult(
+        float(auc_cb.best),
+        int(auc_cb.best_eval),
+        len(history),
+        len(train),
+        int(n_tiles),
+        len(val),
+        time.perf_counter() - t0,
+        history,
+        tcfg.monitor,
+        asdict(plan),
+    )
     return model, res
 
 

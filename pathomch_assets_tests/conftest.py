@@ -22,8 +22,6 @@ def balanced_seed(cohorts, splits=SMALL_SPLITS, seeds=range(1, 200)) -> int:
     """
     import tempfile
 
-    import pandas as pd
-
     from pathomch_assets.checks import label_balance
     from pathomch_assets.demo_cohort import expression_tables, load_source_tiles, plan_cohort, write_mirna, write_mrna
     from pathomch_assets.expression import read_traits
@@ -56,8 +54,9 @@ def small_demo(tmp_path_factory):
     out = tmp_path_factory.mktemp("demo")
     cohorts = tuple(dataclasses.replace(c, n_patients=SMALL_SIZES[c.name]) for c in DEFAULT_COHORTS)
     seed = balanced_seed(cohorts)
-    return build_demo(out, seed=seed, cohorts=cohorts, workers=1, progress=lambda *a: None,
-                      overrides={"splits": SMALL_SPLITS})
+    return build_demo(
+        out, seed=seed, cohorts=cohorts, workers=1, progress=lambda *a: None, overrides={"splits": SMALL_SPLITS}
+    )
 
 
 @pytest.fixture(scope="session")

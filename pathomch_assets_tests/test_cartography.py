@@ -6,9 +6,19 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from pathomch_assets.cartography import (BACKGROUND_RGB, NEGATIVE_RGB, Cartography, build_cartography, heterogeneity_png,
-                                         combination_colours, combination_names, heterogeneity_image,
-                                         plot_heterogeneity_map, to_geojson, write_geojson)
+from pathomch_assets.cartography import (
+    BACKGROUND_RGB,
+    NEGATIVE_RGB,
+    Cartography,
+    build_cartography,
+    combination_colours,
+    combination_names,
+    heterogeneity_image,
+    heterogeneity_png,
+    plot_heterogeneity_map,
+    to_geojson,
+    write_geojson,
+)
 
 
 def calls_frame():
@@ -72,11 +82,11 @@ def test_png_map_with_legend(tmp_path):
     carto = build_cartography(calls_frame(), ["A", "B"])
     img = np.asarray(Image.open(heterogeneity_png(carto, tmp_path / "m.png", cell_px=10, title="s")))
     colours = combination_colours(2)
-    assert tuple(img[16 + 5, 5]) == tuple(colours[0])      # tile (row 0, col 0): A only
-    assert tuple(img[16 + 15, 15]) == tuple(colours[2])    # tile (row 1, col 1): A+B
-    assert tuple(img[16 + 5, 25]) == BACKGROUND_RGB        # no tissue
-    legend = img[:, 3 * 10:]
-    for c in list(colours) + [NEGATIVE_RGB]:                # every combination has a legend swatch
+    assert tuple(img[16 + 5, 5]) == tuple(colours[0])  # tile (row 0, col 0): A only
+    assert tuple(img[16 + 15, 15]) == tuple(colours[2])  # tile (row 1, col 1): A+B
+    assert tuple(img[16 + 5, 25]) == BACKGROUND_RGB  # no tissue
+    legend = img[:, 3 * 10 :]
+    for c in list(colours) + [NEGATIVE_RGB]:  # every combination has a legend swatch
         assert (legend.reshape(-1, 3) == c).all(axis=1).any()
 
 

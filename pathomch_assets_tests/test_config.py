@@ -101,22 +101,28 @@ def test_shipped_demo_config_is_valid():
     assert cfg.cohorts["brca"].survival_pairs == [["MKI67", "miR-17-5p"]]
 
 
-@pytest.mark.parametrize("name,expected", [("miR-17-5p", True), ("hsa-miR-21-5p", True), ("let-7a-5p", True),
-                                           ("MKI67", False), ("MIR17HG", False)])
+@pytest.mark.parametrize(
+    "name,expected",
+    [("miR-17-5p", True), ("hsa-miR-21-5p", True), ("let-7a-5p", True), ("MKI67", False), ("MIR17HG", False)],
+)
 def test_mirna_names(name, expected):
     assert is_mirna(name) is expected
 
 
 def test_data_dir_may_be_an_object_store_url(minimal, tmp_path):
-    text = minimal.read_text().replace("data_dir: out", "data_dir: s3://lab-bucket/pathomch\n"
-                                       "storage_options: {endpoint_url: 'http://minio:9000'}")
+    text = minimal.read_text().replace(
+        "data_dir: out", "data_dir: s3://lab-bucket/pathomch\nstorage_options: {endpoint_url: 'http://minio:9000'}"
+    )
     cfg = load_config(write(tmp_path, text, "remote.yaml"))
     assert cfg.data_dir == "s3://lab-bucket/pathomch"
     tiles = cfg.tiles_dir
-    assert str(tiles) == "s3://lab-bucket/pathomch/tiles" and tiles.storage_options == {"endpoint_url": "http://minio:9000"}
+    assert str(tiles) == "s3://lab-bucket/pathomch/tiles" and tiles.storage_options == {
+        "endpoint_url": "http://minio:9000"
+    }
     assert cfg.duckdb_path == (tmp_path / "out" / "p.duckdb").resolve()
-    local = load_config(write(tmp_path, minimal.read_text().replace("data_dir: out", f"data_dir: file://{tmp_path}/o"),
-                              "file.yaml"))
+    local = load_config(
+        write(tmp_path, minimal.read_text().replace("data_dir: out", f"data_dir: file://{tmp_path}/o"), "file.yaml")
+    )
     assert local.tiles_dir == tmp_path / "o" / "tiles"
 
 

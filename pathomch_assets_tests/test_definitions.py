@@ -26,8 +26,13 @@ def test_asset_graph_has_partitions():
 
 
 def test_dagster_validates_the_workspace():
-    out = subprocess.run([sys.executable, "-m", "dagster", "definitions", "validate", "-w", "workspace.yaml"],
-                         cwd=ROOT, capture_output=True, text=True, timeout=300)
+    out = subprocess.run(
+        [sys.executable, "-m", "dagster", "definitions", "validate", "-w", "workspace.yaml"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert out.returncode == 0, out.stdout + out.stderr
 
 
@@ -57,5 +62,6 @@ def test_sensor_adds_new_slides_once(small_demo, tmp_path):
             new.unlink()
         fifth = sensor(dg.build_sensor_context(instance=instance, cursor=fourth.cursor))
         assert [(r.partition_key, r.tags["pathomch/reason"]) for r in fifth.run_requests] == [
-            ("brca/TCGA-ZZ-0001-01Z-00-DX1.new", "slide file removed")]
+            ("brca/TCGA-ZZ-0001-01Z-00-DX1.new", "slide file removed")
+        ]
         assert not sensor(dg.build_sensor_context(instance=instance, cursor=fifth.cursor)).run_requests

@@ -12,8 +12,9 @@ from pathomch_assets.storage import TableStore
 
 cfg = load_config(DEMO_CONFIG, check_files=False)
 DEMO = cfg.cohorts["brca"].slides_dir.parent.parent
-pytestmark = pytest.mark.skipif(not (cfg.tables_dir / "survival").exists() or not (DEMO / "demo.json").exists(),
-                                reason="run `make demo` first")
+pytestmark = pytest.mark.skipif(
+    not (cfg.tables_dir / "survival").exists() or not (DEMO / "demo.json").exists(), reason="run `make demo` first"
+)
 
 
 @pytest.fixture(scope="module")

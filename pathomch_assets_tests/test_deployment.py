@@ -4,14 +4,14 @@
 import importlib
 from pathlib import Path
 
+import dagster as dg
 import pytest
 import yaml
-
-import dagster as dg
 from dagster._config import process_config
 from dagster._core.instance.config import dagster_instance_config
 from dagster._serdes.config_class import class_from_code_pointer
 from dagster_k8s.job import get_user_defined_k8s_config
+
 from pathomch_assets.config import load_config
 from pathomch_assets.deployment import K8S_TAG
 
@@ -21,13 +21,17 @@ IMAGE_ROOT = "/opt/pathomch/"  # where deploy/Dockerfile puts the repository
 
 def in_repo(image_path: str) -> Path:
     assert image_path.startswith(IMAGE_ROOT), image_path
-    return DEPLOY.parent / image_path[len(IMAGE_ROOT):]
+    return DEPLOY.parent / image_path[len(IMAGE_ROOT) :]
 
 
 @pytest.fixture
 def pg_env(monkeypatch):
-    for var, value in {"DAGSTER_PG_HOST": "db", "DAGSTER_PG_USERNAME": "dagster", "DAGSTER_PG_PASSWORD": "x",
-                       "DAGSTER_PG_DB": "dagster"}.items():
+    for var, value in {
+        "DAGSTER_PG_HOST": "db",
+        "DAGSTER_PG_USERNAME": "dagster",
+        "DAGSTER_PG_PASSWORD": "x",
+        "DAGSTER_PG_DB": "dagster",
+    }.items():
         monkeypatch.setenv(var, value)
 
 
@@ -41,7 +45,10 @@ def test_instance_yaml_passes_dagster_and_library_schemas(pg_env):
         klass = class_from_code_pointer(spec["module"], spec["class"])  # as the instance loads it
         result = process_config(klass.config_type(), spec.get("config") or {})
         assert result.success, (section, result.errors)
-    assert config["concurrency"]["pools"]["default_limit"] >= 1 and config["concurrency"]["runs"]["max_concurrent_runs"] > 1
+    assert (
+        config["concurrency"]["pools"]["default_limit"] >= 1
+        and config["concurrency"]["runs"]["max_concurrent_runs"] > 1
+    )
 
 
 def test_failed_runs_are_retried_and_lost_workers_detected(tmp_path, pg_env):
@@ -54,8 +61,10 @@ def test_failed_runs_are_retried_and_lost_workers_detected(tmp_path, pg_env):
     resume = config["run_monitoring"]["max_resume_run_attempts"]
     assert resume >= 1 and K8sRunLauncher.supports_resume_run.fget(None)
     assert K8sRunLauncher.supports_check_run_worker_health.fget(None)
-    settings = {"run_retries": config["run_retries"], "run_monitoring": {**config["run_monitoring"],
-                                                                         "max_resume_run_attempts": 0}}
+    settings = {
+        "run_retries": config["run_retries"],
+        "run_monitoring": {**config["run_monitoring"], "max_resume_run_attempts": 0},
+    }
     with dg.instance_for_test(overrides=settings) as instance:
         assert instance.run_retries_enabled and instance.run_retries_max_retries == 2
         assert instance.run_retries_retry_on_asset_or_op_failure  # an I/O error inside a step is retried too

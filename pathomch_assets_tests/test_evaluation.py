@@ -1,14 +1,20 @@
 """Ensemble vote, AUC, Spearman and FDR against independent computations."""
 
-import itertools
-
 import numpy as np
 import pandas as pd
 import pytest
 from scipy.stats import mannwhitneyu, rankdata
 
-from pathomch_assets.evaluation import (bh_fdr, correlation_rows, ensemble_calls, evaluation_sets, metrics_rows,
-                                        select_ensemble, slide_auc, slide_scores_from_tiles)
+from pathomch_assets.evaluation import (
+    bh_fdr,
+    correlation_rows,
+    ensemble_calls,
+    evaluation_sets,
+    metrics_rows,
+    select_ensemble,
+    slide_auc,
+    slide_scores_from_tiles,
+)
 
 
 def test_vote_matches_brute_force():
@@ -49,16 +55,20 @@ def test_spearman_and_fdr_per_set():
     pids = [f"P{i:03d}" for i in range(60)]
     pct = rng.permutation(np.linspace(0, 100, 60))
     rows = []
-    for trait, noise in (("A", 5), ("B", 80)):
+    for trait in ("A", "B"):
         for pid, q in zip(pids, pct):
             subset = "labeled" if q < 20 or q > 80 else "ood_all"
             rows.append((trait, pid, q, int(q > 50), subset))
     labels = pd.DataFrame(rows, columns=["trait", "patient_id", "percentile", "label", "subset"])
     splits = pd.DataFrame({"patient_id": pids, "split": ["test"] * 60, "round": 0})
-    scores = pd.DataFrame([(t, pid, q + rng.normal(0, n)) for t, n in (("A", 5), ("B", 80)) for pid, q in zip(pids, pct)],
-                          columns=["trait", "patient_id", "score"])
+    scores = pd.DataFrame(
+        [(t, pid, q + rng.normal(0, n)) for t, n in (("A", 5), ("B", 80)) for pid, q in zip(pids, pct)],
+        columns=["trait", "patient_id", "score"],
+    )
     out = correlation_rows(scores, labels, splits).set_index(["trait", "eval_set"])
-    sub = labels[(labels.trait == "A") & (labels.subset == "ood_all")].merge(scores[scores.trait == "A"], on=["trait", "patient_id"])
+    sub = labels[(labels.trait == "A") & (labels.subset == "ood_all")].merge(
+        scores[scores.trait == "A"], on=["trait", "patient_id"]
+    )
     ra, rb = rankdata(sub.score), rankdata(sub.percentile)
     assert out.loc[("A", "ood_all"), "spearman_rho"] == pytest.approx(np.corrcoef(ra, rb)[0, 1])
     ood = out.xs("ood_all", level="eval_set")
@@ -67,10 +77,20 @@ def test_spearman_and_fdr_per_set():
 
 
 def test_evaluation_sets_and_metrics():
-    labels = pd.DataFrame({"patient_id": list("abcdefgh"), "label": [1, 0, 1, 0, 1, 0, 1, 0],
-                           "subset": ["labeled"] * 6 + ["ood_all", "ood_all"]})
-    splits = pd.DataFrame({"patient_id": list("abcdefgh"), "round": 0,
-                           "split": ["test", "test", "val", "val", "train", "train", "test", "test"]})
+    labels = pd.DataFrame(
+        {
+            "patient_id": list("abcdefgh"),
+            "label": [1, 0, 1, 0, 1, 0, 1, 0],
+            "subset": ["labeled"] * 6 + ["ood_all", "ood_all"],
+        }
+    )
+    splits = pd.DataFrame(
+        {
+            "patient_id": list("abcdefgh"),
+            "round": 0,
+            "split": ["test", "test", "val", "val", "train", "train", "test", "test"],
+        }
+    )
     sets = evaluation_sets(labels, splits, 0)
     assert set(sets["test"].patient_id) == {"a", "b"} and set(sets["val"].patient_id) == {"c", "d"}
     assert set(sets["ood_all"].patient_id) == {"g", "h"}
@@ -92,9 +112,14 @@ def test_auc_is_over_slides_each_with_its_patients_label():
 def test_rounds_mean_and_range_for_table_1():
     from pathomch_assets.evaluation import ROUNDS_MEAN, rounds_summary
 
-    m = pd.DataFrame({"model": ["round_0", "round_1", "round_3", "ensemble", "round_0", "round_1", "round_3"],
-                      "eval_set": ["test"] * 4 + ["val"] * 3, "auc": [0.7, 0.9, 0.8, 0.95, 0.6, np.nan, 0.8],
-                      "n_slides": [10, 10, 10, 10, 5, 5, 5]})
+    m = pd.DataFrame(
+        {
+            "model": ["round_0", "round_1", "round_3", "ensemble", "round_0", "round_1", "round_3"],
+            "eval_set": ["test"] * 4 + ["val"] * 3,
+            "auc": [0.7, 0.9, 0.8, 0.95, 0.6, np.nan, 0.8],
+            "n_slides": [10, 10, 10, 10, 5, 5, 5],
+        }
+    )
     r = rounds_summary(m).set_index("eval_set")
     assert r.loc["test", ["auc", "auc_min", "auc_max", "n_models"]].tolist() == pytest.approx([0.8, 0.7, 0.9, 3])
     assert r.loc["val", "n_models"] == 2 and r.loc["val", "auc"] == pytest.approx(0.7)  # a NaN AUC is left out
@@ -104,8 +129,14 @@ def test_rounds_mean_and_range_for_table_1():
 def test_missing_class_names_the_split_and_counts():
     from pathomch_assets.evaluation import exclusion_advice, missing_class, too_few_rounds
 
-    rows = pd.DataFrame({"split": ["train", "train", "val", "val", "val"], "label": [0, 1, 0, 0, 0],
-                         "patient_id": ["a", "b", "c", "d", "d"], "slide_id": ["a1", "b1", "c1", "d1", "d2"]})
+    rows = pd.DataFrame(
+        {
+            "split": ["train", "train", "val", "val", "val"],
+            "label": [0, 1, 0, 0, 0],
+            "patient_id": ["a", "b", "c", "d", "d"],
+            "slide_id": ["a1", "b1", "c1", "d1", "d2"],
+        }
+    )
     assert missing_class(rows) == "the val split has only low (label 0) patients (2 patients, 3 slides)"
     assert missing_class(rows.assign(label=[0, 1, 0, 1, 1])) is None
     assert "no labelled patients" in missing_class(rows[rows.split == "train"])

@@ -4,19 +4,20 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from pathomch_assets.expression import (MIRNA, MRNA, ExpressionFormatError, read_clinical, read_expression,
-                                        read_traits)
+from pathomch_assets.expression import MIRNA, MRNA, ExpressionFormatError, read_clinical, read_expression, read_traits
 
-BARCODES = ["TCGA-A1-A0SB-01A-11R-A144-07", "TCGA-A1-A0SB-01B-21R-A144-07",  # two primary aliquots
-            "TCGA-A1-A0SB-11A-11R-A144-07",                                  # normal tissue: ignored
-            "TCGA-A2-A04P-01A-31R-A034-07", "TCGA-BH-A0E9-01A-11R-A056-07"]
+BARCODES = [
+    "TCGA-A1-A0SB-01A-11R-A144-07",
+    "TCGA-A1-A0SB-01B-21R-A144-07",  # two primary aliquots
+    "TCGA-A1-A0SB-11A-11R-A144-07",  # normal tissue: ignored
+    "TCGA-A2-A04P-01A-31R-A034-07",
+    "TCGA-BH-A0E9-01A-11R-A056-07",
+]
 
 
 def mrna_file(tmp_path, rows=None, header=None):
     header = header or "gene_id\t" + "\t".join(BARCODES)
-    rows = rows or ["?|100130426\t0\t0\t0\t0\t0",
-                    "MKI67|4288\t10\t20\t1000\tNA\t5.5",
-                    "ESR1|2099\t1\t2\t3\t4\t5"]
+    rows = rows or ["?|100130426\t0\t0\t0\t0\t0", "MKI67|4288\t10\t20\t1000\tNA\t5.5", "ESR1|2099\t1\t2\t3\t4\t5"]
     p = tmp_path / "EBPlusPlusAdjustPANCAN_IlluminaHiSeq_RNASeqV2.geneExp.tsv"
     p.write_text(header + "\n" + "\n".join(rows) + "\n")
     return p
@@ -25,15 +26,14 @@ def mrna_file(tmp_path, rows=None, header=None):
 def test_aliquots_averaged_primary_only_na_kept(tmp_path):
     tab = read_expression(mrna_file(tmp_path), MRNA, ["MKI67"], key=lambda s: s.split("|")[0])
     v = tab.values.loc["MKI67"]
-    assert v["TCGA-A1-A0SB"] == 15.0          # mean of 10 and 20; the normal aliquot (1000) ignored
-    assert np.isnan(v["TCGA-A2-A04P"])        # NA stays missing
+    assert v["TCGA-A1-A0SB"] == 15.0  # mean of 10 and 20; the normal aliquot (1000) ignored
+    assert np.isnan(v["TCGA-A2-A04P"])  # NA stays missing
     assert v["TCGA-BH-A0E9"] == 5.5
     assert tab.n_aliquots["TCGA-A1-A0SB"] == 2 and tab.skipped_columns == 1
 
 
 def test_only_requested_patients_columns(tmp_path):
-    tab = read_expression(mrna_file(tmp_path), MRNA, ["ESR1"], key=lambda s: s.split("|")[0],
-                          patients={"TCGA-BH-A0E9"})
+    tab = read_expression(mrna_file(tmp_path), MRNA, ["ESR1"], key=lambda s: s.split("|")[0], patients={"TCGA-BH-A0E9"})
     assert list(tab.values.columns) == ["TCGA-BH-A0E9"]
 
 
@@ -72,9 +72,11 @@ def test_missing_trait_is_named(tmp_path):
 
 def test_mirna_csv_layout(tmp_path):
     p = tmp_path / "pancanMiRs_EBadjOnProtocolPlatformWithoutRepsWithUnCorrectMiRs_08_04_16.csv"
-    p.write_text("Genes,Correction," + ",".join(BARCODES) + "\n"
-                 "hsa-let-7a-5p,Corrected,1,1,1,1,1\n"
-                 "hsa-miR-17-5p,Corrected,4,6,100,7,NA\n")
+    p.write_text(
+        "Genes,Correction," + ",".join(BARCODES) + "\n"
+        "hsa-let-7a-5p,Corrected,1,1,1,1,1\n"
+        "hsa-miR-17-5p,Corrected,4,6,100,7,NA\n"
+    )
     df = read_traits(["miR-17-5p"], mrna=tmp_path / "none.tsv", mirna=p)
     got = df.set_index("patient_id")["value"]
     assert got["TCGA-A1-A0SB"] == 5.0 and got["TCGA-A2-A04P"] == 7.0 and np.isnan(got["TCGA-BH-A0E9"])
@@ -148,8 +150,10 @@ TCGA-BH-A0E9\t0:LIVING\t[Not Available]\tPositive\tBRCA_LumB
 TCGA-E2-A15K\t1:DECEASED\t3.25\t[Not Available]\tBRCA_Her2
 """
 # brca_tcga (Firehose Legacy) data_clinical_patient.txt: other columns first, older status spelling, no PAM50
-FIREHOSE = """#Other Patient ID\tPatient Identifier\tDiagnosis Age\tER Status By IHC\tOverall Survival (Months)\tOverall Survival Status
-#x\tx\tx\tx\tx\tx
+FIREHOSE = (
+    "#Other Patient ID\tPatient Identifier\tDiagnosis Age\tER Status By IHC\tOverall Survival (Months)"
+    "\tOverall Survival Status\n"
+    """#x\tx\tx\tx\tx\tx
 #STRING\tSTRING\tNUMBER\tSTRING\tNUMBER\tSTRING
 #1\t1\t1\t1\t1\t1
 OTHER_PATIENT_ID\tPATIENT_ID\tAGE\tER_STATUS_BY_IHC\tOS_MONTHS\tOS_STATUS
@@ -158,6 +162,7 @@ OTHER_PATIENT_ID\tPATIENT_ID\tAGE\tER_STATUS_BY_IHC\tOS_MONTHS\tOS_STATUS
 427D0648\tTCGA-BH-A0E9\t62\tPositive\t[Not Available]\tLIVING
 A9E1D7B2\tTCGA-E2-A15K\t57\t[Not Available]\t3.25\tDECEASED
 """
+)
 # brca_tcga (Firehose Legacy) data_bcr_clinical_data_patient.txt: vital status and days (months x 30.4375)
 FIREHOSE_BCR = """#Patient Identifier\tVital Status\tDays to Death\tDays to Last Followup\tER Status By IHC
 #x\tx\tx\tx\tx
@@ -192,10 +197,12 @@ def test_firehose_legacy_and_pancanatlas_give_the_same_survival(tmp_path):
 
 def test_bcr_biotab_header_rows_are_skipped(tmp_path):
     p = tmp_path / "nationwidechildrens.org_clinical_patient_brca.txt"
-    p.write_text("bcr_patient_barcode\tvital_status\tdays_to_death\tdays_to_last_followup\n"
-                 "bcr_patient_barcode\tvital_status\tdays_to_death\tdays_to_last_followup\n"
-                 "CDE_ID:2003301\tCDE_ID:5\tCDE_ID:3165475\tCDE_ID:3008273\n"
-                 "TCGA-A1-A0SB\tDead\t365.25\t[Not Applicable]\n")
+    p.write_text(
+        "bcr_patient_barcode\tvital_status\tdays_to_death\tdays_to_last_followup\n"
+        "bcr_patient_barcode\tvital_status\tdays_to_death\tdays_to_last_followup\n"
+        "CDE_ID:2003301\tCDE_ID:5\tCDE_ID:3165475\tCDE_ID:3008273\n"
+        "TCGA-A1-A0SB\tDead\t365.25\t[Not Applicable]\n"
+    )
     tab = read_clinical(p)
     assert tab.patients[["patient_id", "os_months", "os_event"]].values.tolist() == [["TCGA-A1-A0SB", 12.0, 1]]
     assert not tab.problems

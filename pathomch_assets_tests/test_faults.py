@@ -42,13 +42,22 @@ def tiny():
     from pathomch_assets.demo_cohort import DEFAULT_COHORTS, build_demo
 
     spec = DEFAULT_COHORTS[0]
-    cohorts = (dataclasses.replace(spec, n_patients=24,
-                                   traits={t: e for t, e in spec.traits.items() if t in spec.survival_pair}),)
+    cohorts = (
+        dataclasses.replace(
+            spec, n_patients=24, traits={t: e for t, e in spec.traits.items() if t in spec.survival_pair}
+        ),
+    )
     seed = balanced_seed(cohorts, SPLITS, seeds=[40, *range(1, 200)])  # 40: the first balanced one today
     base = Path(tempfile.mkdtemp(prefix="pathomch-faults-"))
     base.chmod(0o755)
-    build_demo(base / "cohort", seed=seed, cohorts=cohorts, workers=2, progress=lambda *a: None,
-               overrides={"splits": SPLITS, "ensemble": {"size": 1, "min_votes": 1}, "training": {"max_epochs": 2}})
+    build_demo(
+        base / "cohort",
+        seed=seed,
+        cohorts=cohorts,
+        workers=2,
+        progress=lambda *a: None,
+        overrides={"splits": SPLITS, "ensemble": {"size": 1, "min_votes": 1}, "training": {"max_epochs": 2}},
+    )
     yield base
     shutil.rmtree(base, ignore_errors=True)
 
@@ -69,8 +78,13 @@ def start(cfg: Path, *args, home: Path, log: Path, select: str = SELECT, user=()
     env = {k: v for k, v in os.environ.items() if k != "PATHOMCH_CONFIG"}
     env.update(DAGSTER_HOME=str(home), PYTHONUNBUFFERED="1", TF_CPP_MIN_LOG_LEVEL="2", **(extra_env or {}))
     with log.open("ab") as out:
-        return subprocess.Popen([*user, str(PATHOMCH), "materialize", "--config", str(cfg), "--select", select, *args],
-                                env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+        return subprocess.Popen(
+            [*user, str(PATHOMCH), "materialize", "--config", str(cfg), "--select", select, *args],
+            env=env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
 
 
 def finish(proc: subprocess.Popen, log: Path, timeout: float = 400) -> str:
@@ -105,8 +119,10 @@ def wait_for(predicate, proc: subprocess.Popen, log: Path, timeout: float = 300,
         if value:
             return value
         if proc.poll() is not None:
-            pytest.fail(f"pathomch materialize ended (rc {proc.returncode}) before the moment to kill it:\n"
-                        f"{log.read_text()[-3000:]}")
+            pytest.fail(
+                f"pathomch materialize ended (rc {proc.returncode}) before the moment to kill it:\n"
+                f"{log.read_text()[-3000:]}"
+            )
         time.sleep(every)
     kill_group(proc)
     pytest.fail(f"timed out waiting to kill; output:\n{log.read_text()[-3000:]}")
@@ -163,9 +179,11 @@ def test_kill_during_tiling_keeps_finished_slides_and_leaves_no_worker(tiny, cle
 
     kept = {s: tile_file(tiles_dir, "brca", s).stat().st_mtime_ns for s in done[done["status"] == "ok"]["slide_id"]}
     out = materialize(cfg, select="slide_tiles", home=home, log=tiny / "killtile2.log")
-    print(f"\nkill -9 during tiling: {len(done)} of {total - untiled} slides finished before the kill; the re-run "
-          f"reused {len(done)} and tiled {total - untiled - len(done)}; {len(workers)} pool processes exited with "
-          "the CLI")
+    print(
+        f"\nkill -9 during tiling: {len(done)} of {total - untiled} slides finished before the kill; the re-run "
+        f"reused {len(done)} and tiled {total - untiled - len(done)}; {len(workers)} pool processes exited with "
+        "the CLI"
+    )
     assert f"{len(done)} slides already tiled with the same file and settings: reused" in out
     assert {s: tile_file(tiles_dir, "brca", s).stat().st_mtime_ns for s in kept} == kept  # not tiled again
     got = tables(cfg)
@@ -177,8 +195,15 @@ def test_kill_during_training_does_not_block_the_next_run(tiny, clean):
     home, log = tiny / "killtrain_home", tiny / "killtrain.log"
     proc = start(cfg, home=home, log=log)
     # the second model is training: the first is done and the gpu pool slot is held
-    wait_for(lambda: log.read_text().count("materializing trait_model") == 2
-             and "training small_cnn" in log.read_text().split("materializing trait_model")[-1], proc, log, every=0.1)
+    wait_for(
+        lambda: (
+            log.read_text().count("materializing trait_model") == 2
+            and "training small_cnn" in log.read_text().split("materializing trait_model")[-1]
+        ),
+        proc,
+        log,
+        every=0.1,
+    )
     kill_group(proc)  # kill -9 of the CLI and everything it started
     assert "runs in" not in log.read_text()
     t0 = time.monotonic()

@@ -39,10 +39,10 @@ def test_matches_brute_force_on_random_tensors(n_traits):
 
 
 def test_paper_examples():
-    assert hti_from_calls([[1, 1]] * 9) == 0.0                        # every positive tile in one combination
+    assert hti_from_calls([[1, 1]] * 9) == 0.0  # every positive tile in one combination
     assert hti_from_calls([[1, 0], [0, 1], [1, 1]] * 4) == pytest.approx(1.0)  # a third each: A, B, Both
-    assert hti_from_calls([[0, 0]] * 5) == 0.0                        # no positive tile
-    assert hti_from_calls([[1], [0], [1]]) == 0.0                     # N = 1: C = 1, defined as 0
+    assert hti_from_calls([[0, 0]] * 5) == 0.0  # no positive tile
+    assert hti_from_calls([[1], [0], [1]]) == 0.0  # N = 1: C = 1, defined as 0
     # negative tiles do not count: same HTI with or without them
     assert hti_from_calls([[1, 0], [0, 1], [0, 0], [0, 0]]) == hti_from_calls([[1, 0], [0, 1]])
     # half A-only, half B-only over C = 3 combinations: log_3 2

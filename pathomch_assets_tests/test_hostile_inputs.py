@@ -12,10 +12,16 @@ import pytest
 
 from pathomch_assets.config import ConfigError, load_config
 from pathomch_assets.demo_cohort import write_pyramid
-from pathomch_assets.expression import (MRNA, ExpressionFormatError, read_clinical, read_expression,
-                                        read_traits)
-from pathomch_assets.slides import (ManifestError, SlideError, check_manifest_entry, discover_cohort,
-                                    discover_slides, open_slide, tiff_truncation)
+from pathomch_assets.expression import MRNA, ExpressionFormatError, read_clinical, read_expression, read_traits
+from pathomch_assets.slides import (
+    ManifestError,
+    SlideError,
+    check_manifest_entry,
+    discover_cohort,
+    discover_slides,
+    open_slide,
+    tiff_truncation,
+)
 from pathomch_assets.tiling import TilingParams, tile_slide
 
 from .conftest import FIXTURES, OPENSLIDE
@@ -101,7 +107,8 @@ def test_allowed_dirs_come_from_the_cohort_config(layout, tmp_path):
     slides, outside = layout
     (slides / "x.svs").symlink_to(outside / "x.svs")
     cfg_file = tmp_path / "p.yaml"
-    cfg_file.write_text(textwrap.dedent(f"""
+    cfg_file.write_text(
+        textwrap.dedent(f"""
         data_dir: out
         duckdb_path: out/p.duckdb
         cohorts:
@@ -110,7 +117,8 @@ def test_allowed_dirs_come_from_the_cohort_config(layout, tmp_path):
             mrna: {mrna_file(tmp_path).name}
             allowed_dirs: [outside]
             traits: [MKI67]
-        """))
+        """)
+    )
     cfg = load_config(cfg_file)
     assert cfg.cohorts["c"].allowed_dirs == [outside.resolve()]
     assert all(r.usable for r in discover_cohort("c", cfg.cohorts["c"]))
@@ -231,8 +239,12 @@ def test_folder_named_like_a_slide_is_an_error_ref(layout):
     slides, _ = layout
     (slides / "TCGA-AA-0004-01Z-00-DX1.svs").mkdir()
     ref = {r.slide_id: r for r in discover_slides("c", slides)}["TCGA-AA-0004-01Z-00-DX1"]
-    assert ref.missing and ref.error == f"{slides / 'TCGA-AA-0004-01Z-00-DX1.svs'}: is a folder, not a slide file; " \
-                                        f"rename or remove it (or put the slide file in its place)"
+    assert (
+        ref.missing
+        and ref.error
+        == f"{slides / 'TCGA-AA-0004-01Z-00-DX1.svs'}: is a folder, not a slide file; "
+        f"rename or remove it (or put the slide file in its place)"
+    )
     with pytest.raises(SlideError, match="is a folder"):
         open_slide(slides / "TCGA-AA-0004-01Z-00-DX1.svs")
 
@@ -308,16 +320,19 @@ def test_duplicate_nested_key_is_refused(config_dir):
         load_config(p)
 
 
-@pytest.mark.parametrize("setting,value,expect", [
-    ("tiling:\n  magnification", ".inf", "tiling.magnification: Input should be a finite number"),
-    ("tiling:\n  magnification", ".nan", "tiling.magnification: Input should be a finite number"),
-    ("tiling:\n  magnification", "400", "tiling.magnification: Input should be less than or equal to 100"),
-    ("tiling:\n  magnification", "0.001", "tiling.magnification: Input should be greater than or equal to 1"),
-    ("tiling:\n  tile_px", "100000", "tiling.tile_px: Input should be less than or equal to 4096"),
-    ("tiling:\n  tile_px", ".inf", "tiling.tile_px: Input should be a finite number"),
-    ("training:\n  learning_rate", ".inf", "training.learning_rate: Input should be a finite number"),
-    ("training:\n  max_epochs", ".nan", "training.max_epochs: Input should be a finite number"),
-])
+@pytest.mark.parametrize(
+    "setting,value,expect",
+    [
+        ("tiling:\n  magnification", ".inf", "tiling.magnification: Input should be a finite number"),
+        ("tiling:\n  magnification", ".nan", "tiling.magnification: Input should be a finite number"),
+        ("tiling:\n  magnification", "400", "tiling.magnification: Input should be less than or equal to 100"),
+        ("tiling:\n  magnification", "0.001", "tiling.magnification: Input should be greater than or equal to 1"),
+        ("tiling:\n  tile_px", "100000", "tiling.tile_px: Input should be less than or equal to 4096"),
+        ("tiling:\n  tile_px", ".inf", "tiling.tile_px: Input should be a finite number"),
+        ("training:\n  learning_rate", ".inf", "training.learning_rate: Input should be a finite number"),
+        ("training:\n  max_epochs", ".nan", "training.max_epochs: Input should be a finite number"),
+    ],
+)
 def test_non_finite_or_out_of_range_numbers_are_refused(config_dir, setting, value, expect):
     p = config(config_dir, CONFIG + f"{setting}: {value}\n")
     with pytest.raises(ConfigError) as err:
@@ -344,8 +359,10 @@ def test_data_dir_that_cannot_be_created_is_refused_at_load(config_dir):
     p = config(config_dir, CONFIG.replace("data_dir: out", "data_dir: afile/out"))
     with pytest.raises(ConfigError) as err:
         load_config(p)
-    assert str(err.value) == (f"{p}: data_dir: {config_dir / 'afile' / 'out'} cannot be created: "
-                              f"{config_dir / 'afile'} is a file, not a folder; choose another location")
+    assert str(err.value) == (
+        f"{p}: data_dir: {config_dir / 'afile' / 'out'} cannot be created: "
+        f"{config_dir / 'afile'} is a file, not a folder; choose another location"
+    )
 
 
 @pytest.mark.skipif(os.geteuid() == 0, reason="root may write to read-only folders")
@@ -373,8 +390,9 @@ def test_gzipped_expression_files_are_read(tmp_path):
     b = read_expression(gz, MRNA, ["MKI67", "ESR1"], key=key).values
     assert a.equals(b) and b.loc["MKI67", "TCGA-A1-A0SB"] == 15.0
     mir = tmp_path / "mirs.csv.gz"
-    mir.write_bytes(gzip.compress(("Genes,Correction," + ",".join(BARCODES) + "\n"
-                                   "hsa-miR-17-5p,Corrected,4,6,100,7,NA\n").encode()))
+    mir.write_bytes(
+        gzip.compress(("Genes,Correction," + ",".join(BARCODES) + "\nhsa-miR-17-5p,Corrected,4,6,100,7,NA\n").encode())
+    )
     got = read_traits(["miR-17-5p"], mrna=plain, mirna=mir).set_index("patient_id")["value"]
     assert got["TCGA-A1-A0SB"] == 5.0
 
@@ -399,8 +417,9 @@ def test_infinite_expression_value_names_file_line_and_column(tmp_path, raw):
     p = mrna_file(tmp_path, rows=[f"MKI67|4288\t10\t20\t1000\t{raw}\t5.5"])
     with pytest.raises(ExpressionFormatError) as err:
         read_expression(p, MRNA, ["MKI67"], key=lambda s: s.split("|")[0])
-    assert str(err.value).startswith(f"{p}: line 2, column 5 (TCGA-A2-A04P-01A-31R-A034-07): expected a finite "
-                                     f"number or NA, found {raw!r}")
+    assert str(err.value).startswith(
+        f"{p}: line 2, column 5 (TCGA-A2-A04P-01A-31R-A034-07): expected a finite number or NA, found {raw!r}"
+    )
 
 
 def test_bom_on_expression_and_clinical_headers_is_tolerated(tmp_path):
@@ -455,17 +474,21 @@ def test_refused_and_mismatched_slides_become_error_rows_through_the_pipeline(tm
     (slides / "esc").mkdir()
     (slides / "esc" / "TCGA-AA-0003-01Z-00-DX1.ESC.svs").symlink_to(outside / "x.svs")
     manifest = tmp_path / "manifest.txt"
-    manifest.write_text("id\tfilename\tmd5\tsize\tstate\n"
-                        f"{good}\t{good}.svs\t{digest}\t{size}\treleased\n"
-                        f"{bad_md5}\t{bad_md5}.svs\t{'0' * 32}\t{size}\treleased\n"
-                        f"esc\tTCGA-AA-0003-01Z-00-DX1.ESC.svs\t{digest}\t{size}\treleased\n")
+    manifest.write_text(
+        "id\tfilename\tmd5\tsize\tstate\n"
+        f"{good}\t{good}.svs\t{digest}\t{size}\treleased\n"
+        f"{bad_md5}\t{bad_md5}.svs\t{'0' * 32}\t{size}\treleased\n"
+        f"esc\tTCGA-AA-0003-01Z-00-DX1.ESC.svs\t{digest}\t{size}\treleased\n"
+    )
     (tmp_path / "mrna.tsv").write_text("gene_id\n")
     (tmp_path / "mirna.csv").write_text("Genes,Correction\n")
     config = tmp_path / "pathomch.yaml"
-    config.write_text("data_dir: out\nduckdb_path: out/p.duckdb\n"
-                      "tiling: {magnification: 20, tile_px: 16, max_background_fraction: 1.0}\n"
-                      "cohorts:\n  brca:\n    slides_dir: slides\n    manifest: manifest.txt\n    mrna: mrna.tsv\n"
-                      "    mirna: mirna.csv\n    traits: [MKI67, miR-17-5p]\n    default_magnification: 20\n")
+    config.write_text(
+        "data_dir: out\nduckdb_path: out/p.duckdb\n"
+        "tiling: {magnification: 20, tile_px: 16, max_background_fraction: 1.0}\n"
+        "cohorts:\n  brca:\n    slides_dir: slides\n    manifest: manifest.txt\n    mrna: mrna.tsv\n"
+        "    mirna: mirna.csv\n    traits: [MKI67, miR-17-5p]\n    default_magnification: 20\n"
+    )
     monkeypatch.setenv("DAGSTER_HOME", str(tmp_path / "home"))
     monkeypatch.setenv("PATHOMCH_CONFIG", str(config))
     cfg = load_config(config)

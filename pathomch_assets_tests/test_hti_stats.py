@@ -7,8 +7,17 @@ import numpy as np
 import pytest
 from scipy.stats import kstest
 
-from pathomch_assets.heterogeneity import (bootstrap_ci, combination_shares, hti_from_calls, hti_from_tensor,
-                                           hti_present, hti_robust, hti_stats, robust_calls, spatial_test)
+from pathomch_assets.heterogeneity import (
+    bootstrap_ci,
+    combination_shares,
+    hti_from_calls,
+    hti_from_tensor,
+    hti_present,
+    hti_robust,
+    hti_stats,
+    robust_calls,
+    spatial_test,
+)
 
 MASK = np.ones((8, 8), bool)
 
@@ -56,8 +65,8 @@ def test_random_placement_p_uniform_over_repeats():
 def test_hta_normalisation_hand_computed():
     # one A-only and one B-only tile: 2 of the C = 3 combinations present
     calls = [[1, 0], [0, 1]]
-    assert hti_from_calls(calls) == pytest.approx(math.log(2) / math.log(3))   # paper: log base C = 3
-    assert hti_present(calls) == pytest.approx(1.0)                            # hta: log base K = 2
+    assert hti_from_calls(calls) == pytest.approx(math.log(2) / math.log(3))  # paper: log base C = 3
+    assert hti_present(calls) == pytest.approx(1.0)  # hta: log base K = 2
     # shares 1/2, 1/4, 1/4 over 3 of 7 combinations (3 traits)
     calls = [[1, 0, 0], [1, 0, 0], [0, 1, 0], [1, 1, 1]]
     h = -(0.5 * math.log(0.5) + 2 * 0.25 * math.log(0.25))

@@ -4,7 +4,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from pathomch_assets.checks import label_balance, split_leakage, same_test_set
+from pathomch_assets.checks import label_balance, same_test_set, split_leakage
 from pathomch_assets.labels import assign_labels, percentiles
 from pathomch_assets.splits import assign_splits, leakage, moved_patients
 
@@ -66,11 +66,11 @@ def test_checks_catch_leakage_and_missing_classes():
     moved.loc[(moved["round"] == 2) & (moved.split == "test"), "split"] = "train"
     assert not same_test_set(moved).passed
     pids = patients(200)
-    labels = pd.DataFrame({"cohort": "c", "trait": "T", "patient_id": pids, "label": [i % 2 for i in range(200)],
-                           "subset": "labeled"})
+    labels = pd.DataFrame(
+        {"cohort": "c", "trait": "T", "patient_id": pids, "label": [i % 2 for i in range(200)], "subset": "labeled"}
+    )
     assert label_balance(labels, s).passed
     assert not label_balance(labels.assign(label=1), s).passed
-
 
 
 def test_split_counts_of_patients_and_slides():
@@ -80,8 +80,9 @@ def test_split_counts_of_patients_and_slides():
     slides = pd.DataFrame({"patient_id": ["a", "a", "b", "c", "d"], "slide_id": ["a1", "a2", "b1", "c1", "d1"]})
     allc = split_counts(s, slides).set_index("split")
     assert allc.loc["train", ["n_patients", "n_slides"]].tolist() == [2, 3] and set(allc["subset"]) == {"all"}
-    labels = pd.DataFrame({"trait": "T", "patient_id": ["a", "b", "c"], "label": [1, 0, 1],
-                           "subset": ["labeled", "labeled", "ood_all"]})
+    labels = pd.DataFrame(
+        {"trait": "T", "patient_id": ["a", "b", "c"], "label": [1, 0, 1], "subset": ["labeled", "labeled", "ood_all"]}
+    )
     lab = split_counts(s, slides, labels).set_index(["split", "label"])
     assert lab.loc[("train", 1), ["n_patients", "n_slides"]].tolist() == [1, 2] and len(lab) == 2
 
@@ -94,8 +95,7 @@ def test_missing_class_in_a_round_is_a_warning_too_few_rounds_an_error():
 
     pids = patients(40)
     s = assign_splits(pids, seed=1, test_fraction=0.2, val_fraction=0.2).assign(cohort="c")
-    labels = pd.DataFrame({"cohort": "c", "patient_id": pids, "label": [i % 2 for i in range(40)],
-                           "subset": "labeled"})
+    labels = pd.DataFrame({"cohort": "c", "patient_id": pids, "label": [i % 2 for i in range(40)], "subset": "labeled"})
     labels = pd.concat([labels.assign(trait="A"), labels.assign(trait="B")])
     val = s[(s.split == "val") & s["round"].isin([1, 3])]
     # trait A: every validation patient of rounds 1 and 3 is high

@@ -40,8 +40,17 @@ while True:
     time.sleep(0.5)
 """
 
-RESULT_TABLES = ("slides", "tiles", "labels", "splits", "slide_scores", "model_metrics", "correlations", "hti",
-                 "survival")
+RESULT_TABLES = (
+    "slides",
+    "tiles",
+    "labels",
+    "splits",
+    "slide_scores",
+    "model_metrics",
+    "correlations",
+    "hti",
+    "survival",
+)
 
 
 @pytest.fixture(scope="module")
@@ -52,8 +61,14 @@ def deployment(tmp_path_factory):
     cohorts = (dataclasses.replace(DEFAULT_COHORTS[0], n_patients=60),)
     seed = balanced_seed(cohorts)
     root = tmp_path_factory.mktemp("living")
-    config = build_demo(root / "demo", seed=seed, cohorts=cohorts, workers=1, progress=lambda *a: None,
-                        overrides={"splits": {**SMALL_SPLITS, "rounds": 3}})
+    config = build_demo(
+        root / "demo",
+        seed=seed,
+        cohorts=cohorts,
+        workers=1,
+        progress=lambda *a: None,
+        overrides={"splits": {**SMALL_SPLITS, "rounds": 3}},
+    )
     mp = pytest.MonkeyPatch()
     mp.setenv("PATHOMCH_CONFIG", str(config))
     mp.setenv("PATHOMCH_EXECUTOR", "in_process")  # steps in the run's process: the same runs, less start-up
@@ -66,8 +81,11 @@ def deployment(tmp_path_factory):
 
 
 def gql(url: str, query: str, **variables) -> dict:
-    req = urllib.request.Request(f"{url}/graphql", data=json.dumps({"query": query, "variables": variables}).encode(),
-                                 headers={"Content-Type": "application/json"})
+    req = urllib.request.Request(
+        f"{url}/graphql",
+        data=json.dumps({"query": query, "variables": variables}).encode(),
+        headers={"Content-Type": "application/json"},
+    )
     out = json.loads(urllib.request.urlopen(req, timeout=300).read())
     assert not out.get("errors"), out["errors"]
     return out["data"]
@@ -96,7 +114,9 @@ BACKFILL = """mutation($p: LaunchBackfillParams!) { launchPartitionBackfill(back
 BACKFILL_STATUS = """query($id: String!) { partitionBackfillOrError(backfillId: $id) {
   ... on PartitionBackfill { status } } }"""
 
-FAILED_RUNS = """{ runsOrError(filter: {statuses: [FAILURE, CANCELED]}) { ... on Runs { results { runId jobName } } } }"""
+FAILED_RUNS = (
+    """{ runsOrError(filter: {statuses: [FAILURE, CANCELED]}) { ... on Runs { results { runId jobName } } } }"""
+)
 
 LAST_MATERIALIZATION = """query($key: AssetKeyInput!, $p: [String!]) { assetNodeOrError(assetKey: $key) {
   ... on AssetNode { assetMaterializations(partitions: $p, limit: 1) { timestamp runId } } } }"""
@@ -117,13 +137,23 @@ def stale_partitions(url: str, asset: str) -> dict[str, str]:
 
 def backfill(url: str, partitions_by_asset: dict[str, list[str]], timeout: float = 900) -> None:
     """Launch one backfill of these asset partitions, as the UI's launch dialog does, and wait for it."""
-    params = {"partitionsByAssets": [
-        {"assetKey": {"path": [asset]}, "partitions": {"ranges": [{"start": k, "end": k} for k in keys]}}
-        for asset, keys in partitions_by_asset.items()]}
+    params = {
+        "partitionsByAssets": [
+            {"assetKey": {"path": [asset]}, "partitions": {"ranges": [{"start": k, "end": k} for k in keys]}}
+            for asset, keys in partitions_by_asset.items()
+        ]
+    }
     out = gql(url, BACKFILL, p=params)["launchPartitionBackfill"]
     assert out["__typename"] == "LaunchBackfillSuccess", out
-    done = wait_for(lambda: (s := gql(url, BACKFILL_STATUS, id=out["backfillId"])["partitionBackfillOrError"]["status"])
-                    not in ("REQUESTED", "CANCELING", "FAILING") and s, timeout, "the backfill")
+    done = wait_for(
+        lambda: (
+            (s := gql(url, BACKFILL_STATUS, id=out["backfillId"])["partitionBackfillOrError"]["status"])
+            not in ("REQUESTED", "CANCELING", "FAILING")
+            and s
+        ),
+        timeout,
+        "the backfill",
+    )
     assert done == "COMPLETED_SUCCESS", done
 
 
@@ -134,8 +164,12 @@ def last_materialization(url: str, asset: str, partition: str) -> float:
 
 
 def tables(store: TableStore) -> dict[str, pd.DataFrame]:
-    return {t: store.query(f"select * exclude (seconds) from {t} order by all" if t == "slides"
-                           else f"select * from {t} order by all") for t in RESULT_TABLES}
+    return {
+        t: store.query(
+            f"select * exclude (seconds) from {t} order by all" if t == "slides" else f"select * from {t} order by all"
+        )
+        for t in RESULT_TABLES
+    }
 
 
 def drop_slide(cfg, sid: str):
@@ -143,8 +177,20 @@ def drop_slide(cfg, sid: str):
     from pathomch_assets.demo_cohort import SlidePlan, compose_slide, load_source_tiles, write_pyramid
 
     tissue = np.ones((4, 5), bool)
-    plan = SlidePlan("brca", sid, f"{sid}.svs", sorted(load_source_tiles())[0], 4, 5, "aperio20", 1,
-                     tissue.tolist(), np.zeros((4, 5)).tolist(), {"MKI67": tissue.tolist()}, {"MKI67": "dark_nuclei"})
+    plan = SlidePlan(
+        "brca",
+        sid,
+        f"{sid}.svs",
+        sorted(load_source_tiles())[0],
+        4,
+        5,
+        "aperio20",
+        1,
+        tissue.tolist(),
+        np.zeros((4, 5)).tolist(),
+        {"MKI67": tissue.tolist()},
+        {"MKI67": "dark_nuclei"},
+    )
     path = cfg.cohorts["brca"].slides_dir / plan.file
     write_pyramid(path, compose_slide(plan, load_source_tiles()), plan.style)
     return path
@@ -156,8 +202,9 @@ def test_stale_backfill_sensor_and_automation_under_a_reader(deployment, tmp_pat
     store = TableStore(cfg.tables_dir, cfg.duckdb_path)
     clean = tables(store)
     reader_log = open(tmp_path / "reader.log", "w+")
-    reader = subprocess.Popen([sys.executable, "-c", READER, str(cfg.duckdb_path)], stdout=reader_log,
-                              stderr=subprocess.STDOUT)
+    reader = subprocess.Popen(
+        [sys.executable, "-c", READER, str(cfg.duckdb_path)], stdout=reader_log, stderr=subprocess.STDOUT
+    )
     try:
         with dagster_dev(root / "dagster_home", timeout=300) as url:
             repo = gql(url, REPOSITORY)["repositoriesOrError"]["nodes"][0]
@@ -165,9 +212,17 @@ def test_stale_backfill_sensor_and_automation_under_a_reader(deployment, tmp_pat
             # 1. retrain one model, as "Materialize" on one trait_model partition does
             model = str(dg.MultiPartitionKey({"target": "brca/MKI67", "round": "round_0"}))
             backfill(url, {"trait_model": [model]})
-            stale = {a: stale_partitions(url, a) for a in ("trait_model", "ensemble", "slide_predictions",
-                                                             "slide_cartography", "model_evaluation",
-                                                             "survival_analysis")}
+            stale = {
+                a: stale_partitions(url, a)
+                for a in (
+                    "trait_model",
+                    "ensemble",
+                    "slide_predictions",
+                    "slide_cartography",
+                    "model_evaluation",
+                    "survival_analysis",
+                )
+            }
             assert stale["trait_model"][model] == "FRESH"
             assert stale["ensemble"]["brca/MKI67"] == "STALE"
             assert stale["ensemble"]["brca/ESR1"] == "FRESH"  # other traits' ensembles do not use that model
@@ -189,14 +244,22 @@ def test_stale_backfill_sensor_and_automation_under_a_reader(deployment, tmp_pat
             evaluated_before = last_materialization(url, "model_evaluation", "brca")
             out = gql(url, START_SENSOR, s={**sensor, "sensorName": "new_slides_sensor"})["startSensor"]
             assert out["__typename"] == "Sensor", out
-            wait_for(lambda: len(store.query("select * from hti where slide_id = ?", [sid])) == 1, 600,
-                     "the new slide's HTI row")
+            wait_for(
+                lambda: len(store.query("select * from hti where slide_id = ?", [sid])) == 1,
+                600,
+                "the new slide's HTI row",
+            )
             # 4. eager automation (on by default) refreshes evaluation and survival for the new slide
             auto = gql(url, SENSOR_STATE, s={**sensor, "sensorName": "pathomch_automation"})["sensorOrError"]
             assert auto["sensorState"]["status"] == "RUNNING"
-            wait_for(lambda: last_materialization(url, "model_evaluation", "brca") > max(dropped, evaluated_before)
-                     and last_materialization(url, "survival_analysis", "brca") > dropped, 600,
-                     "automation to refresh model_evaluation and survival_analysis")
+            wait_for(
+                lambda: (
+                    last_materialization(url, "model_evaluation", "brca") > max(dropped, evaluated_before)
+                    and last_materialization(url, "survival_analysis", "brca") > dropped
+                ),
+                600,
+                "automation to refresh model_evaluation and survival_analysis",
+            )
             assert gql(url, FAILED_RUNS)["runsOrError"]["results"] == []  # no run failed, reader or not
     finally:
         reader.kill()
@@ -226,20 +289,27 @@ def test_a_slide_whose_run_failed_is_retried_without_anyone_rerunning_it(deploym
                     fh.flush()
         with dagster_dev(root / "dagster_home", timeout=300) as url:
             repo = gql(url, REPOSITORY)["repositoriesOrError"]["nodes"][0]
-            sensor = {"repositoryName": repo["name"], "repositoryLocationName": repo["location"]["name"],
-                      "sensorName": "new_slides_sensor"}
+            sensor = {
+                "repositoryName": repo["name"],
+                "repositoryLocationName": repo["location"]["name"],
+                "sensorName": "new_slides_sensor",
+            }
             assert gql(url, START_SENSOR, s=sensor)["startSensor"]["__typename"] == "Sensor"
             sid = "TCGA-ZZ-9998-01Z-00-DX1.FULL"
             drop_slide(cfg, sid)
             failed = wait_for(lambda: gql(url, FAILED_RUNS)["runsOrError"]["results"], 600, "the run to fail")
             assert failed[0]["jobName"] == "process_slides"
             assert store.query("select * from hti where slide_id = ?", [sid]).empty
-            status = subprocess.run([sys.executable, "-m", "pathomch_assets.cli", "status"], capture_output=True,
-                                    text=True, timeout=300)
+            status = subprocess.run(
+                [sys.executable, "-m", "pathomch_assets.cli", "status"], capture_output=True, text=True, timeout=300
+            )
             assert status.returncode == 0 and sid in status.stdout and "no HTI yet" in status.stdout, status
             ballast.unlink()  # an operator frees space; nobody re-runs anything
-            wait_for(lambda: len(store.query("select * from hti where slide_id = ?", [sid])) == 1, 600,
-                     "the retried slide's HTI row")
+            wait_for(
+                lambda: len(store.query("select * from hti where slide_id = ?", [sid])) == 1,
+                600,
+                "the retried slide's HTI row",
+            )
             assert len(gql(url, FAILED_RUNS)["runsOrError"]["results"]) == len(failed)  # the retry succeeded
     finally:
         subprocess.run(["umount", "-l", str(maps)], check=False)

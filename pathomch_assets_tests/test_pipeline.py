@@ -65,14 +65,21 @@ def test_tile_counts_match_independent_count_on_demo_slides(foundation):
             levels = [p for p in tif.pages if p.is_tiled]
             # the page at 5x, or the 10x page reduced by PIL, counted with numpy
             mag0 = s.base_magnification
-            page = next(i for i, p in enumerate(levels) if mag0 * p.shape[1] / levels[0].shape[1] >= cfg.tiling.magnification - 1e-6
-                        and mag0 * p.shape[1] / levels[0].shape[1] / 4 < cfg.tiling.magnification - 1e-6)
+            page = next(
+                i
+                for i, p in enumerate(levels)
+                if mag0 * p.shape[1] / levels[0].shape[1] >= cfg.tiling.magnification - 1e-6
+                and mag0 * p.shape[1] / levels[0].shape[1] / 4 < cfg.tiling.magnification - 1e-6
+            )
             img = levels[page].asarray()
         factor = round(mag0 * img.shape[1] / levels[0].shape[1] / cfg.tiling.magnification)
         if factor > 1:
             img = np.asarray(Image.fromarray(img).reduce(factor))
-        n = sum(1 - np.all(img[r * px:(r + 1) * px, c * px:(c + 1) * px] > 220, axis=-1).mean() >= 0.5
-                for r in range(img.shape[0] // px) for c in range(img.shape[1] // px))
+        n = sum(
+            1 - np.all(img[r * px : (r + 1) * px, c * px : (c + 1) * px] > 220, axis=-1).mean() >= 0.5
+            for r in range(img.shape[0] // px)
+            for c in range(img.shape[1] // px)
+        )
         assert counts[s.slide_id] == n, s.slide_id
 
 
@@ -102,8 +109,9 @@ def test_rematerializing_is_idempotent_and_resumes_a_killed_tiling_run(foundatio
     for t, before in tables.items():  # twice: identical rows, no duplicates, no slide tiled again
         # (error rows are tried again on every run, in case the cause was transient: only their timing differs)
         drop = ["seconds"] if t == "slides" else []
-        pd.testing.assert_frame_equal(before.drop(columns=drop),
-                                      store.query(f"select * from {t} order by all").drop(columns=drop))
+        pd.testing.assert_frame_equal(
+            before.drop(columns=drop), store.query(f"select * from {t} order by all").drop(columns=drop)
+        )
     assert {p: p.stat().st_mtime_ns for p in files} == files
     # a run killed mid-way: three slides never finished (no row, no file), a temporary file left behind
     ok = tables["slides"][tables["slides"].status == "ok"].head(3)
@@ -115,8 +123,10 @@ def test_rematerializing_is_idempotent_and_resumes_a_killed_tiling_run(foundatio
     redone = {p for p, t in files.items() if not p.exists() or p.stat().st_mtime_ns != t}
     assert redone == {tile_file(cfg.tiles_dir, r.cohort, r.slide_id) for r in ok.itertuples()}
     drop = ["seconds"]
-    pd.testing.assert_frame_equal(tables["slides"].drop(columns=drop).drop(columns=["file_mtime_ns"]),
-                                  store.query("select * from slides order by all").drop(columns=drop + ["file_mtime_ns"]))
+    pd.testing.assert_frame_equal(
+        tables["slides"].drop(columns=drop).drop(columns=["file_mtime_ns"]),
+        store.query("select * from slides order by all").drop(columns=drop + ["file_mtime_ns"]),
+    )
     pd.testing.assert_frame_equal(tables["tiles"], store.query("select * from tiles order by all"))
 
 
@@ -154,8 +164,10 @@ def test_ensemble_members_are_the_best_three_rounds(foundation):
     import json
 
     cfg, _, store = foundation
-    val = store.query("select trait, model, auc from model_metrics where cohort = 'brca' and eval_set = 'val' "
-                      "and model like 'round_%'")
+    val = store.query(
+        "select trait, model, auc from model_metrics where cohort = 'brca' and eval_set = 'val' "
+        "and model like 'round_%'"
+    )
     for trait in ("MKI67", "miR-17-5p"):
         members = json.loads((cfg.models_dir / "brca" / trait / "ensemble.json").read_text())["members"]
         v = val[val.trait == trait].set_index("model").auc
@@ -175,8 +187,11 @@ def test_cartography_tensor_hti_and_geojson(foundation):
     row = hti[hti.cohort == "brca"].iloc[0]
     carto = Cartography.load(cartography_file(cfg, "brca", row.slide_id))
     assert carto.traits == cfg.cohorts["brca"].traits and carto.tensor.shape[0] == 3
-    assert carto.mask.sum() == row.n_tiles == store.query(
-        f"select count(*) n from tiles where slide_id = '{row.slide_id}'").n[0]
+    assert (
+        carto.mask.sum()
+        == row.n_tiles
+        == store.query(f"select count(*) n from tiles where slide_id = '{row.slide_id}'").n[0]
+    )
     assert hti_from_tensor(carto.tensor[:2], carto.mask) == pytest.approx(row.hti)
     assert cartography_file(cfg, "brca", row.slide_id, "png").stat().st_size > 0
     gj = json.loads(cartography_file(cfg, "brca", row.slide_id, "geojson").read_text())
@@ -217,15 +232,23 @@ def test_rematerializing_one_model_touches_only_its_rows(foundation):
     defs = build_definitions(cfg)
     job = defs.resolve_implicit_global_asset_job_def()
     instance = dg.DagsterInstance.get()
-    result = dg.materialize([a for a in defs.assets], selection=["trait_model"], instance=instance,
-                            partition_key=model_key("brca/MKI67", "round_2"), resources=defs.resources)
+    result = dg.materialize(
+        [a for a in defs.assets],
+        selection=["trait_model"],
+        instance=instance,
+        partition_key=model_key("brca/MKI67", "round_2"),
+        resources=defs.resources,
+    )
     assert result.success and job is not None
     after = store.query("select * from model_metrics order by all")
     changed = {p for p, t in files.items() if p.stat().st_mtime_ns != t}
     assert changed == {cfg.models_dir / "brca" / "MKI67" / "round_2" / "model.keras"}
     key = ["cohort", "trait", "model", "eval_set"]
     assert len(after) == len(before) and not after.duplicated(key).any()
-    other = lambda d: d[~((d.trait == "MKI67") & (d.cohort == "brca") & (d.model == "round_2"))].reset_index(drop=True)
+
+    def other(d):
+        return d[~((d.trait == "MKI67") & (d.cohort == "brca") & (d.model == "round_2"))].reset_index(drop=True)
+
     pd.testing.assert_frame_equal(other(before), other(after))
 
 
@@ -246,8 +269,20 @@ def test_new_slide_is_scored_mapped_without_retraining(foundation):
     # a new patient's slide, with the MKI67 morphology planted on every tissue tile
     sid = "TCGA-ZZ-9999-01Z-00-DX1.NEW"
     tissue = np.ones((4, 5), bool)
-    plan = SlidePlan("brca", sid, f"{sid}.svs", sorted(load_source_tiles())[0], 4, 5, "aperio20", 1, tissue.tolist(),
-                     np.zeros((4, 5)).tolist(), {"MKI67": tissue.tolist()}, {"MKI67": "dark_nuclei"})
+    plan = SlidePlan(
+        "brca",
+        sid,
+        f"{sid}.svs",
+        sorted(load_source_tiles())[0],
+        4,
+        5,
+        "aperio20",
+        1,
+        tissue.tolist(),
+        np.zeros((4, 5)).tolist(),
+        {"MKI67": tissue.tolist()},
+        {"MKI67": "dark_nuclei"},
+    )
     path = cfg.cohorts["brca"].slides_dir / plan.file
     write_pyramid(path, compose_slide(plan, load_source_tiles()), plan.style)
     try:
@@ -269,14 +304,23 @@ def test_new_slide_is_scored_mapped_without_retraining(foundation):
         members = json.loads((cfg.models_dir / "brca" / "MKI67" / "ensemble.json").read_text())["members"]
         images, _ = read_tiles(tile_file(cfg.tiles_dir, "brca", sid))
         x = keras.ops.image.resize(images.astype("float32"), (cfg.training.input_px,) * 2, interpolation="area")
-        votes = sum((keras.models.load_model(cfg.models_dir / "brca" / "MKI67" / m / "model.keras")
-                     .predict(np.round(np.asarray(x)), verbose=0)[:, 0] >= 0.5).astype(int) for m in members)
+        votes = sum(
+            (
+                keras.models.load_model(cfg.models_dir / "brca" / "MKI67" / m / "model.keras").predict(
+                    np.round(np.asarray(x)), verbose=0
+                )[:, 0]
+                >= 0.5
+            ).astype(int)
+            for m in members
+        )
         calls = pd.read_parquet(cfg.data_dir / "predictions" / "brca" / "slides" / f"{sid}.parquet")
         assert (calls[calls.trait == "MKI67"].call.to_numpy() == (votes >= 2)).mean() >= 0.95
         # ...and the planted morphology raises the score above the low-expression slides'
-        low = store.query("select avg(s.score) m from slide_scores s join labels l using (cohort, patient_id) "
-                          "where s.cohort = 'brca' and s.model = 'ensemble' and s.trait = 'MKI67' and l.trait = 'MKI67' "
-                          "and l.subset = 'labeled' and l.label = 0").m[0]
+        low = store.query(
+            "select avg(s.score) m from slide_scores s join labels l using (cohort, patient_id) "
+            "where s.cohort = 'brca' and s.model = 'ensemble' and s.trait = 'MKI67' and l.trait = 'MKI67' "
+            "and l.subset = 'labeled' and l.label = 0"
+        ).m[0]
         assert scores.set_index("trait").score["MKI67"] > low
         assert len(store.query(f"select * from hti where slide_id = '{sid}'")) == 1
         pd.testing.assert_frame_equal(splits_before, store.query("select * from splits order by all"))

@@ -1,13 +1,10 @@
 """Faults and guards: concurrent writers, resuming, privacy, leakage (see README, Reliability)."""
 
-import os
 from concurrent.futures import ProcessPoolExecutor
 from multiprocessing import get_context
 
 import dagster as dg
-import numpy as np
 import pandas as pd
-import pytest
 
 from pathomch_assets.checks import selection_leakage
 from pathomch_assets.config import load_config
@@ -24,8 +21,14 @@ def _write_partitions(args):
     tables, db, worker = args
     store = TableStore(tables, db)
     for i in range(25):
-        rows = pd.DataFrame({"cohort": f"w{worker}", "round": i, "patient_id": [f"P{worker}-{i}-{j}" for j in range(40)],
-                             "split": "train"})
+        rows = pd.DataFrame(
+            {
+                "cohort": f"w{worker}",
+                "round": i,
+                "patient_id": [f"P{worker}-{i}-{j}" for j in range(40)],
+                "split": "train",
+            }
+        )
         store.write("splits", f"w{worker}/{i}", rows)
         if i % 5 == 0:
             store.ensure_views()
@@ -49,15 +52,18 @@ def test_label_and_macro_images_are_never_read(tmp_path, monkeypatch):
         raise AssertionError("associated images (label, macro) must not be read")
 
     monkeypatch.setattr(openslide.OpenSlide, "associated_images", property(forbidden))
-    res = tile_slide("c", "small", OPENSLIDE / "small.svs", tmp_path / "s.tfrecord",
-                     TilingParams(20, 8, max_background_fraction=1.0))
+    res = tile_slide(
+        "c", "small", OPENSLIDE / "small.svs", tmp_path / "s.tfrecord", TilingParams(20, 8, max_background_fraction=1.0)
+    )
     assert res.status == "ok"
 
 
 def test_tile_records_carry_no_path(tmp_path):
     import tensorflow as tf
 
-    tile_slide("c", "small", OPENSLIDE / "small.svs", tmp_path / "s.tfrecord", TilingParams(20, 8, max_background_fraction=1.0))
+    tile_slide(
+        "c", "small", OPENSLIDE / "small.svs", tmp_path / "s.tfrecord", TilingParams(20, 8, max_background_fraction=1.0)
+    )
     raw = next(iter(tf.data.TFRecordDataset(str(tmp_path / "s.tfrecord")))).numpy()
     ex = tf.train.Example.FromString(raw)
     assert set(ex.features.feature) == {"image", "col", "row"}
@@ -67,8 +73,9 @@ def test_tile_records_carry_no_path(tmp_path):
 def test_slide_without_magnification_is_recorded_with_the_reason(tmp_path):
     res = tile_slide("c", "boxes", OPENSLIDE / "boxes.tiff", tmp_path / "b.tfrecord", TilingParams(20, 64))
     assert res.status == "error" and "boxes.tiff" in res.error and "default_magnification" in res.error
-    ok = tile_slide("c", "boxes", OPENSLIDE / "boxes.tiff", tmp_path / "b.tfrecord", TilingParams(20, 64),
-                    default_magnification=20)
+    ok = tile_slide(
+        "c", "boxes", OPENSLIDE / "boxes.tiff", tmp_path / "b.tfrecord", TilingParams(20, 64), default_magnification=20
+    )
     assert ok.status == "ok" and ok.info["magnification_source"] == "config_default"
 
 
@@ -114,8 +121,11 @@ def test_failed_check_descriptions_are_reported():
 
     @dg.asset_check(asset=thing)
     def has_both_classes():
-        return dg.AssetCheckResult(passed=False, severity=dg.AssetCheckSeverity.WARN,
-                                   description="brca/ESR1 round_2: the val split has one class; raise val_fraction")
+        return dg.AssetCheckResult(
+            passed=False,
+            severity=dg.AssetCheckSeverity.WARN,
+            description="brca/ESR1 round_2: the val split has one class; raise val_fraction",
+        )
 
     @dg.asset_check(asset=thing)
     def fine():
@@ -124,4 +134,5 @@ def test_failed_check_descriptions_are_reported():
     instance = dg.DagsterInstance.ephemeral()
     result = dg.materialize([thing, has_both_classes, fine], instance=instance)
     assert failed_checks(instance, result.run_id) == [
-        "thing check has_both_classes (WARN): brca/ESR1 round_2: the val split has one class; raise val_fraction"]
+        "thing check has_both_classes (WARN): brca/ESR1 round_2: the val split has one class; raise val_fraction"
+    ]

@@ -4,11 +4,11 @@ table, as the in-process run on a local folder."""
 
 import dataclasses
 
+import dagster as dg
 import pandas as pd
 import pytest
 import yaml
 
-import dagster as dg
 from pathomch_assets.config import load_config
 from pathomch_assets.definitions import build_definitions
 from pathomch_assets.runner import materialize_all
@@ -32,8 +32,14 @@ def tiny_demo(tmp_path_factory):
     spec = dataclasses.replace(brca, n_patients=44, traits={t: brca.traits[t] for t in brca.survival_pair})
     seed = balanced_seed((spec,), SPLITS)
     out = tmp_path_factory.mktemp("tiny")
-    return build_demo(out, seed=seed, cohorts=(spec,), workers=1, progress=lambda *a: None,
-                      overrides={"splits": SPLITS, "tiling": {"workers": 1}})
+    return build_demo(
+        out,
+        seed=seed,
+        cohorts=(spec,),
+        workers=1,
+        progress=lambda *a: None,
+        overrides={"splits": SPLITS, "tiling": {"workers": 1}},
+    )
 
 
 def _run(config_path, home, monkeypatch, **kwargs):
@@ -50,13 +56,20 @@ def _table(store, table):
     return df.sort_values(list(df.columns)).reset_index(drop=True)
 
 
-def test_multiprocess_parallel_run_on_object_storage_equals_in_process_run(
-        tiny_demo, s3_root, tmp_path, monkeypatch):
+def test_multiprocess_parallel_run_on_object_storage_equals_in_process_run(tiny_demo, s3_root, tmp_path, monkeypatch):
     base = yaml.safe_load(tiny_demo.read_text())
     local_cfg = tiny_demo
     remote_cfg = tiny_demo.with_name("remote.yaml")
-    remote_cfg.write_text(yaml.safe_dump({**base, "data_dir": str(s3_root), "duckdb_path": str(tmp_path / "r.duckdb"),
-                                          "storage_options": dict(s3_root.storage_options)}))
+    remote_cfg.write_text(
+        yaml.safe_dump(
+            {
+                **base,
+                "data_dir": str(s3_root),
+                "duckdb_path": str(tmp_path / "r.duckdb"),
+                "storage_options": dict(s3_root.storage_options),
+            }
+        )
+    )
     monkeypatch.setenv("PATHOMCH_CACHE_DIR", str(tmp_path / "cache"))
     _, local = _run(local_cfg, tmp_path / "home_local", monkeypatch)
     cfg, remote = _run(remote_cfg, tmp_path / "home_remote", monkeypatch, executor="multiprocess", parallel=2)
@@ -80,8 +93,9 @@ def test_multiprocess_parallel_run_on_object_storage_equals_in_process_run(
     records = instance.get_run_records()
     models = instance.get_run_records(dg.RunsFilter(tags={"dagster/partition/target": "brca/MKI67"}))
     assert sorted(r.dagster_run.tags["dagster/partition/round"] for r in models) == ["round_0", "round_1", "round_2"]
-    workers = instance.get_records_for_run(records[0].dagster_run.run_id,
-                                           of_type=dg.DagsterEventType.STEP_WORKER_STARTED).records
+    workers = instance.get_records_for_run(
+        records[0].dagster_run.run_id, of_type=dg.DagsterEventType.STEP_WORKER_STARTED
+    ).records
     assert workers, "multiprocess executor: a worker process per step"
     spans = sorted((r.start_time, r.end_time) for r in records if r.start_time and r.end_time)
     assert any(later[0] < earlier[1] for earlier, later in zip(spans, spans[1:])), "no two runs overlapped"

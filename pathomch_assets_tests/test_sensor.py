@@ -24,8 +24,11 @@ from .conftest import OPENSLIDE
 def config(tmp_path: Path, manifest: Path | None = None) -> PathomchConfig:
     slides = tmp_path / "slides"
     slides.mkdir(exist_ok=True)
-    return PathomchConfig(data_dir=tmp_path / "out", duckdb_path=tmp_path / "out" / "p.duckdb", cohorts={
-        "brca": CohortConfig(slides_dir=slides, mrna=tmp_path / "m.tsv", traits=["MKI67"], manifest=manifest)})
+    return PathomchConfig(
+        data_dir=tmp_path / "out",
+        duckdb_path=tmp_path / "out" / "p.duckdb",
+        cohorts={"brca": CohortConfig(slides_dir=slides, mrna=tmp_path / "m.tsv", traits=["MKI67"], manifest=manifest)},
+    )
 
 
 FAILING: set[str] = set()  # partitions whose next run of `process_slides` fails
@@ -66,6 +69,7 @@ def opened(monkeypatch):
             if isinstance(file, (str, os.PathLike)) and any(str(file).startswith(str(r)) for r in roots):
                 seen.append(str(file))
             return fn(file, *args, **kwargs)
+
         return wrapper
 
     for mod, name in ((builtins, "open"), (io, "open"), (os, "open")):
@@ -140,8 +144,9 @@ def test_changed_slides_run_again_and_removed_ones_once(tmp_path):
     assert [r.tags["pathomch/reason"] for r in tick()] == ["slide changed (new size/mtime)"]
     slide.unlink()
     removed = tick()
-    assert [(r.partition_key, r.tags["pathomch/reason"]) for r in removed] == [("brca/TCGA-AA-0001-01Z-00-DX1",
-                                                                                  "slide file removed")]
+    assert [(r.partition_key, r.tags["pathomch/reason"]) for r in removed] == [
+        ("brca/TCGA-AA-0001-01Z-00-DX1", "slide file removed")
+    ]
     assert tick() == [] and tick() == []  # withdrawn once
     shutil.copy(OPENSLIDE / "small.svs", slide)
     back = tick()
@@ -172,11 +177,14 @@ def test_a_multi_file_slide_changes_when_any_of_its_files_does(tmp_path):
     assert len(sensors.slide_files(root / "TCGA-AA-0003-01Z-00-DX1.mrxs")) == 4
     tick = Ticker(sensors.build(cfg, process_slides), dg.DagsterInstance.ephemeral())
     assert sorted(r.partition_key for r in tick()) == ["brca/TCGA-AA-0002-01Z-00-DX1", "brca/TCGA-AA-0003-01Z-00-DX1"]
-    for path, key in [(dicom / "level_2.dcm", "brca/TCGA-AA-0002-01Z-00-DX1"),  # not the file discovery names
-                      (data / "Data0001.dat", "brca/TCGA-AA-0003-01Z-00-DX1")]:
+    for path, key in [
+        (dicom / "level_2.dcm", "brca/TCGA-AA-0002-01Z-00-DX1"),  # not the file discovery names
+        (data / "Data0001.dat", "brca/TCGA-AA-0003-01Z-00-DX1"),
+    ]:
         path.write_bytes(b"changed")
         assert [(r.partition_key, r.tags["pathomch/reason"]) for r in tick()] == [
-            (key, "slide changed (new size/mtime)")]
+            (key, "slide changed (new size/mtime)")
+        ]
     (data / "Data0002.dat").write_bytes(b"J")  # a file more
     assert [r.partition_key for r in tick()] == ["brca/TCGA-AA-0003-01Z-00-DX1"]
     assert tick() == []
@@ -189,14 +197,16 @@ def test_a_failed_slide_is_retried_with_backoff_up_to_the_cap(tmp_path):
     bad, good, flaky = (f"brca/TCGA-AA-000{i}-01Z-00-DX1" for i in (1, 2, 3))
     offset = [0.0]
     backoff, cap = 100, 3
-    sensor = sensors.build(cfg, process_slides, max_retries=cap, backoff_s=backoff,
-                           clock=lambda: time.time() + offset[0])
+    sensor = sensors.build(
+        cfg, process_slides, max_retries=cap, backoff_s=backoff, clock=lambda: time.time() + offset[0]
+    )
     instance = dg.DagsterInstance.ephemeral()
     tick = Ticker(sensor, instance)
 
     def run(req) -> bool:
-        return process_slides.execute_in_process(partition_key=req.partition_key, tags=req.tags, instance=instance,
-                                                 raise_on_error=False).success
+        return process_slides.execute_in_process(
+            partition_key=req.partition_key, tags=req.tags, instance=instance, raise_on_error=False
+        ).success
 
     FAILING.clear()
     FAILING.update({bad, flaky})
@@ -211,8 +221,11 @@ def test_a_failed_slide_is_retried_with_backoff_up_to_the_cap(tmp_path):
             reqs = tick()
             expected = [bad, flaky] if attempt == 1 else [bad]
             assert [r.partition_key for r in reqs] == expected
-            assert all(r.tags["pathomch/attempt"] == str(attempt) and r.tags["pathomch/reason"].startswith(
-                f"retry {attempt} of {cap}: run ") for r in reqs)
+            assert all(
+                r.tags["pathomch/attempt"] == str(attempt)
+                and r.tags["pathomch/reason"].startswith(f"retry {attempt} of {cap}: run ")
+                for r in reqs
+            )
             FAILING.discard(flaky)  # the flaky slide's retry succeeds
             assert [run(r) for r in reqs] == ([False, True] if attempt == 1 else [False])
         offset[0] = 10**6
@@ -238,8 +251,9 @@ def test_a_failure_that_dagster_retries_itself_is_left_to_dagster(tmp_path):
     (req,) = tick()
     FAILING.add(req.partition_key)
     try:
-        result = process_slides.execute_in_process(partition_key=req.partition_key, instance=instance,
-                                                   raise_on_error=False)
+        result = process_slides.execute_in_process(
+            partition_key=req.partition_key, instance=instance, raise_on_error=False
+        )
     finally:
         FAILING.clear()
     instance.add_run_tags(result.run_id, {WILL_RETRY_TAG: "true"})  # as with run_retries enabled

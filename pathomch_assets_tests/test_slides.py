@@ -5,9 +5,19 @@ import shutil
 import pandas as pd
 import pytest
 
-from pathomch_assets.slides import (SlideError, base_magnification, choose_level, discover_slides, open_slide,
-                                    patient_id, primary_slides, read_gdc_manifest, slide_id_from_path, slide_info,
-                                    usable_slides)
+from pathomch_assets.slides import (
+    SlideError,
+    base_magnification,
+    choose_level,
+    discover_slides,
+    open_slide,
+    patient_id,
+    primary_slides,
+    read_gdc_manifest,
+    slide_id_from_path,
+    slide_info,
+    usable_slides,
+)
 from pathomch_assets.tiling import TilingParams, tile_slide
 
 from .conftest import FIXTURES, OPENSLIDE
@@ -53,14 +63,17 @@ def test_dicom_slide_opens():
         assert slide_info(s, "boxes_0.dcm").magnification_source == "mpp"
 
 
-@pytest.mark.parametrize("base,downs,target,expect", [
-    (40.0, (1.0, 2.0, 8.0), 20.0, (1, 20.0, 512)),     # 40x slide with a 20x level: read it as is
-    (40.0, (1.0, 4.0, 16.0), 20.0, (0, 40.0, 1024)),   # no 20x level: 1024 px at 40x, resized
-    (20.0, (1.0, 4.0), 20.0, (0, 20.0, 512)),
-    (20.04, (1.0, 4.0), 20.0, (0, 20.04, 512)),        # within tolerance: no resampling
-    (10.0, (1.0, 4.0), 20.0, (0, 10.0, 256)),          # below target everywhere: upsample level 0
-    (20.0, (1.0, 4.0, 16.0), 5.0, (1, 5.0, 512)),
-])
+@pytest.mark.parametrize(
+    "base,downs,target,expect",
+    [
+        (40.0, (1.0, 2.0, 8.0), 20.0, (1, 20.0, 512)),  # 40x slide with a 20x level: read it as is
+        (40.0, (1.0, 4.0, 16.0), 20.0, (0, 40.0, 1024)),  # no 20x level: 1024 px at 40x, resized
+        (20.0, (1.0, 4.0), 20.0, (0, 20.0, 512)),
+        (20.04, (1.0, 4.0), 20.0, (0, 20.04, 512)),  # within tolerance: no resampling
+        (10.0, (1.0, 4.0), 20.0, (0, 10.0, 256)),  # below target everywhere: upsample level 0
+        (20.0, (1.0, 4.0, 16.0), 5.0, (1, 5.0, 512)),
+    ],
+)
 def test_level_choice_is_closest_not_below(base, downs, target, expect):
     c = choose_level(base, downs, target, 512)
     assert (c.level, pytest.approx(c.level_magnification), c.read_px) == expect
@@ -112,9 +125,18 @@ def test_discovery_in_gdc_client_layout_and_by_manifest(tmp_path):
 
 
 def test_primary_slide_is_dx1():
-    df = pd.DataFrame({"cohort": "c", "slide_id": ["TCGA-AA-0001-01Z-00-DX2.x", "TCGA-AA-0001-01Z-00-DX1.y",
-                                                   "TCGA-AA-0002-01Z-00-DX3.z", "TCGA-AA-0003-01Z-00-DX1.w"],
-                       "status": ["ok", "ok", "ok", "error"]})
+    df = pd.DataFrame(
+        {
+            "cohort": "c",
+            "slide_id": [
+                "TCGA-AA-0001-01Z-00-DX2.x",
+                "TCGA-AA-0001-01Z-00-DX1.y",
+                "TCGA-AA-0002-01Z-00-DX3.z",
+                "TCGA-AA-0003-01Z-00-DX1.w",
+            ],
+            "status": ["ok", "ok", "ok", "error"],
+        }
+    )
     df["patient_id"] = df.slide_id.str[:12]
     p = primary_slides(df)
     assert p.slide_id.tolist() == ["TCGA-AA-0001-01Z-00-DX1.y", "TCGA-AA-0002-01Z-00-DX3.z"]
@@ -125,10 +147,16 @@ def test_every_diagnostic_slide_is_used_and_dx1_only_for_survival(tmp_path):
     from pathomch_assets.assets.molecular import survival_slides, training_slides
     from pathomch_assets.storage import TableStore
 
-    ids = ["TCGA-AA-0001-01Z-00-DX2.x", "TCGA-AA-0001-01Z-00-DX1.y", "TCGA-AA-0002-01Z-00-DX1.z",
-           "TCGA-AA-0003-01Z-00-DX1.w", "TCGA-AA-0002-01A-01-TS1.t"]
-    df = pd.DataFrame({"cohort": "c", "slide_id": ids, "path": "p", "status": ["ok", "ok", "ok", "error", "skipped"],
-                       "error": None})
+    ids = [
+        "TCGA-AA-0001-01Z-00-DX2.x",
+        "TCGA-AA-0001-01Z-00-DX1.y",
+        "TCGA-AA-0002-01Z-00-DX1.z",
+        "TCGA-AA-0003-01Z-00-DX1.w",
+        "TCGA-AA-0002-01A-01-TS1.t",
+    ]
+    df = pd.DataFrame(
+        {"cohort": "c", "slide_id": ids, "path": "p", "status": ["ok", "ok", "ok", "error", "skipped"], "error": None}
+    )
     df["patient_id"] = df.slide_id.str[:12]
     assert usable_slides(df).slide_id.tolist() == sorted(ids[:3])
     store = TableStore(tmp_path / "tables", tmp_path / "db.duckdb")

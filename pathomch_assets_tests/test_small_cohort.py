@@ -58,8 +58,11 @@ def small(tmp_path_factory):
 
     spec = dataclasses.replace(DEFAULT_COHORTS[0], n_patients=64)
     # the case: one trait loses two rounds (validation with one class), every trait keeps >= 3
-    seed = next(s for s in range(1, 100) if (ex := excluded_rounds(spec, s))
-                and sorted(len(v) for v in ex.values()) == [0, 0, 2])
+    seed = next(
+        s
+        for s in range(1, 100)
+        if (ex := excluded_rounds(spec, s)) and sorted(len(v) for v in ex.values()) == [0, 0, 2]
+    )
     trait = next(t for t, v in excluded_rounds(spec, seed).items() if v)
     out = tmp_path_factory.mktemp("small")
     mp = pytest.MonkeyPatch()
@@ -73,8 +76,9 @@ def small(tmp_path_factory):
 
 def latest_metadata(asset: str, partition: str) -> dict:
     instance = dg.DagsterInstance.get()
-    (record,) = instance.fetch_materializations(dg.AssetRecordsFilter(asset_key=dg.AssetKey(asset),
-                                                                      asset_partitions=[partition]), limit=1).records
+    (record,) = instance.fetch_materializations(
+        dg.AssetRecordsFilter(asset_key=dg.AssetKey(asset), asset_partitions=[partition]), limit=1
+    ).records
     return {k: v.value for k, v in record.asset_materialization.metadata.items()}
 
 
@@ -95,8 +99,9 @@ def test_small_cohort_runs_end_to_end_without_the_excluded_rounds(small):
     members = json.loads((cfg.models_dir / "brca" / trait / "ensemble.json").read_text())
     assert not set(members["members"]) & set(excluded) and set(members["excluded"]) == set(excluded)
     # Table 1: mean of the usable rounds with its range, in SQL and in the UI
-    t1 = store.query(f"select * from model_metrics where model = 'mean_of_rounds' and eval_set = 'test' "
-                     f"and trait = '{trait}'").iloc[0]
+    t1 = store.query(
+        f"select * from model_metrics where model = 'mean_of_rounds' and eval_set = 'test' and trait = '{trait}'"
+    ).iloc[0]
     assert t1.n_models == 3 and t1.auc_min <= t1.auc <= t1.auc_max
     meta = latest_metadata("ensemble", f"brca/{trait}")
     assert all(m in meta["excluded_rounds"] for m in excluded) and meta["usable_rounds"] == 3
@@ -145,8 +150,14 @@ def test_a_trait_with_too_few_usable_rounds_fails_alone(small):
     other = next(t for t in cfg.cohorts["brca"].traits if t != trait)
     results = {}
     for t in (trait, other):
-        r = dg.materialize(list(defs.assets), selection=["ensemble"], partition_key=f"brca/{t}",
-                           instance=dg.DagsterInstance.get(), resources=defs.resources, raise_on_error=False)
+        r = dg.materialize(
+            list(defs.assets),
+            selection=["ensemble"],
+            partition_key=f"brca/{t}",
+            instance=dg.DagsterInstance.get(),
+            resources=defs.resources,
+            raise_on_error=False,
+        )
         results[t] = r
     assert results[other].success
     assert not results[trait].success

@@ -24,15 +24,17 @@ def test_rewriting_a_partition_replaces_its_rows(tmp_path):
 
 def test_every_table_has_the_contract_columns(tmp_path):
     store = TableStore(tmp_path / "tables", tmp_path / "p.duckdb")
-    contract = {"slides": "cohort, slide_id, patient_id, path, status, error",
-                "tiles": "cohort, slide_id, col, row, tissue_fraction",
-                "labels": "cohort, trait, patient_id, percentile, label, subset",
-                "splits": "cohort, round, patient_id, split",
-                "slide_scores": "cohort, trait, model, slide_id, score",
-                "model_metrics": "cohort, trait, model, eval_set, auc, n_slides",
-                "correlations": "cohort, trait, eval_set, spearman_rho, p_value, fdr",
-                "hti": "cohort, traits, slide_id, patient_id, hti, n_tiles",
-                "survival": "cohort, traits, grouping, n_low, n_high, logrank_p"}
+    contract = {
+        "slides": "cohort, slide_id, patient_id, path, status, error",
+        "tiles": "cohort, slide_id, col, row, tissue_fraction",
+        "labels": "cohort, trait, patient_id, percentile, label, subset",
+        "splits": "cohort, round, patient_id, split",
+        "slide_scores": "cohort, trait, model, slide_id, score",
+        "model_metrics": "cohort, trait, model, eval_set, auc, n_slides",
+        "correlations": "cohort, trait, eval_set, spearman_rho, p_value, fdr",
+        "hti": "cohort, traits, slide_id, patient_id, hti, n_tiles",
+        "survival": "cohort, traits, grouping, n_low, n_high, logrank_p",
+    }
     for table, cols in contract.items():
         assert list(SCHEMAS[table])[: len(cols.split(", "))] == cols.split(", ")
         assert list(store.read(table).columns)[: len(cols.split(", "))] == cols.split(", ")
@@ -136,8 +138,12 @@ def test_a_reader_holding_the_duckdb_file_never_blocks_writes(tmp_path, mode):
     rows = pd.DataFrame({"cohort": "c", "round": [0, 0], "patient_id": ["a", "b"], "split": ["train", "test"]})
     store.write("splits", "c", rows)
     assert store.ensure_views() is True
-    reader = subprocess.Popen([sys.executable, "-c", READER, str(store.duckdb_path), mode], stdin=subprocess.PIPE,
-                              stdout=subprocess.PIPE, text=True)
+    reader = subprocess.Popen(
+        [sys.executable, "-c", READER, str(store.duckdb_path), mode],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
     try:
         assert reader.stdout.readline().strip() == "2"  # the reader holds its connection (and lock) now
         t0 = time.perf_counter()
@@ -177,8 +183,11 @@ def test_over_long_partition_and_slide_names_fit_the_file_system(tmp_path):
     store = TableStore(tmp_path / "tables", tmp_path / "p.duckdb")
     long_a, long_b = "TCGA-AA-0001-01Z-00-DX1." + "x" * 215 + "a", "TCGA-AA-0001-01Z-00-DX1." + "x" * 215 + "b"
     for sid in (long_a, long_b):
-        store.write("tiles", f"brca/{sid}", pd.DataFrame({"cohort": ["brca"], "slide_id": [sid], "col": [0], "row": [0],
-                                                          "tissue_fraction": [1.0]}))
+        store.write(
+            "tiles",
+            f"brca/{sid}",
+            pd.DataFrame({"cohort": ["brca"], "slide_id": [sid], "col": [0], "row": [0], "tissue_fraction": [1.0]}),
+        )
         with TileWriter(tile_file(tmp_path / "tiles", "brca", sid)) as w:
             w.write(np.zeros((8, 8, 3), np.uint8), 0, 0)
     assert sorted(store.read("tiles").slide_id) == [long_a, long_b]

@@ -14,8 +14,15 @@ def frame(n=80, effect=2.5, seed=0):
     hti = rng.random(n)
     t = rng.exponential(1 / (0.02 * np.exp(effect * hti)))
     c = rng.uniform(20, 120, n)
-    return pd.DataFrame({"patient_id": [f"P{i}" for i in range(n)], "hti": hti, "os_months": np.minimum(t, c),
-                         "os_event": (t <= c).astype(int), "percentile_A": rng.random(n) * 100})
+    return pd.DataFrame(
+        {
+            "patient_id": [f"P{i}" for i in range(n)],
+            "hti": hti,
+            "os_months": np.minimum(t, c),
+            "os_event": (t <= c).astype(int),
+            "percentile_A": rng.random(n) * 100,
+        }
+    )
 
 
 def test_groupings_match_lifelines():
@@ -39,11 +46,16 @@ def test_cox_matches_lifelines():
 
 
 def test_survival_set_is_test_plus_ood_for_both_traits_and_never_trained_on():
-    labels = pd.DataFrame({
-        "trait": ["A"] * 4 + ["B"] * 4, "patient_id": ["p1", "p2", "p3", "p4"] * 2,
-        "subset": ["labeled", "ood_all", "ood_all", "labeled", "labeled", "ood_all", "labeled", "labeled"]})
-    splits = pd.DataFrame({"patient_id": ["p1", "p2", "p3", "p4"], "split": ["test", "train", "train", "val"],
-                           "round": 0})
+    labels = pd.DataFrame(
+        {
+            "trait": ["A"] * 4 + ["B"] * 4,
+            "patient_id": ["p1", "p2", "p3", "p4"] * 2,
+            "subset": ["labeled", "ood_all", "ood_all", "labeled", "labeled", "ood_all", "labeled", "labeled"],
+        }
+    )
+    splits = pd.DataFrame(
+        {"patient_id": ["p1", "p2", "p3", "p4"], "split": ["test", "train", "train", "val"], "round": 0}
+    )
     s = survival_set(labels, splits, ["A", "B"])
     assert s == {"p1", "p2"}  # p1 test; p2 OOD for both; p3 labelled for B; p4 validation
     assert leaked_patients(s, labels, splits, ["A", "B"]) == set()

@@ -26,8 +26,20 @@ def plan(style, rows=3, cols=4, seed=1):
     rng = np.random.default_rng(seed)
     tissue = rng.random((rows, cols)) < 0.7
     white = np.where(rng.random((rows, cols)) < 0.5, rng.choice([0.2, 0.6, 0.8], (rows, cols)), 0.0)
-    return SlidePlan("c", f"TCGA-AA-{seed:04d}-01Z-00-DX1", "s.svs", "TCGA-A1-A0SM-01Z-00-DX1", rows, cols, style,
-                     seed, tissue.tolist(), white.tolist(), {}, {})
+    return SlidePlan(
+        "c",
+        f"TCGA-AA-{seed:04d}-01Z-00-DX1",
+        "s.svs",
+        "TCGA-A1-A0SM-01Z-00-DX1",
+        rows,
+        cols,
+        style,
+        seed,
+        tissue.tolist(),
+        white.tolist(),
+        {},
+        {},
+    )
 
 
 def independent_count(path, page, factor, px, threshold=220, max_bg=0.5):
@@ -38,19 +50,22 @@ def independent_count(path, page, factor, px, threshold=220, max_bg=0.5):
     out = {}
     for r in range(img.shape[0] // px):
         for c in range(img.shape[1] // px):
-            block = img[r * px:(r + 1) * px, c * px:(c + 1) * px]
+            block = img[r * px : (r + 1) * px, c * px : (c + 1) * px]
             frac = 1 - np.all(block > threshold, axis=-1).mean()
             if frac >= 1 - max_bg:
                 out[(c, r)] = frac
     return out
 
 
-@pytest.mark.parametrize("style,params,page,factor,px", [
-    ("aperio20", TilingParams(20, 512), 0, 1, 512),          # paper settings, 20x slide: level 0 as is
-    ("aperio40_power", TilingParams(20, 512), 0, 2, 512),    # 40x slide, no 20x level: 1024 px resized
-    ("aperio20", TilingParams(5, 128), 1, 1, 128),           # demo settings: the 5x level, not level 0
-    ("generic_mpp", TilingParams(5, 128), 1, 1, 128),
-])
+@pytest.mark.parametrize(
+    "style,params,page,factor,px",
+    [
+        ("aperio20", TilingParams(20, 512), 0, 1, 512),  # paper settings, 20x slide: level 0 as is
+        ("aperio40_power", TilingParams(20, 512), 0, 2, 512),  # 40x slide, no 20x level: 1024 px resized
+        ("aperio20", TilingParams(5, 128), 1, 1, 128),  # demo settings: the 5x level, not level 0
+        ("generic_mpp", TilingParams(5, 128), 1, 1, 128),
+    ],
+)
 def test_tile_counts_match_an_independent_count(tmp_path, sources, style, params, page, factor, px):
     p = plan(style)
     path = tmp_path / "slide.svs"
@@ -90,12 +105,15 @@ def test_slide_with_no_tissue_is_reported(tmp_path):
     assert not (tmp_path / "b.tfrecord").exists()
 
 
-@pytest.mark.parametrize("style,params", [
-    ("aperio20", TilingParams(20, 512)),
-    ("aperio40_power", TilingParams(20, 512)),   # 1024 px reads of level 0, resized
-    ("aperio40_power", TilingParams(10, 256)),   # level 1 of a 40x slide (downsample 4)
-    ("generic_mpp", TilingParams(5, 128, threads=2)),
-])
+@pytest.mark.parametrize(
+    "style,params",
+    [
+        ("aperio20", TilingParams(20, 512)),
+        ("aperio40_power", TilingParams(20, 512)),  # 1024 px reads of level 0, resized
+        ("aperio40_power", TilingParams(10, 256)),  # level 1 of a 40x slide (downsample 4)
+        ("generic_mpp", TilingParams(5, 128, threads=2)),
+    ],
+)
 def test_direct_tiff_reads_give_openslides_tiles_byte_for_byte(tmp_path, sources, style, params):
     import dataclasses
 
@@ -128,8 +146,9 @@ def test_direct_reads_match_openslide_on_real_slide_files(name):
                 continue
             down = info.level_downsamples[level]
             for x, y, rw, rh in [(0, 0, w, h), (w // 3, h // 4, w // 2, h // 2)]:
-                want = rgba_to_rgb_on_white(np.asarray(slide.read_region((round(x * down), round(y * down)), level,
-                                                                          (rw, rh))))
+                want = rgba_to_rgb_on_white(
+                    np.asarray(slide.read_region((round(x * down), round(y * down)), level, (rw, rh)))
+                )
                 np.testing.assert_array_equal(reader.read(x, y, rw, rh), want)
             reader.close()
             checked += 1

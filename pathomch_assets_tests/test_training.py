@@ -5,8 +5,15 @@ import pytest
 
 from pathomch_assets.config import TrainingConfig
 from pathomch_assets.storage import TileWriter
-from pathomch_assets.training import (SlideSet, build_model, decode_files, load_model, predict_files, save_model,
-                                      train_model)
+from pathomch_assets.training import (
+    SlideSet,
+    build_model,
+    decode_files,
+    load_model,
+    predict_files,
+    save_model,
+    train_model,
+)
 
 
 def make_slides(tmp_path, n, label_of, px=32, tiles=12, seed=0):
@@ -29,8 +36,15 @@ def make_slides(tmp_path, n, label_of, px=32, tiles=12, seed=0):
 def test_small_cnn_learns_and_keeps_best_weights(tmp_path):
     train = make_slides(tmp_path, 10, lambda i: i % 2, seed=1)
     val = make_slides(tmp_path, 6, lambda i: i % 2, seed=2)
-    cfg = TrainingConfig(architecture="small_cnn", input_px=32, batch_size=16, evals_per_epoch=2,
-                         reduce_lr_patience=1, early_stop_patience=3, max_epochs=20)
+    cfg = TrainingConfig(
+        architecture="small_cnn",
+        input_px=32,
+        batch_size=16,
+        evals_per_epoch=2,
+        reduce_lr_patience=1,
+        early_stop_patience=3,
+        max_epochs=20,
+    )
     logs = []
     model, res = train_model(train, val, cfg, seed=3, log=logs.append)
     assert res.best_val_auc == 1.0
@@ -41,7 +55,7 @@ def test_small_cnn_learns_and_keeps_best_weights(tmp_path):
     assert any("validation slide AUC" in line for line in logs)
     probs = predict_files(model, val.files, 32)
     scores = [100 * np.mean(p >= 0.5) for p in probs]
-    assert min(s for s, l in zip(scores, val.labels) if l) > max(s for s, l in zip(scores, val.labels) if not l)
+    assert min(s for s, y in zip(scores, val.labels) if y) > max(s for s, y in zip(scores, val.labels) if not y)
     path = save_model(model, res, tmp_path / "m", {"architecture": "small_cnn"})
     again = load_model(path.parent)
     assert np.allclose(predict_files(again, val.files[:1], 32)[0], probs[0], atol=1e-5)
@@ -100,8 +114,9 @@ def test_accumulated_passes_make_one_step_of_the_global_batch(tmp_path):
     """One replica, per_replica_batch 4, batch_size 16: Adam applies one update per 4 passes of 4 tiles."""
     train = make_slides(tmp_path, 4, lambda i: i % 2, seed=6)
     val = make_slides(tmp_path, 2, lambda i: i % 2, seed=7)
-    cfg = TrainingConfig(architecture="small_cnn", input_px=32, batch_size=16, per_replica_batch=4,
-                         evals_per_epoch=1, max_epochs=2)
+    cfg = TrainingConfig(
+        architecture="small_cnn", input_px=32, batch_size=16, per_replica_batch=4, evals_per_epoch=1, max_epochs=2
+    )
     model, res = train_model(train, val, cfg, seed=0, log=lambda *_: None)
     steps = res.evals * 3  # 48 training tiles / 16 per step
     assert res.batch == {"global_batch": 16, "replicas": 1, "per_replica": 4, "accumulation": 4}
@@ -147,8 +162,16 @@ def test_monitor_changes_decay_stop_and_kept_evaluation():
 def test_tile_loss_monitor_in_a_tiny_training(tmp_path):
     train = make_slides(tmp_path, 6, lambda i: i % 2, seed=8)
     val = make_slides(tmp_path, 4, lambda i: i % 2, seed=9)
-    cfg = TrainingConfig(architecture="small_cnn", input_px=32, batch_size=16, evals_per_epoch=2,
-                         reduce_lr_patience=1, early_stop_patience=2, max_epochs=10, monitor="tile_loss")
+    cfg = TrainingConfig(
+        architecture="small_cnn",
+        input_px=32,
+        batch_size=16,
+        evals_per_epoch=2,
+        reduce_lr_patience=1,
+        early_stop_patience=2,
+        max_epochs=10,
+        monitor="tile_loss",
+    )
     _, res = train_model(train, val, cfg, seed=3, log=lambda *_: None)
     h = res.history
     assert res.monitor == "tile_loss"

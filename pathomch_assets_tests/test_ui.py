@@ -16,21 +16,34 @@ from .browser import PAGES, chromium, dagster_dev, screenshot
 
 cfg = load_config(DEMO_CONFIG, check_files=False)
 HOME = cfg.data_dir / "dagster_home"
-pytestmark = [pytest.mark.slow,
-              pytest.mark.skipif(not (HOME / "dagster.yaml").exists(), reason="run `make demo` first"),
-              pytest.mark.skipif(chromium() is None, reason="no chromium (apt-get install chromium)")]
+pytestmark = [
+    pytest.mark.slow,
+    pytest.mark.skipif(not (HOME / "dagster.yaml").exists(), reason="run `make demo` first"),
+    pytest.mark.skipif(chromium() is None, reason="no chromium (apt-get install chromium)"),
+]
 
 QUERY = "{ assetNodes { assetKey { path } isPartitioned groupName kinds owners { ... on TeamAssetOwner { team } } } }"
 
 
 def test_ui_serves_the_asset_graph_and_renders_pages(tmp_path):
     with dagster_dev(HOME) as url:
-        req = urllib.request.Request(f"{url}/graphql", data=json.dumps({"query": QUERY}).encode(),
-                                     headers={"Content-Type": "application/json"})
+        req = urllib.request.Request(
+            f"{url}/graphql", data=json.dumps({"query": QUERY}).encode(), headers={"Content-Type": "application/json"}
+        )
         nodes = json.loads(urllib.request.urlopen(req, timeout=60).read())["data"]["assetNodes"]
         by_name = {n["assetKey"]["path"][-1]: n for n in nodes}
-        assert {"slide_tiles", "expression", "labels", "splits", "trait_model", "ensemble", "slide_predictions",
-                "model_evaluation", "slide_cartography", "survival_analysis"} <= set(by_name)
+        assert {
+            "slide_tiles",
+            "expression",
+            "labels",
+            "splits",
+            "trait_model",
+            "ensemble",
+            "slide_predictions",
+            "model_evaluation",
+            "slide_cartography",
+            "survival_analysis",
+        } <= set(by_name)
         assert all(n["isPartitioned"] for n in nodes)
         assert by_name["trait_model"]["groupName"] == "models" and "tensorflow" in by_name["trait_model"]["kinds"]
         assert all(n["owners"] for n in nodes)

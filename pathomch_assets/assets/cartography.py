@@ -7,8 +7,14 @@ import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 
-from ..cartography import (Cartography, build_cartography, combination_names, heterogeneity_png,
-                           plot_heterogeneity_map, write_geojson)
+from ..cartography import (
+    Cartography,
+    build_cartography,
+    combination_names,
+    heterogeneity_png,
+    plot_heterogeneity_map,
+    write_geojson,
+)
 from ..config import PathomchConfig
 from ..heterogeneity import BOOTSTRAP, NEIGHBOUR_WEIGHT, PERMUTATIONS, combination_codes, hti_stats, robust_calls
 from ..partitions import SLIDES, by_cohort
@@ -66,13 +72,18 @@ def soft_calls(cfg: PathomchConfig, calls: pd.DataFrame, carto: Cartography) -> 
 
 def hti_settings(cfg: PathomchConfig) -> dict:
     """Settings behind the HTI statistics (part of the cartography and survival code versions)."""
-    return {"bootstrap": BOOTSTRAP, "permutations": PERMUTATIONS, "neighbour_weight": NEIGHBOUR_WEIGHT,
-            "robust": "member mean probability, confidence-weighted 3x3",
-            "ensemble": cfg.ensemble.model_dump(mode="json")}
+    return {
+        "bootstrap": BOOTSTRAP,
+        "permutations": PERMUTATIONS,
+        "neighbour_weight": NEIGHBOUR_WEIGHT,
+        "robust": "member mean probability, confidence-weighted 3x3",
+        "ensemble": cfg.ensemble.model_dump(mode="json"),
+    }
 
 
-def set_results(cohort: str, sid: str, tset: list[str], sub: Cartography, soft: np.ndarray,
-                threshold) -> tuple[dict, dict, pd.DataFrame]:
+def set_results(
+    cohort: str, sid: str, tset: list[str], sub: Cartography, soft: np.ndarray, threshold
+) -> tuple[dict, dict, pd.DataFrame]:
     """The ``hti``, ``hti_stats`` rows and the ``hti_combinations`` rows of one slide and trait set."""
     c = sub.calls()
     stats = hti_stats(sub.tensor, sub.mask, soft, threshold, seed=zlib.crc32(f"{sid}|{'+'.join(tset)}".encode()))
@@ -80,18 +91,40 @@ def set_results(cohort: str, sid: str, tset: list[str], sub: Cartography, soft: 
     key = {"cohort": cohort, "traits": "+".join(tset), "slide_id": sid, "patient_id": sid[:12]}
     n_tiles = int(sub.mask.sum())
     hti_row = {**key, "hti": stats["hti"], "n_tiles": n_tiles, "n_positive": int(c.any(axis=1).sum())}
-    stats_row = {**key, **{k: stats[k] for k in ("hti", "ci_low", "ci_high", "hti_robust", "p_spatial", "hta",
-                                                 "hta_random", "hti_present", "n_combinations", "region_side")},
-                 "n_tiles": n_tiles}
+    stats_row = {
+        **key,
+        **{
+            k: stats[k]
+            for k in (
+                "hti",
+                "ci_low",
+                "ci_high",
+                "hti_robust",
+                "p_spatial",
+                "hta",
+                "hta_random",
+                "hti_present",
+                "n_combinations",
+                "region_side",
+            )
+        },
+        "n_tiles": n_tiles,
+    }
     n_comb = 2 ** len(tset)
     counts = np.bincount(combination_codes(c), minlength=n_comb) if len(c) else np.zeros(n_comb, int)
     rcounts = np.bincount(combination_codes(rc), minlength=n_comb) if len(rc) else np.zeros(n_comb, int)
     pos, rpos = counts[1:].sum(), rcounts[1:].sum()
     names = ["none"] + combination_names(tset)
-    combos = pd.DataFrame({**key, "combination": names, "n_tiles": counts,
-                           "share": [np.nan] + [v / pos if pos else 0.0 for v in counts[1:]],
-                           "tissue_share": counts / max(n_tiles, 1),
-                           "share_robust": [np.nan] + [v / rpos if rpos else 0.0 for v in rcounts[1:]]})
+    combos = pd.DataFrame(
+        {
+            **key,
+            "combination": names,
+            "n_tiles": counts,
+            "share": [np.nan] + [v / pos if pos else 0.0 for v in counts[1:]],
+            "tissue_share": counts / max(n_tiles, 1),
+            "share_robust": [np.nan] + [v / rpos if rpos else 0.0 for v in rcounts[1:]],
+        }
+    )
     return hti_row, stats_row, combos
 
 
@@ -102,7 +135,9 @@ def analysis_settings(cfg: PathomchConfig) -> dict:
 
 def build(cfg: PathomchConfig, slide_predictions_asset, trait_model_asset, ensemble_asset):
     @dg.asset(
-        partitions_def=SLIDES, backfill_policy=dg.BackfillPolicy.single_run(), group_name="cartography",
+        partitions_def=SLIDES,
+        backfill_policy=dg.BackfillPolicy.single_run(),
+        group_name="cartography",
         kinds={"numpy", "geojson"},
         code_version=code_version(cfg.tiling.tile_px, analysis_settings(cfg), hti_settings(cfg)),
         deps=[slide_predictions_asset, *model_deps(trait_model_asset, ensemble_asset)],
@@ -139,8 +174,9 @@ def build(cfg: PathomchConfig, slide_predictions_asset, trait_model_asset, ensem
                 rows, stats, combos = [], [], []
                 for tset in sets:
                     idx = [traits.index(t) for t in tset]
-                    h, st, cb = set_results(cohort, sid, tset, Cartography(tset, carto.tensor[idx], carto.mask),
-                                            soft[idx], threshold)
+                    h, st, cb = set_results(
+                        cohort, sid, tset, Cartography(tset, carto.tensor[idx], carto.mask), soft[idx], threshold
+                    )
                     rows.append(h)
                     stats.append(st)
                     combos.append(cb)
@@ -149,8 +185,9 @@ def build(cfg: PathomchConfig, slide_predictions_asset, trait_model_asset, ensem
                 store.write("hti_combinations", f"{cohort}/{sid}", pd.concat(combos, ignore_index=True))
                 stats_all.extend(stats)
                 first = Cartography(sets[0], carto.tensor[[traits.index(t) for t in sets[0]]], carto.mask)
-                heterogeneity_png(first, cartography_file(cfg, cohort, sid, "png"),
-                                  title=f"{sid}  HTI {rows[0]['hti']:.2f}")
+                heterogeneity_png(
+                    first, cartography_file(cfg, cohort, sid, "png"), title=f"{sid}  HTI {rows[0]['hti']:.2f}"
+                )
                 rows_all.extend(rows)
                 if len(gallery) < 6:
                     gallery.append((sid, first, stats[0]))
@@ -166,8 +203,13 @@ def build(cfg: PathomchConfig, slide_predictions_asset, trait_model_asset, ensem
             for ax in axes.flat:
                 ax.axis("off")
             for ax, (sid, carto, st) in zip(axes.flat, gallery):
-                plot_heterogeneity_map(carto, f"{sid[:23]}\n95% CI [{st['ci_low']:.2f}, {st['ci_high']:.2f}], robust "
-                                       f"{st['hti_robust']:.2f}, spatial p {st['p_spatial']:.2g}", st["hti"], ax=ax)
+                plot_heterogeneity_map(
+                    carto,
+                    f"{sid[:23]}\n95% CI [{st['ci_low']:.2f}, {st['ci_high']:.2f}], robust "
+                    f"{st['hti_robust']:.2f}, spatial p {st['p_spatial']:.2g}",
+                    st["hti"],
+                    ax=ax,
+                )
             fig.tight_layout()
             maps_file = cfg.output_root / "figures" / "heterogeneity_maps" / f"{context.run.run_id}.png"
             meta.update(figure_file(fig, maps_file, "heterogeneity_maps", cfg.output_root))
@@ -183,18 +225,23 @@ def build(cfg: PathomchConfig, slide_predictions_asset, trait_model_asset, ensem
         bad = hti[(hti["hti"] < 0) | (hti["hti"] > 1) | hti["hti"].isna()]
         return dg.AssetCheckResult(passed=bad.empty, metadata={"rows": len(hti), "out_of_range": len(bad)})
 
-    @dg.asset_check(asset=slide_cartography, description="The combination shares of every slide and trait set "
-                    "with a positive tile sum to 1, and its CI contains its HTI.")
+    @dg.asset_check(
+        asset=slide_cartography,
+        description="The combination shares of every slide and trait set "
+        "with a positive tile sum to 1, and its CI contains its HTI.",
+    )
     def hti_shares_and_intervals(pathomch: PathomchResource) -> dg.AssetCheckResult:
         store = pathomch.get_store()
-        sums = store.query("SELECT cohort, traits, slide_id, sum(share) s, sum(tissue_share) t FROM hti_combinations "
-                           "GROUP BY ALL")
+        sums = store.query(
+            "SELECT cohort, traits, slide_id, sum(share) s, sum(tissue_share) t FROM hti_combinations GROUP BY ALL"
+        )
         bad_sums = sums[((sums["s"] - 1).abs() > 1e-9) & (sums["s"] > 0) | ((sums["t"] - 1).abs() > 1e-9)]
         st = store.read("hti_stats")
         bad_ci = st[(st["ci_low"] > st["hti"] + 1e-9) | (st["ci_high"] < st["hti"] - 1e-9)]
-        return dg.AssetCheckResult(passed=bad_sums.empty and bad_ci.empty,
-                                   metadata={"slides": len(sums), "shares_not_summing_to_1": len(bad_sums),
-                                             "hti_outside_ci": len(bad_ci)})
+        return dg.AssetCheckResult(
+            passed=bad_sums.empty and bad_ci.empty,
+            metadata={"slides": len(sums), "shares_not_summing_to_1": len(bad_sums), "hti_outside_ci": len(bad_ci)},
+        )
 
     return [slide_cartography], [hti_within_unit_interval, hti_shares_and_intervals]
 
@@ -203,7 +250,14 @@ def stats_summary(stats: pd.DataFrame) -> pd.DataFrame:
     """Per cohort and trait set: mean HTI and robust HTI, median CI width, share of slides with spatial p < 0.05."""
     if stats.empty:
         return stats
-    return stats.groupby(["cohort", "traits"]).agg(
-        slides=("slide_id", "size"), hti_mean=("hti", "mean"), hti_robust_mean=("hti_robust", "mean"),
-        ci_width_median=("ci_high", lambda s: float((s - stats.loc[s.index, "ci_low"]).median())),
-        spatial_p_below_005=("p_spatial", lambda s: float((s < 0.05).mean()))).reset_index()
+    return (
+        stats.groupby(["cohort", "traits"])
+        .agg(
+            slides=("slide_id", "size"),
+            hti_mean=("hti", "mean"),
+            hti_robust_mean=("hti_robust", "mean"),
+            ci_width_median=("ci_high", lambda s: float((s - stats.loc[s.index, "ci_low"]).median())),
+            spatial_p_below_005=("p_spatial", lambda s: float((s < 0.05).mean())),
+        )
+        .reset_index()
+    )

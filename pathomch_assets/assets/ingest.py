@@ -1,6 +1,5 @@
 """Slides to labelled tiles: QC and tiling per slide (dynamic partitions)."""
 
-
 import contextlib
 import math
 from collections import Counter
@@ -80,8 +79,15 @@ def _close(a, b) -> bool:
 
 
 def slide_row(cohort: str, slide_id: str, path, status: str, error: str | None, **info) -> dict:
-    return {"cohort": cohort, "slide_id": slide_id, "patient_id": slide_id[:12], "path": str(path),
-            "status": status, "error": error, **info}
+    return {
+        "cohort": cohort,
+        "slide_id": slide_id,
+        "patient_id": slide_id[:12],
+        "path": str(path),
+        "status": status,
+        "error": error,
+        **info,
+    }
 
 
 @dg.asset(
@@ -118,11 +124,21 @@ def slide_tiles(context: dg.AssetExecutionContext, pathomch: PathomchResource) -
         elif ref is None or ref.missing:
             rows[key] = slide_row(cohort, sid, ref.path if ref else "", "missing", f"{sid}: slide file not found")
         elif cfg.cohorts[cohort].diagnostic_only and not is_diagnostic(sid):
-            rows[key] = slide_row(cohort, sid, ref.path, "skipped", f"{ref.path}: not a diagnostic slide (no -DX in its name)")
+            rows[key] = slide_row(
+                cohort, sid, ref.path, "skipped", f"{ref.path}: not a diagnostic slide (no -DX in its name)"
+            )
         else:
-            jobs.append((cohort, sid, str(ref.path), tile_file(cfg.tiles_dir, cohort, sid), params,
-                         cfg.cohorts[cohort].default_magnification,
-                         ref if (ref.md5 or ref.size is not None) else None))  # checked against the manifest
+            jobs.append(
+                (
+                    cohort,
+                    sid,
+                    str(ref.path),
+                    tile_file(cfg.tiles_dir, cohort, sid),
+                    params,
+                    cfg.cohorts[cohort].default_magnification,
+                    ref if (ref.md5 or ref.size is not None) else None,
+                )
+            )  # checked against the manifest
     tiles_total, unrecorded = 0, {}
 
     def record(key: str, row: dict, tiles: pd.DataFrame | None = None) -> dict:
@@ -135,8 +151,13 @@ def slide_tiles(context: dg.AssetExecutionContext, pathomch: PathomchResource) -
             store.write("slides", key, pd.DataFrame([row]))
             return row
         except Exception as err:  # OSError (disk full, a name the file system refuses, ...): this slide only
-            row = slide_row(row["cohort"], row["slide_id"], row["path"], "error",
-                            f"{row['path'] or key}: its rows could not be written: {type(err).__name__}: {err}")
+            row = slide_row(
+                row["cohort"],
+                row["slide_id"],
+                row["path"],
+                "error",
+                f"{row['path'] or key}: its rows could not be written: {type(err).__name__}: {err}",
+            )
             with contextlib.suppress(Exception):
                 store.delete("tiles", key)
             try:
@@ -163,9 +184,19 @@ def slide_tiles(context: dg.AssetExecutionContext, pathomch: PathomchResource) -
             res.status, res.error = "error", f"{res.path}: cannot stat the file: {err.strerror}"
             res.tiles = res.tiles.iloc[0:0]
             st = None
-        row = slide_row(res.cohort, res.slide_id, res.path, res.status, res.error,
-                        n_tiles=len(res.tiles), seconds=res.seconds, file_size=st.st_size if st else None,
-                        file_mtime_ns=st.st_mtime_ns if st else None, params_hash=digest, **res.info)
+        row = slide_row(
+            res.cohort,
+            res.slide_id,
+            res.path,
+            res.status,
+            res.error,
+            n_tiles=len(res.tiles),
+            seconds=res.seconds,
+            file_size=st.st_size if st else None,
+            file_mtime_ns=st.st_mtime_ns if st else None,
+            params_hash=digest,
+            **res.info,
+        )
         if res.status == "error" and same_outcome(previous.get(key), row):
             rows[key] = previous[key]  # tried again, failed the same way: its row stays as it was
             continue
@@ -176,19 +207,30 @@ def slide_tiles(context: dg.AssetExecutionContext, pathomch: PathomchResource) -
     store.ensure_views()
     status = Counter(r["status"] for r in rows.values())
     table = pd.DataFrame(list(rows.values()), columns=["slide_id", "status", "error"])
-    meta = {"slides": len(rows) + reused, "slides_reused": reused, "slides_tiled": len(jobs),
-            "tiles_written": tiles_total,
-            **{f"status_{k}": v for k, v in sorted(status.items())}}
+    meta = {
+        "slides": len(rows) + reused,
+        "slides_reused": reused,
+        "slides_tiled": len(jobs),
+        "tiles_written": tiles_total,
+        **{f"status_{k}": v for k, v in sorted(status.items())},
+    }
     if reused:
         context.log.info(f"{reused} slides already tiled with the same file and settings: reused")
     bad = table[table["status"] != "ok"]
     if not bad.empty:
         meta["problems"] = md_table(bad[["slide_id", "status", "error"]])
     if unrecorded:
-        meta["rows_not_written"] = md_table(pd.DataFrame({"slide": list(unrecorded),
-                                                          "error": list(unrecorded.values())}))
+        meta["rows_not_written"] = md_table(
+            pd.DataFrame({"slide": list(unrecorded), "error": list(unrecorded.values())})
+        )
     if len(rows) == 1:
         row = next(iter(rows.values()))
-        meta.update({k: v for k, v in row.items() if k in ("status", "error", "level", "base_magnification",
-                                                           "magnification_source", "n_tiles") and v is not None})
+        meta.update(
+            {
+                k: v
+                for k, v in row.items()
+                if k in ("status", "error", "level", "base_magnification", "magnification_source", "n_tiles")
+                and v is not None
+            }
+        )
     return dg.MaterializeResult(metadata=meta)

@@ -8,9 +8,19 @@ import pandas as pd
 
 from ..config import PathomchConfig, split_target
 from ..deployment import GPU_STEP
-from ..evaluation import (ROUNDS_MEAN, correlation_rows, ensemble_calls, evaluation_sets, exclusion_advice,
-                          metrics_rows, missing_class, rounds_summary, select_ensemble, slide_scores_from_tiles,
-                          too_few_rounds)
+from ..evaluation import (
+    ROUNDS_MEAN,
+    correlation_rows,
+    ensemble_calls,
+    evaluation_sets,
+    exclusion_advice,
+    metrics_rows,
+    missing_class,
+    rounds_summary,
+    select_ensemble,
+    slide_scores_from_tiles,
+    too_few_rounds,
+)
 from ..partitions import cohorts, target_rounds, targets
 from ..plots import plot_score_boxes, plot_training_curve
 from ..reporting import figure_file, md_table
@@ -29,8 +39,12 @@ def predictions_path(cfg: PathomchConfig, cohort: str, trait: str, model: str):
 
 def slide_set(cfg, cohort: str, frame: pd.DataFrame) -> SlideSet:
     """Slides of ``frame`` (``slide_id, label, n_tiles``) with their tile files."""
-    return SlideSet(frame["slide_id"].tolist(), [local_copy(tile_file(cfg.tiles_dir, cohort, s)) for s in frame["slide_id"]],
-                    frame["label"].astype(int).tolist(), frame["n_tiles"].astype(int).tolist())
+    return SlideSet(
+        frame["slide_id"].tolist(),
+        [local_copy(tile_file(cfg.tiles_dir, cohort, s)) for s in frame["slide_id"]],
+        frame["label"].astype(int).tolist(),
+        frame["n_tiles"].astype(int).tolist(),
+    )
 
 
 def tile_positions(store, cohort: str) -> dict[str, pd.DataFrame]:
@@ -41,9 +55,13 @@ def tile_positions(store, cohort: str) -> dict[str, pd.DataFrame]:
 def score_rows(cohort, trait, model, preds: pd.DataFrame, slides: pd.DataFrame, threshold: float) -> pd.DataFrame:
     """``slide_scores`` rows from tile predictions (``slide_id, p``) or calls (``slide_id, call``)."""
     col = "p" if "p" in preds.columns else "call"
-    agg = preds.groupby("slide_id")[col].agg(
-        score=lambda v: slide_scores_from_tiles(v, threshold) if col == "p" else 100.0 * np.mean(v),
-        n_tiles="size").reset_index()
+    agg = (
+        preds.groupby("slide_id")[col]
+        .agg(
+            score=lambda v: slide_scores_from_tiles(v, threshold) if col == "p" else 100.0 * np.mean(v), n_tiles="size"
+        )
+        .reset_index()
+    )
     agg = agg.merge(slides[["slide_id", "patient_id"]], on="slide_id")
     return agg.assign(cohort=cohort, trait=trait, model=model)
 
@@ -52,8 +70,12 @@ def build(cfg: PathomchConfig, labels_asset, splits_asset):
     multi = target_rounds(cfg)
 
     @dg.asset(
-        partitions_def=multi, group_name="models", kinds={"tensorflow", "keras"}, pool="gpu",
-        op_tags=GPU_STEP, code_version=code_version(cfg.training, cfg.splits, cfg.labels, cfg.tiling, cfg.seed),
+        partitions_def=multi,
+        group_name="models",
+        kinds={"tensorflow", "keras"},
+        pool="gpu",
+        op_tags=GPU_STEP,
+        code_version=code_version(cfg.training, cfg.splits, cfg.labels, cfg.tiling, cfg.seed),
         deps=[dg.AssetDep(labels_asset, partition_mapping=ALL), dg.AssetDep(splits_asset, partition_mapping=ALL)],
         description="One tile classifier per (cohort/trait, round) (SPEC 3.4): trained on every diagnostic slide "
         "of the round's training patients (tiles inherit the patient's label), validated every 1/16 epoch by "
@@ -63,8 +85,9 @@ def build(cfg: PathomchConfig, labels_asset, splits_asset):
         "recorded as excluded (`model_rounds`) with a warning and left out of the ensemble. Re-materializing "
         "one partition retrains that model only.",
     )
-    def trait_model(context: dg.AssetExecutionContext, pathomch: PathomchResource,
-                    accelerator: AcceleratorResource) -> dg.MaterializeResult:
+    def trait_model(
+        context: dg.AssetExecutionContext, pathomch: PathomchResource, accelerator: AcceleratorResource
+    ) -> dg.MaterializeResult:
         cfg, store = pathomch.get_config(), pathomch.get_store()
         keys = context.partition_key.keys_by_dimension
         target, round_name = keys["target"], keys["round"]
@@ -75,8 +98,11 @@ def build(cfg: PathomchConfig, labels_asset, splits_asset):
         splits = store.read("splits", "cohort = ? AND round = ?", [cohort, r])
         lab = labels[labels["subset"] == "labeled"].merge(splits, on="patient_id").merge(slides, on="patient_id")
         part = f"{target}/{round_name}"
-        counts = {f"{s}_{what}": int(lab.loc[lab["split"] == s, col].nunique())
-                  for s in ("train", "val") for what, col in (("patients", "patient_id"), ("slides", "slide_id"))}
+        counts = {
+            f"{s}_{what}": int(lab.loc[lab["split"] == s, col].nunique())
+            for s in ("train", "val")
+            for what, col in (("patients", "patient_id"), ("slides", "slide_id"))
+        }
         reason = missing_class(lab)
         if reason:
             message = exclusion_advice(cohort, trait, round_name, reason)
@@ -84,47 +110,96 @@ def build(cfg: PathomchConfig, labels_asset, splits_asset):
             for table in ("slide_scores", "model_metrics"):  # no stale rows of an earlier training
                 store.delete(table, part)
             predictions_path(cfg, cohort, trait, round_name).unlink(missing_ok=True)
-            store.write("model_rounds", part, pd.DataFrame([{"cohort": cohort, "trait": trait, "model": round_name,
-                                                              "status": "excluded", "reason": reason, **counts}]))
+            store.write(
+                "model_rounds",
+                part,
+                pd.DataFrame(
+                    [
+                        {
+                            "cohort": cohort,
+                            "trait": trait,
+                            "model": round_name,
+                            "status": "excluded",
+                            "reason": reason,
+                            **counts,
+                        }
+                    ]
+                ),
+            )
             store.ensure_views()
-            return dg.MaterializeResult(data_version=data_version("excluded", reason), metadata={
-                "excluded": message, **counts})
+            return dg.MaterializeResult(
+                data_version=data_version("excluded", reason), metadata={"excluded": message, **counts}
+            )
         train, val = (slide_set(cfg, cohort, lab[lab["split"] == s]) for s in ("train", "val"))
         seed = cfg.seed * 1000 + r
-        model, res = train_model(train, val, cfg.training, cfg.ensemble.threshold, seed, accelerator.strategy(),
-                                 log=context.log.info)
+        model, res = train_model(
+            train, val, cfg.training, cfg.ensemble.threshold, seed, accelerator.strategy(), log=context.log.info
+        )
         directory = model_dir(cfg.models_dir, cohort, trait, round_name)
-        save_model(model, res, directory, {"cohort": cohort, "trait": trait, "round": r, "seed": seed,
-                                           "training": cfg.training.model_dump(), "device": accelerator.describe()})
+        save_model(
+            model,
+            res,
+            directory,
+            {
+                "cohort": cohort,
+                "trait": trait,
+                "round": r,
+                "seed": seed,
+                "training": cfg.training.model_dump(),
+                "device": accelerator.describe(),
+            },
+        )
         # every tile of every usable slide
         files = [local_copy(tile_file(cfg.tiles_dir, cohort, s)) for s in slides["slide_id"]]
         context.log.info(f"scoring {len(files)} slides with {round_name}")
         probs = predict_files(model, files, cfg.training.input_px)
         pos = tile_positions(store, cohort)
-        preds = pd.concat([pos[s].assign(slide_id=s, p=p) for s, p in zip(slides["slide_id"], probs)],
-                          ignore_index=True)
+        preds = pd.concat(
+            [pos[s].assign(slide_id=s, p=p) for s, p in zip(slides["slide_id"], probs)], ignore_index=True
+        )
         with atomic_path(predictions_path(cfg, cohort, trait, round_name)) as tmp:
             preds.to_parquet(tmp, index=False)
         scores = score_rows(cohort, trait, round_name, preds, slides, cfg.ensemble.threshold)
         store.write("slide_scores", part, scores)
         metrics = metrics_rows(scores[["patient_id", "score"]], evaluation_sets(labels, splits, r))
         store.write("model_metrics", part, metrics.assign(cohort=cohort, trait=trait, model=round_name))
-        store.write("model_rounds", part, pd.DataFrame([{"cohort": cohort, "trait": trait, "model": round_name,
-                                                          "status": "trained", "reason": None, **counts}]))
+        store.write(
+            "model_rounds",
+            part,
+            pd.DataFrame(
+                [{"cohort": cohort, "trait": trait, "model": round_name, "status": "trained", "reason": None, **counts}]
+            ),
+        )
         store.ensure_views()
         auc = dict(zip(metrics["eval_set"], metrics["auc"]))
-        return dg.MaterializeResult(data_version=file_version(directory / "model.keras"), metadata={
-            "best_val_slide_auc": res.best_val_auc, "best_evaluation": res.best_eval, "evaluations": res.evals,
-            "monitor": res.monitor, "batch": ", ".join(f"{k} {v}" for k, v in res.batch.items()), **counts,
-            "train_tiles": res.n_train_tiles, "seconds": round(res.seconds, 1),
-            "test_auc": float(auc.get("test", np.nan)), "device": accelerator.describe(),
-            "metrics": md_table(metrics), "model_path": dg.MetadataValue.path(str(directory / "model.keras")),
-            **figure_file(plot_training_curve(res.history), cfg.output_root / "figures" / "training_curves" / cohort
-                          / trait / f"{round_name}.png", "training_curve", cfg.output_root),
-        })
+        return dg.MaterializeResult(
+            data_version=file_version(directory / "model.keras"),
+            metadata={
+                "best_val_slide_auc": res.best_val_auc,
+                "best_evaluation": res.best_eval,
+                "evaluations": res.evals,
+                "monitor": res.monitor,
+                "batch": ", ".join(f"{k} {v}" for k, v in res.batch.items()),
+                **counts,
+                "train_tiles": res.n_train_tiles,
+                "seconds": round(res.seconds, 1),
+                "test_auc": float(auc.get("test", np.nan)),
+                "device": accelerator.describe(),
+                "metrics": md_table(metrics),
+                "model_path": dg.MetadataValue.path(str(directory / "model.keras")),
+                **figure_file(
+                    plot_training_curve(res.history),
+                    cfg.output_root / "figures" / "training_curves" / cohort / trait / f"{round_name}.png",
+                    "training_curve",
+                    cfg.output_root,
+                ),
+            },
+        )
 
     @dg.asset(
-        partitions_def=targets(cfg), group_name="models", kinds={"pandas", "parquet"},
+        partitions_def=targets(cfg),
+        group_name="models",
+        kinds={"pandas", "parquet"},
         code_version=code_version(cfg.ensemble),
         deps=[dg.AssetDep(trait_model, partition_mapping=dg.MultiToSingleDimensionPartitionMapping("target"))],
         description="Ensemble per trait (SPEC 3.6): the 3 of 5 rounds with the best validation AUC; a tile is "
@@ -144,8 +219,11 @@ def build(cfg: PathomchConfig, labels_asset, splits_asset):
         metrics = round_metrics[round_metrics["eval_set"] == "val"]
         val_auc = dict(zip(metrics["model"], metrics["auc"]))
         status = store.read("model_rounds", "cohort = ? AND trait = ?", [cohort, trait])
-        excluded = {r.model: r.reason for r in status.itertuples() if r.status == "excluded" and r.model in rounds
-                    and r.model not in val_auc}
+        excluded = {
+            r.model: r.reason
+            for r in status.itertuples()
+            if r.status == "excluded" and r.model in rounds and r.model not in val_auc
+        }
         missing = [m for m in rounds if m not in val_auc and m not in excluded]
         if missing:
             raise dg.Failure(f"{target}: no trained model for {missing}; materialize trait_model for them first")
@@ -161,8 +239,10 @@ def build(cfg: PathomchConfig, labels_asset, splits_asset):
         base = frames[0][["slide_id", "col", "row"]]
         for f in frames[1:]:
             if not f[["slide_id", "col", "row"]].equals(base):
-                raise dg.Failure(f"{target}: tile predictions of {members} cover different tiles; re-run trait_model "
-                                 f"for every round after re-tiling")
+                raise dg.Failure(
+                    f"{target}: tile predictions of {members} cover different tiles; re-run trait_model "
+                    f"for every round after re-tiling"
+                )
         probs = np.stack([f["p"].to_numpy() for f in frames])
         calls = ensemble_calls(probs, cfg.ensemble.threshold, cfg.ensemble.min_votes)
         slides = training_slides(store, cohort)
@@ -172,19 +252,34 @@ def build(cfg: PathomchConfig, labels_asset, splits_asset):
         m = metrics_rows(scores[["patient_id", "score"]], evaluation_sets(labels, splits, None))
         store.write("model_metrics", f"{target}/ensemble", m.assign(cohort=cohort, trait=trait, model="ensemble"))
         store.ensure_views()
-        spec = json.dumps({"members": members, "val_auc": val_auc, "excluded": excluded,
-                           "min_votes": cfg.ensemble.min_votes, "threshold": cfg.ensemble.threshold}, indent=1)
+        spec = json.dumps(
+            {
+                "members": members,
+                "val_auc": val_auc,
+                "excluded": excluded,
+                "min_votes": cfg.ensemble.min_votes,
+                "threshold": cfg.ensemble.threshold,
+            },
+            indent=1,
+        )
         with atomic_path(cfg.models_dir / cohort / trait / "ensemble.json") as tmp:
             tmp.write_text(spec)
         auc = dict(zip(m["eval_set"], m["auc"]))
         # the members and what they predict: a retrained member changes it, a re-run on the same models does not
-        return dg.MaterializeResult(data_version=data_version(spec, probs.tobytes()), metadata={
-            "members": ", ".join(members), "test_auc": float(auc.get("test", np.nan)),
-            "ood_near_auc": float(auc.get("ood_near", np.nan)), "ood_all_auc": float(auc.get("ood_all", np.nan)),
-            "metrics": md_table(m), "slides_scored": len(scores), "usable_rounds": len(usable),
-            "excluded_rounds": "; ".join(f"{k}: {v}" for k, v in excluded.items()) or "none",
-            "rounds_mean_and_range": md_table(summary[["eval_set", "auc", "auc_min", "auc_max", "n_models"]]),
-        })
+        return dg.MaterializeResult(
+            data_version=data_version(spec, probs.tobytes()),
+            metadata={
+                "members": ", ".join(members),
+                "test_auc": float(auc.get("test", np.nan)),
+                "ood_near_auc": float(auc.get("ood_near", np.nan)),
+                "ood_all_auc": float(auc.get("ood_all", np.nan)),
+                "metrics": md_table(m),
+                "slides_scored": len(scores),
+                "usable_rounds": len(usable),
+                "excluded_rounds": "; ".join(f"{k}: {v}" for k, v in excluded.items()) or "none",
+                "rounds_mean_and_range": md_table(summary[["eval_set", "auc", "auc_min", "auc_max", "n_models"]]),
+            },
+        )
 
     return trait_model, ensemble
 
@@ -197,9 +292,14 @@ def model_deps(trait_model_asset, ensemble_asset) -> list[dg.AssetDep]:
 
 def build_evaluation(cfg: PathomchConfig, slide_predictions_asset, trait_model_asset, ensemble_asset):
     @dg.asset(
-        partitions_def=cohorts(cfg), group_name="models", kinds={"pandas", "parquet"},
+        partitions_def=cohorts(cfg),
+        group_name="models",
+        kinds={"pandas", "parquet"},
         code_version=code_version(cfg.labels, cfg.ensemble),
-        deps=[dg.AssetDep(slide_predictions_asset, partition_mapping=ALL), *model_deps(trait_model_asset, ensemble_asset)],
+        deps=[
+            dg.AssetDep(slide_predictions_asset, partition_mapping=ALL),
+            *model_deps(trait_model_asset, ensemble_asset),
+        ],
         automation_condition=refresh_on_new_slides(),
         description="Per cohort: the paper's Table 1 (slide-level AUC: test mean of the trained rounds with its "
         "min-max range, test ensemble, OOD-near and OOD-all ensemble; rounds excluded for a missing class are "
@@ -219,12 +319,16 @@ def build_evaluation(cfg: PathomchConfig, slide_predictions_asset, trait_model_a
         store.write("correlations", cohort, corr)
         store.ensure_views()
         fig = plot_score_boxes(scores, labels, splits, cfg.cohorts[cohort].traits)
-        return dg.MaterializeResult(metadata={
-            "table_1": md_table(table1, floatfmt=".2f"),
-            "excluded_rounds": md_table(status[["trait", "model", "reason"]]) if len(status) else "none",
-            **figure_file(fig, cfg.output_root / "figures" / f"{cohort}_figure_2_scores.png", "figure_2", cfg.output_root),
-            "correlations": md_table(corr[["trait", "eval_set", "spearman_rho", "p_value", "fdr", "n_slides"]]),
-        })
+        return dg.MaterializeResult(
+            metadata={
+                "table_1": md_table(table1, floatfmt=".2f"),
+                "excluded_rounds": md_table(status[["trait", "model", "reason"]]) if len(status) else "none",
+                **figure_file(
+                    fig, cfg.output_root / "figures" / f"{cohort}_figure_2_scores.png", "figure_2", cfg.output_root
+                ),
+                "correlations": md_table(corr[["trait", "eval_set", "spearman_rho", "p_value", "fdr", "n_slides"]]),
+            }
+        )
 
     return model_evaluation
 
@@ -238,10 +342,16 @@ def table_one(metrics: pd.DataFrame, traits: list[str]) -> pd.DataFrame:
         test = rounds_summary(m).set_index("eval_set")
         ens = m[m["model"] == "ensemble"].set_index("eval_set")["auc"]
         has = "test" in test.index
-        rows.append({"trait": trait, "test (mean of runs)": test.at["test", "auc"] if has else np.nan,
-                     "min": test.at["test", "auc_min"] if has else np.nan,
-                     "max": test.at["test", "auc_max"] if has else np.nan,
-                     "runs": int(test.at["test", "n_models"]) if has else 0, "test (ensemble)": ens.get("test", np.nan),
-                     "OOD-near (ensemble)": ens.get("ood_near", np.nan),
-                     "OOD-all (ensemble)": ens.get("ood_all", np.nan)})
+        rows.append(
+            {
+                "trait": trait,
+                "test (mean of runs)": test.at["test", "auc"] if has else np.nan,
+                "min": test.at["test", "auc_min"] if has else np.nan,
+                "max": test.at["test", "auc_max"] if has else np.nan,
+                "runs": int(test.at["test", "n_models"]) if has else 0,
+                "test (ensemble)": ens.get("test", np.nan),
+                "OOD-near (ensemble)": ens.get("ood_near", np.nan),
+                "OOD-all (ensemble)": ens.get("ood_all", np.nan),
+            }
+        )
     return pd.DataFrame(rows)

@@ -1,6 +1,5 @@
 """Expression, labels, splits and clinical data per cohort (SPEC 2, 3.1-3.2)."""
 
-
 import dagster as dg
 import pandas as pd
 
@@ -30,11 +29,15 @@ def survival_slides(store, cohort: str) -> pd.DataFrame:
 def build(cfg: PathomchConfig):
     part = cohorts(cfg)
 
-    @dg.asset(partitions_def=part, group_name="molecular", kinds={"pandas", "parquet"},
-              deps=[dg.AssetDep(slide_tiles, partition_mapping=ALL)],
-              description="Per-patient expression of each configured trait, streamed from the PanCanAtlas "
-              "mRNA TSV and miRNA CSV: primary-tumour aliquots only, several aliquots averaged, "
-              "patients with a usable slide only. Writes the `expression` table.")
+    @dg.asset(
+        partitions_def=part,
+        group_name="molecular",
+        kinds={"pandas", "parquet"},
+        deps=[dg.AssetDep(slide_tiles, partition_mapping=ALL)],
+        description="Per-patient expression of each configured trait, streamed from the PanCanAtlas "
+        "mRNA TSV and miRNA CSV: primary-tumour aliquots only, several aliquots averaged, "
+        "patients with a usable slide only. Writes the `expression` table.",
+    )
     def expression(context: dg.AssetExecutionContext, pathomch: PathomchResource) -> dg.MaterializeResult:
         cfg, store = pathomch.get_config(), pathomch.get_store()
         cohort = context.partition_key
@@ -45,41 +48,73 @@ def build(cfg: PathomchConfig):
         df = read_traits(c.traits, c.mrna, c.mirna, patients)
         df.insert(0, "cohort", cohort)
         store.write("expression", cohort, df)
-        summary = df.groupby("trait").agg(patients=("value", "size"), missing=("value", lambda v: int(v.isna().sum())),
-                                          median=("value", "median")).reset_index()
+        summary = (
+            df.groupby("trait")
+            .agg(
+                patients=("value", "size"), missing=("value", lambda v: int(v.isna().sum())), median=("value", "median")
+            )
+            .reset_index()
+        )
         no_expr = sorted(patients - set(df["patient_id"]))
         if no_expr:
-            context.log.warning(f"{len(no_expr)} patients with slides have no primary-tumour expression: {no_expr[:10]}")
-        return dg.MaterializeResult(metadata={"dagster/row_count": len(df), "patients_with_slides": len(patients),
-                                              "patients_without_expression": len(no_expr), "traits": md_table(summary)})
+            context.log.warning(
+                f"{len(no_expr)} patients with slides have no primary-tumour expression: {no_expr[:10]}"
+            )
+        return dg.MaterializeResult(
+            metadata={
+                "dagster/row_count": len(df),
+                "patients_with_slides": len(patients),
+                "patients_without_expression": len(no_expr),
+                "traits": md_table(summary),
+            }
+        )
 
-    @dg.asset(partitions_def=part, group_name="molecular", kinds={"pandas", "parquet"}, deps=[expression, "splits"],
-              description="Labels per trait (SPEC 3.2): above the high percentile = 1, below the low = 0; "
-              "the middle is out of distribution (ood_all, ood_near) with above/below-median truth. "
-              "Writes the `labels` table.")
+    @dg.asset(
+        partitions_def=part,
+        group_name="molecular",
+        kinds={"pandas", "parquet"},
+        deps=[expression, "splits"],
+        description="Labels per trait (SPEC 3.2): above the high percentile = 1, below the low = 0; "
+        "the middle is out of distribution (ood_all, ood_near) with above/below-median truth. "
+        "Writes the `labels` table.",
+    )
     def labels(context: dg.AssetExecutionContext, pathomch: PathomchResource) -> dg.MaterializeResult:
         cfg, store = pathomch.get_config(), pathomch.get_store()
         cohort = context.partition_key
         expr = store.read("expression", "cohort = ?", [cohort]).dropna(subset=["value"])
-        lab = label_table(expr, cohort, cfg.labels.low_percentile, cfg.labels.high_percentile, cfg.labels.ood_near_width)
+        lab = label_table(
+            expr, cohort, cfg.labels.low_percentile, cfg.labels.high_percentile, cfg.labels.ood_near_width
+        )
         store.write("labels", cohort, lab)
         slides = training_slides(store, cohort)
         per_split = split_counts(store.read("splits", "cohort = ?", [cohort]), slides, lab)
         store.write("split_counts", f"{cohort}/labeled", per_split.assign(cohort=cohort))
-        counts = lab.pivot_table(index="trait", columns=["subset", "label"], values="patient_id", aggfunc="count",
-                                 fill_value=0)
-        counts.columns = [f"{s} {'high' if l else 'low'}" if s == "labeled" else f"{s} {'>' if l else '<='}median"
-                          for s, l in counts.columns]
-        return dg.MaterializeResult(metadata={
-            "dagster/row_count": len(lab), "label_counts": md_table(counts.reset_index()),
-            "labelled_per_split": md_table(labelled_wide(per_split[per_split["round"] == 0])),
-            "slides": len(slides), "patients_with_slides": int(slides["patient_id"].nunique())})
+        counts = lab.pivot_table(
+            index="trait", columns=["subset", "label"], values="patient_id", aggfunc="count", fill_value=0
+        )
+        counts.columns = [
+            f"{s} {'high' if hi else 'low'}" if s == "labeled" else f"{s} {'>' if hi else '<='}median"
+            for s, hi in counts.columns
+        ]
+        return dg.MaterializeResult(
+            metadata={
+                "dagster/row_count": len(lab),
+                "label_counts": md_table(counts.reset_index()),
+                "labelled_per_split": md_table(labelled_wide(per_split[per_split["round"] == 0])),
+                "slides": len(slides),
+                "patients_with_slides": int(slides["patient_id"].nunique()),
+            }
+        )
 
-    @dg.asset(partitions_def=part, group_name="molecular", kinds={"pandas", "parquet"},
-              deps=[dg.AssetDep(slide_tiles, partition_mapping=ALL)],
-              description="Subject-level splits (SPEC 3.1): a held-out test set shared by every trait and "
-              "round, and per round a train/validation split, each a hash of (seed, patient): frozen, so "
-              "new slides never move an existing patient. Writes the `splits` table.")
+    @dg.asset(
+        partitions_def=part,
+        group_name="molecular",
+        kinds={"pandas", "parquet"},
+        deps=[dg.AssetDep(slide_tiles, partition_mapping=ALL)],
+        description="Subject-level splits (SPEC 3.1): a held-out test set shared by every trait and "
+        "round, and per round a train/validation split, each a hash of (seed, patient): frozen, so "
+        "new slides never move an existing patient. Writes the `splits` table.",
+    )
     def splits(context: dg.AssetExecutionContext, pathomch: PathomchResource) -> dg.MaterializeResult:
         cfg, store = pathomch.get_config(), pathomch.get_store()
         cohort = context.partition_key
@@ -93,17 +128,28 @@ def build(cfg: PathomchConfig):
             raise dg.Failure(
                 f"cohort {cohort}: the configured seed/fractions would move {moved['patient_id'].nunique()} patients "
                 f"between splits, but splits are frozen. Restore the settings, or delete "
-                f"{store.tables_dir / 'splits'} on purpose to re-split (trained models then no longer match).")
+                f"{store.tables_dir / 'splits'} on purpose to re-split (trained models then no longer match)."
+            )
         new.insert(0, "cohort", cohort)
         store.write("splits", cohort, new)
         counts = split_counts(new, slides)
         store.write("split_counts", f"{cohort}/all", counts.assign(cohort=cohort))
-        return dg.MaterializeResult(metadata={"dagster/row_count": len(new), "patients": int(patients.nunique()),
-                                              "slides": len(slides), "split_counts": md_table(counts_wide(counts))})
+        return dg.MaterializeResult(
+            metadata={
+                "dagster/row_count": len(new),
+                "patients": int(patients.nunique()),
+                "slides": len(slides),
+                "split_counts": md_table(counts_wide(counts)),
+            }
+        )
 
-    @dg.asset(partitions_def=part, group_name="molecular", kinds={"pandas", "parquet"},
-              description="Overall survival, ER status and subtype per patient from the cBioPortal clinical "
-              "patient table; rows with missing or negative times are left out and listed.")
+    @dg.asset(
+        partitions_def=part,
+        group_name="molecular",
+        kinds={"pandas", "parquet"},
+        description="Overall survival, ER status and subtype per patient from the cBioPortal clinical "
+        "patient table; rows with missing or negative times are left out and listed.",
+    )
     def clinical(context: dg.AssetExecutionContext, pathomch: PathomchResource) -> dg.MaterializeResult:
         cfg, store = pathomch.get_config(), pathomch.get_store()
         cohort = context.partition_key
@@ -116,16 +162,22 @@ def build(cfg: PathomchConfig):
             context.log.warning(p)
         df = tab.patients.assign(cohort=cohort)
         store.write("clinical", cohort, df)
-        return dg.MaterializeResult(metadata={"dagster/row_count": len(df), "events": int(df["os_event"].sum()),
-                                              "rows_left_out": len(tab.problems)})
+        return dg.MaterializeResult(
+            metadata={
+                "dagster/row_count": len(df),
+                "events": int(df["os_event"].sum()),
+                "rows_left_out": len(tab.problems),
+            }
+        )
 
     return [expression, labels, splits, clinical]
 
 
 def counts_wide(counts: pd.DataFrame) -> pd.DataFrame:
     """``split_counts`` rows as a table per round: ``<split> patients`` and ``<split> slides``."""
-    wide = counts.pivot_table(index="round", columns="split", values=["n_patients", "n_slides"], aggfunc="sum",
-                              fill_value=0)
+    wide = counts.pivot_table(
+        index="round", columns="split", values=["n_patients", "n_slides"], aggfunc="sum", fill_value=0
+    )
     wide.columns = [f"{split} {'patients' if v == 'n_patients' else 'slides'}" for v, split in wide.columns]
     return wide[sorted(wide.columns, key=lambda c: (["train", "val", "test"].index(c.split()[0]), c))].reset_index()
 
@@ -135,7 +187,8 @@ def labelled_wide(counts: pd.DataFrame) -> pd.DataFrame:
     if counts.empty:
         return pd.DataFrame(columns=["trait", "split"])
     c = counts.assign(cls=counts["label"].map({0: "low", 1: "high"}))
-    wide = c.pivot_table(index=["trait", "split"], columns="cls", values=["n_patients", "n_slides"], aggfunc="sum",
-                         fill_value=0)
+    wide = c.pivot_table(
+        index=["trait", "split"], columns="cls", values=["n_patients", "n_slides"], aggfunc="sum", fill_value=0
+    )
     wide.columns = [f"{cls} {'patients' if v == 'n_patients' else 'slides'}" for v, cls in wide.columns]
     return wide.reset_index()

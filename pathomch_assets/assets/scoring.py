@@ -12,8 +12,8 @@ from ..partitions import SLIDES, by_cohort
 from ..resources import AcceleratorResource, PathomchResource
 from ..storage import atomic_path, local_copy, read_parquet, safe_stem, tile_file
 from ..training import load_model, model_dir, predict_files
-from .ingest import slide_tiles
 from ..versions import code_version
+from .ingest import slide_tiles
 from .models import model_deps, predictions_path, tile_positions
 
 ALL = dg.AllPartitionMapping()
@@ -56,15 +56,19 @@ class MemberModels:
 
 def build(cfg: PathomchConfig, trait_model_asset, ensemble_asset):
     @dg.asset(
-        partitions_def=SLIDES, backfill_policy=dg.BackfillPolicy.single_run(), group_name="models",
-        kinds={"tensorflow", "parquet"}, code_version=code_version(cfg.ensemble, cfg.training.input_px),
+        partitions_def=SLIDES,
+        backfill_policy=dg.BackfillPolicy.single_run(),
+        group_name="models",
+        kinds={"tensorflow", "parquet"},
+        code_version=code_version(cfg.ensemble, cfg.training.input_px),
         deps=[*model_deps(trait_model_asset, ensemble_asset), slide_tiles],
         description="Per slide: ensemble tile calls of every trait (2 of 3 members) and the `ensemble` rows of "
         "`slide_scores`. Slides the members already scored reuse their stored predictions; slides that arrived "
         "after training are scored by the existing ensemble models, never retrained.",
     )
-    def slide_predictions(context: dg.AssetExecutionContext, pathomch: PathomchResource,
-                          accelerator: AcceleratorResource) -> dg.MaterializeResult:
+    def slide_predictions(
+        context: dg.AssetExecutionContext, pathomch: PathomchResource, accelerator: AcceleratorResource
+    ) -> dg.MaterializeResult:
         cfg, store = pathomch.get_config(), pathomch.get_store()
         scored, new, skipped = 0, 0, 0
         for cohort, sids in by_cohort(context.partition_keys).items():
@@ -84,11 +88,25 @@ def build(cfg: PathomchConfig, trait_model_asset, ensemble_asset):
                     probs, ran = members.probabilities(trait, sid, len(pos))
                     ran_any |= ran
                     calls = ensemble_calls(probs, cfg.ensemble.threshold, cfg.ensemble.min_votes)
-                    frames.append(pos.assign(trait=trait, call=calls,
-                                             votes=(probs >= cfg.ensemble.threshold).sum(axis=0),
-                                             p=probs.mean(axis=0)))  # soft calls for the robust HTI
-                    rows.append({"cohort": cohort, "trait": trait, "model": "ensemble", "slide_id": sid,
-                                 "score": 100.0 * calls.mean(), "n_tiles": len(pos), "patient_id": sid[:12]})
+                    frames.append(
+                        pos.assign(
+                            trait=trait,
+                            call=calls,
+                            votes=(probs >= cfg.ensemble.threshold).sum(axis=0),
+                            p=probs.mean(axis=0),
+                        )
+                    )  # soft calls for the robust HTI
+                    rows.append(
+                        {
+                            "cohort": cohort,
+                            "trait": trait,
+                            "model": "ensemble",
+                            "slide_id": sid,
+                            "score": 100.0 * calls.mean(),
+                            "n_tiles": len(pos),
+                            "patient_id": sid[:12],
+                        }
+                    )
                 with atomic_path(slide_calls_path(cfg, cohort, sid)) as tmp:
                     pd.concat(frames, ignore_index=True).to_parquet(tmp, index=False)
                 store.write("slide_scores", key, pd.DataFrame(rows))
@@ -97,7 +115,8 @@ def build(cfg: PathomchConfig, trait_model_asset, ensemble_asset):
                 if ran_any:
                     context.log.info(f"{key}: scored with the existing ensemble models (not seen in training)")
         store.ensure_views()
-        return dg.MaterializeResult(metadata={"slides_scored": scored, "scored_by_running_models": new,
-                                              "slides_without_tiles": skipped})
+        return dg.MaterializeResult(
+            metadata={"slides_scored": scored, "scored_by_running_models": new, "slides_without_tiles": skipped}
+        )
 
     return slide_predictions
