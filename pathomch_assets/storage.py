@@ -24,7 +24,6 @@ import urllib.parse
 from pathlib import Path, PurePath
 
 import duckdb
-import numpy as np
 import pandas as pd
 
 # --------------------------------------------------------------------------- schemas
@@ -292,89 +291,8 @@ def partition_filename(partition_key: str) -> str:
 
 
 # --------------------------------------------------------------------------- tile store
-class TileWriter:
-    """Write JPEG tiles of one slide into a TFRecord file, atomically.
-
-    Each record is a ``tf.train.Example`` with ``image`` (JPEG bytes), ``col`` and ``row``.
-    The file appears under its final name only when the writer closes without error.
-    """
-
-    def __init__(self, path: str | Path, quality: int = 90):
-        self.path, self.quality = as_path(path), quality
-        self._ctx = atomic_path(self.path)
-        self._aborted = False
-
-    def __enter__(self):
-        import tensorflow as tf
-
-        self._tf = tf
-        self._tmp = self._ctx.__enter__()
-        self._writer = tf.io.TFRecordWriter(str(self._tmp))
-        return self
-
-    def write(self, rgb: np.ndarray, col: int, row: int) -> None:
-        import imagecodecs
-
-        self.write_jpeg(bytes(imagecodecs.jpeg8_encode(np.ascontiguousarray(rgb), level=self.quality)), col, row)
-
-    def write_jpeg(self, jpeg: bytes, col: int, row: int) -> None:
-        tf = self._tf
-        ex = tf.train.Example(
-            features=tf.train.Features(
-                feature={
-                    "image": tf.train.Feature(bytes_list=tf.train.BytesList(value=[bytes(jpeg)])),
-                    "col": tf.train.Feature(int64_list=tf.train.Int64List(value=[int(col)])),
-                    "row": tf.train.Feature(int64_list=tf.train.Int64List(value=[int(row)])),
-                }
-            )
-        )
-        self._writer.write(ex.SerializeToString())
-
-    def abort(self) -> None:
-        """Do not publish the file (e.g. a slide with no tissue)."""
-        self._aborted = True
-
-    def __exit__(self, exc_type, exc, tb):
-        self._writer.close()
-        if exc_type is None and self._aborted:
-            self.path.unlink(missing_ok=True)  # a stale file from an earlier run must not survive
-            abort = _Aborted()
-            return self._ctx.__exit__(_Aborted, abort, None)  # removes the temporary file
-        return self._ctx.__exit__(exc_type, exc, tb)
-
-
-class _Aborted(Exception):
-    pass
-
-
-def tile_file(tiles_dir, cohort: str, slide_id: str) -> Path:
-    return as_path(tiles_dir) / cohort / f"{safe_stem(slide_id)}.tfrecord"
-
-
-def parse_tile_record(serialized):
-    """``tf.data`` map function: record -> (uint8 image, col, row)."""
-    import tensorflow as tf
-
-    spec = {
-        "image": tf.io.FixedLenFeature([], tf.string),
-        "col": tf.io.FixedLenFeature([], tf.int64),
-        "row": tf.io.FixedLenFeature([], tf.int64),
-    }
-    ex = tf.io.parse_single_example(serialized, spec)
-    return tf.io.decode_jpeg(ex["image"], channels=3), ex["col"], ex["row"]
-
-
-def read_tiles(path: str | Path) -> tuple[np.ndarray, np.ndarray]:
-    """All tiles of one slide as ``(images N x H x W x 3, positions N x 2 [col, row])``."""
-    import tensorflow as tf
-
-    images, pos = [], []
-    for img, col, row in tf.data.TFRecordDataset(local_copy(path)).map(parse_tile_record):
-        images.append(img.numpy())
-        pos.append((int(col), int(row)))
-    if not images:
-        return np.zeros((0, 0, 0, 3), np.uint8), np.zeros((0, 2), int)
-    return np.stack(images), np.asarray(pos)
+# moved to .tilestore (no TensorFlow, no DuckDB, no pandas: the tiling worker imports it); kept importable from here
+from .tilestore import TileWriter, parse_tile_record, read_tiles, tile_file  # noqa: E402, F401
 
 
 # --------------------------------------------------------------------------- tables

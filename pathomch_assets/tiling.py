@@ -1,9 +1,11 @@
 """Tiling (SPEC 3.3): non-overlapping tiles at the target magnification, background dropped.
 
 A slide is read from the pyramid level closest to (not below) the target magnification, a
-row band of tiles per ``read_region`` call, so no whole level is ever held in memory.  Tiles
-are JPEG-encoded into one TFRecord file per slide (fast ``tf.data`` input, see
-:mod:`pathomch_assets.storage`).  A slide that fails is reported in the result, never raised
+row band of tiles at a time, so no whole level is ever held in memory.  Where that level is 2, 4
+or 8 times the target (TCGA's 40x slides have no 20x level) its JPEG tiles are decoded at that
+scale in the DCT domain (``tiling.scaled_decode``).  Tiles are JPEG-encoded into one TFRecord
+file per slide (fast ``tf.data`` input), written without TensorFlow (:mod:`pathomch_assets.tilestore`):
+a tiling worker never loads it.  A slide that fails is reported in the result, never raised
 past :func:`tile_slide`, so one bad slide never stops the others.  Worker processes exit
 with their parent (a ``kill -9`` of the pipeline leaves no tiler running).
 """
@@ -37,6 +39,7 @@ class TilingParams:
     magnification_tolerance: float = 0.05
     threads: int = 1  # per slide; not part of the digest (results do not depend on it)
     reader: str = "auto"  # auto: a matching tiled TIFF page is decoded directly; openslide: always read_region
+    scaled_decode: bool = True  # JPEG tiles decoded at 1/2, 1/4, 1/8 in the DCT domain where the level allows it
 
     def digest(self) -> str:
         """Short hash of the settings: tiles made with other settings are not reused."""
@@ -45,6 +48,8 @@ class TilingParams:
         from dataclasses import asdict
 
         settings = {k: v for k, v in asdict(self).items() if k not in ("threads", "reader")}  # same pixels
+        if not self.scaled_decode:  # the exact path: tiles made before the scaled decode existed are its tiles
+            del settings["scaled_decode"]
         return hashlib.sha1(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:12]
 
     @classmethod
@@ -59,6 +64,7 @@ class TilingParams:
             t.magnification_tolerance,
             t.threads_per_slide,
             t.reader,
+            t.scaled_decode,
         )
 
 
@@ -159,15 +165,22 @@ class TiffLevelReader:
     OpenSlide level (same size, integer downsample, tiled, 3 samples, contiguous), its tiles
     are decoded once with the codec tifffile picks; otherwise :meth:`open` returns None and
     the tiler reads through OpenSlide.
+
+    ``factor`` 2, 4 or 8 (JPEG pages only): each stored tile is decoded at ``1/factor`` scale in
+    the DCT domain (libjpeg-turbo through ``simplejpeg``), so a region comes back ``factor``
+    times smaller without ever being decoded whole; see :class:`ScaledJpeg`.
     """
 
-    def __init__(self, tif, page):
+    def __init__(self, tif, page, factor: int = 1):
         self.tif, self.page = tif, page
         self.decode = page.decode
         tif.filehandle.set_lock(True)  # row bands are read on threads
+        self.scaled = ScaledJpeg.for_page(page, factor) if factor > 1 else None
+        self.factor = factor if self.scaled is not None else 1
 
     @classmethod
-    def open(cls, path, info, level: int) -> TiffLevelReader | None:
+    def open(cls, path, info, level: int, factor: int = 1) -> TiffLevelReader | None:
+        """A reader of ``level``, or None; ``reader.factor`` says whether the scaled decode was possible."""
         import tifffile
 
         down = info.level_downsamples[level]
@@ -187,22 +200,33 @@ class TiffLevelReader:
                 and page.planarconfig == 1
                 and page.bitspersample == 8
             ):
-                return cls(tif, page)
+                return cls(tif, page, factor)
         tif.close()
         return None
 
-    def read(self, x: int, y: int, width: int, height: int) -> np.ndarray:
-        """``height x width x 3`` uint8 pixels at level coordinates ``(x, y)``."""
+    def _segments(self, x: int, y: int, width: int, height: int):
+        """Stored tiles covering the region: ``(first tile column, first tile row, [(data, index), ...])``."""
         p = self.page
         tw, th = p.tilewidth, p.tilelength
         across = -(-p.imagewidth // tw)
         tx0, tx1, ty0, ty1 = x // tw, (x + width - 1) // tw, y // th, (y + height - 1) // th
         index = [ty * across + tx for ty in range(ty0, ty1 + 1) for tx in range(tx0, tx1 + 1)]
-        out = np.empty(((ty1 - ty0 + 1) * th, (tx1 - tx0 + 1) * tw, 3), np.uint8)
         fh = self.tif.filehandle
-        for data, i in fh.read_segments(
+        segments = fh.read_segments(
             [p.dataoffsets[i] for i in index], [p.databytecounts[i] for i in index], indices=index, lock=fh.lock
-        ):
+        )
+        return tx0, ty0, tx1 - tx0 + 1, ty1 - ty0 + 1, segments
+
+    def read(self, x: int, y: int, width: int, height: int) -> np.ndarray:
+        """``height x width x 3`` uint8 pixels at level coordinates ``(x, y)``; with ``factor`` > 1,
+        ``height / factor x width / factor`` (``x``, ``y``, ``width``, ``height`` multiples of it)."""
+        if self.scaled is not None:
+            return self._read_scaled(x, y, width, height)
+        p = self.page
+        tw, th = p.tilewidth, p.tilelength
+        tx0, ty0, nx, ny, segments = self._segments(x, y, width, height)
+        out = np.empty((ny * th, nx * tw, 3), np.uint8)
+        for data, i in segments:
             seg, (_, _, sy, sx, _), _ = self.decode(data, i, jpegtables=p.jpegtables, jpegheader=p.jpegheader)
             if seg is None:
                 raise ValueError(f"tile {i} of page {p.index} has no data")
@@ -211,8 +235,143 @@ class TiffLevelReader:
         oy, ox = y - ty0 * th, x - tx0 * tw
         return out[oy : oy + height, ox : ox + width]
 
+    def _read_scaled(self, x: int, y: int, width: int, height: int) -> np.ndarray:
+        p, f = self.page, self.factor
+        if (x | y | width | height) % f:
+            raise ValueError(f"region {x}, {y}, {width} x {height} is not a multiple of the decode factor {f}")
+        across = -(-p.imagewidth // p.tilewidth)
+        tw, th = p.tilewidth // f, p.tilelength // f
+        tx0, ty0, nx, ny, segments = self._segments(x, y, width, height)
+        out = np.empty((ny * th, nx * tw, 3), np.uint8)
+        for data, i in segments:
+            if not data:
+                raise ValueError(f"tile {i} of page {p.index} has no data")
+            oy, ox = (i // across - ty0) * th, (i % across - tx0) * tw
+            out[oy : oy + th, ox : ox + tw] = self.scaled.decode(data)
+        oy, ox = (y - ty0 * p.tilelength) // f, (x - tx0 * p.tilewidth) // f
+        return out[oy : oy + height // f, ox : ox + width // f]
+
     def close(self) -> None:
         self.tif.close()
+
+
+class ScaledJpeg:
+    """Decode a TIFF page's JPEG tiles at ``1/factor`` scale (libjpeg-turbo's DCT scaling).
+
+    libjpeg-turbo computes a 1/2, 1/4 or 1/8 size image straight from the DCT coefficients (a
+    reduced inverse DCT), skipping most of the work of a full decode and the resampling after it.
+    TIFF JPEG tiles are often abbreviated streams whose tables are in the ``JPEGTables`` tag: the
+    tables are spliced into every tile (as tifffile and imagecodecs do).  The colour space is the
+    TIFF's ``Photometric`` (RGB or YCbCr), as OpenSlide decodes it; libjpeg guesses it from JFIF /
+    Adobe markers and component ids instead, so when its guess would differ an Adobe marker with
+    the right transform is inserted, and where that cannot decide it (a JFIF marker on RGB data)
+    :meth:`for_page` returns None and the exact path is used.
+    """
+
+    def __init__(self, prefix: bytes, tile_w: int, tile_h: int, factor: int):
+        import simplejpeg
+
+        self._decode = simplejpeg.decode_jpeg
+        self.prefix, self.factor = prefix, factor
+        self.shape = (tile_h // factor, tile_w // factor, 3)
+
+    @classmethod
+    def for_page(cls, page, factor: int) -> ScaledJpeg | None:
+        """The decoder for ``page``, or None when this page is decoded exactly."""
+        if factor not in (2, 4, 8) or page.compression != 7 or page.jpegheader is not None:
+            return None
+        if page.tilewidth % factor or page.tilelength % factor or page.photometric not in (2, 6):
+            return None
+        try:
+            import simplejpeg  # noqa: F401
+        except ImportError:
+            return None
+        tables = bytes(page.jpegtables or b"")
+        if tables and not (tables.startswith(b"\xff\xd8") and tables.endswith(b"\xff\xd9")):
+            return None
+        body = tables[2:-2]  # DQT / DHT segments without SOI and EOI
+        first = next((i for i, n in enumerate(page.databytecounts) if n), None)
+        if first is None:
+            return None
+        fh = page.parent.filehandle
+        with fh.lock:
+            fh.seek(page.dataoffsets[first])
+            tile = fh.read(page.databytecounts[first])
+        want = "RGB" if page.photometric == 2 else "YCbCr"
+        markers = jpeg_colour_markers(body + tile[2:])
+        if markers is None:
+            return None
+        jfif, adobe, ids = markers
+        if jpeg_colour_space(jfif, adobe, ids) == want:
+            prefix = b"\xff\xd8" + body
+        elif not jfif and adobe is None:  # libjpeg follows an Adobe marker when there is no JFIF marker
+            prefix = b"\xff\xd8" + adobe_marker(0 if want == "RGB" else 1) + body
+        else:
+            return None
+        return cls(prefix, page.tilewidth, page.tilelength, factor)
+
+    def decode(self, tile: bytes) -> np.ndarray:
+        h, w, _ = self.shape
+        out = self._decode(self.prefix + tile[2:], "RGB", min_height=h, min_width=w)
+        if out.shape != self.shape:
+            raise ValueError(f"JPEG tile decoded to {out.shape[:2]}, expected {self.shape[:2]}")
+        return out
+
+
+def adobe_marker(transform: int) -> bytes:
+    """An APP14 "Adobe" segment: transform 0 = RGB, 1 = YCbCr (for 3 components)."""
+    import struct
+
+    return b"\xff\xee" + struct.pack(">H5sHHHB", 14, b"Adobe", 100, 0, 0, transform)
+
+
+def jpeg_colour_markers(stream: bytes) -> tuple[bool, int | None, tuple[int, ...]] | None:
+    """(JFIF marker seen, Adobe transform or None, component ids of the frame) from the segments
+    before the first SOS, or None when the stream does not parse."""
+    import struct
+
+    jfif, adobe, ids, pos = False, None, (), 0
+    while pos + 4 <= len(stream):
+        if stream[pos] != 0xFF:
+            return None
+        marker = stream[pos + 1]
+        if marker in (0xD8, 0x01) or 0xD0 <= marker <= 0xD7:  # SOI, TEM, RSTn: no length
+            pos += 2
+            continue
+        if marker == 0xFF:  # fill byte
+            pos += 1
+            continue
+        (length,) = struct.unpack(">H", stream[pos + 2 : pos + 4])
+        seg = stream[pos + 4 : pos + 2 + length]
+        if marker == 0xE0 and seg.startswith(b"JFIF\x00"):
+            jfif = True
+        elif marker == 0xEE and seg.startswith(b"Adobe") and len(seg) >= 12:
+            adobe = seg[11]
+        elif marker in (0xC0, 0xC1, 0xC2, 0xC3, 0xC5, 0xC6, 0xC7, 0xC9, 0xCA, 0xCB, 0xCD, 0xCE, 0xCF):
+            ids = tuple(seg[6 + 3 * k] for k in range(seg[5]))
+        elif marker == 0xDA:  # SOS: entropy-coded data follows
+            return (jfif, adobe, ids) if ids else None
+        pos += 2 + length
+    return None
+
+
+def jpeg_colour_space(jfif: bool, adobe: int | None, ids: tuple[int, ...]) -> str | None:
+    """The colour space libjpeg(-turbo) assumes for a 3-component stream (jdapimin.c)."""
+    if len(ids) != 3:
+        return None
+    if jfif:
+        return "YCbCr"
+    if adobe is not None:
+        return "RGB" if adobe == 0 else "YCbCr"
+    return "RGB" if ids == (82, 71, 66) else "YCbCr"
+
+
+def decode_factor(choice: LevelChoice, params: TilingParams) -> int:
+    """2, 4 or 8 when a tile is exactly that many times smaller than its read at the level, else 1."""
+    for f in (2, 4, 8):
+        if choice.read_px == f * params.tile_px:
+            return f
+    return 1
 
 
 def _read_band(slide, reader, info, choice: LevelChoice, path, x: int, y: int, width: int, height: int):
@@ -247,8 +406,9 @@ def _tile_row(
         for c0 in range(start, start + length, BAND_TILES):
             n = min(BAND_TILES, start + length - c0)
             band = _read_band(slide, reader, info, choice, path, c0 * s, row * s, n * s, s)
-            tiles = band.reshape(s, n, s, 3).transpose(1, 0, 2, 3)
-            if s != params.tile_px:
+            px = band.shape[0]  # read_px, or tile_px when the reader decoded the level's JPEG tiles scaled
+            tiles = band.reshape(px, n, px, 3).transpose(1, 0, 2, 3)
+            if px != params.tile_px:
                 tiles = np.stack(
                     [
                         np.asarray(
@@ -320,7 +480,7 @@ def tile_slide(
     ``manifest_ref``: the slide's ``SlideRef`` when a GDC manifest lists it; its size and MD5 are checked
     here, in the worker (one streamed read, in parallel), before the slide is opened.
     """
-    from . import storage
+    from .tilestore import TileWriter
 
     t0 = time.perf_counter()
     res = SlideTilingResult(cohort, slide_id, str(path), status="ok")
@@ -350,10 +510,12 @@ def tile_slide(
             "level_magnification": choice.level_magnification,
             "read_px": choice.read_px,
         }
-        reader = TiffLevelReader.open(path, info, choice.level) if params.reader == "auto" else None
+        factor = decode_factor(choice, params) if params.scaled_decode else 1
+        reader = TiffLevelReader.open(path, info, choice.level, factor) if params.reader == "auto" else None
         res.info["reader"] = "tifffile" if reader is not None else "openslide"
+        res.info["decode_scale"] = 1 / reader.factor if reader is not None else 1.0
         records = []
-        with storage.TileWriter(out_file, params.jpeg_quality) as writer:
+        with TileWriter(out_file, params.jpeg_quality) as writer:
             for col, row, frac, jpeg in iter_tiles(slide, info, choice, params, path, thumb, params.threads, reader):
                 writer.write_jpeg(jpeg, col, row)
                 records.append((col, row, frac, len(records)))
@@ -368,8 +530,10 @@ def tile_slide(
     except Exception as err:  # SlideError, and anything else (OSError writing tiles, codec errors): this slide only
         res.status, res.error = "error", str(err) if isinstance(err, SlideError) else f"{path}: {_describe(err)}"
         res.tiles = res.tiles.iloc[0:0]
+        from .storage import as_path
+
         with contextlib.suppress(OSError):
-            storage.as_path(out_file).unlink(missing_ok=True)
+            as_path(out_file).unlink(missing_ok=True)
     finally:
         if slide is not None:
             slide.close()

@@ -115,11 +115,13 @@ def test_slide_with_no_tissue_is_reported(tmp_path):
     ],
 )
 def test_direct_tiff_reads_give_openslides_tiles_byte_for_byte(tmp_path, sources, style, params):
+    """The exact path (``scaled_decode`` off): OpenSlide's pixels, byte for byte."""
     import dataclasses
 
     p = plan(style, seed=3)
     path = tmp_path / "slide.svs"
     write_pyramid(path, compose_slide(p, sources, 2 if style == "aperio40_power" else 1), style)
+    params = dataclasses.replace(params, scaled_decode=False)
     direct = tile_slide("c", "s", path, tmp_path / "d.tfrecord", params)
     via_openslide = tile_slide("c", "s", path, tmp_path / "o.tfrecord", dataclasses.replace(params, reader="openslide"))
     assert (direct.info["reader"], via_openslide.info["reader"]) == ("tifffile", "openslide")
@@ -153,3 +155,102 @@ def test_direct_reads_match_openslide_on_real_slide_files(name):
             reader.close()
             checked += 1
     assert checked >= 1
+
+
+# --------------------------------------------------------------------------- DCT-domain scaled decoding
+#: stated tolerance of the scaled decode against the exact path (full decode + box resize), in grey levels
+#: over all channels of real tissue: mean absolute difference, and the share of values off by more than 8
+SCALED_MAD, SCALED_FAR, SCALED_FAR_SHARE = 1.0, 8, 0.001
+
+
+def exact_reduced(exact: np.ndarray, f: int) -> np.ndarray:
+    h, w = exact.shape[0] // f, exact.shape[1] // f
+    return np.asarray(Image.fromarray(np.ascontiguousarray(exact)).resize((w, h), Image.Resampling.BOX))
+
+
+def assert_within_tolerance(got: np.ndarray, want: np.ndarray) -> float:
+    diff = np.abs(got.astype(int) - want.astype(int))
+    assert diff.mean() <= SCALED_MAD, diff.mean()
+    assert (diff > SCALED_FAR).mean() <= SCALED_FAR_SHARE, np.percentile(diff, [99, 99.9, 100])
+    return float(diff.mean())
+
+
+@pytest.mark.parametrize("factor", [2, 4, 8])
+def test_scaled_decode_stays_within_tolerance_of_the_exact_path_on_real_tissue(tmp_path, sources, factor):
+    """A 40x Aperio-style SVS of real TCGA tissue (JPEG tiles): every level, decoded at 1/factor."""
+    import openslide
+
+    from pathomch_assets.slides import slide_info
+    from pathomch_assets.tiling import TiffLevelReader
+
+    path = tmp_path / "slide.svs"
+    write_pyramid(path, compose_slide(plan("aperio40_power", rows=4, cols=5, seed=3), sources, 2), "aperio40_power")
+    with openslide.OpenSlide(path) as slide:
+        info = slide_info(slide, path)
+    for level, (w, h) in enumerate(info.level_dimensions[:2]):
+        scaled, exact = TiffLevelReader.open(path, info, level, factor), TiffLevelReader.open(path, info, level)
+        assert (scaled.factor, exact.factor) == (factor, 1)
+        w, h = w // 256 * 256, h // 256 * 256
+        x, y = 256, 0  # a region that does not start at the first stored tile
+        got = scaled.read(x, y, w - x, h - y)
+        want = exact_reduced(exact.read(x, y, w - x, h - y), factor)
+        assert got.shape == want.shape == ((h - y) // factor, (w - x) // factor, 3)
+        tissue = np.min(want, axis=-1) <= 220
+        assert tissue.mean() > 0.3  # the comparison is on real tissue, not white
+        assert_within_tolerance(got[tissue], want[tissue])
+        scaled.close(), exact.close()
+
+
+def test_scaled_decode_of_a_real_aperio_file_matches_openslide():
+    """OpenSlide's own Aperio test file: abbreviated JPEG streams (tables in the JPEGTables tag), RGB
+    photometric with neither JFIF nor Adobe marker, which libjpeg alone would decode as YCbCr."""
+    import openslide
+    import tifffile
+
+    from pathomch_assets.slides import slide_info
+    from pathomch_assets.tiling import ScaledJpeg, TiffLevelReader
+
+    path = OPENSLIDE / "small.svs"
+    with tifffile.TiffFile(path) as tif:
+        assert tif.pages[0].jpegtables is not None and tif.pages[0].photometric == 2
+        assert b"\xff\xee\x00\x0eAdobe" in ScaledJpeg.for_page(tif.pages[0], 2).prefix  # transform 0: RGB
+    with openslide.OpenSlide(path) as slide:
+        info = slide_info(slide, path, default_magnification=20)
+        w, h = info.level_dimensions[0]
+        w, h = w // 8 * 8, h // 8 * 8
+        want = rgba_to_rgb_on_white(np.asarray(slide.read_region((0, 0), 0, (w, h))))
+    for factor in (2, 4, 8):
+        reader = TiffLevelReader.open(path, info, 0, factor)
+        assert reader.factor == factor
+        assert_within_tolerance(reader.read(0, 0, w, h), exact_reduced(want, factor))
+        reader.close()
+
+
+def test_tiling_with_scaled_decode_keeps_the_tiles_and_stays_within_tolerance(tmp_path, sources):
+    """40x slide, no 20x level, tiled at 20x / 512 px: the same tiles as the exact path, pixels within tolerance."""
+    import dataclasses
+
+    path = tmp_path / "slide.svs"
+    write_pyramid(path, compose_slide(plan("aperio40_power", seed=5), sources, 2), "aperio40_power")
+    params = TilingParams(20, 512, threads=2)
+    scaled = tile_slide("c", "s", path, tmp_path / "scaled.tfrecord", params)
+    exact = tile_slide("c", "s", path, tmp_path / "exact.tfrecord", dataclasses.replace(params, scaled_decode=False))
+    assert (scaled.info["decode_scale"], exact.info["decode_scale"]) == (0.5, 1.0)
+    assert len(scaled.tiles) > 0
+    pd.testing.assert_frame_equal(scaled.tiles[["col", "row", "idx"]], exact.tiles[["col", "row", "idx"]])
+    assert np.abs(scaled.tiles.tissue_fraction - exact.tiles.tissue_fraction).max() < 0.01
+    assert params.digest() != dataclasses.replace(params, scaled_decode=False).digest()
+    a, _ = read_tiles(tmp_path / "scaled.tfrecord")
+    b, _ = read_tiles(tmp_path / "exact.tfrecord")
+    assert_within_tolerance(a, b)  # after both went through the JPEG encoder
+
+
+def test_scaled_decode_is_not_used_where_it_does_not_apply(tmp_path, sources):
+    """A 20x slide at 20x (no reduction) and OpenSlide reads are never scaled."""
+    path = tmp_path / "slide.svs"
+    write_pyramid(path, compose_slide(plan("aperio20"), sources, 1), "aperio20")
+    assert tile_slide("c", "s", path, tmp_path / "a.tfrecord", TilingParams(20, 512)).info["decode_scale"] == 1.0
+    path40 = tmp_path / "slide40.svs"
+    write_pyramid(path40, compose_slide(plan("aperio40_power"), sources, 2), "aperio40_power")
+    res = tile_slide("c", "s", path40, tmp_path / "b.tfrecord", TilingParams(20, 512, reader="openslide"))
+    assert (res.info["reader"], res.info["decode_scale"]) == ("openslide", 1.0)
