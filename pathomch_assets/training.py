@@ -204,9 +204,21 @@ def decode_files(files: list[str], input_px: int, batch_size: int = 512) -> list
     return out
 
 
-def predict_arrays(model, arrays: list[np.ndarray], batch_size: int = 256) -> list[np.ndarray]:
+def inference_batch(input_px: int) -> int:
+    """Tiles per inference call: 256 at the paper's 512 px, more for small inputs, where each eager
+    call's fixed cost (one dispatch per layer) outweighs the arithmetic (16 MB of float32 input a call).
+
+    >>> inference_batch(512), inference_batch(128), inference_batch(32)
+    (256, 256, 1280)
+    """
+    return max(256, (1 << 22) // (input_px * input_px * 3) // 256 * 256)
+
+
+def predict_arrays(model, arrays: list[np.ndarray], batch_size: int | None = None) -> list[np.ndarray]:
     """Tile probabilities for several slides' decoded tiles, in one pass over all of them."""
     sizes = [len(a) for a in arrays]
+    if batch_size is None:
+        batch_size = inference_batch(arrays[0].shape[1] if sizes and arrays[0].ndim == 4 else 512)
     if not sum(sizes):
         return [np.zeros(0, np.float32) for _ in arrays]
     x = np.concatenate([a for a in arrays if len(a)])
@@ -221,7 +233,7 @@ def predict_arrays(model, arrays: list[np.ndarray], batch_size: int = 256) -> li
     return np.split(p, np.cumsum(sizes)[:-1])
 
 
-def predict_files(model, files: list[str], input_px: int, batch_size: int = 256) -> list[np.ndarray]:
+def predict_files(model, files: list[str], input_px: int, batch_size: int | None = None) -> list[np.ndarray]:
     """Tile probabilities per file, in file order."""
     return predict_arrays(model, decode_files(files, input_px), batch_size)
 
@@ -407,11 +419,22 @@ def train_model(
     scope = strategy.scope() if strategy is not None else _null()
     with scope:
         model = build_model(tcfg.architecture, tcfg.input_px, tcfg.learning_rate, seed, plan.accumulation)
+        trainer = _trainer(
+            model,
+            (
+                tcfg.architecture,
+                tcfg.input_px,
+                tcfg.learning_rate,
+                plan.accumulation,
+                tcfg.mixed_precision,
+                id(strategy),
+            ),
+        )
     # one pass feeds pass_batch tiles (MirroredStrategy splits them over the replicas); `accumulation` passes a step
     ds = train_dataset(
         train, tcfg.input_px, plan.pass_batch, seed, tcfg.cache_decoded, tcfg.max_tiles_per_slide, tcfg.deterministic
     )
-    auc_cb = _slide_auc_callback(val, tcfg.input_px, max(tcfg.batch_size, 256), threshold, log, tcfg.monitor)
+    auc_cb = _slide_auc_callback(val, tcfg.input_px, None, threshold, log, tcfg.monitor)
     callbacks = [auc_cb, *schedule_callbacks(tcfg)]
     log(
         f"training {tcfg.architecture} at {tcfg.input_px} px on {len(train)} slides ({n_tiles} tiles), "
@@ -420,7 +443,7 @@ def train_model(
         f"{plan.accumulation} accumulated passes; monitor {tcfg.monitor}"
     )
     # the dataset is shuffled by tf.data; shuffle=False only tells Keras not to try
-    model.fit(
+    trainer.fit(
         ds,
         epochs=n_evals,
         steps_per_epoch=steps_per_eval * plan.accumulation,
@@ -428,6 +451,7 @@ def train_model(
         verbose=0,
         shuffle=False,
     )
+    _hand_back(trainer, model)
     history = pd.DataFrame(auc_cb.rows)
     res = TrainResult(
         float(auc_cb.best),
@@ -442,6 +466,46 @@ def train_model(
         asdict(plan),
     )
     return model, res
+
+
+#: compiled models kept between trainings of one process, by shape and optimizer settings, with the
+#: optimizer's initial variable values
+_TRAINERS: dict[tuple, tuple] = {}
+
+
+def _trainer(model, key: tuple):
+    """A compiled model of ``model``'s shape holding ``model``'s initial weights and a fresh optimizer.
+
+    Keras traces a model's training step once per model object (seconds on a CPU, more than the
+    demo's whole training); the in-process runner trains many models of one shape, so the traced
+    object is kept and re-initialised: weights copied from the freshly built, seeded ``model`` and
+    every optimizer variable (step counter, moments, learning rate, loss scale) set back to its
+    initial value.  The result equals training ``model`` itself (test_training).
+    """
+    if key not in _TRAINERS:
+        import keras
+
+        trainer = keras.models.clone_model(model)
+        trainer.compile(
+            optimizer=keras.optimizers.deserialize(keras.optimizers.serialize(model.optimizer)), loss=model.loss
+        )
+        trainer.optimizer.build(trainer.trainable_variables)
+        _TRAINERS.clear()  # one shape at a time: a new shape frees the old graph
+        _TRAINERS[key] = (trainer, [v.numpy() for v in trainer.optimizer.variables])
+    trainer, initial = _TRAINERS[key]
+    trainer.set_weights(model.get_weights())
+    for v, value in zip(trainer.optimizer.variables, initial, strict=True):
+        v.assign(value)
+    return trainer
+
+
+def _hand_back(trainer, model) -> None:
+    """Copy the trained weights (the best, as the callback restored them) and optimizer state into ``model``."""
+    model.set_weights(trainer.get_weights())
+    if not model.optimizer.built:
+        model.optimizer.build(model.trainable_variables)
+    for dst, src in zip(model.optimizer.variables, trainer.optimizer.variables, strict=True):
+        dst.assign(src)
 
 
 class _null:

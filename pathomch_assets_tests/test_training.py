@@ -1,6 +1,7 @@
 """The training loop on real TFRecord tile files, and the paper's Inception v3."""
 
 import numpy as np
+import pandas as pd
 import pytest
 
 from pathomch_assets.config import TrainingConfig
@@ -177,3 +178,27 @@ def test_tile_loss_monitor_in_a_tiny_training(tmp_path):
     assert res.monitor == "tile_loss"
     assert res.best_eval == int(h["val_tile_loss"].idxmin()) + 1  # weights kept at the lowest tile loss
     assert res.evals == len(h) and (res.evals == 20 or res.evals - res.best_eval == 2)
+
+
+def test_reused_trainer_equals_a_fresh_model(tmp_path):
+    """The in-process runner trains many models of one shape on one traced Keras model; re-initialised,
+    it must give the same weights and history as a model trained in a fresh state."""
+    from pathomch_assets import training
+
+    train = make_slides(tmp_path, 8, lambda i: i % 2, seed=4)
+    val = make_slides(tmp_path, 4, lambda i: i % 2, seed=5)
+    cfg = TrainingConfig(
+        architecture="small_cnn", input_px=32, batch_size=16, evals_per_epoch=2, max_epochs=2, deterministic=True
+    )
+    training._TRAINERS.clear()
+    first, res1 = train_model(train, val, cfg, seed=7, log=lambda _: None)
+    ((trainer, _),) = training._TRAINERS.values()
+    traced = trainer.train_function
+    other, _ = train_model(train, val, cfg, seed=8, log=lambda _: None)  # moves weights, moments and step count
+    again, res2 = train_model(train, val, cfg, seed=7, log=lambda _: None)
+    assert training._TRAINERS[next(iter(training._TRAINERS))][0].train_function is traced  # not traced again
+    for a, b in zip(first.get_weights(), again.get_weights(), strict=True):
+        np.testing.assert_array_equal(a, b)
+    assert not all(np.array_equal(a, b) for a, b in zip(first.get_weights(), other.get_weights()))
+    pd.testing.assert_frame_equal(res1.history, res2.history)
+    assert first is not again  # each caller gets a model of its own
