@@ -1,8 +1,7 @@
-r"""Slide scores, AUCs, the ensemble vote, and correlations with expression (SPEC 3.5-3.7).
+r"""Slide-level AUCs, the paper's Table 1, and correlations with expression (SPEC 3.5-3.7).
 
-- Slide score: the percentage of a slide's tiles predicted positive (:math:`p \ge 0.5`).
-- Ensemble: the ``size`` rounds with the best validation AUC; a tile is positive when at
-  least ``min_votes`` of them call it positive (2 of 3: majority vote).
+- AUC: over slides, each with its patient's label, per evaluation set (test, validation, OOD).
+- Table 1: per trait the test AUC of the ensemble and the mean (min-max) of the trained rounds.
 - Correlation: Spearman's :math:`\rho` between ensemble slide score and expression percentile,
   per trait and evaluation set, with Benjamini-Hochberg FDR across the traits of a cohort.
 """
@@ -12,17 +11,8 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-
-def slide_scores_from_tiles(probs: np.ndarray, threshold: float = 0.5) -> float:
-    """Percentage (0-100) of tiles with probability at or above ``threshold``.
-
-    Examples
-    --------
-    >>> slide_scores_from_tiles(np.array([0.9, 0.2, 0.5, 0.1]))
-    50.0
-    """
-    probs = np.asarray(probs)
-    return float(100.0 * (probs >= threshold).mean()) if probs.size else float("nan")
+from .ensemble import slide_scores_from_tiles  # noqa: F401  (training.py reads it here)
+from .layout import is_round
 
 
 def slide_auc(labels, scores) -> float:
@@ -35,30 +25,6 @@ def slide_auc(labels, scores) -> float:
     if len(np.unique(labels)) < 2:
         return float("nan")
     return float(roc_auc_score(labels, scores))
-
-
-def select_ensemble(val_auc: dict[str, float], size: int = 3) -> list[str]:
-    """The ``size`` models with the best validation AUC (ties broken by name).
-
-    Examples
-    --------
-    >>> select_ensemble({"round_0": .7, "round_1": .9, "round_2": .6, "round_3": .8, "round_4": .75})
-    ['round_1', 'round_3', 'round_4']
-    """
-    ranked = sorted(val_auc, key=lambda m: (-np.nan_to_num(val_auc[m], nan=-1.0), m))
-    return ranked[:size]
-
-
-def ensemble_calls(probs: np.ndarray, threshold: float = 0.5, min_votes: int = 2) -> np.ndarray:
-    """Tile calls by vote: ``probs`` is (n_models, n_tiles); positive when ``min_votes`` models agree.
-
-    Examples
-    --------
-    >>> ensemble_calls(np.array([[0.9, 0.1, 0.6], [0.8, 0.7, 0.2], [0.1, 0.2, 0.55]])).tolist()
-    [True, False, True]
-    """
-    votes = (np.asarray(probs) >= threshold).sum(axis=0)
-    return votes >= min_votes
 
 
 def evaluation_sets(labels: pd.DataFrame, splits: pd.DataFrame, round_: int | None) -> dict[str, pd.DataFrame]:
@@ -95,7 +61,7 @@ def metrics_rows(scores: pd.DataFrame, sets: dict[str, pd.DataFrame]) -> pd.Data
     return pd.DataFrame(rows)
 
 
-#: the ``model`` of the Table 1 rows summarising the rounds (not ``round_...``: ``LIKE 'round_%'`` must not match)
+#: the ``model`` of the Table 1 rows summarising the rounds (not a round name: ``LIKE 'round_%'`` must not match)
 ROUNDS_MEAN = "mean_of_rounds"
 
 
@@ -110,7 +76,7 @@ def rounds_summary(metrics: pd.DataFrame) -> pd.DataFrame:
     >>> rounds_summary(m)[["eval_set", "auc", "auc_min", "auc_max", "n_models"]].round(2).values.tolist()
     [['test', 0.7, 0.6, 0.8, 3]]
     """
-    r = metrics[metrics["model"].str.startswith("round_")].dropna(subset=["auc"])
+    r = metrics[metrics["model"].map(is_round).astype(bool)].dropna(subset=["auc"])
     rows = [
         {
             "model": ROUNDS_MEAN,
@@ -126,47 +92,37 @@ def rounds_summary(metrics: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=["model", "eval_set", "auc", "auc_min", "auc_max", "n_models", "n_slides"])
 
 
-def missing_class(rows: pd.DataFrame, splits=("train", "val")) -> str | None:
-    """Why a round cannot be trained or validated, or ``None``: a split of ``rows`` (labelled slides of one
-    trait and round: ``split, label, patient_id, slide_id``) without both classes.
+def table_one(metrics: pd.DataFrame, traits: list[str]) -> pd.DataFrame:
+    """Paper Table 1 layout: per trait, the test mean of the trained rounds with its min and max and how many
+    rounds, test ensemble, OOD-near and OOD-all ensemble (slide-level AUCs).  ``metrics``: the cohort's
+    ``model_metrics`` rows; a trait without rows (no model, no ensemble) gets NaN.
 
     Examples
     --------
-    >>> df = pd.DataFrame({"split": ["train", "train", "val", "val"], "label": [0, 1, 1, 1],
-    ...                    "patient_id": list("abcd"), "slide_id": list("abcd")})
-    >>> missing_class(df)
-    'the val split has only high (label 1) patients (2 patients, 2 slides)'
+    >>> m = pd.DataFrame({"trait": ["A"] * 3, "model": ["round_0", "round_1", "ensemble"], "eval_set": ["test"] * 3,
+    ...                   "auc": [0.6, 0.8, 0.9], "n_slides": [10] * 3})
+    >>> table_one(m, ["A", "B"]).round(2).values.tolist()
+    [['A', 0.7, 0.6, 0.8, 2, 0.9, nan, nan], ['B', nan, nan, nan, 0, nan, nan, nan]]
     """
-    problems = []
-    for split in splits:
-        g = rows[rows["split"] == split]
-        classes = set(g["label"].astype(int))
-        if len(classes) < 2:
-            has = "no labelled" if not classes else f"only {'high (label 1)' if 1 in classes else 'low (label 0)'}"
-            problems.append(
-                f"the {split} split has {has} patients ({g['patient_id'].nunique()} patients, "
-                f"{g['slide_id'].nunique()} slides)"
-            )
-    return "; ".join(problems) or None
-
-
-def exclusion_advice(cohort: str, trait: str, model: str, reason: str) -> str:
-    """The warning for a round left out of its trait's ensemble: which, why, and what to change."""
-    return (
-        f"{cohort}/{trait} {model} is excluded from the ensemble: {reason}. The cohort is too small for "
-        f"this split: add patients, raise splits.val_fraction (now too few labelled patients land in "
-        f"validation), or widen labels.low_percentile/high_percentile; other rounds and traits go on"
-    )
-
-
-def too_few_rounds(cohort: str, trait: str, usable: list[str], excluded: dict[str, str], size: int) -> str:
-    """The failure message of a trait left with fewer usable rounds than ``ensemble.size``."""
-    why = "; ".join(f"{m}: {r}" for m, r in sorted(excluded.items()))
-    return (
-        f"{cohort}/{trait}: only {len(usable)} usable rounds ({', '.join(usable) or 'none'}) but ensemble.size is "
-        f"{size}; excluded: {why}. Add patients, raise splits.val_fraction or splits.rounds, or lower "
-        f"ensemble.size/min_votes for this deployment; the other traits are not affected"
-    )
+    rows = []
+    for trait in traits:
+        m = metrics[metrics["trait"] == trait]
+        test = rounds_summary(m).set_index("eval_set")
+        ens = m[m["model"] == "ensemble"].set_index("eval_set")["auc"]
+        has = "test" in test.index
+        rows.append(
+            {
+                "trait": trait,
+                "test (mean of runs)": test.at["test", "auc"] if has else np.nan,
+                "min": test.at["test", "auc_min"] if has else np.nan,
+                "max": test.at["test", "auc_max"] if has else np.nan,
+                "runs": int(test.at["test", "n_models"]) if has else 0,
+                "test (ensemble)": ens.get("test", np.nan),
+                "OOD-near (ensemble)": ens.get("ood_near", np.nan),
+                "OOD-all (ensemble)": ens.get("ood_all", np.nan),
+            }
+        )
+    return pd.DataFrame(rows)
 
 
 def bh_fdr(p_values) -> np.ndarray:

@@ -10,6 +10,15 @@ from .config import PathomchConfig
 
 SLIDES = dg.DynamicPartitionsDefinition(name="slides")
 
+#: a child partition reads every partition of the parent (a cohort's models, every slide)
+ALL = dg.AllPartitionMapping()
+
+#: tags of an asset whose failed partition stops only the partitions that map to it: an asset that reads
+#: all of its partitions (``ALL``) still runs on the others and leaves out what is missing (a trait without
+#: a usable ensemble is skipped by scoring, cartography, evaluation and survival).  ``runner`` reads it.
+FAILS_ALONE_TAG = "pathomch/fails_alone"
+FAILS_ALONE = {FAILS_ALONE_TAG: "partition"}
+
 
 def cohorts(cfg: PathomchConfig) -> dg.StaticPartitionsDefinition:
     return dg.StaticPartitionsDefinition(list(cfg.cohorts))

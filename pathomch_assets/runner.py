@@ -36,7 +36,7 @@ from pathlib import Path
 import dagster as dg
 
 from .config import PathomchConfig
-from .partitions import SLIDES
+from .partitions import FAILS_ALONE_TAG, SLIDES
 from .sensors import discover_all
 from .tiling import exit_with_parent
 
@@ -335,25 +335,24 @@ def _materialize_all(defs, cfg, selection, partitions, log, missing_only, execut
     all_assets = list(defs.assets or []) + list(defs.asset_checks or [])
     resources = defs.resources
     summary = RunSummary()
-    failed_keys: set = set()
+    outcome = Outcomes(graph, instance)
     pool = None
     for pdef, batch in plan_batches(defs, keys):
         names = ", ".join(k.to_user_string() for k in batch)
-        blocked = [k for k in batch if _upstream(graph, k) & failed_keys]
-        if blocked:
-            failed_keys.update(batch)
-            summary.skipped.append(names)
-            log(f"skipping {names}: an upstream asset failed")
-            continue
         done = None
         if missing_only and not isinstance(pdef, dg.DynamicPartitionsDefinition):
             done = set.intersection(*(set(instance.get_materialized_partitions(k)) for k in batch))
         runs = []
-        for label, kwargs in _partition_runs(pdef, instance, partitions):
+        for label, kwargs, part_keys in _partition_runs(pdef, instance, partitions):
+            blocker = outcome.blocker(batch, part_keys)
             if done is not None and label in done:
                 summary.already += 1
+            elif blocker:
+                outcome.record(batch, part_keys, ok=False)
+                summary.skipped.append(f"{names} [{label}]")
+                log(f"skipping {names} [{label}]: upstream {blocker} failed")
             else:
-                runs.append((label, kwargs))
+                runs.append((label, kwargs, part_keys))
         config_path = os.environ.get("PATHOMCH_CONFIG") or (str(cfg.source) if cfg.source else None)
         batch_keys = [k.to_user_string() for k in batch]
         if executor == "multiprocess" and parallel > 1 and len(runs) > 1:
@@ -366,18 +365,18 @@ def _materialize_all(defs, cfg, selection, partitions, log, missing_only, execut
                     initializer=exit_with_parent,
                     initargs=(os.getpid(),),
                 )
-            for label, _ in runs:
+            for label, _, _ in runs:
                 log(f"materializing {names} [{label}]")
             outcomes = pool.map(
                 execute_run,
                 [config_path] * len(runs),
                 [batch_keys] * len(runs),
-                [_run_tags(pdef, kwargs) for _, kwargs in runs],
+                [_run_tags(pdef, kwargs) for _, kwargs, _ in runs],
             )
         else:
 
             def one_by_one():
-                for label, kwargs in runs:
+                for label, kwargs, _ in runs:
                     log(f"materializing {names} [{label}]")
                     if executor == "multiprocess":
                         yield execute_run(config_path, batch_keys, _run_tags(pdef, kwargs))
@@ -394,14 +393,17 @@ def _materialize_all(defs, cfg, selection, partitions, log, missing_only, execut
                         yield r.success, r.run_id
 
             outcomes = one_by_one()
-        for (label, _), (success, run_id) in zip(runs, outcomes):
+        for (label, _, part_keys), (success, run_id) in zip(runs, outcomes):
             summary.runs += 1
+            outcome.record(batch, part_keys, ok=success)
             for line in failed_checks(instance, run_id):
                 log(f"  check failed: {line}")
             if not success:
-                failed_keys.update(batch)
-                summary.failed.append(f"{names} [{label}] (run {run_id})")
+                why = "; ".join(failed_steps(instance, run_id))
+                summary.failed.append(f"{names} [{label}] (run {run_id})" + (f": {why}" if why else ""))
                 log(f"  FAILED: {names} [{label}]; see `dagster dev` run {run_id}")
+                if why:
+                    log(f"  {why}")
     if pool is not None:
         pool.shutdown()
     summary.seconds = time.perf_counter() - t0
@@ -432,15 +434,77 @@ def _run_tags(pdef, kwargs: dict) -> dict:
     return dict(kwargs.get("tags", {}))
 
 
-def _upstream(graph, key) -> set:
-    """Every asset ``key`` depends on, transitively."""
-    seen, todo = set(), list(graph.get(key).parent_keys)
-    while todo:
-        k = todo.pop()
-        if k not in seen:
-            seen.add(k)
-            todo.extend(graph.get(k).parent_keys)
-    return seen
+def failed_steps(instance: dg.DagsterInstance, run_id: str) -> list[str]:
+    """The error of every failed step of a run (an asset's ``dg.Failure`` says what to change)."""
+    out = []
+    for rec in instance.get_records_for_run(run_id, of_type=dg.DagsterEventType.STEP_FAILURE).records:
+        event = rec.event_log_entry.dagster_event
+        error = event.event_specific_data.error
+        out.append(f"{event.step_key} failed: {error.message.strip() if error else 'no message'}")
+    return out
+
+
+class Outcomes:
+    """Which partitions of which assets failed (or were skipped) in this materialize, and which succeeded.
+
+    A partition run is blocked by a failed partition it maps to (Dagster's partition mappings), as a
+    backfill skips it.  An asset tagged ``partitions.FAILS_ALONE`` (a trait's models and ensemble) blocks
+    only the partitions that map to its failed one: a child reading all its partitions (``ALL``) runs on
+    while any of them succeeded, and leaves out what is missing (``ensemble.usable_traits``).
+    """
+
+    def __init__(self, graph, instance):
+        self.graph, self.instance = graph, instance
+        self.failed: dict[dg.AssetKey, set] = {}
+        self.ok: dict[dg.AssetKey, set] = {}
+
+    def record(self, batch, part_keys: list, ok: bool) -> None:
+        for key in batch:
+            (self.ok if ok else self.failed).setdefault(key, set()).update(part_keys)
+
+    def blocker(self, batch, part_keys: list) -> str | None:
+        """The failed upstream partition that blocks this run of ``batch``, or None."""
+        for key in batch:
+            for parent in self.graph.get(key).parent_keys:
+                bad = self.failed.get(parent)
+                if not bad:
+                    continue
+                if self.graph.get(parent).tags.get(FAILS_ALONE_TAG) and self.ok.get(parent):
+                    mapped = self._mapped(key, parent, part_keys)
+                    if mapped is None:  # reads every partition: runs on the others
+                        continue
+                    bad = bad & mapped
+                    if not bad:
+                        continue
+                elif None not in bad:
+                    mapped = self._mapped(key, parent, part_keys)
+                    if mapped is not None and not bad & mapped:
+                        continue
+                shown = sorted(str(k) for k in bad if k is not None)
+                return parent.to_user_string() + (f" [{', '.join(shown[:3])}]" if shown else "")
+        return None
+
+    def _mapped(self, key, parent, part_keys: list) -> set | None:
+        """The parent partitions that ``part_keys`` of ``key`` read; None when they read all of them (or the
+        mapping cannot say)."""
+        mapping = self.graph.get_partition_mapping(key, parent)
+        if (
+            None in part_keys
+            or isinstance(mapping, dg.AllPartitionMapping)
+            or not self.graph.get(parent).partitions_def
+        ):
+            return None
+        try:
+            with dg.partition_loading_context(dynamic_partitions_store=self.instance):
+                return {
+                    str(k)
+                    for pk in part_keys
+                    for k in self.graph.get_parent_partition_keys_for_child(
+                        pk, parent, key
+                    ).partitions_subset.get_partition_keys()
+                }
+        except Exception:  # a mapping that cannot say: assume it reads the failed partitions
+            return None
 
 
 def parse_selection(text: str) -> dg.AssetSelection:
@@ -457,9 +521,9 @@ def _key_clause(token: str) -> str:
 
 
 def _partition_runs(pdef, instance, only: list[str] | None):
-    """(label, materialize kwargs) for each run needed to cover ``pdef``'s partitions."""
+    """(label, materialize kwargs, partition keys) for each run needed to cover ``pdef``'s partitions."""
     if pdef is None:
-        yield "unpartitioned", {}
+        yield "unpartitioned", {}, [None]
         return
     if isinstance(pdef, dg.DynamicPartitionsDefinition):
         keys = instance.get_dynamic_partitions(pdef.name)
@@ -469,14 +533,15 @@ def _partition_runs(pdef, instance, only: list[str] | None):
             return
         if only or len(keys) == 1:
             for k in keys:
-                yield k, {"partition_key": k}
+                yield k, {"partition_key": k}, [k]
             return
         yield (
             f"{len(keys)} partitions",
             {"tags": {"dagster/asset_partition_range_start": keys[0], "dagster/asset_partition_range_end": keys[-1]}},
+            list(keys),
         )
         return
     for k in pdef.get_partition_keys(dynamic_partitions_store=instance):
         if only and str(k) not in only and not any(part in only for part in str(k).split("|")):
             continue
-        yield str(k), {"partition_key": k}
+        yield str(k), {"partition_key": k}, [str(k)]

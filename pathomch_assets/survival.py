@@ -1,4 +1,4 @@
-"""Survival by heterogeneity (SPEC 3.10), with lifelines.
+r"""Survival by heterogeneity (SPEC 3.10), with lifelines.
 
 The survival set of a trait pair: patients of the held-out test set plus patients
 out-of-distribution for both traits (never used to train or validate either model), one
@@ -25,6 +25,45 @@ def survival_set(labels: pd.DataFrame, splits: pd.DataFrame, pair: list[str]) ->
     return test | set.intersection(*ood)
 
 
+def survival_frame(
+    pair: list[str],
+    labels: pd.DataFrame,
+    splits: pd.DataFrame,
+    primary: pd.DataFrame,
+    hti: pd.DataFrame,
+    stats: pd.DataFrame,
+    clinical: pd.DataFrame,
+) -> tuple[pd.DataFrame, set[str]]:
+    """One row per survival-set patient of ``pair`` with its DX1 slide's HTI and robust HTI, survival, and
+    expression percentile per trait (``percentile_<trait>``); and the survival set itself.
+
+    Parameters
+    ----------
+    pair: list of str
+        The two traits.
+    labels, splits: DataFrame
+        The cohort's ``labels`` rows and ``splits`` rows of round 0.
+    primary: DataFrame
+        One slide per patient (``slides.primary_slides``): ``patient_id, slide_id``.
+    hti, stats: DataFrame
+        The pair's ``hti`` and ``hti_stats`` rows.
+    clinical: DataFrame
+        The cohort's ``clinical`` rows.
+    """
+    patients = survival_set(labels, splits, pair)
+    hti = hti[["slide_id", "hti"]].merge(
+        stats[["slide_id", "hti_robust", "ci_low", "ci_high", "p_spatial"]], on="slide_id", how="left"
+    )
+    df = primary[primary["patient_id"].isin(patients)][["patient_id", "slide_id"]]
+    df = df.merge(hti, on="slide_id").merge(
+        clinical[["patient_id", "os_months", "os_event", "er_status", "subtype"]], on="patient_id"
+    )
+    for t in pair:
+        pct = labels[labels["trait"] == t].drop_duplicates("patient_id").set_index("patient_id")["percentile"]
+        df[f"percentile_{t}"] = df["patient_id"].map(pct)
+    return df, patients
+
+
 def leaked_patients(patients: set[str], labels: pd.DataFrame, splits: pd.DataFrame, pair: list[str]) -> set[str]:
     """Survival-set patients that a model of ``pair`` trained or validated on (should be empty)."""
     used = labels[labels["trait"].isin(pair) & (labels["subset"] == "labeled")].merge(splits, on="patient_id")
@@ -34,12 +73,37 @@ def leaked_patients(patients: set[str], labels: pd.DataFrame, splits: pd.DataFra
 
 @dataclass
 class GroupTest:
+    r"""A log-rank test of overall survival between two groups of patients (lifelines ``logrank_test``).
+
+    Null hypothesis: the two groups have the same survival function,
+    :math:`H_0: S_{high}(t) = S_{low}(t)` for all :math:`t` (equivalently, the same hazard).  With
+    :math:`O_{j}` the deaths in the high group at death time :math:`t_j`, :math:`E_{j}` those expected
+    under :math:`H_0` and :math:`V_j` its hypergeometric variance,
+
+    .. math::
+
+        Z = \frac{\left(\sum_j (O_j - E_j)\right)^2}{\sum_j V_j} \sim \chi^2_1 \text{ under } H_0 .
+
+    Attributes
+    ----------
+    grouping: str
+        What was compared, e.g. ``hti>0.5 vs <=0.5``.
+    n_low, n_high: int
+        Patients in the low and the high group.
+    logrank_p: float
+        :math:`P(\chi^2_1 \ge Z)`; NaN when a group has fewer than 2 patients.
+    test_statistic: float
+        :math:`Z` above; NaN likewise.
+    data: DataFrame
+        ``os_months, os_event, group`` (0 low, 1 high): what the Kaplan-Meier plot draws.
+    """
+
     grouping: str
     n_low: int
     n_high: int
     logrank_p: float
     test_statistic: float
-    data: pd.DataFrame  # os_months, os_event, group (0 low, 1 high)
+    data: pd.DataFrame
 
 
 def logrank_groups(df: pd.DataFrame, high: pd.Series, low: pd.Series, grouping: str) -> GroupTest:
@@ -90,6 +154,29 @@ def expression_groupings(df: pd.DataFrame, traits: list[str]) -> list[GroupTest]
 
 @dataclass
 class CoxResult:
+    r"""A Cox proportional-hazards model with one covariate :math:`x` (the HTI, 0-1), fitted by lifelines'
+    ``CoxPHFitter`` (Efron's method for tied deaths, as R's ``survival::coxph``).
+
+    Model: :math:`h(t \mid x) = h_0(t) \exp(\beta x)`.  Null hypothesis of ``p_value`` (Wald test):
+    :math:`H_0: \beta = 0` (HTI does not change the hazard), with
+
+    .. math::
+
+        z = \hat\beta / \widehat{se}(\hat\beta), \qquad p = 2\,(1 - \Phi(|z|)) .
+
+    Attributes
+    ----------
+    hazard_ratio: float
+        :math:`\exp(\hat\beta)`: the hazard ratio between HTI 1 and HTI 0 (per unit of the covariate).
+    p_value: float
+        Two-sided Wald p-value above.
+    ci_low, ci_high: float
+        95% confidence interval of the hazard ratio, :math:`\exp(\hat\beta \pm 1.96\,\widehat{se})`.
+    n: int
+        Patients with a time, an event flag and the covariate.  All NaN (``n`` kept) below 5 patients,
+        2 events or 2 distinct covariate values.
+    """
+
     hazard_ratio: float
     p_value: float
     ci_low: float
@@ -98,7 +185,10 @@ class CoxResult:
 
 
 def cox_hti(df: pd.DataFrame, column: str = "hti") -> CoxResult:
-    """Cox proportional hazards with HTI (0-1) as the only covariate; HR per unit HTI."""
+    """Cox proportional hazards with ``column`` (0-1) as the only covariate; HR per unit (see :class:`CoxResult`).
+
+    ``df`` has ``os_months, os_event`` and ``column``; rows missing any are left out.
+    """
     from lifelines import CoxPHFitter
 
     d = df[["os_months", "os_event", column]].dropna()
@@ -156,5 +246,49 @@ def plot_hti_by_expression(df: pd.DataFrame, traits: list[str], column: str = "h
         ax.set_xticks([1, 2], [f"<= median\n(n={len(low)})", f"> median\n(n={len(high)})"], fontsize=7)
         ax.set_title(f"{t} expression\nMann-Whitney p = {p:.3g}", fontsize=8)
     axes[0][0].set_ylabel(column.replace("_", " "))
+    fig.tight_layout()
+    return fig
+
+
+#: paper Figure 6 groups: frame column -> what the clinical file needs
+CLINICAL_GROUPS = {"er_status": "ER status (ER_STATUS_BY_IHC)", "subtype": "PAM50 subtype (SUBTYPE)"}
+
+
+def clinical_groups(df: pd.DataFrame, clinical_file, min_patients: int = 5) -> tuple[list[str], str | None]:
+    """The clinical groupings of Figure 6 that can be drawn, and why the others cannot (None if all can)."""
+    groups, missing = [], []
+    for col, what in CLINICAL_GROUPS.items():
+        n = int(df[col].notna().sum()) if col in df else 0
+        if n >= min_patients:
+            groups.append(col)
+        else:
+            missing.append(f"{what}: {n} patients")
+    if not missing:
+        return groups, None
+    made = "made for " + ", ".join(groups) if groups else "not made"
+    return groups, (
+        f"HTI by clinical group (paper Figure 6) {made}: the clinical file {clinical_file} gives too few "
+        f"survival-set patients a value (fewer than {min_patients}) for "
+        + "; ".join(missing)
+        + ". Point `clinical` at a cBioPortal patient table with these columns to get it."
+    )
+
+
+def plot_hti_by_clinical(df: pd.DataFrame, columns: list[str]):
+    """HTI boxplots by clinical group (paper Figure 6), with a Kruskal-Wallis p-value each (null hypothesis:
+    the HTI has the same distribution in every group); returns the figure."""
+    import matplotlib.pyplot as plt
+    from scipy.stats import kruskal
+
+    fig, axes = plt.subplots(1, len(columns), figsize=(4 * len(columns), 3), squeeze=False)
+    for ax, col in zip(axes[0], columns):
+        d = df.dropna(subset=[col])
+        groups = sorted(d[col].unique())
+        data = [d.loc[d[col] == g, "hti"].to_numpy() for g in groups]
+        p = kruskal(*data).pvalue if len(groups) > 1 and all(len(x) > 0 for x in data) else np.nan
+        ax.boxplot(data)
+        ax.set_xticks(range(1, len(groups) + 1), groups, fontsize=7)
+        ax.set_title(f"HTI by {col} (Kruskal-Wallis p = {p:.3g})", fontsize=8)
+        ax.set_ylabel("HTI")
     fig.tight_layout()
     return fig

@@ -5,16 +5,8 @@ import pandas as pd
 import pytest
 from scipy.stats import mannwhitneyu, rankdata
 
-from pathomch_assets.evaluation import (
-    bh_fdr,
-    correlation_rows,
-    ensemble_calls,
-    evaluation_sets,
-    metrics_rows,
-    select_ensemble,
-    slide_auc,
-    slide_scores_from_tiles,
-)
+from pathomch_assets.ensemble import ensemble_calls, select_ensemble, slide_scores_from_tiles
+from pathomch_assets.evaluation import bh_fdr, correlation_rows, evaluation_sets, metrics_rows, slide_auc
 
 
 def test_vote_matches_brute_force():
@@ -127,7 +119,7 @@ def test_rounds_mean_and_range_for_table_1():
 
 
 def test_missing_class_names_the_split_and_counts():
-    from pathomch_assets.evaluation import exclusion_advice, missing_class, too_few_rounds
+    from pathomch_assets.ensemble import exclusion_advice, missing_class, too_few_rounds
 
     rows = pd.DataFrame(
         {

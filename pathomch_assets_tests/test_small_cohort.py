@@ -30,7 +30,7 @@ def excluded_rounds(spec, seed) -> dict[str, list[int]]:
     """Rounds per trait whose train or validation split lacks a class, from the generated expression
     tables through the real readers, labels and splits (no slides)."""
     from pathomch_assets.demo_cohort import expression_tables, load_source_tiles, plan_cohort, write_mirna, write_mrna
-    from pathomch_assets.evaluation import missing_class
+    from pathomch_assets.ensemble import missing_class
     from pathomch_assets.expression import read_traits
     from pathomch_assets.labels import label_table
     from pathomch_assets.splits import assign_splits
@@ -132,9 +132,9 @@ def test_every_diagnostic_slide_trains_and_scores_and_dx1_alone_in_survival(smal
     m = store.query("select * from model_metrics where model like 'round_%' or model = 'ensemble'")
     assert (m.n_slides >= m.n_patients).all() and (m.n_slides > m.n_patients).any()
     # survival: one DX1 slide per patient
-    from pathomch_assets.assets.outcomes import survival_frame
+    from pathomch_assets.assets.outcomes import read_survival_frame
 
-    frame, _ = survival_frame(store, "brca", ["MKI67", "miR-17-5p"])
+    frame, _ = read_survival_frame(store, "brca", ["MKI67", "miR-17-5p"])
     assert len(frame) and frame.patient_id.is_unique and frame.slide_id.str.contains("-DX1").all()
     hti = store.query("select slide_id, patient_id from hti")
     assert (hti[hti.patient_id.isin(multi)].groupby("patient_id").slide_id.nunique() > 1).any()  # DX2 mapped too

@@ -117,7 +117,7 @@ def test_hti_by_expression_figure_counts_patients():
 
 
 def test_figure_6_says_why_it_is_not_made():
-    from pathomch_assets.assets.outcomes import clinical_groups
+    from pathomch_assets.survival import clinical_groups
 
     df = frame().assign(er_status=None, subtype=None)
     groups, why = clinical_groups(df, "luad/data_clinical_patient.txt")

@@ -8,12 +8,12 @@ from pathlib import Path
 import dagster as dg
 import pandas as pd
 
+from .. import layout
 from ..deployment import TILING_STEP
 from ..partitions import SLIDES, by_cohort
 from ..reporting import md_table
 from ..resources import PathomchResource
-from ..slides import discover_cohort, is_diagnostic
-from ..storage import tile_file
+from ..slides import discover_cohort, is_diagnostic, patient_id
 from ..tiling import TilingParams, default_workers, tile_slides
 
 
@@ -49,7 +49,7 @@ def reusable(prev: dict | None, path, digest: str, cfg) -> bool:
         return False
     cohort = prev["cohort"]
     try:
-        return prev["status"] != "ok" or tile_file(cfg.tiles_dir, cohort, prev["slide_id"]).exists()
+        return prev["status"] != "ok" or layout.tile_file(cfg, cohort, prev["slide_id"]).exists()
     except OSError:
         return False
 
@@ -82,7 +82,7 @@ def slide_row(cohort: str, slide_id: str, path, status: str, error: str | None, 
     return {
         "cohort": cohort,
         "slide_id": slide_id,
-        "patient_id": slide_id[:12],
+        "patient_id": patient_id(slide_id),
         "path": str(path),
         "status": status,
         "error": error,
@@ -133,7 +133,7 @@ def slide_tiles(context: dg.AssetExecutionContext, pathomch: PathomchResource) -
                     cohort,
                     sid,
                     str(ref.path),
-                    tile_file(cfg.tiles_dir, cohort, sid),
+                    layout.tile_file(cfg, cohort, sid),
                     params,
                     cfg.cohorts[cohort].default_magnification,
                     ref if (ref.md5 or ref.size is not None) else None,

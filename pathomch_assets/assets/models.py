@@ -1,47 +1,39 @@
 """Per-trait models, ensembles and their evaluation (SPEC 3.4-3.7)."""
 
-import json
-
 import dagster as dg
 import numpy as np
 import pandas as pd
 
+from .. import layout
 from ..config import PathomchConfig, split_target
 from ..deployment import GPU_STEP
-from ..evaluation import (
-    ROUNDS_MEAN,
-    correlation_rows,
+from ..ensemble import (
     ensemble_calls,
-    evaluation_sets,
+    ensemble_spec,
     exclusion_advice,
-    metrics_rows,
     missing_class,
-    rounds_summary,
     select_ensemble,
-    slide_scores_from_tiles,
+    slide_score_rows,
     too_few_rounds,
+    usable_traits,
+    without_ensemble_note,
 )
-from ..partitions import cohorts, target_rounds, targets
+from ..evaluation import ROUNDS_MEAN, correlation_rows, evaluation_sets, metrics_rows, rounds_summary, table_one
+from ..partitions import ALL, FAILS_ALONE, cohorts, target_rounds, targets
 from ..plots import plot_score_boxes, plot_training_curve
 from ..reporting import figure_file, md_table
 from ..resources import AcceleratorResource, PathomchResource
-from ..storage import atomic_path, local_copy, read_parquet, tile_file
-from ..training import SlideSet, model_dir, predict_files, save_model, train_model
+from ..storage import atomic_path, local_copy, read_parquet
+from ..training import SlideSet, predict_files, save_model, train_model
 from ..versions import code_version, data_version, file_version, refresh_on_new_slides
 from .molecular import training_slides
-
-ALL = dg.AllPartitionMapping()
-
-
-def predictions_path(cfg: PathomchConfig, cohort: str, trait: str, model: str):
-    return cfg.output_root / "predictions" / cohort / trait / f"{model}.parquet"
 
 
 def slide_set(cfg, cohort: str, frame: pd.DataFrame) -> SlideSet:
     """Slides of ``frame`` (``slide_id, label, n_tiles``) with their tile files."""
     return SlideSet(
         frame["slide_id"].tolist(),
-        [local_copy(tile_file(cfg.tiles_dir, cohort, s)) for s in frame["slide_id"]],
+        [local_copy(layout.tile_file(cfg, cohort, s)) for s in frame["slide_id"]],
         frame["label"].astype(int).tolist(),
         frame["n_tiles"].astype(int).tolist(),
     )
@@ -50,20 +42,6 @@ def slide_set(cfg, cohort: str, frame: pd.DataFrame) -> SlideSet:
 def tile_positions(store, cohort: str) -> dict[str, pd.DataFrame]:
     tiles = store.read("tiles", "cohort = ?", [cohort]).sort_values(["slide_id", "idx"])
     return {sid: g[["col", "row"]].reset_index(drop=True) for sid, g in tiles.groupby("slide_id")}
-
-
-def score_rows(cohort, trait, model, preds: pd.DataFrame, slides: pd.DataFrame, threshold: float) -> pd.DataFrame:
-    """``slide_scores`` rows from tile predictions (``slide_id, p``) or calls (``slide_id, call``)."""
-    col = "p" if "p" in preds.columns else "call"
-    agg = (
-        preds.groupby("slide_id")[col]
-        .agg(
-            score=lambda v: slide_scores_from_tiles(v, threshold) if col == "p" else 100.0 * np.mean(v), n_tiles="size"
-        )
-        .reset_index()
-    )
-    agg = agg.merge(slides[["slide_id", "patient_id"]], on="slide_id")
-    return agg.assign(cohort=cohort, trait=trait, model=model)
 
 
 def build(cfg: PathomchConfig, labels_asset, splits_asset):
@@ -75,6 +53,7 @@ def build(cfg: PathomchConfig, labels_asset, splits_asset):
         kinds={"tensorflow", "keras"},
         pool="gpu",
         op_tags=GPU_STEP,
+        tags=FAILS_ALONE,
         code_version=code_version(cfg.training, cfg.splits, cfg.labels, cfg.tiling, cfg.seed),
         deps=[dg.AssetDep(labels_asset, partition_mapping=ALL), dg.AssetDep(splits_asset, partition_mapping=ALL)],
         description="One tile classifier per (cohort/trait, round) (SPEC 3.4): trained on every diagnostic slide "
@@ -92,7 +71,7 @@ def build(cfg: PathomchConfig, labels_asset, splits_asset):
         keys = context.partition_key.keys_by_dimension
         target, round_name = keys["target"], keys["round"]
         cohort, trait = split_target(target)
-        r = int(round_name.split("_")[1])
+        r = layout.round_index(round_name)
         slides = training_slides(store, cohort)
         labels = store.read("labels", "cohort = ? AND trait = ?", [cohort, trait])
         splits = store.read("splits", "cohort = ? AND round = ?", [cohort, r])
@@ -109,7 +88,7 @@ def build(cfg: PathomchConfig, labels_asset, splits_asset):
             context.log.warning(message)
             for table in ("slide_scores", "model_metrics"):  # no stale rows of an earlier training
                 store.delete(table, part)
-            predictions_path(cfg, cohort, trait, round_name).unlink(missing_ok=True)
+            layout.predictions_file(cfg, cohort, trait, round_name).unlink(missing_ok=True)
             store.write(
                 "model_rounds",
                 part,
@@ -135,7 +114,7 @@ def build(cfg: PathomchConfig, labels_asset, splits_asset):
         model, res = train_model(
             train, val, cfg.training, cfg.ensemble.threshold, seed, accelerator.strategy(), log=context.log.info
         )
-        directory = model_dir(cfg.models_dir, cohort, trait, round_name)
+        directory = layout.model_dir(cfg, cohort, trait, round_name)
         save_model(
             model,
             res,
@@ -150,16 +129,16 @@ def build(cfg: PathomchConfig, labels_asset, splits_asset):
             },
         )
         # every tile of every usable slide
-        files = [local_copy(tile_file(cfg.tiles_dir, cohort, s)) for s in slides["slide_id"]]
+        files = [local_copy(layout.tile_file(cfg, cohort, s)) for s in slides["slide_id"]]
         context.log.info(f"scoring {len(files)} slides with {round_name}")
         probs = predict_files(model, files, cfg.training.input_px)
         pos = tile_positions(store, cohort)
         preds = pd.concat(
             [pos[s].assign(slide_id=s, p=p) for s, p in zip(slides["slide_id"], probs)], ignore_index=True
         )
-        with atomic_path(predictions_path(cfg, cohort, trait, round_name)) as tmp:
+        with atomic_path(layout.predictions_file(cfg, cohort, trait, round_name)) as tmp:
             preds.to_parquet(tmp, index=False)
-        scores = score_rows(cohort, trait, round_name, preds, slides, cfg.ensemble.threshold)
+        scores = slide_score_rows(cohort, trait, round_name, preds, slides, cfg.ensemble.threshold)
         store.write("slide_scores", part, scores)
         metrics = metrics_rows(scores[["patient_id", "score"]], evaluation_sets(labels, splits, r))
         store.write("model_metrics", part, metrics.assign(cohort=cohort, trait=trait, model=round_name))
@@ -189,7 +168,7 @@ def build(cfg: PathomchConfig, labels_asset, splits_asset):
                 "model_path": dg.MetadataValue.path(str(directory / "model.keras")),
                 **figure_file(
                     plot_training_curve(res.history),
-                    cfg.output_root / "figures" / "training_curves" / cohort / trait / f"{round_name}.png",
+                    layout.training_curve_file(cfg, cohort, trait, round_name),
                     "training_curve",
                     cfg.output_root,
                 ),
@@ -200,11 +179,13 @@ def build(cfg: PathomchConfig, labels_asset, splits_asset):
         partitions_def=targets(cfg),
         group_name="models",
         kinds={"pandas", "parquet"},
+        tags=FAILS_ALONE,
         code_version=code_version(cfg.ensemble),
         deps=[dg.AssetDep(trait_model, partition_mapping=dg.MultiToSingleDimensionPartitionMapping("target"))],
         description="Ensemble per trait (SPEC 3.6): the 3 of 5 rounds with the best validation AUC; a tile is "
         "positive when at least 2 of them say so. Rounds excluded for a missing class are left out (listed in "
-        "the metadata and `model_rounds`); a trait with fewer usable rounds than ensemble.size fails alone. "
+        "the metadata and `model_rounds`); a trait with fewer usable rounds than ensemble.size fails alone: its "
+        "earlier ensemble is removed and every later step leaves the trait out, the other traits go on. "
         "Writes the members (`ensemble.json`), the `ensemble` rows of `model_metrics` and the Table 1 "
         "`mean_of_rounds` rows (mean AUC of the rounds with auc_min/auc_max); `slide_predictions` applies it "
         "to every slide.",
@@ -213,6 +194,14 @@ def build(cfg: PathomchConfig, labels_asset, splits_asset):
         cfg, store = pathomch.get_config(), pathomch.get_store()
         target = context.partition_key
         cohort, trait = split_target(target)
+
+        def fail(message: str):
+            """No usable ensemble: its earlier outputs go, so that later steps leave the trait out."""
+            layout.ensemble_file(cfg, cohort, trait).unlink(missing_ok=True)
+            for model in ("ensemble", ROUNDS_MEAN):
+                store.delete("model_metrics", f"{target}/{model}")
+            raise dg.Failure(message)
+
         rounds = cfg.round_names()
         all_metrics = store.read("model_metrics", "cohort = ? AND trait = ?", [cohort, trait])
         round_metrics = all_metrics[all_metrics["model"].isin(rounds)]
@@ -226,43 +215,34 @@ def build(cfg: PathomchConfig, labels_asset, splits_asset):
         }
         missing = [m for m in rounds if m not in val_auc and m not in excluded]
         if missing:
-            raise dg.Failure(f"{target}: no trained model for {missing}; materialize trait_model for them first")
+            fail(f"{target}: no trained model for {missing}; materialize trait_model for them first")
         for m, why in excluded.items():
             context.log.warning(exclusion_advice(cohort, trait, m, why))
         usable = [m for m in rounds if m in val_auc]
         if len(usable) < cfg.ensemble.size:
-            raise dg.Failure(too_few_rounds(cohort, trait, usable, excluded, cfg.ensemble.size))
+            fail(too_few_rounds(cohort, trait, usable, excluded, cfg.ensemble.size))
         summary = rounds_summary(round_metrics)
         store.write("model_metrics", f"{target}/{ROUNDS_MEAN}", summary.assign(cohort=cohort, trait=trait))
         members = select_ensemble(val_auc, cfg.ensemble.size)
-        frames = [read_parquet(predictions_path(cfg, cohort, trait, m)) for m in members]
+        frames = [read_parquet(layout.predictions_file(cfg, cohort, trait, m)) for m in members]
         base = frames[0][["slide_id", "col", "row"]]
         for f in frames[1:]:
             if not f[["slide_id", "col", "row"]].equals(base):
-                raise dg.Failure(
+                fail(
                     f"{target}: tile predictions of {members} cover different tiles; re-run trait_model "
                     f"for every round after re-tiling"
                 )
         probs = np.stack([f["p"].to_numpy() for f in frames])
         calls = ensemble_calls(probs, cfg.ensemble.threshold, cfg.ensemble.min_votes)
         slides = training_slides(store, cohort)
-        scores = score_rows(cohort, trait, "ensemble", base.assign(call=calls), slides, cfg.ensemble.threshold)
+        scores = slide_score_rows(cohort, trait, "ensemble", base.assign(call=calls), slides, cfg.ensemble.threshold)
         labels = store.read("labels", "cohort = ? AND trait = ?", [cohort, trait])
         splits = store.read("splits", "cohort = ?", [cohort])
         m = metrics_rows(scores[["patient_id", "score"]], evaluation_sets(labels, splits, None))
         store.write("model_metrics", f"{target}/ensemble", m.assign(cohort=cohort, trait=trait, model="ensemble"))
         store.ensure_views()
-        spec = json.dumps(
-            {
-                "members": members,
-                "val_auc": val_auc,
-                "excluded": excluded,
-                "min_votes": cfg.ensemble.min_votes,
-                "threshold": cfg.ensemble.threshold,
-            },
-            indent=1,
-        )
-        with atomic_path(cfg.models_dir / cohort / trait / "ensemble.json") as tmp:
+        spec = ensemble_spec(members, val_auc, excluded, cfg.ensemble.min_votes, cfg.ensemble.threshold)
+        with atomic_path(layout.ensemble_file(cfg, cohort, trait)) as tmp:
             tmp.write_text(spec)
         auc = dict(zip(m["eval_set"], m["auc"]))
         # the members and what they predict: a retrained member changes it, a re-run on the same models does not
@@ -309,49 +289,32 @@ def build_evaluation(cfg: PathomchConfig, slide_predictions_asset, trait_model_a
     def model_evaluation(context: dg.AssetExecutionContext, pathomch: PathomchResource) -> dg.MaterializeResult:
         cfg, store = pathomch.get_config(), pathomch.get_store()
         cohort = context.partition_key
+        traits = usable_traits(cfg, cohort)
+        left_out = [t for t in cfg.cohorts[cohort].traits if t not in traits]
+        note = {}
+        if left_out:
+            note["traits_without_ensemble"] = without_ensemble_note(cohort, left_out)
+            context.log.warning(note["traits_without_ensemble"])
         metrics = store.read("model_metrics", "cohort = ?", [cohort])
         table1 = table_one(metrics, cfg.cohorts[cohort].traits)
         status = store.read("model_rounds", "cohort = ? AND status = 'excluded'", [cohort])
         scores = store.read("slide_scores", "cohort = ? AND model = 'ensemble'", [cohort])
+        scores = scores[scores["trait"].isin(traits)]
         labels = store.read("labels", "cohort = ?", [cohort])
+        labels = labels[labels["trait"].isin(traits)]
         splits = store.read("splits", "cohort = ? AND round = 0", [cohort])
         corr = correlation_rows(scores, labels, splits).assign(cohort=cohort)
         store.write("correlations", cohort, corr)
         store.ensure_views()
-        fig = plot_score_boxes(scores, labels, splits, cfg.cohorts[cohort].traits)
+        fig = plot_score_boxes(scores, labels, splits, traits)
         return dg.MaterializeResult(
             metadata={
                 "table_1": md_table(table1, floatfmt=".2f"),
                 "excluded_rounds": md_table(status[["trait", "model", "reason"]]) if len(status) else "none",
-                **figure_file(
-                    fig, cfg.output_root / "figures" / f"{cohort}_figure_2_scores.png", "figure_2", cfg.output_root
-                ),
+                **note,
+                **figure_file(fig, layout.scores_figure_file(cfg, cohort), "figure_2", cfg.output_root),
                 "correlations": md_table(corr[["trait", "eval_set", "spearman_rho", "p_value", "fdr", "n_slides"]]),
             }
         )
 
     return model_evaluation
-
-
-def table_one(metrics: pd.DataFrame, traits: list[str]) -> pd.DataFrame:
-    """Paper Table 1 layout: per trait, the test mean of the trained rounds with its min and max and how many
-    rounds, test ensemble, OOD-near and OOD-all ensemble (slide-level AUCs)."""
-    rows = []
-    for trait in traits:
-        m = metrics[metrics["trait"] == trait]
-        test = rounds_summary(m).set_index("eval_set")
-        ens = m[m["model"] == "ensemble"].set_index("eval_set")["auc"]
-        has = "test" in test.index
-        rows.append(
-            {
-                "trait": trait,
-                "test (mean of runs)": test.at["test", "auc"] if has else np.nan,
-                "min": test.at["test", "auc_min"] if has else np.nan,
-                "max": test.at["test", "auc_max"] if has else np.nan,
-                "runs": int(test.at["test", "n_models"]) if has else 0,
-                "test (ensemble)": ens.get("test", np.nan),
-                "OOD-near (ensemble)": ens.get("ood_near", np.nan),
-                "OOD-all (ensemble)": ens.get("ood_all", np.nan),
-            }
-        )
-    return pd.DataFrame(rows)

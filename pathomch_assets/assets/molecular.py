@@ -6,14 +6,12 @@ import pandas as pd
 from ..config import PathomchConfig
 from ..expression import read_clinical, read_traits
 from ..labels import label_table
-from ..partitions import cohorts
+from ..partitions import ALL, cohorts
 from ..reporting import md_table
 from ..resources import PathomchResource
 from ..slides import primary_slides, usable_slides
 from ..splits import assign_splits, moved_patients, split_counts
 from .ingest import slide_tiles
-
-ALL = dg.AllPartitionMapping()
 
 
 def training_slides(store, cohort: str) -> pd.DataFrame:

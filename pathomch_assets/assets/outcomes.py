@@ -2,52 +2,54 @@
 
 import dagster as dg
 import matplotlib.pyplot as plt
-import numpy as np
 import pandas as pd
 
+from .. import layout
 from ..config import PathomchConfig
-from ..partitions import cohorts
+from ..ensemble import usable_sets, usable_traits, without_ensemble_note
+from ..partitions import ALL, cohorts
 from ..reporting import figure_file, md_table
 from ..resources import PathomchResource
 from ..slides import primary_slides
 from ..survival import (
+    clinical_groups,
     concordance,
     cox_hti,
     expression_groupings,
     hti_groupings,
     leaked_patients,
+    plot_hti_by_clinical,
     plot_hti_by_expression,
     plot_km,
+    survival_frame,
     survival_set,
 )
 from ..versions import code_version, refresh_on_new_slides
 from .cartography import analysis_sets, analysis_settings, hti_settings
 from .models import model_deps
 
-ALL = dg.AllPartitionMapping()
+
+def read_survival_frame(store, cohort: str, pair: list[str]) -> tuple[pd.DataFrame, set[str]]:
+    """``survival.survival_frame`` of ``pair`` from the cohort's tables (DX1 slides: ``slides.primary_slides``)."""
+    name = "+".join(pair)
+    return survival_frame(
+        pair,
+        store.read("labels", "cohort = ?", [cohort]),
+        store.read("splits", "cohort = ? AND round = 0", [cohort]),
+        primary_slides(store.read("slides", "cohort = ?", [cohort])),
+        store.read("hti", "cohort = ? AND traits = ?", [cohort, name]),
+        store.read("hti_stats", "cohort = ? AND traits = ?", [cohort, name]),
+        store.read("clinical", "cohort = ?", [cohort]),
+    )
 
 
-def survival_frame(store, cohort: str, pair: list[str]) -> tuple[pd.DataFrame, set[str]]:
-    """One row per survival-set patient (its DX1 slide, ``slides.primary_slides``): HTI and robust HTI of the
-    pair, survival, percentiles."""
-    labels = store.read("labels", "cohort = ?", [cohort])
-    splits = store.read("splits", "cohort = ? AND round = 0", [cohort])
-    patients = survival_set(labels, splits, pair)
-    slides = primary_slides(store.read("slides", "cohort = ?", [cohort]))
-    hti = store.read("hti", "cohort = ? AND traits = ?", [cohort, "+".join(pair)])
-    stats = store.read("hti_stats", "cohort = ? AND traits = ?", [cohort, "+".join(pair)])
-    hti = hti[["slide_id", "hti"]].merge(
-        stats[["slide_id", "hti_robust", "ci_low", "ci_high", "p_spatial"]], on="slide_id", how="left"
-    )
-    clinical = store.read("clinical", "cohort = ?", [cohort])
-    df = slides[slides["patient_id"].isin(patients)][["patient_id", "slide_id"]]
-    df = df.merge(hti, on="slide_id").merge(
-        clinical[["patient_id", "os_months", "os_event", "er_status", "subtype"]], on="patient_id"
-    )
-    for t in pair:
-        pct = labels[labels["trait"] == t].drop_duplicates("patient_id").set_index("patient_id")["percentile"]
-        df[f"percentile_{t}"] = df["patient_id"].map(pct)
-    return df, patients
+def survival_pairs(cfg: PathomchConfig, cohort: str, store, log=None) -> list[list[str]]:
+    """The cohort's analysed trait pairs whose traits all have a usable ensemble (the others are logged)."""
+    sets, dropped = usable_sets(analysis_sets(cfg, cohort, store), usable_traits(cfg, cohort))
+    if dropped and log is not None:
+        missing = sorted({t for s in dropped for t in s} - set(usable_traits(cfg, cohort)))
+        log(f"{without_ensemble_note(cohort, missing)}: no survival analysis of {', '.join(map('+'.join, dropped))}")
+    return [s for s in sets if len(s) == 2]
 
 
 def build(cfg: PathomchConfig, cartography_asset, clinical_asset, trait_model_asset, ensemble_asset):
@@ -75,11 +77,9 @@ def build(cfg: PathomchConfig, cartography_asset, clinical_asset, trait_model_as
         cohort = context.partition_key
         sv = cfg.survival
         rows, meta = [], {}
-        for pair in analysis_sets(cfg, cohort, store):
-            if len(pair) != 2:
-                continue
+        for pair in survival_pairs(cfg, cohort, store, log=context.log.warning):
             name = "+".join(pair)
-            df, _ = survival_frame(store, cohort, pair)
+            df, _ = read_survival_frame(store, cohort, pair)
             columns = ["hti"] + (["hti_robust"] if df["hti_robust"].notna().any() else [])
             panels = [hti_groupings(df, sv.hti_split, sv.contrast_low, sv.contrast_high, c) for c in columns]
             panels.append(expression_groupings(df, pair))
@@ -133,21 +133,25 @@ def build(cfg: PathomchConfig, cartography_asset, clinical_asset, trait_model_as
                     ax.axis("off")
             fig.suptitle(f"{cohort}: {name} (n = {len(df)})", fontsize=9)
             fig.tight_layout()
-            km_file = cfg.output_root / "survival" / f"{cohort}_{name}_kaplan_meier.png"
+            km_file = layout.survival_figure_file(cfg, cohort, name, "kaplan_meier")
             meta.update(figure_file(fig, km_file, f"kaplan_meier_{name}", cfg.output_root))
             meta[f"patients_{name}"] = len(df)
             meta.update(
                 figure_file(
                     plot_hti_by_expression(df, pair),
-                    cfg.output_root / "survival" / f"{cohort}_{name}_hti_by_expression.png",
+                    layout.survival_figure_file(cfg, cohort, name, "hti_by_expression"),
                     f"hti_by_expression_{name}",
                     cfg.output_root,
                 )
             )
             groups, why = clinical_groups(df, cfg.cohorts[cohort].clinical)
             if groups:
-                clinical_file = cfg.output_root / "survival" / f"{cohort}_{name}_hti_by_clinical.png"
-                meta.update(figure_file(_hti_by(df, groups), clinical_file, f"hti_by_clinical_{name}", cfg.output_root))
+                clinical_file = layout.survival_figure_file(cfg, cohort, name, "hti_by_clinical")
+                meta.update(
+                    figure_file(
+                        plot_hti_by_clinical(df, groups), clinical_file, f"hti_by_clinical_{name}", cfg.output_root
+                    )
+                )
             if why:
                 context.log.warning(f"{cohort} {name}: {why}")
                 meta[f"hti_by_clinical_{name}_note"] = why
@@ -184,45 +188,3 @@ def build(cfg: PathomchConfig, cartography_asset, clinical_asset, trait_model_as
         )
 
     return [survival_analysis], [survival_set_never_trained_on]
-
-
-#: paper Figure 6 groups: frame column -> what the clinical file needs
-CLINICAL_GROUPS = {"er_status": "ER status (ER_STATUS_BY_IHC)", "subtype": "PAM50 subtype (SUBTYPE)"}
-
-
-def clinical_groups(df: pd.DataFrame, clinical_file, min_patients: int = 5) -> tuple[list[str], str | None]:
-    """The clinical groupings of Figure 6 that can be drawn, and why the others cannot (None if all can)."""
-    groups, missing = [], []
-    for col, what in CLINICAL_GROUPS.items():
-        n = int(df[col].notna().sum()) if col in df else 0
-        if n >= min_patients:
-            groups.append(col)
-        else:
-            missing.append(f"{what}: {n} patients")
-    if not missing:
-        return groups, None
-    made = "made for " + ", ".join(groups) if groups else "not made"
-    return groups, (
-        f"HTI by clinical group (paper Figure 6) {made}: the clinical file {clinical_file} gives too few "
-        f"survival-set patients a value (fewer than {min_patients}) for "
-        + "; ".join(missing)
-        + ". Point `clinical` at a cBioPortal patient table with these columns to get it."
-    )
-
-
-def _hti_by(df: pd.DataFrame, columns: list[str]):
-    """HTI boxplots by clinical group (paper Figure 6), with a Kruskal-Wallis p-value each."""
-    from scipy.stats import kruskal
-
-    fig, axes = plt.subplots(1, len(columns), figsize=(4 * len(columns), 3), squeeze=False)
-    for ax, col in zip(axes[0], columns):
-        d = df.dropna(subset=[col])
-        groups = sorted(d[col].unique())
-        data = [d.loc[d[col] == g, "hti"].to_numpy() for g in groups]
-        p = kruskal(*data).pvalue if len(groups) > 1 and all(len(x) > 0 for x in data) else np.nan
-        ax.boxplot(data)
-        ax.set_xticks(range(1, len(groups) + 1), groups, fontsize=7)
-        ax.set_title(f"HTI by {col} (Kruskal-Wallis p = {p:.3g})", fontsize=8)
-        ax.set_ylabel("HTI")
-    fig.tight_layout()
-    return fig

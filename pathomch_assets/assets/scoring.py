@@ -1,43 +1,45 @@
 """Ensemble tile calls and slide scores for every slide, new slides included (SPEC 3.5-3.6, 4)."""
 
-import json
-
 import dagster as dg
 import numpy as np
 import pandas as pd
 
+from .. import layout
 from ..config import PathomchConfig
-from ..evaluation import ensemble_calls
+from ..ensemble import member_vote, members_of, slide_score, without_ensemble_note
 from ..partitions import SLIDES, by_cohort
 from ..resources import AcceleratorResource, PathomchResource
-from ..storage import atomic_path, local_copy, read_parquet, safe_stem, tile_file
-from ..training import load_model, model_dir, predict_files
+from ..storage import atomic_path, local_copy, read_parquet
+from ..training import load_model, predict_files
 from ..versions import code_version
 from .ingest import slide_tiles
-from .models import model_deps, predictions_path, tile_positions
+from .models import model_deps, tile_positions
 
-ALL = dg.AllPartitionMapping()
-
-
-def slide_calls_path(cfg: PathomchConfig, cohort: str, slide_id: str):
-    return cfg.output_root / "predictions" / cohort / "slides" / f"{safe_stem(slide_id)}.parquet"
+#: kept for assets/cartography.py until it reads ``layout.slide_calls_file``
+slide_calls_path = layout.slide_calls_file
 
 
 class MemberModels:
-    """Ensemble members of each trait: their stored tile predictions, and the models themselves
-    (loaded only for slides the members never scored, such as slides that arrived later)."""
+    """Ensemble members of each trait with a usable ensemble (``traits``; the others are in ``missing``):
+    their stored tile predictions, and the models themselves (loaded only for slides the members never
+    scored, such as slides that arrived later)."""
 
     def __init__(self, cfg: PathomchConfig, cohort: str):
         self.cfg, self.cohort, self._models = cfg, cohort, {}
-        self.members, self.stored = {}, {}
+        self.members, self.stored, self.missing = {}, {}, []
         for trait in cfg.cohorts[cohort].traits:
-            path = cfg.models_dir / cohort / trait / "ensemble.json"
-            if not path.exists():
-                raise dg.Failure(f"{cohort}/{trait}: no ensemble at {path}; materialize `ensemble` first")
-            self.members[trait] = json.loads(path.read_text())["members"]
-            for m in self.members[trait]:
-                df = read_parquet(predictions_path(cfg, cohort, trait, m))
+            members = members_of(cfg, cohort, trait)
+            if members is None:
+                self.missing.append(trait)
+                continue
+            self.members[trait] = members
+            for m in members:
+                df = read_parquet(layout.predictions_file(cfg, cohort, trait, m))
                 self.stored[(trait, m)] = {sid: g["p"].to_numpy() for sid, g in df.groupby("slide_id", sort=False)}
+
+    @property
+    def traits(self) -> list[str]:
+        return list(self.members)
 
     def probabilities(self, trait: str, slide_id: str, n_tiles: int) -> tuple[np.ndarray, bool]:
         """(members x tiles) probabilities and whether any model had to run."""
@@ -46,8 +48,8 @@ class MemberModels:
             p = self.stored[(trait, m)].get(slide_id)
             if p is None or len(p) != n_tiles:  # new (or re-tiled) slide: run the member model
                 if (trait, m) not in self._models:
-                    self._models[(trait, m)] = load_model(model_dir(self.cfg.models_dir, self.cohort, trait, m))
-                f = local_copy(tile_file(self.cfg.tiles_dir, self.cohort, slide_id))
+                    self._models[(trait, m)] = load_model(layout.model_dir(self.cfg, self.cohort, trait, m))
+                f = local_copy(layout.tile_file(self.cfg, self.cohort, slide_id))
                 p = predict_files(self._models[(trait, m)], [f], self.cfg.training.input_px)[0]
                 ran = True
             out.append(p)
@@ -64,50 +66,52 @@ def build(cfg: PathomchConfig, trait_model_asset, ensemble_asset):
         deps=[*model_deps(trait_model_asset, ensemble_asset), slide_tiles],
         description="Per slide: ensemble tile calls of every trait (2 of 3 members) and the `ensemble` rows of "
         "`slide_scores`. Slides the members already scored reuse their stored predictions; slides that arrived "
-        "after training are scored by the existing ensemble models, never retrained.",
+        "after training are scored by the existing ensemble models, never retrained. A trait without a usable "
+        "ensemble (its `ensemble` partition failed) is left out, named in the metadata and the log.",
     )
     def slide_predictions(
         context: dg.AssetExecutionContext, pathomch: PathomchResource, accelerator: AcceleratorResource
     ) -> dg.MaterializeResult:
         cfg, store = pathomch.get_config(), pathomch.get_store()
-        scored, new, skipped = 0, 0, 0
+        scored, new, skipped, left_out = 0, 0, 0, {}
         for cohort, sids in by_cohort(context.partition_keys).items():
             slides = store.read("slides", "cohort = ?", [cohort]).set_index("slide_id")
             tiles = tile_positions(store, cohort)
             members = MemberModels(cfg, cohort)
+            if members.missing:
+                left_out[cohort] = without_ensemble_note(cohort, members.missing)
+                context.log.warning(left_out[cohort])
             for sid in sids:
                 key = f"{cohort}/{sid}"
                 if sid not in slides.index or slides.loc[sid, "status"] != "ok" or sid not in tiles:
                     store.delete("slide_scores", key)
-                    slide_calls_path(cfg, cohort, sid).unlink(missing_ok=True)
+                    layout.slide_calls_file(cfg, cohort, sid).unlink(missing_ok=True)
                     skipped += 1
                     continue
                 pos = tiles[sid]
                 frames, rows, ran_any = [], [], False
-                for trait in cfg.cohorts[cohort].traits:
+                for trait in members.traits:
                     probs, ran = members.probabilities(trait, sid, len(pos))
                     ran_any |= ran
-                    calls = ensemble_calls(probs, cfg.ensemble.threshold, cfg.ensemble.min_votes)
-                    frames.append(
-                        pos.assign(
-                            trait=trait,
-                            call=calls,
-                            votes=(probs >= cfg.ensemble.threshold).sum(axis=0),
-                            p=probs.mean(axis=0),
-                        )
-                    )  # soft calls for the robust HTI
+                    calls, votes, p = member_vote(probs, cfg.ensemble.threshold, cfg.ensemble.min_votes)
+                    frames.append(pos.assign(trait=trait, call=calls, votes=votes, p=p))  # p: the robust HTI's
                     rows.append(
                         {
                             "cohort": cohort,
                             "trait": trait,
                             "model": "ensemble",
                             "slide_id": sid,
-                            "score": 100.0 * calls.mean(),
+                            "score": slide_score(calls),
                             "n_tiles": len(pos),
-                            "patient_id": sid[:12],
+                            "patient_id": slides.loc[sid, "patient_id"],
                         }
                     )
-                with atomic_path(slide_calls_path(cfg, cohort, sid)) as tmp:
+                if not frames:  # no trait of the cohort has a usable ensemble
+                    store.delete("slide_scores", key)
+                    layout.slide_calls_file(cfg, cohort, sid).unlink(missing_ok=True)
+                    skipped += 1
+                    continue
+                with atomic_path(layout.slide_calls_file(cfg, cohort, sid)) as tmp:
                     pd.concat(frames, ignore_index=True).to_parquet(tmp, index=False)
                 store.write("slide_scores", key, pd.DataFrame(rows))
                 scored += 1
@@ -116,7 +120,12 @@ def build(cfg: PathomchConfig, trait_model_asset, ensemble_asset):
                     context.log.info(f"{key}: scored with the existing ensemble models (not seen in training)")
         store.ensure_views()
         return dg.MaterializeResult(
-            metadata={"slides_scored": scored, "scored_by_running_models": new, "slides_without_tiles": skipped}
+            metadata={
+                "slides_scored": scored,
+                "scored_by_running_models": new,
+                "slides_without_tiles": skipped,
+                **({"traits_without_ensemble": "; ".join(left_out.values())} if left_out else {}),
+            }
         )
 
     return slide_predictions

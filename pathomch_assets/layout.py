@@ -1,0 +1,112 @@
+"""Where every output lives: one function per file kind, all under the configuration's ``data_dir``.
+
+Nothing else builds an output path.  Below ``data_dir`` (``output_root``):
+
+- ``tiles/<cohort>/<slide>.tfrecord``: the slide's tissue tiles (``slide_tiles``)
+- ``models/<cohort>/<trait>/round_<i>/``: one trained model with its history (``trait_model``)
+- ``models/<cohort>/<trait>/ensemble.json``: the trait's ensemble members and vote (``ensemble``)
+- ``predictions/<cohort>/<trait>/round_<i>.parquet``: every tile's probability by one model (``trait_model``)
+- ``predictions/<cohort>/slides/<slide>.parquet``: a slide's ensemble tile calls (``slide_predictions``)
+- ``cartography/<cohort>/<slide>.{npz,geojson,png}``: map, QuPath GeoJSON, picture (``slide_cartography``)
+- ``figures/training_curves/<cohort>/<trait>/round_<i>.png``: a model's training curve (``trait_model``)
+- ``figures/<cohort>_figure_2_scores.png``: paper Figure 2 (``model_evaluation``)
+- ``figures/heterogeneity_maps/<run id>.png``: maps of a sample of a run's slides (``slide_cartography``)
+- ``survival/<cohort>_<A+B>_{kaplan_meier,hti_by_expression,hti_by_clinical}.png`` (``survival_analysis``)
+- ``tables/<table>/<partition>.parquet``: the result tables (``storage.TableStore``), DuckDB views at
+  ``duckdb_path``
+
+Slide file names go through ``storage.safe_stem`` (any slide id gives a valid, bounded name).  Round names
+(``round_<i>``) are built and parsed here only.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from .storage import as_path, safe_stem
+
+ROUND_PREFIX = "round_"
+ENSEMBLE_FILE = "ensemble.json"
+
+
+def round_name(index: int) -> str:
+    """The name of training round ``index`` (partition key, ``model`` column, model folder).
+
+    Examples
+    --------
+    >>> round_name(3)
+    'round_3'
+    """
+    return f"{ROUND_PREFIX}{index}"
+
+
+def round_index(name: str) -> int:
+    """The index of a round name; ``ValueError`` for any other name (``ensemble``, ``mean_of_rounds``).
+
+    Examples
+    --------
+    >>> round_index("round_3")
+    3
+    """
+    if not is_round(name):
+        raise ValueError(f"{name!r} is not a round name (expected {ROUND_PREFIX}<number>)")
+    return int(name[len(ROUND_PREFIX) :])
+
+
+def is_round(name: str) -> bool:
+    """Whether ``name`` names one training round (not the ensemble or a summary of rounds).
+
+    Examples
+    --------
+    >>> [is_round(m) for m in ("round_0", "ensemble", "mean_of_rounds")]
+    [True, False, False]
+    """
+    return name.startswith(ROUND_PREFIX) and name[len(ROUND_PREFIX) :].isdigit()
+
+
+def tile_file(cfg, cohort: str, slide_id: str) -> Path:
+    """The slide's tile store (TFRecord of JPEG tiles)."""
+    return as_path(cfg.tiles_dir) / cohort / f"{safe_stem(slide_id)}.tfrecord"
+
+
+def model_dir(cfg, cohort: str, trait: str, model: str) -> Path:
+    """The folder of one trained model (``model.keras``, its history and settings)."""
+    return as_path(cfg.models_dir) / cohort / trait / model
+
+
+def ensemble_file(cfg, cohort: str, trait: str) -> Path:
+    """The trait's ensemble: members, validation AUCs, excluded rounds, vote.  Absent: no usable ensemble."""
+    return as_path(cfg.models_dir) / cohort / trait / ENSEMBLE_FILE
+
+
+def predictions_file(cfg, cohort: str, trait: str, model: str) -> Path:
+    """Every tile's probability by one model (``slide_id, col, row, p``)."""
+    return cfg.output_root / "predictions" / cohort / trait / f"{model}.parquet"
+
+
+def slide_calls_file(cfg, cohort: str, slide_id: str) -> Path:
+    """One slide's ensemble tile calls of every trait with a usable ensemble (``col, row, trait, call, votes, p``)."""
+    return cfg.output_root / "predictions" / cohort / "slides" / f"{safe_stem(slide_id)}.parquet"
+
+
+def cartography_file(cfg, cohort: str, slide_id: str, ext: str = "npz") -> Path:
+    """The slide's tensor cartography (``npz``), QuPath GeoJSON (``geojson``) or picture (``png``)."""
+    return cfg.maps_dir / cohort / f"{safe_stem(slide_id)}.{ext}"
+
+
+def training_curve_file(cfg, cohort: str, trait: str, model: str) -> Path:
+    return cfg.output_root / "figures" / "training_curves" / cohort / trait / f"{model}.png"
+
+
+def scores_figure_file(cfg, cohort: str) -> Path:
+    """Paper Figure 2: ensemble slide scores by label."""
+    return cfg.output_root / "figures" / f"{cohort}_figure_2_scores.png"
+
+
+def maps_gallery_file(cfg, run_id: str) -> Path:
+    return cfg.output_root / "figures" / "heterogeneity_maps" / f"{run_id}.png"
+
+
+def survival_figure_file(cfg, cohort: str, traits: str, figure: str) -> Path:
+    """``figure``: ``kaplan_meier``, ``hti_by_expression`` or ``hti_by_clinical`` of a trait set (``A+B``)."""
+    return cfg.output_root / "survival" / f"{cohort}_{traits}_{figure}.png"
