@@ -8,14 +8,18 @@ kept as small arrays (one cell per tile) and rendered small, never as full-resol
 from __future__ import annotations
 
 import json
+import logging
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
+from .ensemble import usable_sets, usable_traits, without_ensemble_note
 from .heterogeneity import combination_codes
 from .storage import as_path, atomic_path, local_copy
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -44,6 +48,38 @@ class Cartography:
     def load(cls, path: str | Path) -> Cartography:
         with np.load(local_copy(path)) as z:
             return cls([str(t) for t in z["traits"]], z["tensor"], z["mask"])
+
+
+def trait_sets(cfg, cohort: str, store) -> tuple[list[list[str]], list[list[str]], str | None]:
+    """The cohort's trait sets for the HTI: (kept, dropped, note).
+
+    The survival pairs (default: the two usable traits with the best ensemble test AUC), then any
+    configured larger sets.  A set with a trait without a usable ensemble (``ensemble.json`` missing: its
+    ``ensemble`` partition failed or was not run) is dropped, and ``note`` names the trait and the sets, so
+    the maps and HTI of the other traits go on.
+    """
+    c = cfg.cohorts[cohort]
+    usable = usable_traits(cfg, cohort)
+    pairs = [list(p) for p in c.survival_pairs]
+    if not pairs and len(c.traits) >= 2:
+        m = store.read("model_metrics", "cohort = ? AND model = 'ensemble' AND eval_set = 'test'", [cohort])
+        m = m[m["trait"].isin(usable)]
+        best = m.sort_values(["auc", "trait"], ascending=[False, True])["trait"].tolist()[:2]
+        pairs = [best] if len(best) == 2 else [(usable + [t for t in c.traits if t not in usable])[:2]]
+    kept, dropped = usable_sets(pairs + [list(s) for s in c.hti_sets if list(s) not in pairs], usable)
+    note = None
+    if dropped:
+        missing = sorted({t for s in dropped for t in s} - set(usable))
+        note = f"{without_ensemble_note(cohort, missing)}; no map or HTI of {', '.join(map('+'.join, dropped))}"
+    return kept, dropped, note
+
+
+def analysis_sets(cfg, cohort: str, store) -> list[list[str]]:
+    """The trait sets of :func:`trait_sets` that get an HTI (every trait with a usable ensemble); logs the others."""
+    kept, _, note = trait_sets(cfg, cohort, store)
+    if note:
+        log.warning(note)
+    return kept
 
 
 def build_cartography(calls: pd.DataFrame, traits: list[str], shape: tuple[int, int] | None = None) -> Cartography:

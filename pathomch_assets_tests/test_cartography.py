@@ -111,3 +111,116 @@ def test_set_results_shares_sum_to_one_and_soft_calls_from_probabilities():
     assert combos["share"].sum() == pytest.approx(1.0) and combos["tissue_share"].sum() == pytest.approx(1.0)
     assert combos.set_index("combination")["n_tiles"].to_dict() == {"none": 1, "A": 1, "B": 1, "A+B": 1}
     assert combos["share_robust"].sum() == pytest.approx(1.0)
+
+
+CONFIG = """\
+data_dir: out
+duckdb_path: out/pathomch.duckdb
+seed: 1
+cohorts:
+  brca:
+    slides_dir: slides
+    mrna: mrna.tsv
+    traits: [A, B, C]
+    survival_pairs: [[A, B]]
+    hti_sets: [[A, C], [A, B, C]]
+tiling: {magnification: 20, tile_px: 16, workers: 1}
+"""
+
+
+@pytest.fixture
+def deployment(tmp_path, monkeypatch):
+    """A one-cohort deployment (traits A, B, C) with one slide's ensemble calls written as scoring writes them."""
+    from pathomch_assets import layout
+    from pathomch_assets.config import load_config
+    from pathomch_assets.storage import TableStore
+
+    (tmp_path / "slides").mkdir()
+    (tmp_path / "mrna.tsv").touch()
+    path = tmp_path / "pathomch.yaml"
+    path.write_text(CONFIG)
+    monkeypatch.setenv("PATHOMCH_CONFIG", str(path))
+    cfg = load_config(path)
+    store = TableStore(cfg.tables_dir, cfg.duckdb_path)
+    sid = "TCGA-XX-0001-01Z-00-DX1"
+    store.write(
+        "slides",
+        f"brca/{sid}",
+        pd.DataFrame(
+            [
+                {
+                    "cohort": "brca",
+                    "slide_id": sid,
+                    "patient_id": sid[:12],
+                    "path": "slides/s.svs",
+                    "status": "ok",
+                    "error": None,
+                    "base_magnification": 20.0,
+                }
+            ]
+        ),
+    )
+    rng = np.random.default_rng(0)
+    calls = pd.DataFrame(
+        [(c, r, t, bool(rng.random() < 0.5)) for c in range(4) for r in range(3) for t in "ABC"],
+        columns=["col", "row", "trait", "call"],
+    )
+    calls["votes"], calls["p"] = calls["call"] * 3, calls["call"] * 0.8 + 0.1
+    out = layout.slide_calls_file(cfg, "brca", sid)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    calls.to_parquet(out)
+    return cfg, path, store, sid
+
+
+def write_ensembles(cfg, traits):
+    from pathomch_assets import layout
+
+    for t in traits:
+        f = layout.ensemble_file(cfg, "brca", t)
+        f.parent.mkdir(parents=True, exist_ok=True)
+        f.write_text('{"members": ["round_0"], "min_votes": 2, "threshold": 0.5}')
+
+
+def test_trait_sets_leave_out_a_trait_without_an_ensemble(deployment):
+    from pathomch_assets.cartography import analysis_sets, trait_sets
+
+    cfg, _, store, _ = deployment
+    write_ensembles(cfg, ["A", "B", "C"])
+    assert trait_sets(cfg, "brca", store) == ([["A", "B"], ["A", "C"], ["A", "B", "C"]], [], None)
+    write_ensembles(cfg, [])
+    (cfg.models_dir / "brca" / "B" / "ensemble.json").unlink()  # B's ensemble failed
+    kept, dropped, note = trait_sets(cfg, "brca", store)
+    assert kept == [["A", "C"]] and dropped == [["A", "B"], ["A", "B", "C"]]
+    assert "B left out" in note and "ensemble.json missing" in note and "A+B, A+B+C" in note
+    assert analysis_sets(cfg, "brca", store) == [["A", "C"]]
+
+
+def test_a_trait_without_an_ensemble_does_not_stop_the_maps_of_the_others(deployment):
+    """B's ensemble failed: the slide still gets its map (A, C) and the HTI of A+C; A+B is left out, named."""
+    import dagster as dg
+
+    from pathomch_assets import layout
+    from pathomch_assets.definitions import build_definitions
+    from pathomch_assets.partitions import SLIDES
+    from pathomch_assets.resources import PathomchResource
+
+    cfg, path, store, sid = deployment
+    write_ensembles(cfg, ["A", "C"])
+    defs = build_definitions(cfg)
+    carto_asset = next(a for a in defs.assets if dg.AssetKey("slide_cartography") in a.keys)
+    with dg.instance_for_test() as instance:
+        instance.add_dynamic_partitions(SLIDES.name, [f"brca/{sid}"])
+        result = dg.materialize(
+            [carto_asset],
+            partition_key=f"brca/{sid}",
+            resources={"pathomch": PathomchResource(config_path=str(path))},
+            instance=instance,
+            selection=[carto_asset.key],
+        )
+    assert result.success
+    meta = result.asset_materializations_for_node(carto_asset.node_def.name)[0].metadata
+    assert "B left out" in meta["left_out"].value and "A+B" in meta["left_out"].value
+    hti = store.read("hti")
+    assert hti["traits"].tolist() == ["A+C"] and hti["slide_id"].tolist() == [sid]
+    assert Cartography.load(layout.cartography_file(cfg, "brca", sid)).traits == ["A", "C"]
+    assert layout.cartography_file(cfg, "brca", sid, "png").exists()

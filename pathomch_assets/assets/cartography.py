@@ -7,41 +7,31 @@ import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 
+from .. import layout
 from ..cartography import (
     Cartography,
+    analysis_sets,  # noqa: F401  (the survival asset and check read the same trait sets from here)
     build_cartography,
     combination_names,
     heterogeneity_png,
     plot_heterogeneity_map,
+    trait_sets,
     write_geojson,
 )
 from ..config import PathomchConfig
+from ..ensemble import usable_traits
 from ..heterogeneity import BOOTSTRAP, NEIGHBOUR_WEIGHT, PERMUTATIONS, combination_codes, hti_stats, robust_calls
 from ..partitions import SLIDES, by_cohort
 from ..reporting import figure_file, md_table
 from ..resources import PathomchResource
-from ..storage import read_parquet, safe_stem
+from ..storage import read_parquet
 from ..versions import code_version
 from .models import model_deps
 from .scoring import slide_calls_path
 
-ALL = dg.AllPartitionMapping()
-
-
-def analysis_sets(cfg: PathomchConfig, cohort: str, store) -> list[list[str]]:
-    """Trait sets for HTI: the survival pairs (default: the two traits with the best ensemble test
-    AUC), then any configured larger sets."""
-    c = cfg.cohorts[cohort]
-    pairs = [list(p) for p in c.survival_pairs]
-    if not pairs and len(c.traits) >= 2:
-        m = store.read("model_metrics", "cohort = ? AND model = 'ensemble' AND eval_set = 'test'", [cohort])
-        best = m.sort_values(["auc", "trait"], ascending=[False, True])["trait"].tolist()[:2]
-        pairs = [best] if len(best) == 2 else [c.traits[:2]]
-    return pairs + [list(s) for s in c.hti_sets if list(s) not in pairs]
-
 
 def cartography_file(cfg: PathomchConfig, cohort: str, slide_id: str, ext: str = "npz"):
-    return cfg.maps_dir / cohort / f"{safe_stem(slide_id)}.{ext}"
+    return layout.cartography_file(cfg, cohort, slide_id, ext)
 
 
 def slide_calls(cfg: PathomchConfig, cohort: str, slide_id: str) -> pd.DataFrame | None:
@@ -151,13 +141,17 @@ def build(cfg: PathomchConfig, slide_predictions_asset, trait_model_asset, ensem
     )
     def slide_cartography(context: dg.AssetExecutionContext, pathomch: PathomchResource) -> dg.MaterializeResult:
         cfg, store = pathomch.get_config(), pathomch.get_store()
-        gallery, rows_all, stats_all, skipped = [], [], [], 0
+        gallery, rows_all, stats_all, skipped, notes = [], [], [], 0, []
         for cohort, sids in by_cohort(context.partition_keys).items():
-            traits = cfg.cohorts[cohort].traits
-            sets = analysis_sets(cfg, cohort, store)
+            traits = usable_traits(cfg, cohort)
+            sets, _, note = trait_sets(cfg, cohort, store)
+            if note:
+                context.log.warning(note)
+                notes.append(note)
             slides = store.read("slides", "cohort = ?", [cohort]).set_index("slide_id")
             for sid in sids:
                 g = slide_calls(cfg, cohort, sid)
+                g = None if g is None or not traits else g[g["trait"].isin(traits)]
                 if g is None:
                     for table in ("hti", "hti_stats", "hti_combinations"):
                         store.delete(table, f"{cohort}/{sid}")
@@ -171,6 +165,11 @@ def build(cfg: PathomchConfig, slide_predictions_asset, trait_model_asset, ensem
                 level0_px = cfg.tiling.tile_px * float(s["base_magnification"]) / cfg.tiling.magnification
                 write_geojson(carto, cartography_file(cfg, cohort, sid, "geojson"), level0_px, sid)
                 soft, threshold = soft_calls(cfg, g, carto)
+                if not sets:  # no trait set with usable ensembles: the map of the usable traits, no HTI
+                    for table in ("hti", "hti_stats", "hti_combinations"):
+                        store.delete(table, f"{cohort}/{sid}")
+                    heterogeneity_png(carto, cartography_file(cfg, cohort, sid, "png"), title=sid)
+                    continue
                 rows, stats, combos = [], [], []
                 for tset in sets:
                     idx = [traits.index(t) for t in tset]
@@ -194,6 +193,8 @@ def build(cfg: PathomchConfig, slide_predictions_asset, trait_model_asset, ensem
         store.ensure_views()
         hti = pd.DataFrame(rows_all)
         meta = {"slides_mapped": int(hti["slide_id"].nunique()) if len(hti) else 0, "slides_without_calls": skipped}
+        if notes:
+            meta["left_out"] = "\n".join(notes)
         if len(hti):
             meta["hti_summary"] = md_table(hti.groupby(["cohort", "traits"])["hti"].describe().reset_index())
             meta["hti_stats_summary"] = md_table(stats_summary(pd.DataFrame(stats_all)))
