@@ -3,10 +3,9 @@
 A record is a ``tf.train.Example`` with ``image`` (JPEG bytes), ``col`` and ``row`` (int64).
 Writing needs neither TensorFlow nor protobuf: the Example is three map entries encoded by
 hand, and the TFRecord framing is ``uint64 length, masked CRC32C(length), payload, masked
-CRC32C(payload)`` (CRC32C from ``google-crc32c``).  The bytes are those TensorFlow writes
-(``test_tilestore`` compares them), so a tiling worker loads in a fraction of a second and a
-few tens of MB instead of TensorFlow's 3 s and 600 MB.  Reading (training, tests) goes
-through ``tf.data``.
+CRC32C(payload)`` (CRC32C from ``google-crc32c``).  The bytes are those TensorFlow writes with
+deterministic serialization (``test_tilestore`` compares them), so a tiling worker starts
+without TensorFlow's seconds and hundreds of MB.  Reading (training, tests) goes through ``tf.data``.
 """
 
 from __future__ import annotations
@@ -50,22 +49,33 @@ def _field(number: int, payload: bytes) -> bytes:
     return _varint(number << 3 | 2) + _varint(len(payload)) + payload
 
 
-def _entry(key: bytes, feature: bytes) -> bytes:
-    """One entry of ``Features.feature`` (map<string, Feature>, field 1): key = 1, value = 2."""
-    return _field(1, _field(1, key) + _field(2, feature))
+def _int64_feature(key: bytes, value: int) -> bytes:
+    """One entry of ``Features.feature`` (map<string, Feature>, field 1; key = 1, value = 2) holding
+    ``Feature.int64_list`` (3) = ``Int64List.value`` (1, packed)."""
+    return _field(1, _field(1, key) + _field(2, _field(3, _field(1, _varint(int(value))))))
 
 
 def tile_example(jpeg: bytes, col: int, row: int) -> bytes:
     """A serialized ``tf.train.Example`` with ``image`` (BytesList), ``col`` and ``row`` (Int64List).
 
-    Feature: bytes_list = 1, int64_list = 3; BytesList/Int64List: value = 1 (int64 packed).
-    Entries in TensorFlow's order (image, col, row), so the bytes equal ``Example.SerializeToString``.
+    ``image``: ``Feature.bytes_list`` (1) = ``BytesList.value`` (1).  The nested length prefixes are
+    computed, so the JPEG bytes are copied once.  Entries sorted by key (col, image, row): the bytes
+    equal ``Example.SerializeToString(deterministic=True)``.  (TensorFlow's default serialization
+    orders map entries by a hash seeded per process, so its files differ from run to run; these do not.)
     """
-    image = _field(1, _field(1, bytes(jpeg)))
-    col_f = _field(3, _field(1, _varint(int(col))))
-    row_f = _field(3, _field(1, _varint(int(row))))
-    features = _entry(b"image", image) + _entry(b"col", col_f) + _entry(b"row", row_f)
-    return _field(1, features)
+    jpeg = bytes(jpeg)
+    value = _varint(1 << 3 | 2) + _varint(len(jpeg))  # BytesList.value
+    n = len(value) + len(jpeg)
+    feature = _varint(1 << 3 | 2) + _varint(n)  # Feature.bytes_list
+    n += len(feature)
+    key = _field(1, b"image")
+    entry_value = _varint(2 << 3 | 2) + _varint(n)
+    n += len(key) + len(entry_value)
+    entry = _varint(1 << 3 | 2) + _varint(n)
+    col_entry, row_entry = _int64_feature(b"col", col), _int64_feature(b"row", row)
+    n += len(entry) + len(col_entry) + len(row_entry)
+    head = _varint(1 << 3 | 2) + _varint(n)
+    return b"".join((head, col_entry, entry, key, entry_value, feature, value, jpeg, row_entry))
 
 
 class TileWriter:

@@ -87,7 +87,8 @@ def tissue_fraction(rgb: np.ndarray, threshold: int = 220) -> np.ndarray | float
 
     ``rgb`` is ``(..., H, W, 3)`` uint8; the fraction is taken over the last three axes.
     """
-    darkest = np.minimum(np.minimum(rgb[..., 0], rgb[..., 1]), rgb[..., 2])
+    darkest = np.minimum(rgb[..., 0], rgb[..., 1])
+    np.minimum(darkest, rgb[..., 2], out=darkest)
     background = np.count_nonzero(darkest > threshold, axis=(-2, -1))
     return 1.0 - background / (rgb.shape[-3] * rgb.shape[-2])
 
@@ -177,6 +178,7 @@ class TiffLevelReader:
         tif.filehandle.set_lock(True)  # row bands are read on threads
         self.scaled = ScaledJpeg.for_page(page, factor) if factor > 1 else None
         self.factor = factor if self.scaled is not None else 1
+        self._fd = os.open(tif.filehandle.path, os.O_RDONLY) if self.scaled is not None else None
 
     @classmethod
     def open(cls, path, info, level: int, factor: int = 1) -> TiffLevelReader | None:
@@ -239,19 +241,27 @@ class TiffLevelReader:
         p, f = self.page, self.factor
         if (x | y | width | height) % f:
             raise ValueError(f"region {x}, {y}, {width} x {height} is not a multiple of the decode factor {f}")
-        across = -(-p.imagewidth // p.tilewidth)
-        tw, th = p.tilewidth // f, p.tilelength // f
-        tx0, ty0, nx, ny, segments = self._segments(x, y, width, height)
-        out = np.empty((ny * th, nx * tw, 3), np.uint8)
-        for data, i in segments:
-            if not data:
-                raise ValueError(f"tile {i} of page {p.index} has no data")
-            oy, ox = (i // across - ty0) * th, (i % across - tx0) * tw
-            out[oy : oy + th, ox : ox + tw] = self.scaled.decode(data)
-        oy, ox = (y - ty0 * p.tilelength) // f, (x - tx0 * p.tilewidth) // f
+        tw, th = p.tilewidth, p.tilelength
+        across = -(-p.imagewidth // tw)
+        tx0, tx1, ty0, ty1 = x // tw, (x + width - 1) // tw, y // th, (y + height - 1) // th
+        ny, nx, sw, sh = ty1 - ty0 + 1, tx1 - tx0 + 1, tw // f, th // f
+        grid = np.empty((ny, nx, sh, sw, 3), np.uint8)  # each stored tile decoded in place
+        offsets, counts, fd = p.dataoffsets, p.databytecounts, self._fd
+        for ty in range(ty0, ty1 + 1):
+            for tx in range(tx0, tx1 + 1):
+                i = ty * across + tx
+                if not counts[i]:
+                    raise ValueError(f"tile {i} of page {p.index} has no data")
+                # pread: a positioned read, safe on threads without a lock
+                self.scaled.decode(os.pread(fd, counts[i], offsets[i]), grid[ty - ty0, tx - tx0])
+        out = grid.transpose(0, 2, 1, 3, 4).reshape(ny * sh, nx * sw, 3)
+        oy, ox = (y - ty0 * th) // f, (x - tx0 * tw) // f
         return out[oy : oy + height // f, ox : ox + width // f]
 
     def close(self) -> None:
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
         self.tif.close()
 
 
@@ -310,12 +320,13 @@ class ScaledJpeg:
             return None
         return cls(prefix, page.tilewidth, page.tilelength, factor)
 
-    def decode(self, tile: bytes) -> np.ndarray:
+    def decode(self, tile: bytes, out: np.ndarray | None = None) -> np.ndarray:
+        """The tile at ``1/factor`` scale (into ``out``, a C-contiguous array of ``shape``, when given)."""
         h, w, _ = self.shape
-        out = self._decode(self.prefix + tile[2:], "RGB", min_height=h, min_width=w)
-        if out.shape != self.shape:
-            raise ValueError(f"JPEG tile decoded to {out.shape[:2]}, expected {self.shape[:2]}")
-        return out
+        got = self._decode(self.prefix + tile[2:], "RGB", min_height=h, min_width=w, buffer=out)
+        if got.shape != self.shape:
+            raise ValueError(f"JPEG tile decoded to {got.shape[:2]}, expected {self.shape[:2]}")
+        return got
 
 
 def adobe_marker(transform: int) -> bytes:

@@ -38,8 +38,10 @@ def test_records_are_the_bytes_tensorflow_writes(tmp_path, real_tiles):
                     }
                 )
             )
-            assert tile_example(jpeg, col, row) == ex.SerializeToString()
-            w.write(ex.SerializeToString())
+            ours = tile_example(jpeg, col, row)
+            assert ours == ex.SerializeToString(deterministic=True)  # map entries sorted by key
+            assert tf.train.Example.FromString(ours) == ex
+            w.write(ex.SerializeToString(deterministic=True))
     assert (tmp_path / "ours.tfrecord").read_bytes() == (tmp_path / "tf.tfrecord").read_bytes()
     # tf.data (CRCs checked) gives back every record: the stored JPEG bytes and positions as written
     spec = {
