@@ -21,6 +21,7 @@ import json
 import os
 import tempfile
 import urllib.parse
+from collections import OrderedDict
 from pathlib import Path, PurePath
 
 import duckdb
@@ -306,6 +307,11 @@ def glob_escape(path: str) -> str:
     return "".join(f"[{ch}]" if ch in "[*?" else ch for ch in path)
 
 
+#: recent local table reads of this process, by folder state and query (``TableStore.read``)
+_READS: OrderedDict[tuple, pd.DataFrame] = OrderedDict()
+_READS_MAX = 32
+
+
 class TableStore:
     """Per-partition Parquet files under ``tables_dir``, seen as DuckDB views at ``duckdb_path``.
 
@@ -366,10 +372,18 @@ class TableStore:
         data = self.conform(table, df)
         with atomic_path(path) as tmp:
             data.to_parquet(tmp, index=False)
+        self._forget(table)
         return path
 
     def delete(self, table: str, partition_key: str) -> None:
         (self._dir(table) / f"{partition_filename(partition_key)}.parquet").unlink(missing_ok=True)
+        self._forget(table)
+
+    def _forget(self, table: str) -> None:
+        """Drop this process's cached reads of ``table`` (a write within the folder's mtime resolution)."""
+        folder = str(self._dir(table))
+        for key in [k for k in _READS if k[0] == folder]:
+            del _READS[key]
 
     def ensure_schema_file(self, table: str) -> None:
         """An empty file with the schema, so a table with no partitions yet still reads."""
@@ -379,13 +393,30 @@ class TableStore:
                 self.conform(table, pd.DataFrame(columns=list(SCHEMAS[table]))).to_parquet(tmp, index=False)
 
     def read(self, table: str, where: str | None = None, params: list | None = None) -> pd.DataFrame:
-        """Rows of ``table`` (optionally filtered by a SQL ``where`` clause with ``?`` params)."""
+        """Rows of ``table`` (optionally filtered by a SQL ``where`` clause with ``?`` params).
+
+        A local table's reads are cached in the process until its folder changes (every write renames
+        a file into it, which moves the folder's mtime): per-slide tables are hundreds of files, and
+        one run reads the same ones several times.
+        """
         self.ensure_schema_file(table)
         sql = f"SELECT * FROM read_parquet({self._glob(table)}, union_by_name=true)"
         if where:
             sql += f" WHERE {where}"
+        key = None
+        if not is_remote(self.tables_dir):
+            st = os.stat(self._dir(table))
+            key = (str(self._dir(table)), st.st_mtime_ns, st.st_ino, sql, tuple(params or ()))
+            if key in _READS:
+                _READS.move_to_end(key)
+                return _READS[key].copy()
         with self._connect() as con:
-            return con.execute(sql, params or []).df()
+            df = con.execute(sql, params or []).df()
+        if key is not None:
+            _READS[key] = df.copy()
+            while len(_READS) > _READS_MAX:
+                _READS.popitem(last=False)
+        return df
 
     def views_signature(self) -> str:
         """What the DuckDB file's views depend on: the tables, their schemas and the folder."""
