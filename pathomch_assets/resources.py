@@ -3,22 +3,36 @@
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
 import dagster as dg
 from pydantic import PrivateAttr
 
-from .config import PathomchConfig, load_config
+from .config import DEMO_CONFIG, ENV_VAR, PathomchConfig, load_config
 from .storage import TableStore
 
 
 class PathomchResource(dg.ConfigurableResource):
     """The YAML configuration (``config_path``, else ``$PATHOMCH_CONFIG``, else the demo)
-    and the result tables it names."""
+    and the result tables it names.
+
+    The configuration is read and validated once per resource and file version: ``get_config`` reads the
+    file again only when its path, size or modification time changed.
+    """
 
     config_path: str | None = None
+    _config: tuple | None = PrivateAttr(default=None)
 
     def get_config(self) -> PathomchConfig:
-        return load_config(self.config_path)
+        path = Path(self.config_path or os.environ.get(ENV_VAR) or DEMO_CONFIG).resolve()
+        try:
+            st = path.stat()
+            version = (str(path), st.st_size, st.st_mtime_ns)
+        except OSError:
+            return load_config(path)  # says which file is missing
+        if self._config is None or self._config[0] != version:
+            self._config = (version, load_config(path))
+        return self._config[1]
 
     def get_store(self) -> TableStore:
         cfg = self.get_config()

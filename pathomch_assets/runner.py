@@ -337,24 +337,23 @@ def _materialize_all(defs, cfg, selection, partitions, log, missing_only, execut
     summary = RunSummary()
     outcome = Outcomes(graph, instance)
     pool = None
+    config_path = os.environ.get("PATHOMCH_CONFIG") or (str(cfg.source) if cfg.source else None)
     for pdef, batch in plan_batches(defs, keys):
-        names = ", ".join(k.to_user_string() for k in batch)
         done = None
         if missing_only and not isinstance(pdef, dg.DynamicPartitionsDefinition):
             done = set.intersection(*(set(instance.get_materialized_partitions(k)) for k in batch))
-        runs = []
+        runs = []  # (label, materialize kwargs, partition keys, the batch's assets not blocked)
         for label, kwargs, part_keys in _partition_runs(pdef, instance, partitions):
-            blocker = outcome.blocker(batch, part_keys)
             if done is not None and label in done:
                 summary.already += 1
-            elif blocker:
-                outcome.record(batch, part_keys, ok=False)
-                summary.skipped.append(f"{names} [{label}]")
-                log(f"skipping {names} [{label}]: upstream {blocker} failed")
-            else:
-                runs.append((label, kwargs, part_keys))
-        config_path = os.environ.get("PATHOMCH_CONFIG") or (str(cfg.source) if cfg.source else None)
-        batch_keys = [k.to_user_string() for k in batch]
+                continue
+            blocked = {k: why for k in batch if (why := outcome.blocker(k, part_keys))}
+            for k, why in blocked.items():
+                outcome.record([k], part_keys, ok=False)
+                summary.skipped.append(f"{k.to_user_string()} [{label}]")
+                log(f"skipping {k.to_user_string()} [{label}]: upstream {why} failed")
+            if len(blocked) < len(batch):
+                runs.append((label, kwargs, part_keys, [k for k in batch if k not in blocked]))
         if executor == "multiprocess" and parallel > 1 and len(runs) > 1:
             if pool is None:
                 # Dagster's run orchestration is per process (logging, signals): runs in flight at
@@ -365,25 +364,25 @@ def _materialize_all(defs, cfg, selection, partitions, log, missing_only, execut
                     initializer=exit_with_parent,
                     initargs=(os.getpid(),),
                 )
-            for label, _, _ in runs:
-                log(f"materializing {names} [{label}]")
+            for label, _, _, sel in runs:
+                log(f"materializing {_names(sel)} [{label}]")
             outcomes = pool.map(
                 execute_run,
                 [config_path] * len(runs),
-                [batch_keys] * len(runs),
-                [_run_tags(pdef, kwargs) for _, kwargs, _ in runs],
+                [[k.to_user_string() for k in sel] for *_, sel in runs],
+                [_run_tags(pdef, kwargs) for _, kwargs, _, _ in runs],
             )
         else:
 
             def one_by_one():
-                for label, kwargs, _ in runs:
-                    log(f"materializing {names} [{label}]")
+                for label, kwargs, _, sel in runs:
+                    log(f"materializing {_names(sel)} [{label}]")
                     if executor == "multiprocess":
-                        yield execute_run(config_path, batch_keys, _run_tags(pdef, kwargs))
+                        yield execute_run(config_path, [k.to_user_string() for k in sel], _run_tags(pdef, kwargs))
                     else:
                         r = dg.materialize(
                             all_assets,
-                            selection=batch,
+                            selection=sel,
                             instance=instance,
                             resources=resources,
                             raise_on_error=False,
@@ -393,21 +392,25 @@ def _materialize_all(defs, cfg, selection, partitions, log, missing_only, execut
                         yield r.success, r.run_id
 
             outcomes = one_by_one()
-        for (label, _, part_keys), (success, run_id) in zip(runs, outcomes):
+        for (label, _, part_keys, sel), (success, run_id) in zip(runs, outcomes):
             summary.runs += 1
-            outcome.record(batch, part_keys, ok=success)
+            outcome.record(sel, part_keys, ok=success)
             for line in failed_checks(instance, run_id):
                 log(f"  check failed: {line}")
             if not success:
                 why = "; ".join(failed_steps(instance, run_id))
-                summary.failed.append(f"{names} [{label}] (run {run_id})" + (f": {why}" if why else ""))
-                log(f"  FAILED: {names} [{label}]; see `dagster dev` run {run_id}")
+                summary.failed.append(f"{_names(sel)} [{label}] (run {run_id})" + (f": {why}" if why else ""))
+                log(f"  FAILED: {_names(sel)} [{label}]; see `dagster dev` run {run_id}")
                 if why:
                     log(f"  {why}")
     if pool is not None:
         pool.shutdown()
     summary.seconds = time.perf_counter() - t0
     return summary
+
+
+def _names(keys) -> str:
+    return ", ".join(k.to_user_string() for k in keys)
 
 
 def _with_owner_tags(kwargs: dict) -> dict:
@@ -462,24 +465,17 @@ class Outcomes:
         for key in batch:
             (self.ok if ok else self.failed).setdefault(key, set()).update(part_keys)
 
-    def blocker(self, batch, part_keys: list) -> str | None:
-        """The failed upstream partition that blocks this run of ``batch``, or None."""
-        for key in batch:
-            for parent in self.graph.get(key).parent_keys:
-                bad = self.failed.get(parent)
-                if not bad:
-                    continue
-                if self.graph.get(parent).tags.get(FAILS_ALONE_TAG) and self.ok.get(parent):
-                    mapped = self._mapped(key, parent, part_keys)
-                    if mapped is None:  # reads every partition: runs on the others
-                        continue
+    def blocker(self, key, part_keys: list) -> str | None:
+        """The failed upstream partition that blocks ``key`` for ``part_keys``, or None."""
+        for parent in self.graph.get(key).parent_keys:
+            bad = self.failed.get(parent, set())
+            if bad and None not in bad:
+                mapped = self._mapped(key, parent, part_keys)
+                if mapped is not None:
                     bad = bad & mapped
-                    if not bad:
-                        continue
-                elif None not in bad:
-                    mapped = self._mapped(key, parent, part_keys)
-                    if mapped is not None and not bad & mapped:
-                        continue
+                elif self.graph.get(parent).tags.get(FAILS_ALONE_TAG) and self.ok.get(parent):
+                    continue  # reads all its partitions and leaves out the failed ones
+            if bad:
                 shown = sorted(str(k) for k in bad if k is not None)
                 return parent.to_user_string() + (f" [{', '.join(shown[:3])}]" if shown else "")
         return None

@@ -189,16 +189,42 @@ def cox_hti(df: pd.DataFrame, column: str = "hti") -> CoxResult:
 
     ``df`` has ``os_months, os_event`` and ``column``; rows missing any are left out.
     """
-    from lifelines import CoxPHFitter
-
     d = df[["os_months", "os_event", column]].dropna()
     if len(d) < 5 or d[column].nunique() < 2 or d["os_event"].sum() < 2:
         return CoxResult(np.nan, np.nan, np.nan, np.nan, len(d))
-    cph = CoxPHFitter().fit(d, duration_col="os_months", event_col="os_event")
-    s = cph.summary.loc[column]
-    return CoxResult(
-        float(s["exp(coef)"]), float(s["p"]), float(s["exp(coef) lower 95%"]), float(s["exp(coef) upper 95%"]), len(d)
+    s = cox_summary(d, [column]).loc[column]
+    return CoxResult(float(s["hazard_ratio"]), float(s["p_value"]), float(s["ci_low"]), float(s["ci_high"]), len(d))
+
+
+def cox_summary(
+    df: pd.DataFrame, covariates: list[str], duration_col: str = "os_months", event_col: str = "os_event"
+) -> pd.DataFrame:
+    r"""Cox proportional-hazards fit of ``duration_col``/``event_col`` on ``covariates`` (lifelines ``CoxPHFitter``,
+    Efron's method for ties, as R's ``survival::coxph``); rows missing a value are left out.
+
+    Returns
+    -------
+    DataFrame
+        One row per covariate: ``coef`` (:math:`\hat\beta`), ``se``, ``z`` (:math:`\hat\beta/se`), ``p_value``
+        (two-sided Wald test of :math:`\beta = 0`), ``hazard_ratio`` (:math:`e^{\hat\beta}`) with its 95%
+        interval ``ci_low``, ``ci_high``.
+    """
+    from lifelines import CoxPHFitter
+
+    d = df[[duration_col, event_col, *covariates]].dropna()
+    s = CoxPHFitter().fit(d, duration_col=duration_col, event_col=event_col).summary
+    out = pd.DataFrame(
+        {
+            "coef": s["coef"],
+            "se": s["se(coef)"],
+            "z": s["z"],
+            "p_value": s["p"],
+            "hazard_ratio": s["exp(coef)"],
+            "ci_low": s["exp(coef) lower 95%"],
+            "ci_high": s["exp(coef) upper 95%"],
+        }
     )
+    return out.loc[list(covariates)]
 
 
 def plot_km(test: GroupTest, ax=None, labels=("low", "high"), at_risk: bool = True):

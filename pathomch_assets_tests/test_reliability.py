@@ -136,3 +136,54 @@ def test_failed_check_descriptions_are_reported():
     assert failed_checks(instance, result.run_id) == [
         "thing check has_both_classes (WARN): brca/ESR1 round_2: the val split has one class; raise val_fraction"
     ]
+
+
+def test_a_failed_partition_fails_alone_where_its_asset_says_so(tmp_path, monkeypatch):
+    """A failed partition of a ``FAILS_ALONE`` asset (a trait's ensemble) stops only the partitions mapped to it;
+    an asset reading all its partitions runs on.  Any other failed partition stops what reads it, as before."""
+    from pathomch_assets.partitions import ALL, FAILS_ALONE
+
+    monkeypatch.setenv("DAGSTER_HOME", str(tmp_path / "home"))
+    (tmp_path / "slides").mkdir()
+    for name in ("m.tsv", "mi.csv"):
+        (tmp_path / name).touch()
+    config = tmp_path / "p.yaml"
+    config.write_text(
+        "data_dir: out\nduckdb_path: out/p.duckdb\ncohorts:\n  c:\n    slides_dir: slides\n    mrna: m.tsv\n"
+        "    mirna: mi.csv\n    traits: [A]\n"
+    )
+    cfg = load_config(config)
+    traits = dg.StaticPartitionsDefinition(["a", "b", "c"])
+    ran = []
+
+    @dg.asset(partitions_def=traits, tags=FAILS_ALONE)
+    def per_trait(context):
+        if context.partition_key == "b":
+            raise dg.Failure("c/b: only 2 usable rounds")
+
+    @dg.asset(partitions_def=traits, deps=[per_trait])
+    def same_trait(context):
+        ran.append(f"same_trait {context.partition_key}")
+
+    @dg.asset(deps=[dg.AssetDep(per_trait, partition_mapping=ALL)])
+    def reads_all():
+        ran.append("reads_all")
+
+    @dg.asset(partitions_def=dg.StaticPartitionsDefinition(["x", "y"]))
+    def plain(context):
+        if context.partition_key == "x":
+            raise dg.Failure("x is broken")
+
+    @dg.asset(deps=[dg.AssetDep(plain, partition_mapping=ALL)])
+    def after_plain():
+        ran.append("after_plain")
+
+    lines = []
+    defs = dg.Definitions(assets=[per_trait, same_trait, reads_all, plain, after_plain])
+    summary = materialize_all(defs, cfg, log=lines.append)
+    assert sorted(ran) == ["reads_all", "same_trait a", "same_trait c"]
+    assert [f.split(" (run")[0] for f in summary.failed] == ["per_trait [b]", "plain [x]"]
+    assert "c/b: only 2 usable rounds" in summary.failed[0] and "x is broken" in summary.failed[1]
+    assert sorted(summary.skipped) == ["after_plain [unpartitioned]", "same_trait [b]"]
+    assert any("c/b: only 2 usable rounds" in line for line in lines)  # printed by `pathomch materialize`
+    assert "skipping same_trait [b]: upstream per_trait [b] failed" in lines

@@ -128,3 +128,32 @@ def test_figure_6_says_why_it_is_not_made():
     assert groups == ["er_status"] and "made for er_status" in why and "ER status" not in why
     df["subtype"] = "LumA"
     assert clinical_groups(df, "c.txt") == (["er_status", "subtype"], None)
+
+
+def test_cox_matches_r_coxph_on_the_rossi_recidivism_data():
+    """Reference: R's survival::coxph on Rossi et al.'s recidivism data (432 released prisoners, weeks to re-arrest),
+    the example of J. Fox and S. Weisberg, "Cox Proportional-Hazards Regression for Survival Data in R" (appendix
+    to An R Companion to Applied Regression), as quoted by lifelines' own tests
+    (lifelines/tests/test_estimation.py: test_coef_output_against_R_super_accurate,
+    test_standard_error_coef_output_against_R, test_z_value_output_against_R_to_3_decimal_places):
+
+        library(survival)
+        mod.allison <- coxph(Surv(week, arrest) ~ fin + age + race + wexp + mar + paro + prio, data=rossi)
+        cat(round(mod.allison$coefficients, 4), sep=", ")
+        summary(mod.allison)
+    """
+    from lifelines.datasets import load_rossi
+
+    from pathomch_assets.survival import cox_summary
+
+    covariates = ["fin", "age", "race", "wexp", "mar", "paro", "prio"]
+    s = cox_summary(load_rossi(), covariates, duration_col="week", event_col="arrest")
+    assert s["coef"].tolist() == pytest.approx([-0.3794, -0.0574, 0.3139, -0.1498, -0.4337, -0.0849, 0.0915], abs=5e-5)
+    assert s["se"].tolist() == pytest.approx([0.19138, 0.02200, 0.30799, 0.21222, 0.38187, 0.19576, 0.02865], abs=5e-5)
+    assert s["z"].tolist() == pytest.approx([-1.983, -2.611, 1.019, -0.706, -1.136, -0.434, 3.194], abs=5e-4)
+    assert s["hazard_ratio"].tolist() == pytest.approx(np.exp(s["coef"]).tolist())
+    # the HTI model is the same fit with one covariate
+    one = load_rossi().rename(columns={"week": "os_months", "arrest": "os_event", "prio": "hti"})
+    res = cox_hti(one)
+    ref = cox_summary(one, ["hti"]).loc["hti"]
+    assert (res.hazard_ratio, res.p_value, res.n) == (pytest.approx(ref.hazard_ratio), pytest.approx(ref.p_value), 432)
