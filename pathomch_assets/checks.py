@@ -1,4 +1,5 @@
-"""Asset checks: leakage and balance guards that block downstream assets when they fail."""
+"""Asset checks, all of them: leakage and balance guards that block downstream assets when they fail, and
+sanity checks of tiles, models and heterogeneity (warnings)."""
 
 import dagster as dg
 import pandas as pd
@@ -6,6 +7,7 @@ import pandas as pd
 from .reporting import md_table
 from .resources import PathomchResource
 from .splits import leakage
+from .survival import leaked_patients, survival_set
 
 
 def _cohort_of(context) -> str | None:
@@ -230,3 +232,66 @@ def build_selection_check(ensemble_asset):
         return selection_leakage(pathomch.get_store().read("splits"))
 
     return selection_without_test_patients
+
+
+def hti_in_unit_interval(hti: pd.DataFrame) -> dg.AssetCheckResult:
+    bad = hti[(hti["hti"] < 0) | (hti["hti"] > 1) | hti["hti"].isna()]
+    return dg.AssetCheckResult(passed=bad.empty, metadata={"rows": len(hti), "out_of_range": len(bad)})
+
+
+def shares_and_intervals(sums: pd.DataFrame, stats: pd.DataFrame) -> dg.AssetCheckResult:
+    """``sums``: per slide and trait set, the sums of ``share`` (``s``) and ``tissue_share`` (``t``)."""
+    bad_sums = sums[((sums["s"] - 1).abs() > 1e-9) & (sums["s"] > 0) | ((sums["t"] - 1).abs() > 1e-9)]
+    bad_ci = stats[(stats["ci_low"] > stats["hti"] + 1e-9) | (stats["ci_high"] < stats["hti"] - 1e-9)]
+    return dg.AssetCheckResult(
+        passed=bad_sums.empty and bad_ci.empty,
+        metadata={"slides": len(sums), "shares_not_summing_to_1": len(bad_sums), "hti_outside_ci": len(bad_ci)},
+    )
+
+
+def build_cartography_checks(slide_cartography_asset):
+    @dg.asset_check(asset=slide_cartography_asset, description="Every HTI lies in [0, 1].")
+    def hti_within_unit_interval(pathomch: PathomchResource) -> dg.AssetCheckResult:
+        return hti_in_unit_interval(pathomch.get_store().read("hti"))
+
+    @dg.asset_check(
+        asset=slide_cartography_asset,
+        description="The combination shares of every slide and trait set "
+        "with a positive tile sum to 1, and its CI contains its HTI.",
+    )
+    def hti_shares_and_intervals(pathomch: PathomchResource) -> dg.AssetCheckResult:
+        store = pathomch.get_store()
+        sums = store.query(
+            "SELECT cohort, traits, slide_id, sum(share) s, sum(tissue_share) t FROM hti_combinations GROUP BY ALL"
+        )
+        return shares_and_intervals(sums, store.read("hti_stats"))
+
+    return [hti_within_unit_interval, hti_shares_and_intervals]
+
+
+def build_survival_check(survival_asset, analysis_sets):
+    """``analysis_sets(cfg, cohort, store)``: the trait sets analysed (``assets.cartography.analysis_sets``)."""
+
+    @dg.asset_check(
+        asset=survival_asset,
+        blocking=True,
+        description="No survival-set patient was in a train or validation split of either trait.",
+    )
+    def survival_set_never_trained_on(context, pathomch: PathomchResource) -> dg.AssetCheckResult:
+        store = pathomch.get_store()
+        leaks = []
+        for cohort in pathomch.get_config().cohorts:
+            labels = store.read("labels", "cohort = ?", [cohort])
+            splits = store.read("splits", "cohort = ?", [cohort])
+            if labels.empty or splits.empty:
+                continue
+            for pair in analysis_sets(pathomch.get_config(), cohort, store):
+                patients = survival_set(labels, splits[splits["round"] == 0], pair)
+                leaks += [
+                    f"{cohort} {'+'.join(pair)} {p}" for p in sorted(leaked_patients(patients, labels, splits, pair))
+                ]
+        return dg.AssetCheckResult(
+            passed=not leaks, metadata={"leaked": len(leaks)}, description="; ".join(leaks[:10]) or None
+        )
+
+    return survival_set_never_trained_on

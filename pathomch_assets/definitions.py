@@ -34,8 +34,8 @@ def build_definitions(cfg: PathomchConfig | None = None, config_path: str | None
     trait_model, ensemble = models.build(cfg, labels, splits)
     slide_predictions = scoring.build(cfg, trait_model, ensemble)
     model_evaluation = models.build_evaluation(cfg, slide_predictions, trait_model, ensemble)
-    carto_assets, carto_checks = cartography.build(cfg, slide_predictions, trait_model, ensemble)
-    survival_assets, survival_checks = outcomes.build(cfg, carto_assets[0], clinical, trait_model, ensemble)
+    (slide_cartography,), _ = cartography.build(cfg, slide_predictions, trait_model, ensemble)  # checks: checks.py
+    survival_analysis = outcomes.build(cfg, slide_cartography, clinical, trait_model, ensemble)
     assets = [
         ingest.slide_tiles,
         *mol,
@@ -43,19 +43,19 @@ def build_definitions(cfg: PathomchConfig | None = None, config_path: str | None
         ensemble,
         slide_predictions,
         model_evaluation,
-        *carto_assets,
-        *survival_assets,
+        slide_cartography,
+        survival_analysis,
     ]
     asset_checks = [
         *checks.build(splits, labels),
         *checks.build_slide_and_model_checks(ingest.slide_tiles, trait_model),
         checks.build_selection_check(ensemble),
-        *carto_checks,
-        *survival_checks,
+        *checks.build_cartography_checks(slide_cartography),
+        checks.build_survival_check(survival_analysis, cartography.analysis_sets),
     ]
     slide_job = dg.define_asset_job(
         "process_slides",
-        selection=[ingest.slide_tiles, slide_predictions, *carto_assets],
+        selection=[ingest.slide_tiles, slide_predictions, slide_cartography],
         description="Tile a slide, score it with the existing ensembles, map it and compute its HTI.",
     )
     return dg.Definitions(

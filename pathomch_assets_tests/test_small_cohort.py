@@ -140,28 +140,46 @@ def test_every_diagnostic_slide_trains_and_scores_and_dx1_alone_in_survival(smal
     assert (hti[hti.patient_id.isin(multi)].groupby("patient_id").slide_id.nunique() > 1).any()  # DX2 mapped too
 
 
-def test_a_trait_with_too_few_usable_rounds_fails_alone(small):
+def test_a_trait_with_too_few_usable_rounds_fails_alone(small, capsys, monkeypatch):
+    """`pathomch materialize` with ensemble.size 4: the trait with 3 usable rounds fails alone, with its message
+    printed; every other trait is scored, evaluated, mapped and analysed."""
+    from pathomch_assets.cli import main
+
     cfg, _, store, trait, rounds = small
+    others = [t for t in cfg.cohorts["brca"].traits if t != trait]
+    (pair,) = cfg.cohorts["brca"].survival_pairs
+    assert trait in pair  # the failing trait is in the configured survival pair; the other pair has none
     raw = yaml.safe_load(Path(cfg.source).read_text())
     raw["ensemble"] = {"size": 4, "min_votes": 3}
+    raw["cohorts"]["brca"]["survival_pairs"] = [list(pair), others]
     path = Path(cfg.source).with_name("size4.yaml")
     path.write_text(yaml.safe_dump(raw))
-    defs = build_definitions(config_path=str(path))
-    other = next(t for t in cfg.cohorts["brca"].traits if t != trait)
-    results = {}
-    for t in (trait, other):
-        r = dg.materialize(
-            list(defs.assets),
-            selection=["ensemble"],
-            partition_key=f"brca/{t}",
-            instance=dg.DagsterInstance.get(),
-            resources=defs.resources,
-            raise_on_error=False,
-        )
-        results[t] = r
-    assert results[other].success
-    assert not results[trait].success
-    (failure,) = results[trait].get_step_failure_events()
-    message = failure.event_specific_data.error.message
-    assert f"brca/{trait}: only 3 usable rounds" in message and "ensemble.size is 4" in message
-    assert all(f"round_{r}" in message for r in rounds) and "other traits are not affected" in message
+    monkeypatch.setenv("PATHOMCH_CONFIG", str(path))
+    assert main(["materialize", "--config", str(path), "--select", "ensemble+"]) == 1
+    printed = capsys.readouterr()
+    text = printed.out + printed.err
+    # the command line names the failed partition, prints its message, and skips nothing
+    assert text.count("FAILED:") == 1 and f"FAILED: ensemble [brca/{trait}]" in text
+    assert f"brca/{trait}: only 3 usable rounds" in text and "ensemble.size is 4" in text
+    assert all(f"round_{r}" in text for r in rounds) and "other traits are not affected" in text
+    assert "skipped (upstream failed)" not in text and "skipping" not in text
+    # no ensemble for the failing trait any more, the others' remade with 4 members
+    assert not (cfg.models_dir / "brca" / trait / "ensemble.json").exists()
+    for t in others:
+        assert len(json.loads((cfg.models_dir / "brca" / t / "ensemble.json").read_text())["members"]) == 4
+    ens = store.query("select distinct trait from model_metrics where model = 'ensemble'")
+    assert sorted(ens.trait) == sorted(others)
+    # every usable slide scored by the other traits' ensembles, none by the failing one's
+    n_ok = store.query("select count(*) n from slides where status = 'ok'").n[0]
+    scores = store.query(
+        "select trait, count(distinct slide_id) n from slide_scores where model = 'ensemble' group by 1"
+    )
+    assert sorted(scores.trait) == sorted(others) and (scores.n == n_ok).all()
+    assert trait in latest_metadata("model_evaluation", "brca")["traits_without_ensemble"]
+    assert (store.query("select distinct trait from correlations").trait.sort_values() == sorted(others)).all()
+    # maps and survival for the pair without the failing trait only
+    assert set(store.query("select distinct traits from hti").traits) == {"+".join(others)}
+    survival = store.query("select * from survival")
+    assert set(survival.traits) == {"+".join(others)} and survival.p_value.notna().any()
+    first = store.query("select slide_id from slides where status = 'ok' order by 1 limit 1").slide_id[0]
+    assert trait in latest_metadata("slide_predictions", f"brca/{first}")["traits_without_ensemble"]

@@ -5,8 +5,8 @@ import matplotlib.pyplot as plt
 import pandas as pd
 
 from .. import layout
+from ..cartography import trait_sets
 from ..config import PathomchConfig
-from ..ensemble import usable_sets, usable_traits, without_ensemble_note
 from ..partitions import ALL, cohorts
 from ..reporting import figure_file, md_table
 from ..resources import PathomchResource
@@ -17,16 +17,17 @@ from ..survival import (
     cox_hti,
     expression_groupings,
     hti_groupings,
-    leaked_patients,
     plot_hti_by_clinical,
     plot_hti_by_expression,
     plot_km,
     survival_frame,
-    survival_set,
 )
 from ..versions import code_version, refresh_on_new_slides
-from .cartography import analysis_sets, analysis_settings, hti_settings
+from .cartography import analysis_settings, hti_settings
 from .models import model_deps
+
+#: the columns of `survival` shown in the UI
+SHOWN = ["traits", "grouping", "n_low", "n_high", "logrank_p", "hazard_ratio", "c_index", "p_value"]
 
 
 def read_survival_frame(store, cohort: str, pair: list[str]) -> tuple[pd.DataFrame, set[str]]:
@@ -41,15 +42,6 @@ def read_survival_frame(store, cohort: str, pair: list[str]) -> tuple[pd.DataFra
         store.read("hti_stats", "cohort = ? AND traits = ?", [cohort, name]),
         store.read("clinical", "cohort = ?", [cohort]),
     )
-
-
-def survival_pairs(cfg: PathomchConfig, cohort: str, store, log=None) -> list[list[str]]:
-    """The cohort's analysed trait pairs whose traits all have a usable ensemble (the others are logged)."""
-    sets, dropped = usable_sets(analysis_sets(cfg, cohort, store), usable_traits(cfg, cohort))
-    if dropped and log is not None:
-        missing = sorted({t for s in dropped for t in s} - set(usable_traits(cfg, cohort)))
-        log(f"{without_ensemble_note(cohort, missing)}: no survival analysis of {', '.join(map('+'.join, dropped))}")
-    return [s for s in sets if len(s) == 2]
 
 
 def build(cfg: PathomchConfig, cartography_asset, clinical_asset, trait_model_asset, ensemble_asset):
@@ -77,7 +69,11 @@ def build(cfg: PathomchConfig, cartography_asset, clinical_asset, trait_model_as
         cohort = context.partition_key
         sv = cfg.survival
         rows, meta = [], {}
-        for pair in survival_pairs(cfg, cohort, store, log=context.log.warning):
+        sets, _, note = trait_sets(cfg, cohort, store)  # traits without a usable ensemble left out
+        if note:
+            context.log.warning(note)
+            meta["traits_without_ensemble"] = note
+        for pair in (s for s in sets if len(s) == 2):
             name = "+".join(pair)
             df, _ = read_survival_frame(store, cohort, pair)
             columns = ["hti"] + (["hti_robust"] if df["hti_robust"].notna().any() else [])
@@ -155,36 +151,11 @@ def build(cfg: PathomchConfig, cartography_asset, clinical_asset, trait_model_as
             if why:
                 context.log.warning(f"{cohort} {name}: {why}")
                 meta[f"hti_by_clinical_{name}_note"] = why
-        table = pd.DataFrame(rows)
+        table = pd.DataFrame(rows) if rows else pd.DataFrame(columns=["cohort", "traits", *SHOWN[1:], "n_patients"])
         store.write("survival", cohort, table)
         store.ensure_views()
-        meta["survival"] = md_table(
-            table[["traits", "grouping", "n_low", "n_high", "logrank_p", "hazard_ratio", "c_index", "p_value"]],
-            floatfmt=".3g",
-        )
+        meta["survival"] = md_table(table[SHOWN], floatfmt=".3g")
         meta["dagster/row_count"] = len(table)
         return dg.MaterializeResult(metadata=meta)
 
-    @dg.asset_check(
-        asset=survival_analysis,
-        blocking=True,
-        description="No survival-set patient was in a train or validation split of either trait.",
-    )
-    def survival_set_never_trained_on(context, pathomch: PathomchResource) -> dg.AssetCheckResult:
-        store = pathomch.get_store()
-        leaks = []
-        for cohort in pathomch.get_config().cohorts:
-            labels = store.read("labels", "cohort = ?", [cohort])
-            splits = store.read("splits", "cohort = ?", [cohort])
-            if labels.empty or splits.empty:
-                continue
-            for pair in analysis_sets(pathomch.get_config(), cohort, store):
-                patients = survival_set(labels, splits[splits["round"] == 0], pair)
-                leaks += [
-                    f"{cohort} {'+'.join(pair)} {p}" for p in sorted(leaked_patients(patients, labels, splits, pair))
-                ]
-        return dg.AssetCheckResult(
-            passed=not leaks, metadata={"leaked": len(leaks)}, description="; ".join(leaks[:10]) or None
-        )
-
-    return [survival_analysis], [survival_set_never_trained_on]
+    return survival_analysis
