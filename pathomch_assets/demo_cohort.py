@@ -95,7 +95,7 @@ DEFAULT_COHORTS = (
 )
 
 #: the harder planted family (issue 19): a fine nuclear texture beside a colour trait and a control.
-#: Not part of ``make demo``; built by tests and by the HTI study (``heterogeneity`` README table).
+#: Not part of ``make demo`` (time); built by ``test_harder_family`` and ``bench/resolution.py`` (README table).
 HARDER_COHORT = DemoCohortSpec(
     "hard",
     ("A7", "AC", "B6", "D8", "E9"),

@@ -235,6 +235,16 @@ def robust_calls(soft: np.ndarray, mask: np.ndarray, threshold=0.5, weight: floa
     decided by the tiles around it.  Morphology regions span several tiles while the errors of a model
     that barely sees a trait are scattered and unsure, and every scattered error adds a spurious
     combination to the HTI's entropy; this removes them without touching confident calls.
+
+    Chosen by measurement against the planted HTI on held-out slides (``bench/resolution.py``, README): it
+    had the lowest error of the variants tried on both planted families.  A correction of the combination
+    shares by the ensemble's joint :math:`2^N \times 2^N` confusion matrix from validation slides
+    (:math:`q = M p`, :math:`p` by EM on the simplex) removed the mean bias but not the spread (a model's
+    error rate differs from slide to slide with the stain); a per-slide two-component mixture of the
+    logits did no better.  Where a trait is lost at the model's input size (a nuclear texture at 32 px),
+    no re-deciding of tiles from their probabilities recovers it: even the per-slide threshold that makes
+    the most calls right by the planted truth leaves most of the error.  The input size does
+    (``training.input_px``).
     """
     from scipy.ndimage import uniform_filter
 

@@ -52,6 +52,27 @@ def test_hti_follows_planted_hti(store):
         assert spearmanr(g.hti, g.planted_hti).statistic >= 0.8, cohort
 
 
+def test_robust_hti_is_not_worse_than_the_papers_on_held_out_slides(store):
+    """Issue 19: on the demo's (clean) calls the robust HTI's error against the planted HTI is not larger."""
+    from pathomch_assets.slides import primary_slides
+    from pathomch_assets.survival import survival_set
+
+    truth = pd.read_csv(DEMO / "ground_truth_slides.csv")
+    slides = primary_slides(store.query("select * from slides"))
+    for cohort, c in cfg.cohorts.items():
+        pair = c.survival_pairs[0]
+        held = survival_set(
+            store.query("select * from labels where cohort = ?", [cohort]),
+            store.query("select * from splits where cohort = ?", [cohort]),
+            pair,
+        )
+        st = store.query("select * from hti_stats where cohort = ? and traits = ?", [cohort, "+".join(pair)])
+        keep = slides.loc[(slides.cohort == cohort) & slides.patient_id.isin(held), "slide_id"]
+        m = st[st.slide_id.isin(keep)].merge(truth[["slide_id", "planted_hti"]], on="slide_id")
+        err_paper, err_robust = ((m[c] - m.planted_hti).abs().mean() for c in ("hti", "hti_robust"))
+        assert len(m) >= 20 and err_robust <= err_paper + 0.005, (cohort, err_paper, err_robust)
+
+
 def test_planted_survival_effect_is_found(store):
     sv = store.query("select * from survival where grouping = 'hti>0.5 vs <=0.5'")
     assert len(sv) == len(cfg.cohorts) and (sv.logrank_p < 0.05).all(), sv
