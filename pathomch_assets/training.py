@@ -20,6 +20,7 @@ import json
 import math
 import os
 import time
+import weakref
 from collections import OrderedDict
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -214,8 +215,27 @@ def inference_batch(input_px: int) -> int:
     return max(256, (1 << 22) // (input_px * input_px * 3) // 256 * 256)
 
 
-def predict_arrays(model, arrays: list[np.ndarray], batch_size: int | None = None) -> list[np.ndarray]:
-    """Tile probabilities for several slides' decoded tiles, in one pass over all of them."""
+def traced_inference(model):
+    """``model``'s forward pass as one traced TensorFlow function, kept for the model's lifetime.
+
+    Tracing costs a fraction of a second once; an eager call of a Keras model costs one Python
+    dispatch per layer every time.  Worth it for a model called many times (the kept trainer's
+    validation scoring, every evaluation of every training in a process).
+    """
+    fn = _TRACED.get(model)
+    if fn is None:
+        import tensorflow as tf
+
+        fn = _TRACED[model] = tf.function(lambda x: model(x, training=False), reduce_retracing=True)
+    return fn
+
+
+_TRACED: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def predict_arrays(model, arrays: list[np.ndarray], batch_size: int | None = None, traced: bool = False) -> list:
+    """Tile probabilities for several slides' decoded tiles, in one pass over all of them
+    (through :func:`traced_inference` when ``traced``)."""
     sizes = [len(a) for a in arrays]
     if batch_size is None:
         batch_size = inference_batch(arrays[0].shape[1] if sizes and arrays[0].ndim == 4 else 512)
@@ -224,9 +244,10 @@ def predict_arrays(model, arrays: list[np.ndarray], batch_size: int | None = Non
     x = np.concatenate([a for a in arrays if len(a)])
     import keras
 
+    forward = traced_inference(model) if traced else (lambda b: model(b, training=False))
     p = np.concatenate(
         [
-            keras.ops.convert_to_numpy(model(x[i : i + batch_size].astype(np.float32), training=False))[:, 0]
+            keras.ops.convert_to_numpy(forward(x[i : i + batch_size].astype(np.float32)))[:, 0]
             for i in range(0, len(x), batch_size)
         ]
     ).astype(np.float32)
@@ -352,7 +373,7 @@ def _slide_auc_callback(
             self.best_selection = -np.inf
 
         def on_epoch_end(self, epoch, logs=None):
-            probs = predict_files(self.model, val.files, input_px, batch_size)
+            probs = predict_arrays(self.model, decode_files(val.files, input_px), batch_size, traced=True)
             scores = [slide_scores_from_tiles(p, threshold) for p in probs]
             auc = slide_auc(val.labels, scores)
             loss = tile_loss(probs, val.labels)
