@@ -148,6 +148,16 @@ class SurvivalConfig(_Strict):
     contrast_high: float = Field(0.7, ge=0, le=1)
 
 
+class SensorConfig(_Strict):
+    """The new-slide sensor (``dagster dev``): how often it looks, how much it asks per look, and how it retries
+    a slide whose run failed (the n-th retry ``retry_backoff_s * 2**(n-1)`` seconds after the failure)."""
+
+    interval_s: int = Field(60, ge=1, le=86400, description="seconds between two looks at the slide folders")
+    max_runs_per_tick: int = Field(500, ge=1, le=100000, description="runs requested per look; the rest follow")
+    max_retries: int = Field(3, ge=0, le=100, description="retries of a slide whose run failed, then it is tagged")
+    retry_backoff_s: float = Field(120, ge=0, le=86400, description="wait before the first retry (doubles each time)")
+
+
 class CohortConfig(_Strict):
     """One cohort: where its slides and molecular tables are, and which traits to model."""
 
@@ -229,6 +239,7 @@ class PathomchConfig(_Strict):
     training: TrainingConfig = TrainingConfig()
     ensemble: EnsembleConfig = EnsembleConfig()
     survival: SurvivalConfig = SurvivalConfig()
+    sensor: SensorConfig = SensorConfig()
     source: Path | None = Field(None, description="the YAML file this was read from (set by the loader)")
 
     @field_validator("cohorts")

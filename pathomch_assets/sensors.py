@@ -32,12 +32,6 @@ from .config import PathomchConfig
 from .partitions import SLIDES
 from .slides import SlideRef, discover_cohort
 
-#: at most this many runs are requested per tick; the rest follow on the next ticks
-MAX_PER_TICK = 500
-#: a slide whose latest run failed is requested again at most this many times...
-MAX_RETRIES = 3
-#: ...the n-th time (n = 1, 2, ...) RETRY_BACKOFF_S * 2**(n-1) seconds after the failed run ended
-RETRY_BACKOFF_S = 120
 #: failed runs looked at per tick (the others on the next ticks)
 FAILED_RUNS_PER_TICK = 200
 
@@ -324,14 +318,20 @@ def build(
     cfg: PathomchConfig,
     job,
     *,
-    max_per_tick: int = MAX_PER_TICK,
-    max_retries: int = MAX_RETRIES,
-    backoff_s: float = RETRY_BACKOFF_S,
+    max_per_tick: int | None = None,
+    max_retries: int | None = None,
+    backoff_s: float | None = None,
     clock=time.time,
 ):
+    """The sensor, with the ``sensor`` section of the configuration (arguments override it)."""
+    s = cfg.sensor
+    max_per_tick = s.max_runs_per_tick if max_per_tick is None else max_per_tick
+    max_retries = s.max_retries if max_retries is None else max_retries
+    backoff_s = s.retry_backoff_s if backoff_s is None else backoff_s
+
     @dg.sensor(
         job=job,
-        minimum_interval_seconds=60,
+        minimum_interval_seconds=s.interval_s,
         default_status=dg.DefaultSensorStatus.STOPPED,
         description=f"Watches every cohort's slide folder. New slides become `slides` partitions and are "
         "tiled, scored with the existing ensembles and mapped; changed slides (new manifest MD5, else new "

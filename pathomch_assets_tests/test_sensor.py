@@ -258,3 +258,14 @@ def test_a_failure_that_dagster_retries_itself_is_left_to_dagster(tmp_path):
         FAILING.clear()
     instance.add_run_tags(result.run_id, {WILL_RETRY_TAG: "true"})  # as with run_retries enabled
     assert tick() == []
+
+
+def test_the_sensor_section_of_the_config_sets_interval_retries_and_backoff(tmp_path):
+    from pathomch_assets.config import SensorConfig
+
+    cfg = config(tmp_path).model_copy(update={"sensor": SensorConfig(interval_s=7, max_retries=1, retry_backoff_s=9)})
+    sensor = sensors.build(cfg, process_slides)
+    assert sensor.minimum_interval_seconds == 7
+    assert "up to 1 times" in sensor.description
+    with pytest.raises(ValueError, match="interval_s"):
+        SensorConfig(interval_s=0)
