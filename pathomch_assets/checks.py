@@ -4,6 +4,7 @@ sanity checks of tiles, models and heterogeneity (warnings)."""
 import dagster as dg
 import pandas as pd
 
+from .layout import ROUND_PREFIX
 from .reporting import md_table
 from .resources import PathomchResource
 from .splits import leakage
@@ -204,7 +205,7 @@ def build_slide_and_model_checks(slide_tiles_asset, trait_model_asset):
                 [cohort, trait, round_name],
             )
             return better_than_chance(m, excluded)
-        return better_than_chance(store.read("model_metrics", "model LIKE 'round_%'"))
+        return better_than_chance(store.read("model_metrics", f"model LIKE '{ROUND_PREFIX}%'"))
 
     return [minimum_tiles_per_slide, model_better_than_chance]
 

@@ -1,12 +1,25 @@
 """Materialize the asset graph in-process, stage by stage, on a persistent Dagster instance.
 
+Why this module exists: Dagster's own way to run a whole partitioned graph is a backfill, and
+backfills are launched by the daemon (``dagster dev``, ``dagster-daemon``); ``dagster asset materialize``
+runs one selection of one partitioning.  The demo and ``pathomch materialize`` must work from one
+command with no daemon, so this module does what a backfill does, with Dagster's pieces: runs through
+``dagster.materialize`` / ``dagster.execute_job``, partitions and partition mappings from the asset graph
+(``AssetGraph.get_parent_partition_keys_for_child``), run tags for partitions and ranges, and the
+instance's ``dagster.yaml`` for concurrency pools and run monitoring.  A deployment with a daemon
+launches the same runs as backfills and needs none of this.
+
 A Dagster run holds assets of one partitioning, so the graph is walked in batches: assets
 that are ready and share a partitions definition run together, once per partition key (the
 slide partitions as one range run, which tiles slides in a worker pool).  Runs land in the
-instance at ``$DAGSTER_HOME`` (default ``dagster_home`` beside the DuckDB file), so ``dagster dev`` with
-the same home shows them.  A batch whose upstream failed (a blocking check, say) is skipped, as
-Dagster skips downstream steps within a run.  This is what ``dagster asset materialize`` does for one asset,
-for the whole graph; a deployment with a daemon launches the same runs as backfills.
+instance at ``$DAGSTER_HOME`` (default ``dagster_home`` beside the DuckDB file, and set so, so that
+``dagster dev`` started from the same shell shows them).
+
+Failures, as a backfill treats them: a run of an asset is skipped when a partition it reads failed
+or was skipped (``Outcomes``); the other assets of its batch and the other partitions run.  An asset
+tagged ``partitions.FAILS_ALONE`` (a trait's models and ensemble) stops only the partitions mapped to
+its failed one: an asset reading all of its partitions runs on and leaves the missing trait out.  The
+message of every failed step and failed check is logged (printed by ``pathomch materialize``).
 
 ``executor="multiprocess"`` runs every step in its own process through ``dagster.execute_job``
 (Dagster's ``multiprocess_executor``), and ``parallel=N`` keeps N partition runs of a batch in
