@@ -32,7 +32,7 @@ def figure_file(fig, path, label: str, root=None, dpi: int = 90) -> dict[str, dg
     with atomic_path(path) as tmp:
         fig.savefig(tmp, format="png", dpi=dpi, bbox_inches="tight")
     plt.close(fig)
-    meta = {label: dg.MetadataValue.path(str(path))}
+    meta: dict[str, dg.MetadataValue] = {label: dg.MetadataValue.path(str(path))}
     base = os.environ.get("PATHOMCH_FIGURES_URL")
     if base and root is not None:
         rel = str(path).removeprefix(str(root)).lstrip("/")

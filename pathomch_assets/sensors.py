@@ -35,6 +35,7 @@ from .slides import SlideRef, discover_cohort
 #: failed runs looked at per tick (the others on the next ticks)
 FAILED_RUNS_PER_TICK = 200
 
+SLIDES_NAME = str(SLIDES.name)
 REASON_TAG = "pathomch/reason"
 ATTEMPT_TAG = "pathomch/attempt"  # retry number of a sensor retry run (Dagster's run retries copy it)
 RETRIES_TAG = "pathomch/retries"  # "exhausted" on the failed run of a slide the sensor gave up on
@@ -190,7 +191,7 @@ def collect_failures(
 def unprocessed_slides(instance: dg.DagsterInstance, job_name: str = "process_slides") -> list[dict]:
     """Slides the sensor gave up on: ``partition_key, run_id, reason, error`` for each whose latest
     run is still the failed run tagged ``pathomch/retries=exhausted``."""
-    out = []
+    out: list[dict] = []
     for run in instance.get_runs(dg.RunsFilter(job_name=job_name, tags={RETRIES_TAG: "exhausted"})):
         key = run.tags.get(PARTITION_NAME_TAG)
         latest = _latest_run(instance, job_name, key) if key else None
@@ -220,7 +221,7 @@ def evaluate(
     files = discover_refs(cfg)
     state = load_cursor(context.cursor, files)
     instance = context.instance
-    known = set(instance.get_dynamic_partitions(SLIDES.name))
+    known = set(instance.get_dynamic_partitions(SLIDES_NAME))
     fps = {k: fp_hash(f"error:{r.error}" if r.error else fingerprint(r.path, r.md5)) for k, r in files.items()}
     old_fp = state["fp"]
     hashes = {k: key_hash(k) for k in files.keys() | known}
@@ -281,7 +282,8 @@ def evaluate(
         *((k, "retry") for k in due if k not in again),
         *((k, "new") for k in sorted(new)),
     ]
-    requests, looked_at = [], 0
+    requests: list[dg.RunRequest] = []
+    looked_at = 0
     for k, kind in candidates:
         if len(requests) == max_per_tick:
             break
@@ -306,7 +308,7 @@ def evaluate(
         return dg.SensorResult(
             skip_reason=dg.SkipReason(f"no new, changed, removed or failed slides{waiting}"), cursor=cursor
         )
-    added = [r.partition_key for r in requests if r.partition_key not in known]
+    added = [str(r.partition_key) for r in requests if r.partition_key not in known]
     return dg.SensorResult(
         run_requests=requests,
         dynamic_partitions_requests=[SLIDES.build_add_request(added)] if added else [],

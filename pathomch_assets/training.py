@@ -187,12 +187,12 @@ def decode_files(files: list[str], input_px: int, batch_size: int = 512) -> list
             .batch(batch_size)
             .prefetch(AUTOTUNE)
         )
-        imgs, idx = [], []
+        batches, indices = [], []
         for x, i in ds:
-            imgs.append(x.numpy())
-            idx.append(i.numpy())
-        imgs = np.concatenate(imgs) if imgs else np.zeros((0, input_px, input_px, 3), np.uint8)
-        idx = np.concatenate(idx) if idx else np.zeros(0, np.int64)
+            batches.append(x.numpy())
+            indices.append(i.numpy())
+        imgs = np.concatenate(batches) if batches else np.zeros((0, input_px, input_px, 3), np.uint8)
+        idx = np.concatenate(indices) if indices else np.zeros(0, np.int64)
         parts = np.split(imgs, np.cumsum(np.bincount(idx, minlength=len(names)))[:-1])
         for j, part in zip(todo, parts):
             _DECODED[keys[j]] = part
@@ -360,7 +360,7 @@ def schedule_callbacks(tcfg) -> list:
 
 
 def _slide_auc_callback(
-    val: SlideSet, input_px: int, batch_size: int, threshold: float, log, monitor: str = "slide_auc"
+    val: SlideSet, input_px: int, batch_size: int | None, threshold: float, log, monitor: str = "slide_auc"
 ):
     import keras
 
@@ -540,14 +540,14 @@ class _null:
 # --------------------------------------------------------------------------- persistence
 def save_model(model, result: TrainResult, directory: str | Path, settings: dict) -> Path:
     """``model.keras``, ``history.csv`` and ``model.json`` (settings and results), each atomically."""
-    directory = as_path(directory)
-    path = directory / "model.keras"
+    folder: Path = as_path(directory)
+    path = folder / "model.keras"
     with atomic_path(path, keep_suffix=True) as tmp:
         model.save(tmp)
-    with atomic_path(directory / "history.csv") as t:
+    with atomic_path(folder / "history.csv") as t:
         result.history.to_csv(t, index=False)
     meta = {**{k: v for k, v in asdict(result).items() if k != "history"}, "settings": settings}
-    with atomic_path(directory / "model.json") as t:
+    with atomic_path(folder / "model.json") as t:
         t.write_text(json.dumps(meta, indent=1, default=str))
     return path
 
