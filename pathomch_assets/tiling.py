@@ -21,7 +21,6 @@ from multiprocessing import get_context
 from pathlib import Path
 
 import numpy as np
-import pandas as pd
 
 from .slides import LevelChoice, SlideError, check_manifest_entry, choose_level, open_slide, slide_info
 
@@ -68,18 +67,36 @@ class TilingParams:
         )
 
 
+TILE_COLUMNS = ["col", "row", "tissue_fraction", "idx"]
+
+
 @dataclass
 class SlideTilingResult:
-    """Outcome for one slide: a ``slides`` row and the ``tiles`` rows."""
+    """Outcome for one slide: a ``slides`` row and the ``tiles`` rows.
+
+    The rows are kept as tuples (``records``) and ``tiles`` makes the DataFrame when asked: a
+    tiling worker never imports pandas for them, and results cross the process pool as tuples.
+    """
 
     cohort: str
     slide_id: str
     path: str
     status: str  # ok | error | no_tissue
     error: str | None = None
-    tiles: pd.DataFrame = field(default_factory=lambda: pd.DataFrame(columns=["col", "row", "tissue_fraction", "idx"]))
+    records: list[tuple[int, int, float, int]] = field(default_factory=list)  # TILE_COLUMNS
     info: dict = field(default_factory=dict)
     seconds: float = 0.0
+
+    @property
+    def tiles(self):
+        """The ``tiles`` rows as a DataFrame (``TILE_COLUMNS``)."""
+        import pandas as pd
+
+        return pd.DataFrame(self.records, columns=TILE_COLUMNS)
+
+    @tiles.setter
+    def tiles(self, frame) -> None:
+        self.records = list(frame[TILE_COLUMNS].itertuples(index=False, name=None))
 
 
 def tissue_fraction(rgb: np.ndarray, threshold: int = 220) -> np.ndarray | float:
@@ -258,6 +275,29 @@ class TiffLevelReader:
         oy, ox = (y - ty0 * th) // f, (x - tx0 * tw) // f
         return out[oy : oy + height // f, ox : ox + width // f]
 
+    def aligned(self, read_px: int) -> bool:
+        """Grid cells of ``read_px`` cover whole stored tiles (scaled decode only): see :meth:`read_cells`."""
+        p = self.page
+        return self.scaled is not None and read_px % p.tilewidth == 0 and read_px % p.tilelength == 0
+
+    def read_cells(self, x: int, y: int, n: int, read_px: int) -> np.ndarray:
+        """``n`` grid cells of ``read_px`` along a row from level coordinates ``(x, y)``, decoded at
+        ``1/factor`` as RGBX (X = 255): ``(n, ky, kx, tile height, tile width, 4)``, each stored tile
+        decoded in place, never assembled into a band (``aligned(read_px)`` must hold)."""
+        p, f = self.page, self.factor
+        tw, th = p.tilewidth, p.tilelength
+        across = -(-p.imagewidth // tw)
+        ky, kx = read_px // th, read_px // tw
+        grid = np.empty((ky, n * kx, th // f, tw // f, 4), np.uint8)
+        offsets, counts, fd = p.dataoffsets, p.databytecounts, self._fd
+        for dy in range(ky):
+            for dx in range(n * kx):
+                i = (y // th + dy) * across + x // tw + dx
+                if not counts[i]:
+                    raise ValueError(f"tile {i} of page {p.index} has no data")
+                self.scaled.decode(os.pread(fd, counts[i], offsets[i]), grid[dy, dx])
+        return grid.reshape(ky, n, kx, th // f, tw // f, 4).transpose(1, 0, 2, 3, 4, 5)
+
     def close(self) -> None:
         if self._fd is not None:
             os.close(self._fd)
@@ -283,7 +323,7 @@ class ScaledJpeg:
 
         self._decode = simplejpeg.decode_jpeg
         self.prefix, self.factor = prefix, factor
-        self.shape = (tile_h // factor, tile_w // factor, 3)
+        self.size = (tile_h // factor, tile_w // factor)
 
     @classmethod
     def for_page(cls, page, factor: int) -> ScaledJpeg | None:
@@ -320,12 +360,15 @@ class ScaledJpeg:
             return None
         return cls(prefix, page.tilewidth, page.tilelength, factor)
 
-    def decode(self, tile: bytes, out: np.ndarray | None = None) -> np.ndarray:
-        """The tile at ``1/factor`` scale (into ``out``, a C-contiguous array of ``shape``, when given)."""
-        h, w, _ = self.shape
-        got = self._decode(self.prefix + tile[2:], "RGB", min_height=h, min_width=w, buffer=out)
-        if got.shape != self.shape:
-            raise ValueError(f"JPEG tile decoded to {got.shape[:2]}, expected {self.shape[:2]}")
+    def decode(self, tile: bytes, out: np.ndarray) -> np.ndarray:
+        """The tile at ``1/factor`` scale into ``out``: C-contiguous, ``size`` x 3 (RGB) or x 4 (RGBX)."""
+        h, w = self.size
+        if out.shape[:2] != (h, w) or out.shape[2] not in (3, 4):
+            raise ValueError(f"output array {out.shape} does not fit a {h} x {w} tile")
+        got = self._decode(self.prefix + tile[2:], "RGB" if out.shape[2] == 3 else "RGBX", buffer=out,
+                           min_height=h, min_width=w)  # fmt: skip
+        if got.shape != out.shape:
+            raise ValueError(f"JPEG tile decoded to {got.shape[:2]}, expected {(h, w)}")
         return got
 
 
@@ -416,6 +459,9 @@ def _tile_row(
     for start, length in _runs(cols):
         for c0 in range(start, start + length, BAND_TILES):
             n = min(BAND_TILES, start + length - c0)
+            if reader is not None and reader.aligned(s):
+                out.extend(_scaled_cells(reader, choice, params, path, row, c0, n))
+                continue
             band = _read_band(slide, reader, info, choice, path, c0 * s, row * s, n * s, s)
             px = band.shape[0]  # read_px, or tile_px when the reader decoded the level's JPEG tiles scaled
             tiles = band.reshape(px, n, px, 3).transpose(1, 0, 2, 3)
@@ -434,6 +480,38 @@ def _tile_row(
             for k in np.flatnonzero(fracs >= 1.0 - params.max_background_fraction):
                 jpeg = imagecodecs.jpeg8_encode(np.ascontiguousarray(tiles[k]), level=params.jpeg_quality)
                 out.append((c0 + int(k), float(fracs[k]), bytes(jpeg)))
+    return out
+
+
+def _scaled_cells(reader: TiffLevelReader, choice: LevelChoice, params: TilingParams, path, row: int, c0: int, n: int):
+    """Tissue tiles of ``n`` cells from column ``c0`` through :meth:`TiffLevelReader.read_cells`.
+
+    The tissue fraction is :func:`tissue_fraction`'s, counted on RGBX pixels (a pixel is background
+    when all four bytes exceed the threshold; X is 255): one comparison pass, no band assembled.
+    """
+    import imagecodecs
+
+    s, px = choice.read_px, params.tile_px
+    try:
+        cells = reader.read_cells(c0 * s, row * s, n, s)  # (n, ky, kx, h, w, 4)
+    except Exception as err:  # codec errors: corrupt tile data
+        raise SlideError(
+            path, f"read failed at level {choice.level}, level pixels x={c0 * s}, y={row * s}: {err}"
+        ) from None
+    ky, kx, h, w = cells.shape[1:5]
+    background = np.empty(n, np.int64)
+    for k in range(n):  # one cell at a time: the comparison's temporary stays small
+        over = np.greater(cells[k], params.background_threshold).view(np.uint32)
+        background[k] = np.count_nonzero(over == 0x01010101)
+    fracs = 1.0 - background / (px * px)
+    out = []
+    rgbx, ycbcr = imagecodecs.JPEG8.CS.EXT_RGBX, imagecodecs.JPEG8.CS.YCbCr
+    for k in np.flatnonzero(fracs >= 1.0 - params.max_background_fraction):
+        tile = np.empty((px, px, 4), np.uint8)
+        tile.reshape(ky, h, kx, w, 4)[...] = cells[k].transpose(0, 2, 1, 3, 4)
+        # the encoder reads RGBX as it reads RGB (the same bytes: test_tiling), so X is never copied away
+        jpeg = imagecodecs.jpeg8_encode(tile, level=params.jpeg_quality, colorspace=rgbx, outcolorspace=ycbcr)
+        out.append((c0 + int(k), float(fracs[k]), bytes(jpeg)))
     return out
 
 
@@ -532,7 +610,7 @@ def tile_slide(
                 records.append((col, row, frac, len(records)))
             if not records:
                 writer.abort()
-        res.tiles = pd.DataFrame(records, columns=["col", "row", "tissue_fraction", "idx"])
+        res.records = records
         if not records:
             res.status, res.error = (
                 "no_tissue",
@@ -540,7 +618,7 @@ def tile_slide(
             )
     except Exception as err:  # SlideError, and anything else (OSError writing tiles, codec errors): this slide only
         res.status, res.error = "error", str(err) if isinstance(err, SlideError) else f"{path}: {_describe(err)}"
-        res.tiles = res.tiles.iloc[0:0]
+        res.records = []
         from .storage import as_path
 
         with contextlib.suppress(OSError):

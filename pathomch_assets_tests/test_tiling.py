@@ -254,3 +254,53 @@ def test_scaled_decode_is_not_used_where_it_does_not_apply(tmp_path, sources):
     write_pyramid(path40, compose_slide(plan("aperio40_power"), sources, 2), "aperio40_power")
     res = tile_slide("c", "s", path40, tmp_path / "b.tfrecord", TilingParams(20, 512, reader="openslide"))
     assert (res.info["reader"], res.info["decode_scale"]) == ("openslide", 1.0)
+
+
+def test_scaled_decode_with_stored_tiles_that_straddle_grid_cells(tmp_path, sources):
+    """Aperio's older 240 px tiles: 1024 px cells do not start on stored tiles (the band path), and
+    the tiles and pixels still follow the exact path."""
+    import dataclasses
+
+    base = compose_slide(plan("aperio40_power", rows=3, cols=4, seed=7), sources, 2)
+    path = tmp_path / "slide240.svs"
+    h, w = base.shape[:2]
+    with tifffile.TiffWriter(path) as tif:
+        for i, level in enumerate([base, np.asarray(Image.fromarray(base).reduce(4))]):
+            desc = f"Aperio Image Library v12.0.15\r\n{w}x{h} (240x240) JPEG/RGB Q=80|AppMag = 40" if i == 0 else None
+            tif.write(level, tile=(240, 240), compression="jpeg", photometric="rgb", metadata=None,
+                      subfiletype=0 if i == 0 else 1, description=desc)  # fmt: skip
+    params = TilingParams(20, 512)
+    scaled = tile_slide("c", "s", path, tmp_path / "scaled.tfrecord", params)
+    exact = tile_slide("c", "s", path, tmp_path / "exact.tfrecord", dataclasses.replace(params, scaled_decode=False))
+    assert scaled.status == "ok" and (scaled.info["decode_scale"], exact.info["decode_scale"]) == (0.5, 1.0)
+    assert len(scaled.tiles) > 0
+    pd.testing.assert_frame_equal(scaled.tiles[["col", "row", "idx"]], exact.tiles[["col", "row", "idx"]])
+    a, _ = read_tiles(tmp_path / "scaled.tfrecord")
+    b, _ = read_tiles(tmp_path / "exact.tfrecord")
+    assert_within_tolerance(a, b)
+
+
+def test_scaled_cells_are_the_band_decode_and_give_its_tissue_fractions(tmp_path, sources):
+    """The aligned fast path (stored tiles decoded in place as RGBX, never assembled) against the band path."""
+    import openslide
+
+    from pathomch_assets.slides import LevelChoice, slide_info
+    from pathomch_assets.tiling import TiffLevelReader, _scaled_cells
+
+    path = tmp_path / "slide.svs"
+    write_pyramid(path, compose_slide(plan("aperio40_power", rows=3, cols=5, seed=2), sources, 2), "aperio40_power")
+    with openslide.OpenSlide(path) as slide:
+        info = slide_info(slide, path)
+    reader = TiffLevelReader.open(path, info, 0, 2)
+    assert reader.aligned(1024)
+    params, choice = TilingParams(20, 512, max_background_fraction=1.0), LevelChoice(0, 40.0, 1024)
+    for row in range(3):
+        band = reader.read(1024, row * 1024, 4 * 1024, 1024)  # cells 1-4 of the row
+        cells = reader.read_cells(1024, row * 1024, 4, 1024)
+        assert (cells[..., 3] == 255).all()
+        tiles = band.reshape(512, 4, 512, 3).transpose(1, 0, 2, 3)
+        np.testing.assert_array_equal(cells[..., :3].transpose(0, 1, 3, 2, 4, 5).reshape(4, 512, 512, 3), tiles)
+        got = _scaled_cells(reader, choice, params, path, row, 1, 4)  # every cell kept: fraction >= 0
+        assert [c for c, _, _ in got] == [1, 2, 3, 4]
+        assert [f for _, f, _ in got] == tissue_fraction(tiles).tolist()
+    reader.close()
