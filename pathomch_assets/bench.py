@@ -1,13 +1,20 @@
 """Benchmarks (`make bench`): ratios measured in one run on one machine, written to bench/results.json.
 
-Tiling: on the same generated 40x slide (levels 40x, 20x, 5x, 1.25x; real TCGA tissue on white),
-this project's tiler at the paper's settings (20x, 512 px) against
-- the naive method of the original study: a level-0 ``read_region`` of 1024 px per tile, a PIL
-  resize to 512, one JPEG file written per tile;
-- the floor: decoding every JPEG tile of the level the tiler reads, nothing else.
-Each is run in a fresh process, so its peak RSS is its own; two slide sizes show that memory
-does not grow with the slide.  Input pipeline: tiles/s delivered by ``tf.data`` from the tile
-store against the training step rate of the demo and paper models on this CPU.
+Tiling, on the pyramids users have, at the paper's 20x / 512 px (real TCGA tissue on white):
+- ``tcga40x``: a 40x Aperio-style SVS with levels at downsample 1, 4, 16, 64 and no 20x level (how
+  TCGA's 40x slides are stored): each 20x tile is a 1024 px read of level 0;
+- ``svs20x``: a 20x SVS (levels 1, 4, 16): level 0 as it is.
+Against this project's tiler (1 and 2 threads, DCT-scaled decode on, and the exact path):
+- the decode floor: decoding exactly the stored JPEG tiles under the kept tissue tiles (libjpeg-turbo,
+  full size), nothing else, with the tiler's thread count;
+- libvips per tile, as slideflow reads (crop + shrink of the level, ``tiffload``; same candidate cells,
+  same tissue rule, same JPEG encoder);
+- the naive method of the original study (level-0 ``read_region`` per tile, PIL resize, a JPEG file each).
+Each measurement runs in a fresh process (its peak RSS its own), the methods interleaved round by
+round, medians reported: the machine may be shared, and ratios within a round see the same load.
+Also: a tiling worker's start-up and peak RSS (no TensorFlow), slides per hour with the worker
+pool (1 vs 2 workers) on a sample of the demo cohort and on TCGA-shaped slides, and the input
+pipeline (``tf.data`` from the tile store) against training.
 """
 
 from __future__ import annotations
@@ -16,6 +23,7 @@ import json
 import os
 import platform
 import resource
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -26,30 +34,39 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parent.parent
 BENCH_DIR = ROOT / "bench"
-SLIDE_DIR = ROOT / "data" / "bench"
+SLIDE_DIR = Path(os.environ.get("PATHOMCH_BENCH_SLIDES") or ROOT / "data" / "bench")
+
+#: level px per 20x px, and the objective power of level 0
+PYRAMIDS = {
+    "tcga40x": (40, (2.0, 0.5, 0.125, 0.03125)),  # downsample 1, 4, 16, 64: no 20x level
+    "svs20x": (20, (1.0, 0.25, 0.0625)),
+}
 
 
-# --------------------------------------------------------------------------- the bench slide
-def make_bench_slide(path: Path, size_20x: int, seed: int = 0, tissue_share: float = 0.5) -> Path:
-    """A 40x pyramid (2 * size_20x px square) written tile by tile: never whole in memory."""
+# --------------------------------------------------------------------------- the bench slides
+def make_bench_slide(
+    path: str | Path, size_20x: int, seed: int = 0, tissue_share: float = 0.5, pyramid="tcga40x"
+) -> Path:
+    """A pyramid of ``size_20x`` px at 20x, written tile by tile (never whole in memory): real TCGA
+    tiles (512 px at 20x) on about ``tissue_share`` of the grid, the rest white."""
     import tifffile
     from PIL import Image
 
     from .demo_cohort import load_source_tiles
 
+    path = Path(path)
     if path.exists():
         return path
+    mag, scales = PYRAMIDS[pyramid]
     rng = np.random.default_rng(seed)
     sources = [t for ts in load_source_tiles().values() for t in ts]
     n = size_20x // 512 + 1
     mask = rng.random((n, n)) < tissue_share
     pick = rng.integers(len(sources), size=(n, n))
-    scales = [2.0, 1.0, 0.25, 0.0625]  # level px per 20x px
     resized = {}
 
     def block(level: int, r: int, c: int) -> np.ndarray:
-        s = scales[level]
-        px = int(512 * s)
+        px = int(512 * scales[level])
         if r >= n or c >= n or not mask[r, c]:
             return np.full((px, px, 3), 255, np.uint8)
         key = (level, pick[r, c])
@@ -58,8 +75,7 @@ def make_bench_slide(path: Path, size_20x: int, seed: int = 0, tissue_share: flo
         return resized[key]
 
     def tiles(level: int, shape):
-        s = scales[level]
-        bpx = int(512 * s)
+        bpx = int(512 * scales[level])
         for y in range(0, shape[0], 256):
             for x in range(0, shape[1], 256):
                 out = np.full((256, 256, 3), 255, np.uint8)
@@ -75,7 +91,7 @@ def make_bench_slide(path: Path, size_20x: int, seed: int = 0, tissue_share: flo
 
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")
-    w0 = 2 * size_20x
+    w0 = int(size_20x * scales[0])
     with tifffile.TiffWriter(tmp, bigtiff=True) as tif:
         for level, s in enumerate(scales):
             side = int(size_20x * s)
@@ -92,34 +108,143 @@ def make_bench_slide(path: Path, size_20x: int, seed: int = 0, tissue_share: flo
             )
             if level == 0:
                 kw["description"] = (
-                    f"Aperio Image Library v12.0.15\r\n{w0}x{w0} (256x256) JPEG/RGB Q=80|AppMag = 40|MPP = 0.2500"
+                    f"Aperio Image Library v12.0.15\r\n{w0}x{w0} (256x256) JPEG/RGB Q=80|AppMag = {mag}"
+                    f"|MPP = {10 / mag:.4f}"
                 )
             tif.write(tiles(level, (side, side)), **kw)
     tmp.replace(path)
     return path
 
 
-# --------------------------------------------------------------------------- the three methods
-def run_tiler(slide: str, out: str, threads: int = 2) -> dict:
-    """This project's tiler, timed warm: a pool worker imports TensorFlow (the TFRecord writer)
-    once for all its slides, so that one-time cost is reported apart."""
-    t0 = time.perf_counter()
-    import tensorflow  # noqa: F401
+# --------------------------------------------------------------------------- the methods
+def run_tiler(slide: str, out: str, threads: int = 2, scaled: bool = True) -> dict:
+    """This project's tiler on one slide (the worker's imports are timed apart, see ``bench_worker``)."""
+    from .tiling import TilingParams, candidate_cells, grid_shape, tile_slide
 
-    from .tiling import TilingParams, tile_slide
+    params = TilingParams(20, 512, threads=threads, scaled_decode=scaled)
+    # what a pool worker has imported before its first slide (its start-up is measured apart, bench_worker)
+    import imagecodecs  # noqa: F401
+    import openslide  # noqa: F401
+    import simplejpeg  # noqa: F401
+    import tifffile  # noqa: F401
 
-    startup = time.perf_counter() - t0
-    t0 = time.perf_counter()
-    res = tile_slide("bench", "bench", slide, out, TilingParams(20, 512, threads=threads))
+    from . import storage  # noqa: F401
+
+    t0, c0 = time.perf_counter(), time.process_time()
+    res = tile_slide("bench", "bench", slide, out, params)
+    seconds, cpu = time.perf_counter() - t0, time.process_time() - c0
+    assert res.status == "ok", res.error
+    # the cells the tiler read (its QC thumbnail's candidates), for the peer: not timed
+
+    from .slides import LevelChoice, slide_info
+    from .tiling import qc_read
+
+    with openslide.OpenSlide(slide) as s:
+        info = slide_info(s, slide)
+        choice = LevelChoice(res.info["level"], res.info["level_magnification"], res.info["read_px"])
+        keep = candidate_cells(qc_read(s, info, slide), info, choice, params)
+    n_cols, n_rows = grid_shape(info, choice)
+    keep = np.ones((n_rows, n_cols), bool) if keep is None else keep
     return {
-        "seconds": time.perf_counter() - t0,
-        "worker_startup_seconds": startup,
+        "seconds": seconds,
+        "cpu_seconds": cpu,
         "tiles": len(res.tiles),
-        "status": res.status,
-        "level": res.info.get("level"),
-        "read_px": res.info.get("read_px"),
+        "tiles_per_s": len(res.tiles) / seconds,
+        "level": res.info["level"],
+        "read_px": res.info["read_px"],
+        "decode_scale": res.info["decode_scale"],
         "threads": threads,
+        "kept": res.tiles[["col", "row"]].values.tolist(),
+        "candidates": np.argwhere(keep)[:, ::-1].tolist(),  # (col, row)
     }
+
+
+def _stored_tiles(page, read_px: int, cells) -> list[list[int]]:
+    """Per 20x grid cell, the indices of the level's stored tiles under it."""
+    across = -(-page.imagewidth // page.tilewidth)
+    out = []
+    for col, row in cells:
+        x0, y0 = col * read_px, row * read_px
+        tx = range(x0 // page.tilewidth, (x0 + read_px - 1) // page.tilewidth + 1)
+        ty = range(y0 // page.tilelength, (y0 + read_px - 1) // page.tilelength + 1)
+        out.append([y * across + x for y in ty for x in tx])
+    return out
+
+
+def _in_threads(fn, items, threads: int) -> list:
+    from concurrent.futures import ThreadPoolExecutor
+
+    if threads <= 1:
+        return [fn(i) for i in items]
+    with ThreadPoolExecutor(threads) as pool:
+        return list(pool.map(fn, items))
+
+
+def run_floor(slide: str, level: int, read_px: int, cells: list, threads: int = 1) -> dict:
+    """Decode exactly the stored JPEG tiles under ``cells`` (full size), nothing else, on ``threads`` threads."""
+    import imagecodecs
+    import tifffile
+
+    with tifffile.TiffFile(slide) as tif:
+        page = [p for p in tif.pages if p.is_tiled][level]
+        tables = page.jpegtables
+        cs = "RGB" if page.photometric == 2 else "YCBCR"
+        offsets, counts = page.dataoffsets, page.databytecounts
+        groups = _stored_tiles(page, read_px, cells)
+        fd = os.open(slide, os.O_RDONLY)
+        try:
+            # one 20x grid row of cells per task, as the tiler's bands
+            rows: dict[int, list[int]] = {}
+            for (_, row), idx in zip(cells, groups):
+                rows.setdefault(row, []).extend(idx)
+
+            def decode(indices):
+                for i in indices:
+                    imagecodecs.jpeg8_decode(
+                        os.pread(fd, counts[i], offsets[i]), tables=tables, colorspace=cs, outcolorspace="RGB"
+                    )
+                return len(indices)
+
+            t0, c0 = time.perf_counter(), time.process_time()
+            n = sum(_in_threads(decode, list(rows.values()), threads))
+            seconds, cpu = time.perf_counter() - t0, time.process_time() - c0
+        finally:
+            os.close(fd)
+    return {"seconds": seconds, "cpu_seconds": cpu, "jpeg_tiles": n, "threads": threads}
+
+
+def run_vips(slide: str, level: int, read_px: int, cells: list, threads: int = 1, tile_px: int = 512) -> dict:
+    """libvips per tile, as slideflow reads: crop the tile's region of the level, shrink it to ``tile_px``,
+    then the tiler's tissue rule and JPEG encoder; ``cells``: the tiler's candidate cells."""
+    os.environ["VIPS_CONCURRENCY"] = str(threads)
+    import imagecodecs
+    import pyvips
+
+    from .tiling import tissue_fraction
+
+    image = pyvips.Image.tiffload(slide, page=level, access="random")
+    factor = read_px / tile_px
+    rows: dict[int, list[int]] = {}
+    for col, row in cells:
+        rows.setdefault(row, []).append(col)
+
+    def work(item):
+        row, cols = item
+        kept = 0
+        for col in cols:
+            region = image.crop(col * read_px, row * read_px, read_px, read_px)
+            if factor != 1:
+                region = region.shrink(factor, factor)
+            tile = region.numpy()
+            if tissue_fraction(tile) >= 0.5:
+                imagecodecs.jpeg8_encode(tile, level=90)
+                kept += 1
+        return kept
+
+    t0, c0 = time.perf_counter(), time.process_time()
+    kept = sum(_in_threads(work, list(rows.items()), threads))
+    seconds, cpu = time.perf_counter() - t0, time.process_time() - c0
+    return {"seconds": seconds, "cpu_seconds": cpu, "tiles": kept, "tiles_per_s": kept / seconds, "threads": threads}
 
 
 def run_naive(slide: str, out_dir: str) -> dict:
@@ -134,7 +259,9 @@ def run_naive(slide: str, out_dir: str) -> dict:
     n = 0
     for row in range(h // px):
         for col in range(w // px):
-            tile = s.read_region((col * px, row * px), 0, (px, px)).convert("RGB").resize((512, 512))
+            tile = s.read_region((col * px, row * px), 0, (px, px)).convert("RGB")
+            if px != 512:
+                tile = tile.resize((512, 512))
             a = np.asarray(tile)
             if np.all(a > 220, axis=-1).mean() <= 0.5:
                 tile.save(os.path.join(out_dir, f"{col}_{row}.jpeg"), quality=90)
@@ -142,23 +269,35 @@ def run_naive(slide: str, out_dir: str) -> dict:
     return {"seconds": time.perf_counter() - t0, "tiles": n}
 
 
-def run_floor(slide: str, level: int) -> dict:
-    """Decode every JPEG tile of ``level`` (tifffile page), nothing else."""
-    import imagecodecs
-    import tifffile
+def scaled_vs_exact(slide: str, level: int, read_px: int, cells: list, max_cells: int = 200) -> dict:
+    """Mean absolute pixel difference of the DCT-scaled decode against the exact path (full decode,
+    box resize to 512 px) over kept tissue tiles, before JPEG encoding."""
+    import openslide
+    from PIL import Image
 
-    t0 = time.perf_counter()
-    n = 0
-    with tifffile.TiffFile(slide) as tif:
-        page = [p for p in tif.pages if p.is_tiled][level]
-        fh = tif.filehandle
-        tables = page.jpegtables
-        for offset, count in zip(page.dataoffsets, page.databytecounts):
-            fh.seek(offset)
-            imagecodecs.jpeg8_decode(fh.read(count), tables=tables, colorspace="RGB", outcolorspace="RGB")
-            n += 1
-    side = page.shape[0]
-    return {"seconds": time.perf_counter() - t0, "jpeg_tiles": n, "tiles_512_equivalent": (side // 512) ** 2}
+    from .slides import slide_info
+    from .tiling import TiffLevelReader
+
+    with openslide.OpenSlide(slide) as s:
+        info = slide_info(s, slide)
+    factor = read_px // 512
+    scaled, exact = TiffLevelReader.open(slide, info, level, factor), TiffLevelReader.open(slide, info, level)
+    diffs = []
+    for col, row in cells[:: max(1, len(cells) // max_cells)]:
+        a = scaled.read(col * read_px, row * read_px, read_px, read_px)
+        b = exact.read(col * read_px, row * read_px, read_px, read_px)
+        b = np.asarray(Image.fromarray(np.ascontiguousarray(b)).resize((512, 512), Image.Resampling.BOX))
+        diffs.append(np.abs(a.astype(np.int16) - b).ravel())
+    scaled.close(), exact.close()
+    d = np.concatenate(diffs)
+    return {
+        "factor": factor,
+        "tiles_compared": len(diffs),
+        "mean_abs_diff": float(d.mean()),
+        "p99_abs_diff": float(np.percentile(d, 99)),
+        "share_over_8": float((d > 8).mean()),
+        "max_abs_diff": int(d.max()),
+    }
 
 
 def peak_rss_mb() -> float:
@@ -180,36 +319,192 @@ def _child(method: str, *args) -> dict:
         [sys.executable, "-c", code],
         capture_output=True,
         text=True,
-        check=True,
         env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"},
     )
+    if out.returncode:
+        raise RuntimeError(f"bench.{method} failed:\n{out.stderr[-3000:]}")
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
-def bench_tiling(sizes=(20480, 40960 // 2 * 1)) -> list[dict]:
-    rows = []
-    for size_20x in sizes:
-        slide = make_bench_slide(SLIDE_DIR / f"bench40x_{2 * size_20x}.svs", size_20x)
-        with tempfile.TemporaryDirectory() as tmp:
-            ours = _child("run_tiler", str(slide), os.path.join(tmp, "t.tfrecord"), 2)
-            single = _child("run_tiler", str(slide), os.path.join(tmp, "s.tfrecord"), 1)
-            naive = _child("run_naive", str(slide), tmp)
-            floor = _child("run_floor", str(slide), ours["level"] or 0)
-        assert ours["tiles"] == naive["tiles"], (ours, naive)
-        rows.append(
-            {
-                "slide_px_40x": 2 * size_20x,
-                "tissue_tiles": ours["tiles"],
-                "tiler": ours,
-                "tiler_1_thread": single,
-                "naive": naive,
-                "floor": floor,
-                "speedup_vs_naive_1_thread": naive["seconds"] / single["seconds"],
-                "speedup_vs_naive": naive["seconds"] / ours["seconds"],
-                "time_vs_decode_floor": ours["seconds"] / floor["seconds"],
-            }
-        )
-    return rows
+def _median(runs: list[dict]) -> dict:
+    """The run with the median time, with every round's seconds beside it."""
+    ordered = sorted(runs, key=lambda r: r["seconds"])
+    out = dict(ordered[len(ordered) // 2])
+    out["seconds_all_rounds"] = [r["seconds"] for r in runs]
+    return out
+
+
+def bench_slide(slide: Path, rounds: int = 3, naive: bool = True, vips: bool = True) -> dict:
+    """Every method on one slide, interleaved round by round; ratios of medians and per round."""
+    try:
+        import pyvips  # noqa: F401
+    except Exception as err:  # ImportError, or libvips missing (OSError)
+        print(f"libvips peer skipped: pyvips is not importable ({err}); pip install pyvips pyvips-binary")
+        vips = False
+    runs: dict[str, list[dict]] = {}
+    ratios = {"time_vs_floor": [], "time_vs_floor_1_thread": [], "vips_time_over_ours": [], "speedup_2_threads": []}
+    with tempfile.TemporaryDirectory() as tmp:
+        out = os.path.join(tmp, "t.tfrecord")
+        for _ in range(rounds):
+            r = {}
+            for threads in (2, 1):
+                r[f"tiler_{threads}"] = t = _child("run_tiler", str(slide), out, threads)
+                cells, candidates = t.pop("kept"), t.pop("candidates")
+                kept_cells = cells
+                r[f"floor_{threads}"] = _child("run_floor", str(slide), t["level"], t["read_px"], cells, threads)
+                if vips:
+                    r[f"vips_{threads}"] = _child("run_vips", str(slide), t["level"], t["read_px"], candidates, threads)
+            r["tiler_exact_2"] = _child("run_tiler", str(slide), out, 2, False)
+            r["tiler_exact_2"].pop("kept"), r["tiler_exact_2"].pop("candidates")
+            for k, v in r.items():
+                runs.setdefault(k, []).append(v)
+            ratios["time_vs_floor"].append(r["tiler_2"]["seconds"] / r["floor_2"]["seconds"])
+            ratios["time_vs_floor_1_thread"].append(r["tiler_1"]["seconds"] / r["floor_1"]["seconds"])
+            ratios["speedup_2_threads"].append(r["tiler_1"]["seconds"] / r["tiler_2"]["seconds"])
+            if vips:
+                ratios["vips_time_over_ours"].append(r["vips_2"]["seconds"] / r["tiler_2"]["seconds"])
+        if naive:
+            runs["naive"] = [_child("run_naive", str(slide), tmp)]
+    med = {k: _median(v) for k, v in runs.items()}
+    assert med["tiler_1"]["tiles"] == med["tiler_2"]["tiles"], (med["tiler_1"], med["tiler_2"])
+    out = {
+        "slide": slide.name,
+        "tissue_tiles": med["tiler_2"]["tiles"],
+        "tissue_tiles_by_method": {k: m["tiles"] for k, m in med.items() if "tiles" in m},
+        "level": med["tiler_2"]["level"],
+        "read_px": med["tiler_2"]["read_px"],
+        "decode_scale": med["tiler_2"]["decode_scale"],
+        "rounds": rounds,
+        **med,
+        "ratios_per_round": ratios,
+        "time_vs_floor": statistics.median(ratios["time_vs_floor"]),
+        "time_vs_floor_1_thread": statistics.median(ratios["time_vs_floor_1_thread"]),
+        "speedup_2_threads": statistics.median(ratios["speedup_2_threads"]),
+        "floor_speedup_2_threads": med["floor_1"]["seconds"] / med["floor_2"]["seconds"],
+        "exact_path_time_vs_floor": med["tiler_exact_2"]["seconds"] / med["floor_2"]["seconds"],
+    }
+    if vips:
+        out["vips_time_over_ours"] = statistics.median(ratios["vips_time_over_ours"])
+    if naive:
+        out["naive_time_over_ours"] = med["naive"]["seconds"] / med["tiler_2"]["seconds"]
+        out["naive_time_over_ours_1_thread"] = med["naive"]["seconds"] / med["tiler_1"]["seconds"]
+    if med["tiler_2"]["decode_scale"] < 1:
+        out["scaled_vs_exact"] = scaled_vs_exact(str(slide), out["level"], out["read_px"], kept_cells)
+    return out
+
+
+# --------------------------------------------------------------------------- worker and cohort throughput
+def worker_probe() -> dict:
+    """Run in a pool worker: what it loaded to be ready to tile, and its memory."""
+    import imagecodecs  # noqa: F401
+    import openslide  # noqa: F401
+    import tifffile  # noqa: F401
+
+    from . import tilestore, tiling  # noqa: F401
+
+    heavy = ("tensorflow", "keras", "pandas", "duckdb", "dagster")
+    return {"pid": os.getpid(), "peak_rss_mb": peak_rss_mb(), "loaded": [m for m in heavy if m in sys.modules]}
+
+
+def _tile_and_probe(job) -> dict:
+    from .tiling import tile_slide
+
+    res = tile_slide(*job)
+    return {"status": res.status, "tiles": len(res.tiles), "seconds": res.seconds, **worker_probe()}
+
+
+def bench_worker(slide: Path, threads: int = 2) -> dict:
+    """A tiling worker as ``tile_slides`` starts it (spawned, exits with its parent): seconds from start
+    to ready (imports done), then its peak RSS after tiling ``slide``."""
+    from concurrent.futures import ProcessPoolExecutor
+    from multiprocessing import get_context
+
+    from .tiling import TilingParams, exit_with_parent
+
+    with tempfile.TemporaryDirectory() as tmp:
+        t0 = time.perf_counter()
+        with ProcessPoolExecutor(1, mp_context=get_context("spawn"), initializer=exit_with_parent,
+                                 initargs=(os.getpid(),)) as pool:  # fmt: skip
+            ready = pool.submit(worker_probe).result()
+            startup = time.perf_counter() - t0
+            job = (
+                "bench",
+                "bench",
+                str(slide),
+                os.path.join(tmp, "t.tfrecord"),
+                TilingParams(20, 512, threads=threads),
+            )
+            after = pool.submit(_tile_and_probe, job).result()
+    # what pandas and duckdb cost on top of numpy (which the tiler needs) in a fresh interpreter
+    cost = {}
+    for mod in ("pandas", "duckdb"):
+        code = f"import time, numpy; t = time.perf_counter(); import {mod}; print(time.perf_counter() - t)"
+        cost[mod] = float(subprocess.run([sys.executable, "-c", code], capture_output=True, text=True).stdout)
+    return {
+        "startup_seconds": startup,
+        # pandas and duckdb come with slides.py and storage.py's module-level imports, not the tiling
+        "startup_seconds_less_pandas_duckdb": startup
+        - sum(cost[m] for m in ("pandas", "duckdb") if m in ready["loaded"]),
+        "ready": ready,
+        "after_tiling": after,
+        "peak_rss_mb": after["peak_rss_mb"],
+        "tensorflow_loaded": "tensorflow" in after["loaded"],
+        "import_seconds_fresh_process": cost,
+    }
+
+
+def demo_sample(n: int, slides_dir: Path) -> list[Path]:
+    """The first ``n`` slides the demo plans for its first cohort (its sizes and three styles)."""
+    from dataclasses import asdict
+
+    from .demo_cohort import DEFAULT_COHORTS, REPO_TILES, _build_slide, load_source_tiles, plan_cohort
+
+    spec = DEFAULT_COHORTS[0]
+    plans = plan_cohort(spec, 0, sorted(load_source_tiles()))[-1][:n]
+    paths = []
+    for p in plans:
+        path = slides_dir / p.file
+        if not path.exists():
+            _build_slide((asdict(p), str(slides_dir), str(REPO_TILES)))
+        paths.append(path)
+    return paths
+
+
+def run_pool(slides: list[str], out_dir: str, workers: int, magnification: float, tile_px: int, threads: int) -> dict:
+    """``tile_slides`` over ``slides`` with ``workers`` processes: wall time from the start of the pool."""
+    from .tiling import TilingParams, tile_slides
+
+    params = TilingParams(magnification, tile_px, threads=threads)
+    jobs = [("b", Path(s).stem, s, os.path.join(out_dir, f"{Path(s).stem}.tfrecord"), params) for s in slides]
+    t0 = time.perf_counter()
+    results = list(tile_slides(jobs, workers=workers))
+    seconds = time.perf_counter() - t0
+    assert all(r.status in ("ok", "no_tissue") for r in results), [r.error for r in results if r.status == "error"]
+    return {
+        "workers": workers,
+        "slides": len(slides),
+        "seconds": seconds,
+        "slides_per_hour": len(slides) / seconds * 3600,
+        "tiles": sum(len(r.tiles) for r in results),
+    }
+
+
+def bench_throughput(name: str, slides: list[Path], magnification: float, tile_px: int, threads: int) -> dict:
+    """Slides per hour with 1 and 2 workers (1, 2, 2, 1: interleaved), each pool in a fresh process."""
+    runs = {1: [], 2: []}
+    with tempfile.TemporaryDirectory() as tmp:
+        for workers in (1, 2, 2, 1):
+            args = ([str(s) for s in slides], tmp, workers, magnification, tile_px, threads)
+            runs[workers].append(_child("run_pool", *args))
+    med = {w: _median(r) for w, r in runs.items()}
+    return {
+        "set": name,
+        "slides": len(slides),
+        "settings": f"{magnification:g}x / {tile_px} px, {threads} thread(s) per slide",
+        "workers_1": med[1],
+        "workers_2": med[2],
+        "speedup_2_workers": med[1]["seconds"] / med[2]["seconds"],
+    }
 
 
 # --------------------------------------------------------------------------- input pipeline
@@ -347,24 +642,39 @@ def bench_accelerators(
 
 def main() -> None:
     BENCH_DIR.mkdir(exist_ok=True)
-    for size in (10240, 20480):  # generated in a child: the parent stays small
-        subprocess.run(
-            [
-                sys.executable,
-                "-c",
-                f"from pathomch_assets import bench; bench.make_bench_slide("
-                f"bench.SLIDE_DIR / 'bench40x_{2 * size}.svs', {size})",
-            ],
-            check=True,
-        )
-    tiling = bench_tiling((10240, 20480))
+    quick = os.environ.get("PATHOMCH_BENCH_QUICK") == "1"  # smaller slides, one round: to try the bench out
+    size, rounds = (10240, 1) if quick else (20480, 3)
+    slides = {
+        "tcga40x": SLIDE_DIR / f"tcga40x_{2 * size}.svs",
+        "svs20x": SLIDE_DIR / f"svs20x_{size}.svs",
+    }
+    cohort = [SLIDE_DIR / f"tcga40x_set_{i}.svs" for i in range(4 if quick else 6)]
+    for path, pyramid, size_20x, seed in [
+        (slides["tcga40x"], "tcga40x", size, 0),
+        (slides["svs20x"], "svs20x", size, 1),
+        *[(p, "tcga40x", 10240, 10 + i) for i, p in enumerate(cohort)],
+    ]:  # generated in a child: the parent stays small
+        code = f"from pathomch_assets import bench; bench.make_bench_slide({str(path)!r}, {size_20x}, {seed}, "
+        subprocess.run([sys.executable, "-c", code + f"pyramid={pyramid!r})"], check=True)
+    demo = demo_sample(8 if quick else 24, SLIDE_DIR / "demo_sample")
+    load = os.getloadavg()
+    tiling = {name: bench_slide(path, rounds, naive=not quick) for name, path in slides.items()}
+    worker = bench_worker(slides["tcga40x"])
+    throughput = [
+        bench_throughput("demo cohort sample (the demo's settings)", demo, 5, 128, 1),
+        bench_throughput("TCGA-shaped 40x slides (20,480 px, no 20x level)", cohort, 20, 512, 2),
+    ]
+    load_after = os.getloadavg()
     from .tiling import TilingParams, tile_slide
 
     tiles = {}
     for store, params in (("paper", TilingParams(20, 512)), ("demo", TilingParams(5, 128))):
         path = BENCH_DIR / f"{store}.tfrecord"
-        tiles[store] = (path, len(tile_slide("bench", "bench", SLIDE_DIR / "bench40x_20480.svs", path, params).tiles))
-    inputs = bench_input(tiles)
+        tiles[store] = (path, len(tile_slide("bench", "bench", slides["svs20x"], path, params).tiles))
+    try:
+        inputs = [] if quick else bench_input(tiles)
+    except Exception as err:  # the tiling figures are kept whatever happens here
+        inputs = [{"error": f"{type(err).__name__}: {err}"}]
     for path, _ in tiles.values():
         path.unlink(missing_ok=True)
     import tensorflow as tf
@@ -373,38 +683,77 @@ def main() -> None:
     # (emulated), so only a GPU machine runs it (tests run the same code on the CPU, small)
     accelerators = bench_accelerators() if tf.config.list_physical_devices("GPU") else []
     results = {
-        "machine": {"platform": platform.platform(), "cpus": os.cpu_count(), "python": platform.python_version()},
+        "machine": {
+            "platform": platform.platform(),
+            "cpus": os.cpu_count(),
+            "python": platform.python_version(),
+            "load_average_1_5_15_min_before_tiling": load,
+            "load_average_after_tiling": load_after,
+        },
         "tiling": tiling,
+        "worker": worker,
+        "throughput": throughput,
         "input_pipeline": inputs,
         "accelerators": accelerators,
     }
-    (BENCH_DIR / "results.json").write_text(json.dumps(results, indent=1))
+    (SLIDE_DIR / "results.quick.json" if quick else BENCH_DIR / "results.json").write_text(
+        json.dumps(results, indent=1)
+    )
+    report(results)
+
+
+def report(results: dict) -> None:
     print(f"machine: {results['machine']}")
-    print("tiling at 20x / 512 px on a generated 40x slide (same process type, fresh process each):")
-    for r in tiling:
+    print("tiling at 20x / 512 px (medians over rounds; ratios per round, then their median):")
+    for name, r in results["tiling"].items():
+        t2, t1 = r["tiler_2"], r["tiler_1"]
+        line = (
+            f"  {name} ({r['slide']}, level {r['level']}, {r['read_px']} px reads, decode scale {r['decode_scale']}): "
+            f"{r['tissue_tiles']} tissue tiles; tiler {t2['seconds']:.2f} s with 2 threads ({t2['tiles_per_s']:.0f} "
+            f"tiles/s), {t1['seconds']:.2f} s with 1 -> x{r['speedup_2_threads']:.2f}; tissue decode floor "
+            f"{r['floor_2']['seconds']:.2f} s / {r['floor_1']['seconds']:.2f} s -> {r['time_vs_floor']:.2f}x the floor "
+            f"(1 thread {r['time_vs_floor_1_thread']:.2f}x; exact path {r['exact_path_time_vs_floor']:.2f}x)"
+        )
+        if "vips_time_over_ours" in r:
+            line += f"; libvips per tile {r['vips_2']['seconds']:.2f} s -> {r['vips_time_over_ours']:.2f}x our time"
+        if "naive_time_over_ours" in r:
+            line += f"; naive {r['naive']['seconds']:.1f} s -> {r['naive_time_over_ours']:.1f}x"
+        print(line)
+        if "scaled_vs_exact" in r:
+            m = r["scaled_vs_exact"]
+            print(
+                f"    DCT-scaled decode (1/{m['factor']}) vs exact path on {m['tiles_compared']} tissue tiles: mean "
+                f"|diff| {m['mean_abs_diff']:.2f} grey levels, 99th percentile {m['p99_abs_diff']:.0f}, "
+                f"{m['share_over_8']:.2%} over 8"
+            )
+    w = results["worker"]
+    print(
+        f"tiling worker: ready {w['startup_seconds']:.2f} s after start, peak RSS {w['peak_rss_mb']:.0f} MB after a "
+        f"40x slide; TensorFlow loaded: {w['tensorflow_loaded']}; also loaded: {w['ready']['loaded']} "
+        f"(import cost in a fresh process: {w['import_seconds_fresh_process']})"
+    )
+    for t in results["throughput"]:
         print(
-            f"  {r['slide_px_40x']:>6} px: {r['tissue_tiles']} tiles; tiler {r['tiler']['seconds']:.2f} s "
-            f"(1 thread {r['tiler_1_thread']['seconds']:.2f} s; peak RSS {r['tiler']['peak_rss_mb']:.0f} MB with "
-            f"TensorFlow loaded; naive {r['naive']['peak_rss_mb']:.0f} MB), "
-            f"naive {r['naive']['seconds']:.1f} s, decode floor {r['floor']['seconds']:.2f} s -> "
-            f"{r['speedup_vs_naive']:.1f}x naive ({r['speedup_vs_naive_1_thread']:.1f}x on 1 thread), "
-            f"{r['time_vs_decode_floor']:.2f}x floor time"
+            f"  {t['set']}, {t['slides']} slides, {t['settings']}: {t['workers_1']['slides_per_hour']:.0f} slides/h "
+            f"with 1 worker, {t['workers_2']['slides_per_hour']:.0f} with 2 (x{t['speedup_2_workers']:.2f})"
         )
     print("input pipeline vs training on this CPU:")
-    for r in inputs:
+    for r in results["input_pipeline"]:
+        if "error" in r:
+            print(f"  not measured: {r['error']}")
+            continue
         print(
             f"  {r['config']} on {r['device']}: tf.data {r['pipeline_tiles_per_s']:.0f} tiles/s, training "
             f"{r['training_tiles_per_s']:.1f} tiles/s -> {r['pipeline_over_training']:.1f}x; inference "
             f"{r['inference_tiles_per_s']:.1f} tiles/s; {r['tile_bytes'] / 1024:.0f} KiB per stored tile"
         )
-    for r in accelerators:
+    for r in results["accelerators"]:
         print(
             f"  {r['architecture']} {r['input_px']} px on {r['devices']} x {r['device']}, {r['precision']}: training "
             f"{r['training_tiles_per_s']:.0f} tiles/s, inference {r['inference_tiles_per_s']:.0f} tiles/s"
         )
-    if not accelerators:
+    if not results["accelerators"]:
         print("no GPU: accelerator figures (float32 / mixed precision, one / all GPUs) not measured")
-    print(f"written to {BENCH_DIR / 'results.json'}")
 
 
 if __name__ == "__main__":
