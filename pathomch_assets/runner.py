@@ -455,7 +455,9 @@ def failed_steps(instance: dg.DagsterInstance, run_id: str) -> list[str]:
     out = []
     for rec in instance.get_records_for_run(run_id, of_type=dg.DagsterEventType.STEP_FAILURE).records:
         event = rec.event_log_entry.dagster_event
-        error = event.event_specific_data.error
+        if event is None:
+            continue
+        error = event.step_failure_data.error
         out.append(f"{event.step_key} failed: {error.message.strip() if error else 'no message'}")
     return out
 
