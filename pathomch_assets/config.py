@@ -287,7 +287,9 @@ class PathomchConfig(_Strict):
         return [target_key(c, t) for c, cfg in self.cohorts.items() for t in cfg.traits]
 
     def round_names(self) -> list[str]:
-        return [f"round_{i}" for i in range(self.splits.rounds)]
+        from .layout import round_name
+
+        return [round_name(i) for i in range(self.splits.rounds)]
 
     @property
     def tiles_dir(self) -> Path:

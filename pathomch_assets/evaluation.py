@@ -11,7 +11,6 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from .ensemble import slide_scores_from_tiles  # noqa: F401  (training.py reads it here)
 from .layout import is_round
 
 

@@ -28,7 +28,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from .evaluation import slide_auc, slide_scores_from_tiles
+from .ensemble import slide_scores_from_tiles
+from .evaluation import slide_auc
 from .storage import as_path, atomic_path, local_copy, parse_tile_record
 
 AUTOTUNE = -1  # tf.data.AUTOTUNE
@@ -556,7 +557,3 @@ def load_model(directory: str | Path):
     import keras
 
     return keras.models.load_model(local_copy(as_path(directory) / "model.keras"), compile=False)
-
-
-def model_dir(models_dir: str | Path, cohort: str, trait: str, round_name: str) -> Path:
-    return as_path(models_dir) / cohort / trait / round_name
