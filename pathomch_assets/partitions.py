@@ -8,7 +8,9 @@ import dagster as dg
 
 from .config import PathomchConfig
 
-SLIDES = dg.DynamicPartitionsDefinition(name="slides")
+#: the slides' dynamic partitions (a name, for the instance calls that take one)
+SLIDES_NAME = "slides"
+SLIDES = dg.DynamicPartitionsDefinition(name=SLIDES_NAME)
 
 #: a child partition reads every partition of the parent (a cohort's models, every slide)
 ALL = dg.AllPartitionMapping()

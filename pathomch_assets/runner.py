@@ -41,6 +41,7 @@ import json
 import os
 import socket
 import time
+from collections.abc import Set as AbstractSet
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from multiprocessing import get_context
@@ -49,7 +50,7 @@ from pathlib import Path
 import dagster as dg
 
 from .config import PathomchConfig
-from .partitions import FAILS_ALONE_TAG, SLIDES
+from .partitions import FAILS_ALONE_TAG, SLIDES_NAME
 from .sensors import discover_all
 from .tiling import exit_with_parent
 
@@ -239,8 +240,8 @@ def clean_dead_runs(instance: dg.DagsterInstance, log=print) -> list[str]:
     if storage.supports_global_concurrency_limits:
         holding = storage.get_concurrency_run_ids()
         for run_id in holding:
-            run = instance.get_run_by_id(run_id)
-            if run is None or run.is_finished:
+            holder = instance.get_run_by_id(run_id)
+            if holder is None or holder.is_finished:
                 storage.free_concurrency_slots_for_run(run_id)
                 log(f"freed the concurrency-pool slots held by finished run {run_id}")
     return failed
@@ -248,14 +249,14 @@ def clean_dead_runs(instance: dg.DagsterInstance, log=print) -> list[str]:
 
 def sync_slide_partitions(cfg: PathomchConfig, instance: dg.DagsterInstance) -> list[str]:
     """Add every slide on disk as a partition (what the sensor does on a tick)."""
-    known = set(instance.get_dynamic_partitions(SLIDES.name))
+    known = set(instance.get_dynamic_partitions(SLIDES_NAME))
     new = [k for k in discover_all(cfg) if k not in known]
     if new:
-        instance.add_dynamic_partitions(SLIDES.name, new)
+        instance.add_dynamic_partitions(SLIDES_NAME, new)
     return new
 
 
-def plan_batches(defs: dg.Definitions, selection: set[dg.AssetKey] | None = None):
+def plan_batches(defs: dg.Definitions, selection: AbstractSet[dg.AssetKey] | None = None):
     """Topological batches of asset keys that share a partitions definition."""
     graph = defs.resolve_asset_graph()
     keys = set(graph.get_all_asset_keys()) if selection is None else set(selection)
@@ -304,7 +305,9 @@ def batch_job(config_path: str | None, asset_keys: list[str]) -> dg.JobDefinitio
 
 def execute_run(config_path: str | None, asset_keys: list[str], tags: dict) -> tuple[bool, str]:
     """One run of a batch through ``dagster.execute_job`` (a process per step); (success, run id)."""
-    recon = dg.build_reconstructable_job(__name__, batch_job.__name__, reconstructable_args=(config_path, asset_keys))
+    recon = dg.build_reconstructable_job(
+        __name__, batch_job.__name__, reconstructable_kwargs={"config_path": config_path, "asset_keys": asset_keys}
+    )
     instance = dg.DagsterInstance.get()
     with dg.execute_job(recon, instance, run_config=RUN_CONFIG, tags={**tags, **owner_tags()}) as result:
         return result.success, result.run_id
@@ -434,8 +437,9 @@ def failed_checks(instance: dg.DagsterInstance, run_id: str) -> list[str]:
     """The asset checks of a run that did not pass, with severity and description (what to change)."""
     out = []
     for rec in instance.get_records_for_run(run_id, of_type=dg.DagsterEventType.ASSET_CHECK_EVALUATION).records:
-        ev = rec.event_log_entry.dagster_event.event_specific_data
-        if not ev.passed:
+        event = rec.event_log_entry.dagster_event
+        ev = event.event_specific_data if event is not None else None
+        if isinstance(ev, dg.AssetCheckEvaluation) and not ev.passed:
             out.append(
                 f"{ev.asset_key.to_user_string()} check {ev.check_name} ({ev.severity.value}): "
                 f"{ev.description or 'no description'}"

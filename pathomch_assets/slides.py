@@ -233,14 +233,13 @@ def _plain_name(value: str) -> bool:
 
 
 def _from_manifest(cohort: str, slides_dir: Path, manifest: Path, roots: list[str]) -> list[SlideRef]:
-    by_id: dict[str, list[SlideRef]] = {}
+    by_id: dict[str, list[tuple[str, SlideRef]]] = {}  # slide id: (manifest line, ref) for each listing
     table = read_gdc_manifest(manifest)
     for line, rec in zip(table.attrs["lines"], table.itertuples()):
         where = f"{manifest}:{line}"
         md5 = rec.md5.strip().lower() or None
         size = int(rec.size) if rec.size.strip() else None
         sid = slide_id_from_path(os.path.basename(rec.filename.replace("\\", "/")) or rec.filename)
-        meta = dict(md5=md5, size=size, listed_in=where)
         bad = next(((k, v) for k, v in (("id", rec.id), ("filename", rec.filename)) if not _plain_name(v)), None)
         if bad is not None:
             ref = SlideRef(
@@ -248,7 +247,9 @@ def _from_manifest(cohort: str, slides_dir: Path, manifest: Path, roots: list[st
                 sid,
                 slides_dir,
                 True,
-                **meta,
+                md5=md5,
+                size=size,
+                listed_in=where,
                 error=(
                     f"{manifest}: line {line}: {bad[0]} {bad[1]!r} is not a plain name (a GDC manifest lists a file "
                     f"id and a file name, no folders, '..' or absolute paths); the slide is not read: fix that line"
@@ -258,17 +259,17 @@ def _from_manifest(cohort: str, slides_dir: Path, manifest: Path, roots: list[st
             candidates = [slides_dir / rec.id / rec.filename, slides_dir / rec.filename]
             found = next((c for c in candidates if os.path.lexists(c)), None)
             problem = path_problem(found, roots) if found is not None else None
-            if problem:
-                ref = SlideRef(
-                    cohort, sid, found, True, **meta, error=f"{found}: {problem} (listed in {manifest}, line {line})"
-                )
+            if found is not None and problem:
+                error = f"{found}: {problem} (listed in {manifest}, line {line})"
+                ref = SlideRef(cohort, sid, found, True, md5=md5, size=size, listed_in=where, error=error)
             else:
-                ref = SlideRef(cohort, sid, found or candidates[0], found is None, **meta)
-        by_id.setdefault(sid, []).append(ref)
+                ref = SlideRef(cohort, sid, found or candidates[0], found is None, md5=md5, size=size, listed_in=where)
+        by_id.setdefault(sid, []).append((str(line), ref))
     refs = []
-    for sid, same in by_id.items():
+    for sid, listings in by_id.items():
+        same = [ref for _, ref in listings]
         if len(same) > 1:
-            lines = ", ".join(r.listed_in.rsplit(":", 1)[1] for r in same)
+            lines = ", ".join(line for line, _ in listings)
             refs.append(
                 SlideRef(
                     cohort,
@@ -370,9 +371,8 @@ def base_magnification(props: dict, path: str | Path, default: float | None = No
     raises :class:`SlideError` (never silently taken as 40x).
     """
     mpp = _float(props.get("openslide.mpp-x"))
-    mpp_ok = mpp is not None and PLAUSIBLE_MPP[0] <= mpp <= PLAUSIBLE_MPP[1]
     power = _float(props.get("openslide.objective-power"))
-    if mpp_ok:
+    if mpp is not None and PLAUSIBLE_MPP[0] <= mpp <= PLAUSIBLE_MPP[1]:
         return 10.0 / mpp, "mpp", mpp
     if power is not None and power > 0:
         return power, "objective_power", mpp

@@ -4,22 +4,27 @@ import contextlib
 import math
 from collections import Counter
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import dagster as dg
 import pandas as pd
 
 from .. import layout
+from ..config import PathomchConfig
 from ..deployment import TILING_STEP
 from ..partitions import SLIDES, by_cohort
 from ..reporting import md_table
 from ..resources import PathomchResource
-from ..slides import discover_cohort, is_diagnostic, patient_id
+from ..slides import SlideRef, discover_cohort, is_diagnostic, patient_id
 from ..tiling import TilingParams, default_workers, tile_slides
 
+if TYPE_CHECKING:  # Dagster's type of a metadata value (ints, strings, MetadataValue); not exported by `dagster`
+    from dagster._core.definitions.metadata import RawMetadataValue
 
-def slide_refs(cfg, keys: list[str]) -> dict[str, object]:
+
+def slide_refs(cfg: PathomchConfig, keys: list[str]) -> dict[str, SlideRef | None]:
     """Partition key -> SlideRef (``None`` when the slide is no longer on disk)."""
-    out = {}
+    out: dict[str, SlideRef | None] = {}
     for cohort, sids in by_cohort(keys).items():
         c = cfg.cohorts.get(cohort)
         found = {r.slide_id: r for r in discover_cohort(cohort, c)} if c else {}
@@ -202,12 +207,12 @@ def slide_tiles(context: dg.AssetExecutionContext, pathomch: PathomchResource) -
             continue
         tiles = res.tiles.assign(cohort=res.cohort, slide_id=res.slide_id) if res.status == "ok" else None
         rows[key] = record(key, row, tiles)
-        if rows[key]["status"] == "ok":
+        if rows[key]["status"] == "ok" and tiles is not None:
             tiles_total += len(tiles)
     store.ensure_views()
     status = Counter(r["status"] for r in rows.values())
     table = pd.DataFrame(list(rows.values()), columns=["slide_id", "status", "error"])
-    meta = {
+    meta: dict[str, RawMetadataValue] = {
         "slides": len(rows) + reused,
         "slides_reused": reused,
         "slides_tiled": len(jobs),

@@ -1,5 +1,7 @@
 """Survival by heterogeneity per cohort (SPEC 3.10, paper Figures 4-6)."""
 
+from typing import TYPE_CHECKING
+
 import dagster as dg
 import matplotlib.pyplot as plt
 import pandas as pd
@@ -25,6 +27,9 @@ from ..survival import (
 from ..versions import code_version, refresh_on_new_slides
 from .cartography import analysis_settings, hti_settings
 from .models import model_deps
+
+if TYPE_CHECKING:  # Dagster's type of a metadata value (ints, strings, MetadataValue); not exported by `dagster`
+    from dagster._core.definitions.metadata import RawMetadataValue
 
 #: the columns of `survival` shown in the UI
 SHOWN = ["traits", "grouping", "n_low", "n_high", "logrank_p", "hazard_ratio", "c_index", "p_value"]
@@ -68,7 +73,8 @@ def build(cfg: PathomchConfig, cartography_asset, clinical_asset, trait_model_as
         cfg, store = pathomch.get_config(), pathomch.get_store()
         cohort = context.partition_key
         sv = cfg.survival
-        rows, meta = [], {}
+        rows: list[dict] = []
+        meta: dict[str, RawMetadataValue] = {}
         sets, _, note = trait_sets(cfg, cohort, store)  # traits without a usable ensemble left out
         if note:
             context.log.warning(note)

@@ -1,5 +1,7 @@
 """Ensemble tile calls and slide scores for every slide, new slides included (SPEC 3.5-3.6, 4)."""
 
+from typing import Any
+
 import dagster as dg
 import numpy as np
 import pandas as pd
@@ -25,8 +27,11 @@ class MemberModels:
     scored, such as slides that arrived later)."""
 
     def __init__(self, cfg: PathomchConfig, cohort: str):
-        self.cfg, self.cohort, self._models = cfg, cohort, {}
-        self.members, self.stored, self.missing = {}, {}, []
+        self.cfg, self.cohort = cfg, cohort
+        self._models: dict[tuple[str, str], Any] = {}  # (trait, member): its Keras model, loaded when needed
+        self.members: dict[str, list[str]] = {}
+        self.stored: dict[tuple[str, str], dict[str, np.ndarray]] = {}  # (trait, member): slide id -> tile p
+        self.missing: list[str] = []
         for trait in cfg.cohorts[cohort].traits:
             members = members_of(cfg, cohort, trait)
             if members is None:
