@@ -41,11 +41,13 @@ import json
 import os
 import socket
 import time
+from collections.abc import Callable, Iterator
 from collections.abc import Set as AbstractSet
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from multiprocessing import get_context
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import dagster as dg
 
@@ -53,6 +55,9 @@ from .config import PathomchConfig
 from .partitions import FAILS_ALONE_TAG, SLIDES_NAME
 from .sensors import discover_all
 from .tiling import exit_with_parent
+
+if TYPE_CHECKING:  # the graph `Definitions.resolve_asset_graph` returns (not exported by `dagster`)
+    from dagster._core.definitions.assets.graph.asset_graph import AssetGraph
 
 DAGSTER_YAML = """\
 # written by pathomch: local instance for the demo and `pathomch materialize`
@@ -205,7 +210,7 @@ def owner_tags() -> dict[str, str]:
     }
 
 
-def clean_dead_runs(instance: dg.DagsterInstance, log=print) -> list[str]:
+def clean_dead_runs(instance: dg.DagsterInstance, log: Callable[[str], object] = print) -> list[str]:
     """Fail runs of ``instance`` whose process died (``kill -9``, out of memory, power) and free the
     concurrency-pool slots of every finished run; returns the run ids failed.
 
@@ -256,13 +261,15 @@ def sync_slide_partitions(cfg: PathomchConfig, instance: dg.DagsterInstance) -> 
     return new
 
 
-def plan_batches(defs: dg.Definitions, selection: AbstractSet[dg.AssetKey] | None = None):
+def plan_batches(
+    defs: dg.Definitions, selection: AbstractSet[dg.AssetKey] | None = None
+) -> list[tuple[dg.PartitionsDefinition | None, list[dg.AssetKey]]]:
     """Topological batches of asset keys that share a partitions definition."""
     graph = defs.resolve_asset_graph()
     keys = set(graph.get_all_asset_keys()) if selection is None else set(selection)
     parents = {k: {p for p in graph.get(k).parent_keys if p in keys} for k in keys}
-    done: set = set()
-    batches = []
+    done: set[dg.AssetKey] = set()
+    batches: list[tuple[dg.PartitionsDefinition | None, list[dg.AssetKey]]] = []
     while len(done) < len(keys):
         ready = sorted((k for k in keys - done if parents[k] <= done), key=lambda k: k.to_user_string())
         if not ready:
@@ -318,7 +325,7 @@ def materialize_all(
     cfg: PathomchConfig,
     selection: str | None = None,
     partitions: list[str] | None = None,
-    log=print,
+    log: Callable[[str], object] = print,
     missing_only: bool = False,
     executor: str = "in_process",
     parallel: int = 1,
@@ -338,7 +345,16 @@ def materialize_all(
         return _materialize_all(defs, cfg, selection, partitions, log, missing_only, executor, parallel)
 
 
-def _materialize_all(defs, cfg, selection, partitions, log, missing_only, executor, parallel) -> RunSummary:
+def _materialize_all(
+    defs: dg.Definitions,
+    cfg: PathomchConfig,
+    selection: str | None,
+    partitions: list[str] | None,
+    log: Callable[[str], object],
+    missing_only: bool,
+    executor: str,
+    parallel: int,
+) -> RunSummary:
     t0 = time.perf_counter()
     instance = instance_for(cfg)
     with _flock(_home_lock(), blocking=True):  # deployments sharing a DAGSTER_HOME take turns here
@@ -475,7 +491,7 @@ class Outcomes:
     while any of them succeeded, and leaves out what is missing (``ensemble.usable_traits``).
     """
 
-    def __init__(self, graph, instance):
+    def __init__(self, graph: AssetGraph, instance: dg.DagsterInstance):
         self.graph, self.instance = graph, instance
         self.failed: dict[dg.AssetKey, set] = {}
         self.ok: dict[dg.AssetKey, set] = {}
@@ -535,12 +551,14 @@ def _key_clause(token: str) -> str:
     return f"{up}key:{token.strip('+')}{down}"
 
 
-def _partition_runs(pdef, instance, only: list[str] | None):
+def _partition_runs(
+    pdef: dg.PartitionsDefinition | None, instance: dg.DagsterInstance, only: list[str] | None
+) -> Iterator[tuple[str, dict, list]]:
     """(label, materialize kwargs, partition keys) for each run needed to cover ``pdef``'s partitions."""
     if pdef is None:
         yield "unpartitioned", {}, [None]
         return
-    if isinstance(pdef, dg.DynamicPartitionsDefinition):
+    if isinstance(pdef, dg.DynamicPartitionsDefinition) and pdef.name is not None:  # unnamed: keys from its function
         keys = instance.get_dynamic_partitions(pdef.name)
         if only:
             keys = [k for k in keys if k in only]
