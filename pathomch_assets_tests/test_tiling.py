@@ -304,3 +304,21 @@ def test_scaled_cells_are_the_band_decode_and_give_its_tissue_fractions(tmp_path
         assert [c for c, _, _ in got] == [1, 2, 3, 4]
         assert [f for _, f, _ in got] == tissue_fraction(tiles).tolist()
     reader.close()
+
+
+def test_corrupt_jpeg_tile_on_the_scaled_path_fails_the_slide_and_leaves_no_file(tmp_path, sources):
+    """A level-0 JPEG tile of a 40x slide overwritten with garbage (what a bad disk or a cut download leaves)."""
+    path = tmp_path / "slide.svs"
+    write_pyramid(path, compose_slide(plan("aperio40_power", rows=3, cols=4, seed=4), sources, 2), "aperio40_power")
+    with tifffile.TiffFile(path) as tif:
+        page = tif.pages[0]
+        i = int(np.argmax(page.databytecounts))  # a tissue tile: a large one
+        offset, count = page.dataoffsets[i], page.databytecounts[i]
+    with open(path, "r+b") as fh:
+        fh.seek(offset + count // 2)
+        fh.write(b"\xff\xd9" * 64 + bytes(range(256)) * 4)
+    out = tmp_path / "tiles" / "s.tfrecord"
+    res = tile_slide("c", "s", path, out, TilingParams(20, 512, threads=2))
+    assert res.info["decode_scale"] == 0.5
+    assert res.status == "error" and "slide.svs" in res.error and "read failed at level 0" in res.error, res.error
+    assert res.tiles.empty and not out.exists() and not list((tmp_path / "tiles").glob("*"))
