@@ -66,7 +66,12 @@ def is_round(name: str) -> bool:
 
 def tile_file(cfg, cohort: str, slide_id: str) -> Path:
     """The slide's tile store (TFRecord of JPEG tiles)."""
-    return as_path(cfg.tiles_dir) / cohort / f"{safe_stem(slide_id)}.tfrecord"
+    return tile_path(cfg.tiles_dir, cohort, slide_id)
+
+
+def tile_path(tiles_dir, cohort: str, slide_id: str) -> Path:
+    """:func:`tile_file` under a given tiles folder (tools and tests without a configuration)."""
+    return as_path(tiles_dir) / cohort / f"{safe_stem(slide_id)}.tfrecord"
 
 
 def model_dir(cfg, cohort: str, trait: str, model: str) -> Path:

@@ -23,9 +23,12 @@ import tempfile
 import urllib.parse
 from collections import OrderedDict
 from pathlib import Path, PurePath
+from typing import TYPE_CHECKING
 
-import duckdb
-import pandas as pd
+if TYPE_CHECKING:  # imported where used: a tiling worker imports this module for its file helpers only
+    import duckdb
+    import pandas as pd
+
 
 # --------------------------------------------------------------------------- schemas
 #: Column names are the SPEC 5 contract (extra columns follow the required ones).
@@ -262,6 +265,8 @@ def local_copy(path) -> str:
 
 
 def read_parquet(path, **kwargs) -> pd.DataFrame:
+    import pandas as pd
+
     with as_path(path).open("rb") as fh:
         return pd.read_parquet(fh, **kwargs)
 
@@ -293,7 +298,6 @@ def partition_filename(partition_key: str) -> str:
 
 # --------------------------------------------------------------------------- tile store
 # moved to .tilestore (no TensorFlow, no DuckDB, no pandas: the tiling worker imports it); kept importable from here
-from .tilestore import TileWriter, parse_tile_record, read_tiles, tile_file  # noqa: E402, F401
 
 
 # --------------------------------------------------------------------------- tables
@@ -329,6 +333,8 @@ class TableStore:
         self.duckdb_path = Path(duckdb_path)
 
     def _connect(self, database: str = ":memory:", read_only: bool = False) -> duckdb.DuckDBPyConnection:
+        import duckdb
+
         con = duckdb.connect(database, read_only=read_only)
         if is_remote(self.tables_dir):
             con.register_filesystem(self.tables_dir.fs)  # read_parquet('s3://...') through fsspec
@@ -356,6 +362,8 @@ class TableStore:
         missing = [c for c in required if c not in df.columns]
         if missing:
             raise ValueError(f"table {table}: missing columns {missing}")
+        import pandas as pd
+
         out = pd.DataFrame(index=df.index)
         for col, typ in schema.items():
             values = df[col] if col in df.columns else pd.Series(pd.NA, index=df.index, dtype="object")
@@ -390,6 +398,8 @@ class TableStore:
         path = self._dir(table) / "_schema.parquet"
         if not path.exists():
             with atomic_path(path) as tmp:
+                import pandas as pd
+
                 self.conform(table, pd.DataFrame(columns=list(SCHEMAS[table]))).to_parquet(tmp, index=False)
 
     def read(self, table: str, where: str | None = None, params: list | None = None) -> pd.DataFrame:

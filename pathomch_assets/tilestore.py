@@ -123,12 +123,6 @@ class _Aborted(Exception):
     pass
 
 
-def tile_file(tiles_dir, cohort: str, slide_id: str) -> Path:
-    from .storage import as_path, safe_stem
-
-    return as_path(tiles_dir) / cohort / f"{safe_stem(slide_id)}.tfrecord"
-
-
 def parse_tile_record(serialized):
     """``tf.data`` map function: record -> (uint8 image, col, row)."""
     import tensorflow as tf

@@ -23,7 +23,8 @@ import pytest
 import yaml
 
 from pathomch_assets.config import load_config
-from pathomch_assets.storage import SCHEMAS, TableStore, tile_file
+from pathomch_assets.layout import tile_path as tile_file
+from pathomch_assets.storage import SCHEMAS, TableStore
 
 from .conftest import balanced_seed
 

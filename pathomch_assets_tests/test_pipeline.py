@@ -98,7 +98,7 @@ def test_labels_and_splits_tables(foundation):
 
 
 def test_rematerializing_is_idempotent_and_resumes_a_killed_tiling_run(foundation):
-    from pathomch_assets.storage import tile_file
+    from pathomch_assets.layout import tile_path as tile_file
 
     cfg, _, store = foundation
     defs = build_definitions(cfg)
@@ -299,7 +299,8 @@ def test_new_slide_is_scored_mapped_without_retraining(foundation):
 
         import keras
 
-        from pathomch_assets.storage import read_tiles, tile_file
+        from pathomch_assets.layout import tile_path as tile_file
+        from pathomch_assets.tilestore import read_tiles
 
         members = json.loads((cfg.models_dir / "brca" / "MKI67" / "ensemble.json").read_text())["members"]
         images, _ = read_tiles(tile_file(cfg.tiles_dir, "brca", sid))

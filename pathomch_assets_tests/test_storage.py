@@ -5,7 +5,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from pathomch_assets.storage import SCHEMAS, TableStore, TileWriter, atomic_path, local_copy, read_tiles, tile_file
+from pathomch_assets.layout import tile_path as tile_file
+from pathomch_assets.storage import SCHEMAS, TableStore, atomic_path, local_copy
+from pathomch_assets.tilestore import TileWriter, read_tiles
 
 
 def test_rewriting_a_partition_replaces_its_rows(tmp_path):

@@ -11,7 +11,7 @@ import tifffile
 from PIL import Image
 
 from pathomch_assets.demo_cohort import SlidePlan, compose_slide, load_source_tiles, write_pyramid
-from pathomch_assets.storage import read_tiles
+from pathomch_assets.tilestore import read_tiles
 from pathomch_assets.tiling import TilingParams, rgba_to_rgb_on_white, tile_slide, tissue_fraction
 
 from .conftest import OPENSLIDE

@@ -5,7 +5,7 @@ import pandas as pd
 import pytest
 
 from pathomch_assets.config import TrainingConfig
-from pathomch_assets.storage import TileWriter
+from pathomch_assets.tilestore import TileWriter
 from pathomch_assets.training import (
     SlideSet,
     build_model,
