@@ -364,14 +364,14 @@ class TableStore:
             raise ValueError(f"table {table}: missing columns {missing}")
         import pandas as pd
 
-        out = pd.DataFrame(index=df.index)
+        columns = {}
         for col, typ in schema.items():
             values = df[col] if col in df.columns else pd.Series(pd.NA, index=df.index, dtype="object")
             if typ == "VARCHAR":
-                out[col] = values.astype("string")
+                columns[col] = values.astype("string")
             else:
-                out[col] = pd.to_numeric(values, errors="coerce").astype(_PANDAS_TYPES[typ])
-        return out.reset_index(drop=True)
+                columns[col] = pd.to_numeric(values, errors="coerce").astype(_PANDAS_TYPES[typ])
+        return pd.DataFrame(columns, index=df.index).reset_index(drop=True)  # one frame, not a column at a time
 
     def write(self, table: str, partition_key: str, df: pd.DataFrame) -> Path:
         """Replace the rows of ``partition_key`` in ``table`` with ``df`` (atomically)."""
