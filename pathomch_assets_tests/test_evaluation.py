@@ -23,6 +23,21 @@ def test_ensemble_is_the_best_three_by_validation_auc():
     assert select_ensemble(aucs, 3) == ["round_1", "round_3", "round_4"]
 
 
+def test_slide_auc_equals_scikit_learn_with_ties_and_missing_scores():
+    from sklearn.metrics import roc_auc_score
+
+    rng = np.random.default_rng(11)
+    for n in (2, 3, 10, 57):
+        labels = rng.integers(0, 2, n)
+        labels[:2] = [0, 1]
+        scores = rng.integers(0, 5, n).astype(float)  # many ties, as slide scores in % of few tiles have
+        assert slide_auc(labels, scores) == pytest.approx(roc_auc_score(labels, scores), abs=1e-12)
+        scores[-1] = np.nan
+        keep = ~np.isnan(scores)
+        if len(set(labels[keep])) == 2:
+            assert slide_auc(labels, scores) == pytest.approx(roc_auc_score(labels[keep], scores[keep]), abs=1e-12)
+
+
 def test_slide_auc_equals_mann_whitney_u():
     rng = np.random.default_rng(1)
     labels = rng.integers(0, 2, 40)

@@ -180,7 +180,8 @@ def test_tile_loss_monitor_in_a_tiny_training(tmp_path):
     assert res.evals == len(h) and (res.evals == 20 or res.evals - res.best_eval == 2)
 
 
-def test_reused_trainer_equals_a_fresh_model(tmp_path):
+@pytest.mark.parametrize("cache_decoded", [False, True])
+def test_reused_trainer_equals_a_fresh_model(tmp_path, cache_decoded):
     """The in-process runner trains many models of one shape on one traced Keras model; re-initialised,
     it must give the same weights and history as a model trained in a fresh state."""
     from pathomch_assets import training
@@ -188,7 +189,13 @@ def test_reused_trainer_equals_a_fresh_model(tmp_path):
     train = make_slides(tmp_path, 8, lambda i: i % 2, seed=4)
     val = make_slides(tmp_path, 4, lambda i: i % 2, seed=5)
     cfg = TrainingConfig(
-        architecture="small_cnn", input_px=32, batch_size=16, evals_per_epoch=2, max_epochs=2, deterministic=True
+        architecture="small_cnn",
+        input_px=32,
+        batch_size=16,
+        evals_per_epoch=2,
+        max_epochs=2,
+        deterministic=True,
+        cache_decoded=cache_decoded,  # True: tiles from the in-process decoded cache
     )
     training._TRAINERS.clear()
     first, res1 = train_model(train, val, cfg, seed=7, log=lambda _: None)
