@@ -212,7 +212,8 @@ class TiffLevelReader:
         w, h = info.level_dimensions[level]
         for page in tif.pages:
             if (
-                page.is_tiled
+                isinstance(page, tifffile.TiffPage)  # a TiffFrame only with useframes, never here
+                and page.is_tiled
                 and (page.imagewidth, page.imagelength) == (w, h)
                 and page.samplesperpixel == 3
                 and page.imagedepth == 1
@@ -263,14 +264,15 @@ class TiffLevelReader:
         tx0, tx1, ty0, ty1 = x // tw, (x + width - 1) // tw, y // th, (y + height - 1) // th
         ny, nx, sw, sh = ty1 - ty0 + 1, tx1 - tx0 + 1, tw // f, th // f
         grid = np.empty((ny, nx, sh, sw, 3), np.uint8)  # each stored tile decoded in place
-        offsets, counts, fd = p.dataoffsets, p.databytecounts, self._fd
+        offsets, counts, fd, scaled = p.dataoffsets, p.databytecounts, self._fd, self.scaled
+        assert scaled is not None and fd is not None  # read() calls this only for a scaled reader
         for ty in range(ty0, ty1 + 1):
             for tx in range(tx0, tx1 + 1):
                 i = ty * across + tx
                 if not counts[i]:
                     raise ValueError(f"tile {i} of page {p.index} has no data")
                 # pread: a positioned read, safe on threads without a lock
-                self.scaled.decode(os.pread(fd, counts[i], offsets[i]), grid[ty - ty0, tx - tx0])
+                scaled.decode(os.pread(fd, counts[i], offsets[i]), grid[ty - ty0, tx - tx0])
         out = grid.transpose(0, 2, 1, 3, 4).reshape(ny * sh, nx * sw, 3)
         oy, ox = (y - ty0 * th) // f, (x - tx0 * tw) // f
         return out[oy : oy + height // f, ox : ox + width // f]
@@ -289,13 +291,14 @@ class TiffLevelReader:
         across = -(-p.imagewidth // tw)
         ky, kx = read_px // th, read_px // tw
         grid = np.empty((ky, n * kx, th // f, tw // f, 4), np.uint8)
-        offsets, counts, fd = p.dataoffsets, p.databytecounts, self._fd
+        offsets, counts, fd, scaled = p.dataoffsets, p.databytecounts, self._fd, self.scaled
+        assert scaled is not None and fd is not None, "read_cells needs aligned(read_px): a scaled reader"
         for dy in range(ky):
             for dx in range(n * kx):
                 i = (y // th + dy) * across + x // tw + dx
                 if not counts[i]:
                     raise ValueError(f"tile {i} of page {p.index} has no data")
-                self.scaled.decode(os.pread(fd, counts[i], offsets[i]), grid[dy, dx])
+                scaled.decode(os.pread(fd, counts[i], offsets[i]), grid[dy, dx])
         return grid.reshape(ky, n, kx, th // f, tw // f, 4).transpose(1, 0, 2, 3, 4, 5)
 
     def close(self) -> None:
@@ -384,7 +387,9 @@ def jpeg_colour_markers(stream: bytes) -> tuple[bool, int | None, tuple[int, ...
     before the first SOS, or None when the stream does not parse."""
     import struct
 
-    jfif, adobe, ids, pos = False, None, (), 0
+    adobe: int | None = None
+    ids: tuple[int, ...] = ()
+    jfif, pos = False, 0
     while pos + 4 <= len(stream):
         if stream[pos] != 0xFF:
             return None
@@ -476,7 +481,7 @@ def _tile_row(
                         for t in tiles
                     ]
                 )
-            fracs = tissue_fraction(tiles, params.background_threshold)
+            fracs = np.asarray(tissue_fraction(tiles, params.background_threshold))  # one per tile
             for k in np.flatnonzero(fracs >= 1.0 - params.max_background_fraction):
                 jpeg = imagecodecs.jpeg8_encode(np.ascontiguousarray(tiles[k]), level=params.jpeg_quality)
                 out.append((c0 + int(k), float(fracs[k]), bytes(jpeg)))
@@ -500,9 +505,9 @@ def _scaled_cells(reader: TiffLevelReader, choice: LevelChoice, params: TilingPa
         ) from None
     ky, kx, h, w = cells.shape[1:5]
     background = np.empty(n, np.int64)
-    for k in range(n):  # one cell at a time: the comparison's temporary stays small
-        over = np.greater(cells[k], params.background_threshold).view(np.uint32)
-        background[k] = np.count_nonzero(over == 0x01010101)
+    for c in range(n):  # one cell at a time: the comparison's temporary stays small
+        over = np.greater(cells[c], params.background_threshold).view(np.uint32)
+        background[c] = np.count_nonzero(over == 0x01010101)
     fracs = 1.0 - background / (px * px)
     out = []
     rgbx, ycbcr = imagecodecs.JPEG8.CS.EXT_RGBX, imagecodecs.JPEG8.CS.YCbCr
@@ -603,7 +608,7 @@ def tile_slide(
         reader = TiffLevelReader.open(path, info, choice.level, factor) if params.reader == "auto" else None
         res.info["reader"] = "tifffile" if reader is not None else "openslide"
         res.info["decode_scale"] = 1 / reader.factor if reader is not None else 1.0
-        records = []
+        records: list[tuple[int, int, float, int]] = []
         with TileWriter(out_file, params.jpeg_quality) as writer:
             for col, row, frac, jpeg in iter_tiles(slide, info, choice, params, path, thumb, params.threads, reader):
                 writer.write_jpeg(jpeg, col, row)
