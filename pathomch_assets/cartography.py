@@ -38,11 +38,11 @@ class Cartography:
         return np.ma.MaskedArray(self.tensor, mask=np.broadcast_to(~self.mask, self.tensor.shape))
 
     def save(self, path: str | Path) -> Path:
-        path = as_path(path)
-        with atomic_path(path) as tmp:
+        target = as_path(path)
+        with atomic_path(target) as tmp:
             with open(tmp, "wb") as fh:
                 np.savez_compressed(fh, tensor=self.tensor, mask=self.mask, traits=np.array(self.traits))
-        return path
+        return target
 
     @classmethod
     def load(cls, path: str | Path) -> Cartography:
@@ -181,7 +181,8 @@ def plot_heterogeneity_map(carto: Cartography, title: str = "", hti: float | Non
     ax.set_yticks([])
     colours = combination_colours(len(carto.traits)) / 255
     handles = [Patch(color=colours[i], label=name) for i, name in enumerate(combination_names(carto.traits))]
-    handles.append(Patch(color=np.array(NEGATIVE_RGB) / 255, label="negative"))
+    r, g, b = (v / 255 for v in NEGATIVE_RGB)
+    handles.append(Patch(color=(r, g, b), label="negative"))
     ax.legend(handles=handles, fontsize=6, loc="upper left", bbox_to_anchor=(1.01, 1), frameon=False)
     ax.set_title(f"{title}" + (f"\nHTI {hti:.2f}" if hti is not None else ""), fontsize=8)
     return ax
@@ -197,7 +198,7 @@ def to_geojson(carto: Cartography, tile_px_level0: float, name: str = "") -> dic
     names = combination_names(carto.traits)
     features = []
     rows, cols = np.nonzero(carto.mask)
-    codes = combination_codes(carto.tensor[:, rows, cols].T.astype(bool)) if len(rows) else []
+    codes: np.ndarray | list[int] = combination_codes(carto.tensor[:, rows, cols].T.astype(bool)) if len(rows) else []
     s = float(tile_px_level0)
     for r, c, code in zip(rows, cols, codes):
         x0, y0 = c * s, r * s
@@ -225,7 +226,7 @@ def to_geojson(carto: Cartography, tile_px_level0: float, name: str = "") -> dic
 
 
 def write_geojson(carto: Cartography, path: str | Path, tile_px_level0: float, name: str = "") -> Path:
-    path = as_path(path)
-    with atomic_path(path) as tmp:
+    target = as_path(path)
+    with atomic_path(target) as tmp:
         tmp.write_text(json.dumps(to_geojson(carto, tile_px_level0, name)))
-    return path
+    return target

@@ -1,6 +1,7 @@
 """Tensor molecular cartography and HTI per slide (SPEC 3.8-3.9)."""
 
 import zlib
+from typing import TYPE_CHECKING
 
 import dagster as dg
 import matplotlib.pyplot as plt
@@ -28,6 +29,9 @@ from ..storage import read_parquet
 from ..versions import code_version
 from .models import model_deps
 from .scoring import slide_calls_path
+
+if TYPE_CHECKING:  # Dagster's type of a metadata value (ints, strings, MetadataValue); not exported by `dagster`
+    from dagster._core.definitions.metadata import RawMetadataValue
 
 
 def cartography_file(cfg: PathomchConfig, cohort: str, slide_id: str, ext: str = "npz"):
@@ -141,7 +145,8 @@ def build(cfg: PathomchConfig, slide_predictions_asset, trait_model_asset, ensem
     )
     def slide_cartography(context: dg.AssetExecutionContext, pathomch: PathomchResource) -> dg.MaterializeResult:
         cfg, store = pathomch.get_config(), pathomch.get_store()
-        gallery, rows_all, stats_all, skipped, notes = [], [], [], 0, []
+        gallery: list[tuple[str, Cartography, dict]] = []
+        rows_all, stats_all, skipped, notes = [], [], 0, []
         for cohort, sids in by_cohort(context.partition_keys).items():
             traits = usable_traits(cfg, cohort)
             sets, _, note = trait_sets(cfg, cohort, store)
@@ -192,7 +197,10 @@ def build(cfg: PathomchConfig, slide_predictions_asset, trait_model_asset, ensem
                     gallery.append((sid, first, stats[0]))
         store.ensure_views()
         hti = pd.DataFrame(rows_all)
-        meta = {"slides_mapped": int(hti["slide_id"].nunique()) if len(hti) else 0, "slides_without_calls": skipped}
+        meta: dict[str, RawMetadataValue] = {
+            "slides_mapped": int(hti["slide_id"].nunique()) if len(hti) else 0,
+            "slides_without_calls": skipped,
+        }
         if notes:
             meta["left_out"] = "\n".join(notes)
         if len(hti):
