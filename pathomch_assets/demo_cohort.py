@@ -31,6 +31,7 @@ from concurrent.futures import ProcessPoolExecutor
 from dataclasses import asdict, dataclass, field
 from multiprocessing import get_context
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -241,7 +242,7 @@ def compose_slide(plan: SlidePlan, sources: dict[str, list[np.ndarray]], scale: 
                 continue
             effects = tuple(e for t, e in plan.effects.items() if on[t][r, c])
             t = _variant(sources, plan.source, int(rng.integers(n_tiles)), effects)
-            t = np.rot90(t, rng.integers(4))
+            t = np.rot90(t, int(rng.integers(4)))
             if rng.random() < 0.5:
                 t = t[:, ::-1]
             t = np.ascontiguousarray(t)
@@ -283,7 +284,7 @@ def write_pyramid(path: str | Path, base: np.ndarray, style: str, quality: int =
     tmp = path.with_name(f".{path.name}.tmp")
     with tifffile.TiffWriter(tmp, bigtiff=False) as tif:
         for i, lev in enumerate(levels):
-            kw = dict(
+            kw: dict[str, Any] = dict(
                 tile=(256, 256),
                 compression="jpeg",
                 compressionargs={"level": quality},
@@ -320,14 +321,14 @@ _SOURCES_CACHE: dict = {}
 def plan_cohort(spec: DemoCohortSpec, seed: int, sources: list[str]):
     """Patients, slides, planted maps and molecular values of one demo cohort (no I/O)."""
     rng = np.random.default_rng([seed, sum(map(ord, spec.name))])
-    ids = set()
+    ids: set[str] = set()
     while len(ids) < int(spec.n_patients * 1.15):  # ~15% extra patients have expression but no slide
         ids.add(f"TCGA-{rng.choice(list(spec.tss))}-{_random_id(rng)}")
     patients = sorted(ids)
     rng.shuffle(patients)
     with_slides, without = sorted(patients[: spec.n_patients]), sorted(patients[spec.n_patients :])
     planted = [t for t, e in spec.traits.items() if e != "none"]
-    shares = {t: {} for t in spec.traits}
+    shares: dict[str, dict[str, float]] = {t: {} for t in spec.traits}
     mixing = {}
     plans: list[SlidePlan] = []
     for pid in with_slides:
@@ -549,7 +550,8 @@ def build_demo(
     for section, values in (overrides or {}).items():
         settings[section] = {**settings.get(section, {}), **values} if isinstance(values, dict) else values
     config = {"data_dir": "output", "duckdb_path": "output/pathomch.duckdb", "seed": seed, "cohorts": {}, **settings}
-    all_plans, truth_tiles, truth_slides = [], [], []
+    all_plans: list[tuple[SlidePlan, Path]] = []
+    truth_tiles, truth_slides = [], []
     for spec in cohorts:
         cdir = out_dir / spec.name
         patients, with_slides, without, shares, mixing, plans = plan_cohort(spec, seed, sources)
