@@ -29,6 +29,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -95,7 +96,7 @@ def make_bench_slide(
     with tifffile.TiffWriter(tmp, bigtiff=True) as tif:
         for level, s in enumerate(scales):
             side = int(size_20x * s)
-            kw = dict(
+            kw: dict[str, Any] = dict(
                 shape=(side, side, 3),
                 dtype=np.uint8,
                 tile=(256, 256),
@@ -186,7 +187,7 @@ def run_floor(slide: str, level: int, read_px: int, cells: list, threads: int = 
     import tifffile
 
     with tifffile.TiffFile(slide) as tif:
-        page = [p for p in tif.pages if p.is_tiled][level]
+        page = [p for p in tif.pages if isinstance(p, tifffile.TiffPage) and p.is_tiled][level]
         tables = page.jpegtables
         cs = "RGB" if page.photometric == 2 else "YCBCR"
         offsets, counts = page.dataoffsets, page.databytecounts
@@ -282,13 +283,18 @@ def scaled_vs_exact(slide: str, level: int, read_px: int, cells: list, max_cells
         info = slide_info(s, slide)
     factor = read_px // 512
     scaled, exact = TiffLevelReader.open(slide, info, level, factor), TiffLevelReader.open(slide, info, level)
+    if scaled is None or exact is None:
+        raise ValueError(
+            f"{slide}: level {level} is not a tiled RGB TIFF level that tifffile reads; compare TIFF slides only"
+        )
     diffs = []
     for col, row in cells[:: max(1, len(cells) // max_cells)]:
         a = scaled.read(col * read_px, row * read_px, read_px, read_px)
         b = exact.read(col * read_px, row * read_px, read_px, read_px)
         b = np.asarray(Image.fromarray(np.ascontiguousarray(b)).resize((512, 512), Image.Resampling.BOX))
         diffs.append(np.abs(a.astype(np.int16) - b).ravel())
-    scaled.close(), exact.close()
+    scaled.close()
+    exact.close()
     d = np.concatenate(diffs)
     return {
         "factor": factor,
@@ -342,19 +348,24 @@ def bench_slide(slide: Path, rounds: int = 3, naive: bool = True, vips: bool = T
         print(f"libvips peer skipped: pyvips is not importable ({err}); pip install pyvips pyvips-binary")
         vips = False
     runs: dict[str, list[dict]] = {}
-    ratios = {"time_vs_floor": [], "time_vs_floor_1_thread": [], "vips_time_over_ours": [], "speedup_2_threads": []}
+    ratios: dict[str, list[float]] = {
+        "time_vs_floor": [],
+        "time_vs_floor_1_thread": [],
+        "vips_time_over_ours": [],
+        "speedup_2_threads": [],
+    }
     with tempfile.TemporaryDirectory() as tmp:
-        out = os.path.join(tmp, "t.tfrecord")
+        tfrecord = os.path.join(tmp, "t.tfrecord")
         for _ in range(rounds):
             r = {}
             for threads in (2, 1):
-                r[f"tiler_{threads}"] = t = _child("run_tiler", str(slide), out, threads)
+                r[f"tiler_{threads}"] = t = _child("run_tiler", str(slide), tfrecord, threads)
                 cells, candidates = t.pop("kept"), t.pop("candidates")
                 kept_cells = cells
                 r[f"floor_{threads}"] = _child("run_floor", str(slide), t["level"], t["read_px"], cells, threads)
                 if vips:
                     r[f"vips_{threads}"] = _child("run_vips", str(slide), t["level"], t["read_px"], candidates, threads)
-            r["tiler_exact_2"] = _child("run_tiler", str(slide), out, 2, False)
+            r["tiler_exact_2"] = _child("run_tiler", str(slide), tfrecord, 2, False)
             r["tiler_exact_2"].pop("kept"), r["tiler_exact_2"].pop("candidates")
             for k, v in r.items():
                 runs.setdefault(k, []).append(v)
@@ -491,7 +502,7 @@ def run_pool(slides: list[str], out_dir: str, workers: int, magnification: float
 
 def bench_throughput(name: str, slides: list[Path], magnification: float, tile_px: int, threads: int) -> dict:
     """Slides per hour with 1 and 2 workers (1, 2, 2, 1: interleaved), each pool in a fresh process."""
-    runs = {1: [], 2: []}
+    runs: dict[int, list[dict]] = {1: [], 2: []}
     with tempfile.TemporaryDirectory() as tmp:
         for workers in (1, 2, 2, 1):
             args = ([str(s) for s in slides], tmp, workers, magnification, tile_px, threads)
