@@ -6,7 +6,7 @@ export TF_CPP_MIN_LOG_LEVEL ?= 2
 export DAGSTER_HOME ?= $(CURDIR)/data/output/dagster_home
 PYTEST_WORKERS ?= 2
 
-.PHONY: venv demo test test-fast ui bench check-defs screenshots clean
+.PHONY: venv demo test test-fast lint ui bench bench-resolution check-defs screenshots clean
 
 $(BIN)/pathomch: pyproject.toml
 	$(PY) -m venv $(VENV)
@@ -18,11 +18,19 @@ venv: $(BIN)/pathomch            ## create .venv with the package and test tools
 demo: venv                       ## build the demo cohorts and materialize every asset
 	$(BIN)/pathomch demo
 
-test: venv                       ## every test, slow end-to-end ones included
-	$(BIN)/pytest -n $(PYTEST_WORKERS) --dist loadfile --durations=15 pathomch_assets_tests
+#: science modules whose docstring examples run as tests
+DOCTESTS := $(addprefix pathomch_assets/,ensemble.py evaluation.py heterogeneity.py layout.py labels.py slides.py splits.py training.py)
+
+test: venv                       ## every test, slow end-to-end ones included, and the docstring examples
+	$(BIN)/pytest -n $(PYTEST_WORKERS) --dist loadfile --durations=15 --doctest-modules pathomch_assets_tests $(DOCTESTS)
 
 test-fast: venv                  ## skip the slow end-to-end tests
-	$(BIN)/pytest -n $(PYTEST_WORKERS) --dist loadfile -m "not slow" pathomch_assets_tests
+	$(BIN)/pytest -n $(PYTEST_WORKERS) --dist loadfile -m "not slow" --doctest-modules pathomch_assets_tests $(DOCTESTS)
+
+lint: venv                       ## ruff (lint and format) and mypy, as CI runs them
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/mypy
 
 ui: venv                         ## the Dagster UI on http://127.0.0.1:3000 over the demo's instance
 	mkdir -p $(DAGSTER_HOME)
@@ -36,6 +44,9 @@ check-defs: venv                 ## validate the Dagster definitions
 
 bench: venv                      ## benchmarks -> bench/results.json
 	$(BIN)/python -m pathomch_assets.bench
+
+bench-resolution: venv           ## slide AUC, HTI error and cost against training.input_px -> bench/resolution.json (~25 min)
+	$(BIN)/python bench/resolution.py
 
 clean:
 	rm -rf data/output data/demo

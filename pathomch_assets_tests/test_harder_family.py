@@ -30,7 +30,7 @@ DEMO_SPLITS = {"test_fraction": 0.3, "val_fraction": 0.15}  # pathomch_assets/co
 
 
 @pytest.fixture(scope="module")
-def hard(tmp_path_factory):
+def hard(tmp_path_factory, monkeypatch_module):
     from pathomch_assets.demo_cohort import HARDER_COHORT, build_demo
 
     spec = dataclasses.replace(
@@ -41,9 +41,18 @@ def hard(tmp_path_factory):
     assert shipped["splits"] == DEMO_SPLITS, "keep DEMO_SPLITS equal to the demo's"
     path = build_demo(out, seed=balanced_seed((spec,), splits=DEMO_SPLITS), cohorts=(spec,), progress=lambda *a: None)
     cfg = load_config(path)
+    monkeypatch_module.setenv("PATHOMCH_CONFIG", str(path))
+    monkeypatch_module.setenv("DAGSTER_HOME", str(out / "dagster_home"))  # not the demo's instance
     summary = materialize_all(build_definitions(cfg), cfg, log=lambda *a: None)
     assert not summary.failed, summary.failed
     return cfg, TableStore(cfg.tables_dir, cfg.duckdb_path), out, shipped["training"]["input_px"]
+
+
+@pytest.fixture(scope="module")
+def monkeypatch_module():
+    mp = pytest.MonkeyPatch()
+    yield mp
+    mp.undo()
 
 
 def held_out_hti(store, out) -> pd.DataFrame:

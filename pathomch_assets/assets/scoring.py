@@ -80,6 +80,10 @@ def build(cfg: PathomchConfig, trait_model_asset, ensemble_asset):
         cfg, store = pathomch.get_config(), pathomch.get_store()
         scored, new, skipped, left_out = 0, 0, 0, {}
         for cohort, sids in by_cohort(context.partition_keys).items():
+            if cohort not in cfg.cohorts:  # partitions of a cohort this configuration no longer names
+                context.log.warning(f"{len(sids)} slides of cohort {cohort!r}, not in {cfg.source}: skipped")
+                skipped += len(sids)
+                continue
             slides = store.read("slides", "cohort = ?", [cohort]).set_index("slide_id")
             tiles = tile_positions(store, cohort)
             members = MemberModels(cfg, cohort)
