@@ -4,7 +4,8 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 export TF_CPP_MIN_LOG_LEVEL ?= 2
 export DAGSTER_HOME ?= $(CURDIR)/data/output/dagster_home
-PYTEST_WORKERS ?= 2
+# one more worker than the 2 cores: the end-to-end tests spend much of their time waiting on subprocesses
+PYTEST_WORKERS ?= 3
 
 .PHONY: venv demo test test-fast lint ui bench bench-resolution check-defs screenshots clean
 

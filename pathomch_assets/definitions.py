@@ -34,7 +34,7 @@ def build_definitions(cfg: PathomchConfig | None = None, config_path: str | None
     trait_model, ensemble = models.build(cfg, labels, splits)
     slide_predictions = scoring.build(cfg, trait_model, ensemble)
     model_evaluation = models.build_evaluation(cfg, slide_predictions, trait_model, ensemble)
-    (slide_cartography,), _ = cartography.build(cfg, slide_predictions, trait_model, ensemble)  # checks: checks.py
+    slide_cartography = cartography.build(cfg, slide_predictions, trait_model, ensemble)
     survival_analysis = outcomes.build(cfg, slide_cartography, clinical, trait_model, ensemble)
     assets = [
         ingest.slide_tiles,

@@ -38,6 +38,7 @@ import pandas as pd
 import yaml
 
 from .heterogeneity import hti_from_calls
+from .slides import patient_id
 
 REPO_TILES = Path(__file__).resolve().parent.parent / "data" / "tcga_tiles"
 SOURCE_PX = 512  # shipped tiles: 512 px at 20x
@@ -562,18 +563,18 @@ def build_demo(
             kept = np.asarray(p.tissue, bool) & (np.asarray(p.edge_white) < 0.5)
             h = float(hti_from_calls(on[kept])) if on is not None else 0.0
             if "-DX1." in p.slide_id:
-                planted_hti[p.slide_id[:12]] = h
+                planted_hti[patient_id(p.slide_id)] = h
             truth_slides.append(
                 {
                     "cohort": spec.name,
                     "slide_id": p.slide_id,
-                    "patient_id": p.slide_id[:12],
+                    "patient_id": patient_id(p.slide_id),
                     "traits": "+".join(pair),
                     "planted_hti": h,
                     "style": p.style,
                     "source_slide": p.source,
                     "n_tissue_positions": int(kept.sum()),
-                    **{f"share_{t}": shares[t][p.slide_id[:12]] for t in spec.traits},
+                    **{f"share_{t}": shares[t][patient_id(p.slide_id)] for t in spec.traits},
                 }
             )
             for r, c in zip(*np.nonzero(kept)):

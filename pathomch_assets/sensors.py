@@ -29,13 +29,12 @@ import dagster as dg
 from dagster._core.storage.tags import PARTITION_NAME_TAG, RUN_FAILURE_REASON_TAG, WILL_RETRY_TAG
 
 from .config import PathomchConfig
-from .partitions import SLIDES
+from .partitions import SLIDES, SLIDES_NAME
 from .slides import SlideRef, discover_cohort
 
 #: failed runs looked at per tick (the others on the next ticks)
 FAILED_RUNS_PER_TICK = 200
 
-SLIDES_NAME = str(SLIDES.name)
 REASON_TAG = "pathomch/reason"
 ATTEMPT_TAG = "pathomch/attempt"  # retry number of a sensor retry run (Dagster's run retries copy it)
 RETRIES_TAG = "pathomch/retries"  # "exhausted" on the failed run of a slide the sensor gave up on

@@ -90,3 +90,28 @@ def s3_root(s3_endpoint, request):
     bucket = re.sub(r"[^a-z0-9-]", "-", request.node.name.lower())[:50].strip("-")
     s3fs.S3FileSystem(endpoint_url=s3_endpoint).mkdir(bucket)
     return UPath(f"s3://{bucket}/pathomch", endpoint_url=s3_endpoint)
+
+
+def planted_slide_plan(sid: str):
+    """A new brca slide (4 x 5 tissue tiles) with the MKI67 morphology planted on every tile."""
+    import numpy as np
+
+    from pathomch_assets.demo_cohort import SlidePlan, load_source_tiles
+
+    tissue = np.ones((4, 5), bool).tolist()
+    source = sorted(load_source_tiles())[0]
+    zeros = np.zeros((4, 5)).tolist()
+    return SlidePlan(
+        "brca",
+        sid,
+        f"{sid}.svs",
+        source,
+        4,
+        5,
+        "aperio20",
+        1,
+        tissue,
+        zeros,
+        {"MKI67": tissue},
+        {"MKI67": "dark_nuclei"},
+    )

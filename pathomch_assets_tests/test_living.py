@@ -15,7 +15,6 @@ import time
 import urllib.request
 
 import dagster as dg
-import numpy as np
 import pandas as pd
 import pytest
 
@@ -25,7 +24,7 @@ from pathomch_assets.runner import materialize_all
 from pathomch_assets.storage import TableStore
 
 from .browser import dagster_dev
-from .conftest import SMALL_SPLITS, balanced_seed
+from .conftest import SMALL_SPLITS, balanced_seed, planted_slide_plan
 
 pytestmark = pytest.mark.slow
 
@@ -175,23 +174,9 @@ def tables(store: TableStore) -> dict[str, pd.DataFrame]:
 
 def drop_slide(cfg, sid: str):
     """A new patient's slide in the cohort folder, with the MKI67 morphology on every tissue tile."""
-    from pathomch_assets.demo_cohort import SlidePlan, compose_slide, load_source_tiles, write_pyramid
+    from pathomch_assets.demo_cohort import compose_slide, load_source_tiles, write_pyramid
 
-    tissue = np.ones((4, 5), bool)
-    plan = SlidePlan(
-        "brca",
-        sid,
-        f"{sid}.svs",
-        sorted(load_source_tiles())[0],
-        4,
-        5,
-        "aperio20",
-        1,
-        tissue.tolist(),
-        np.zeros((4, 5)).tolist(),
-        {"MKI67": tissue.tolist()},
-        {"MKI67": "dark_nuclei"},
-    )
+    plan = planted_slide_plan(sid)
     path = cfg.cohorts["brca"].slides_dir / plan.file
     write_pyramid(path, compose_slide(plan, load_source_tiles()), plan.style)
     return path

@@ -14,7 +14,7 @@ from pathomch_assets.definitions import build_definitions
 from pathomch_assets.runner import materialize_all
 from pathomch_assets.storage import TableStore
 
-from .conftest import OPENSLIDE
+from .conftest import OPENSLIDE, planted_slide_plan
 
 pytestmark = pytest.mark.slow
 
@@ -177,9 +177,9 @@ def test_ensemble_members_are_the_best_three_rounds(foundation):
 def test_cartography_tensor_hti_and_geojson(foundation):
     import json
 
-    from pathomch_assets.assets.cartography import cartography_file
     from pathomch_assets.cartography import Cartography
     from pathomch_assets.heterogeneity import hti_from_tensor
+    from pathomch_assets.layout import cartography_file
 
     cfg, _, store = foundation
     hti = store.query("select * from hti")
@@ -256,7 +256,7 @@ def test_new_slide_is_scored_mapped_without_retraining(foundation):
     import dagster as dg
     import numpy as np
 
-    from pathomch_assets.demo_cohort import SlidePlan, compose_slide, load_source_tiles, write_pyramid
+    from pathomch_assets.demo_cohort import compose_slide, load_source_tiles, write_pyramid
 
     cfg, _, store = foundation
     defs = build_definitions(cfg)
@@ -268,21 +268,7 @@ def test_new_slide_is_scored_mapped_without_retraining(foundation):
     models_before = {p: p.stat().st_mtime_ns for p in cfg.models_dir.rglob("*") if p.is_file()}
     # a new patient's slide, with the MKI67 morphology planted on every tissue tile
     sid = "TCGA-ZZ-9999-01Z-00-DX1.NEW"
-    tissue = np.ones((4, 5), bool)
-    plan = SlidePlan(
-        "brca",
-        sid,
-        f"{sid}.svs",
-        sorted(load_source_tiles())[0],
-        4,
-        5,
-        "aperio20",
-        1,
-        tissue.tolist(),
-        np.zeros((4, 5)).tolist(),
-        {"MKI67": tissue.tolist()},
-        {"MKI67": "dark_nuclei"},
-    )
+    plan = planted_slide_plan(sid)
     path = cfg.cohorts["brca"].slides_dir / plan.file
     write_pyramid(path, compose_slide(plan, load_source_tiles()), plan.style)
     try:

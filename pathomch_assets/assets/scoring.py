@@ -18,7 +18,6 @@ from .ingest import slide_tiles
 from .models import model_deps, tile_positions
 
 #: kept for assets/cartography.py until it reads ``layout.slide_calls_file``
-slide_calls_path = layout.slide_calls_file
 
 
 class MemberModels:
