@@ -15,6 +15,8 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from .errors import ConfigError  # raised here; callers import it from config
+
 PACKAGE_DIR = Path(__file__).resolve().parent
 DEMO_CONFIG = PACKAGE_DIR / "configs" / "demo.yaml"
 ENV_VAR = "PATHOMCH_CONFIG"
@@ -24,10 +26,6 @@ _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 #: objective power outside these is not a slide scan (1x is below any scanner objective, 100x is oil immersion);
 #: a tiny target would make one tile read the whole slide many times over, an infinite one every pixel a tile
 MIN_MAGNIFICATION, MAX_MAGNIFICATION = 1.0, 100.0
-
-
-class ConfigError(ValueError):
-    """The configuration file is missing, unreadable or invalid."""
 
 
 class _Strict(BaseModel):

@@ -17,11 +17,14 @@ import re
 import struct
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
-import pandas as pd
 
-from .config import ConfigError
+from .errors import ConfigError
+
+if TYPE_CHECKING:  # imported where used: a tiling worker needs no pandas
+    import pandas as pd
 
 #: File endings OpenSlide opens (OpenSlide 4).  DICOM slides are one folder of ``.dcm`` files.
 SLIDE_SUFFIXES = {".svs", ".tif", ".tiff", ".ndpi", ".vms", ".vmu", ".scn", ".mrxs", ".svslide", ".bif", ".czi", ".dcm"}
@@ -139,6 +142,8 @@ def read_gdc_manifest(path: str | Path) -> pd.DataFrame:
                 )
             rows.append(row[:5])
             lines.append(lineno)
+    import pandas as pd
+
     out = pd.DataFrame(rows, columns=GDC_MANIFEST_COLUMNS)
     out.attrs["lines"] = lines
     return out
