@@ -127,27 +127,8 @@ def train_dataset(
     max_tiles_per_slide: int | None = None,
     deterministic: bool = False,
 ):
-    """Shuffled, augmented, endless batches of (tile, slide label); tiles read in parallel.
-
-    With ``cache`` and no per-slide cap the tiles come from :func:`decode_files`' in-process cache
-    (decoded once per process for every model trained on the same slides: the demo trains 30 models on
-    two cohorts' tiles); otherwise they stream from the TFRecord files (the paper's scale).
-    """
+    """Shuffled, augmented, endless batches of (tile, slide label); tiles read in parallel."""
     import tensorflow as tf
-
-    if cache and not max_tiles_per_slide:
-        arrays = decode_files(slides.files, input_px)
-        x = np.concatenate(arrays) if arrays else np.zeros((0, input_px, input_px, 3), np.uint8)
-        y = np.repeat(np.asarray(slides.labels, np.float32), [len(a) for a in arrays])
-        return (
-            tf.data.Dataset.from_tensor_slices((x, y))
-            .shuffle(len(x), seed=seed, reshuffle_each_iteration=True)
-            .repeat()
-            .map(lambda img, label: (tf.cast(img, tf.float32), label))
-            .map(_augment, num_parallel_calls=AUTOTUNE)
-            .batch(batch_size)
-            .prefetch(AUTOTUNE)
-        )
 
     files = tf.data.Dataset.from_tensor_slices((slides.files, np.asarray(slides.labels, np.float32)))
 
