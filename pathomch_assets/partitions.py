@@ -40,6 +40,17 @@ def model_key(target: str, round_name: str) -> dg.MultiPartitionKey:
     return dg.MultiPartitionKey({"target": target, "round": round_name})
 
 
+def configured_by_cohort(slide_keys, cfg: PathomchConfig, warn) -> tuple[dict[str, list[str]], int]:
+    """:func:`by_cohort` for the cohorts ``cfg`` names, and how many slides of other cohorts were left out
+    (partitions of a cohort the configuration no longer names; each such cohort is passed to ``warn``)."""
+    groups, left_out = by_cohort(slide_keys), 0
+    for cohort in [c for c in groups if c not in cfg.cohorts]:
+        sids = groups.pop(cohort)
+        warn(f"{len(sids)} slides of cohort {cohort!r}, not in {cfg.source}: skipped")
+        left_out += len(sids)
+    return groups, left_out
+
+
 def by_cohort(slide_keys) -> dict[str, list[str]]:
     """Slide partition keys ``cohort/slide_id`` grouped by cohort."""
     out: dict[str, list[str]] = {}

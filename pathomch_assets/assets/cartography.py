@@ -22,7 +22,7 @@ from ..cartography import (
 from ..config import PathomchConfig
 from ..ensemble import usable_traits
 from ..heterogeneity import BOOTSTRAP, NEIGHBOUR_WEIGHT, PERMUTATIONS, combination_codes, hti_stats, robust_calls
-from ..partitions import SLIDES, by_cohort
+from ..partitions import SLIDES, configured_by_cohort
 from ..reporting import figure_file, md_table
 from ..resources import PathomchResource
 from ..slides import patient_id
@@ -142,12 +142,9 @@ def build(cfg: PathomchConfig, slide_predictions_asset, trait_model_asset, ensem
     def slide_cartography(context: dg.AssetExecutionContext, pathomch: PathomchResource) -> dg.MaterializeResult:
         cfg, store = pathomch.get_config(), pathomch.get_store()
         gallery: list[tuple[str, Cartography, dict]] = []
-        rows_all, stats_all, skipped, notes = [], [], 0, []
-        for cohort, sids in by_cohort(context.partition_keys).items():
-            if cohort not in cfg.cohorts:  # partitions of a cohort this configuration no longer names
-                context.log.warning(f"{len(sids)} slides of cohort {cohort!r}, not in {cfg.source}: skipped")
-                skipped += len(sids)
-                continue
+        rows_all, stats_all, notes = [], [], []
+        groups, skipped = configured_by_cohort(context.partition_keys, cfg, context.log.warning)
+        for cohort, sids in groups.items():
             traits = usable_traits(cfg, cohort)
             sets, _, note = trait_sets(cfg, cohort, store)
             if note:

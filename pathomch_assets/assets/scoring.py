@@ -9,7 +9,7 @@ import pandas as pd
 from .. import layout
 from ..config import PathomchConfig
 from ..ensemble import member_vote, members_of, slide_score, without_ensemble_note
-from ..partitions import SLIDES, by_cohort
+from ..partitions import SLIDES, configured_by_cohort
 from ..resources import AcceleratorResource, PathomchResource
 from ..storage import atomic_path, local_copy, read_parquet
 from ..training import load_model, predict_files
@@ -77,12 +77,9 @@ def build(cfg: PathomchConfig, trait_model_asset, ensemble_asset):
         context: dg.AssetExecutionContext, pathomch: PathomchResource, accelerator: AcceleratorResource
     ) -> dg.MaterializeResult:
         cfg, store = pathomch.get_config(), pathomch.get_store()
-        scored, new, skipped, left_out = 0, 0, 0, {}
-        for cohort, sids in by_cohort(context.partition_keys).items():
-            if cohort not in cfg.cohorts:  # partitions of a cohort this configuration no longer names
-                context.log.warning(f"{len(sids)} slides of cohort {cohort!r}, not in {cfg.source}: skipped")
-                skipped += len(sids)
-                continue
+        scored, new, left_out = 0, 0, {}
+        groups, skipped = configured_by_cohort(context.partition_keys, cfg, context.log.warning)
+        for cohort, sids in groups.items():
             slides = store.read("slides", "cohort = ?", [cohort]).set_index("slide_id")
             tiles = tile_positions(store, cohort)
             members = MemberModels(cfg, cohort)
