@@ -111,8 +111,8 @@ def evaluate(config: Path, cohort: str) -> dict:
 
     from pathomch_assets.config import load_config
     from pathomch_assets.slides import primary_slides
-    from pathomch_assets.storage import TableStore
     from pathomch_assets.survival import survival_set
+    from pathomch_assets.tables import TableStore
 
     cfg = load_config(config, check_files=False)
     store = TableStore(cfg.tables_dir, cfg.duckdb_path)
@@ -171,7 +171,7 @@ def other_estimates(cfg, store, family_dir: Path, cohort: str, pair: list[str], 
     from pathomch_assets import layout
     from pathomch_assets.ensemble import members_of
     from pathomch_assets.heterogeneity import combination_codes, hti_from_calls
-    from pathomch_assets.storage import read_parquet
+    from pathomch_assets.tables import read_parquet
 
     truth = pd.read_csv(family_dir / "ground_truth_tiles.csv")
     truth = truth[(truth["cohort"] == cohort) & truth["trait"].isin(pair)]

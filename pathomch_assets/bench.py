@@ -129,7 +129,7 @@ def run_tiler(slide: str, out: str, threads: int = 2, scaled: bool = True) -> di
     import simplejpeg  # noqa: F401
     import tifffile  # noqa: F401
 
-    from . import storage  # noqa: F401
+    from . import files  # noqa: F401
 
     t0, c0 = time.perf_counter(), time.process_time()
     res = tile_slide("bench", "bench", slide, out, params)
@@ -453,7 +453,7 @@ def bench_worker(slide: Path, threads: int = 2) -> dict:
         cost[mod] = float(subprocess.run([sys.executable, "-c", code], capture_output=True, text=True).stdout)
     return {
         "startup_seconds": startup,
-        # pandas and duckdb come with slides.py and storage.py's module-level imports, not the tiling
+        # pandas and duckdb come with slides.py and tables.py's module-level imports, not the tiling
         "startup_seconds_less_pandas_duckdb": startup
         - sum(cost[m] for m in ("pandas", "duckdb") if m in ready["loaded"]),
         "ready": ready,

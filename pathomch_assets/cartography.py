@@ -16,8 +16,8 @@ import numpy as np
 import pandas as pd
 
 from .ensemble import usable_sets, usable_traits, without_ensemble_note
+from .files import as_path, atomic_path, local_copy
 from .heterogeneity import combination_codes
-from .storage import as_path, atomic_path, local_copy
 
 log = logging.getLogger(__name__)
 

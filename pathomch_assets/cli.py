@@ -68,7 +68,7 @@ def cmd_demo(args) -> int:
         return 0
     defs, cfg = _defs_and_config(str(DEMO_CONFIG))
     summary = materialize_all(defs, cfg)
-    from .storage import TableStore
+    from .tables import TableStore
 
     store = TableStore(cfg.tables_dir, cfg.duckdb_path)
     counts = store.query(
@@ -99,7 +99,7 @@ def cmd_demo(args) -> int:
 
 
 def cmd_sql(args) -> int:
-    from .storage import TableStore
+    from .tables import TableStore
 
     cfg = load_config(args.config, check_files=False)
     df = TableStore(cfg.tables_dir, cfg.duckdb_path).query(args.query)
@@ -121,7 +121,7 @@ def cmd_status(args) -> int:
 
     from .runner import instance_for
     from .sensors import unprocessed_slides
-    from .storage import TableStore
+    from .tables import TableStore
 
     cfg = load_config(args.config, check_files=False)
     store = TableStore(cfg.tables_dir, cfg.duckdb_path)

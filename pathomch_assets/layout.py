@@ -12,7 +12,7 @@ Nothing else builds an output path.  Below ``data_dir`` (``output_root``):
 - ``figures/<cohort>_figure_2_scores.png``: paper Figure 2 (``model_evaluation``)
 - ``figures/heterogeneity_maps/<run id>.png``: maps of a sample of a run's slides (``slide_cartography``)
 - ``survival/<cohort>_<A+B>_{kaplan_meier,hti_by_expression,hti_by_clinical}.png`` (``survival_analysis``)
-- ``tables/<table>/<partition>.parquet``: the result tables (``storage.TableStore``), DuckDB views at
+- ``tables/<table>/<partition>.parquet``: the result tables (``tables.TableStore``), DuckDB views at
   ``duckdb_path``
 
 Slide file names go through ``storage.safe_stem`` (any slide id gives a valid, bounded name).  Round names
@@ -23,7 +23,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from .storage import as_path, safe_stem
+from .files import as_path, safe_stem
 
 ROUND_PREFIX = "round_"
 ENSEMBLE_FILE = "ensemble.json"

@@ -26,7 +26,7 @@ def figure_file(fig, path, label: str, root=None, dpi: int = 90) -> dict[str, dg
 
     import matplotlib.pyplot as plt
 
-    from .storage import as_path, atomic_path
+    from .files import as_path, atomic_path
 
     path = as_path(path)
     with atomic_path(path) as tmp:

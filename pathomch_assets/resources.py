@@ -9,7 +9,7 @@ import dagster as dg
 from pydantic import PrivateAttr
 
 from .config import DEMO_CONFIG, ENV_VAR, PathomchConfig, load_config
-from .storage import TableStore
+from .tables import TableStore
 
 
 class PathomchResource(dg.ConfigurableResource):

@@ -110,7 +110,7 @@ def instance_for(cfg: PathomchConfig) -> dg.DagsterInstance:
         yaml_file = home / "dagster.yaml"
         text = yaml_file.read_text() if yaml_file.exists() else None
         if text is None or (text.startswith(YAML_MARK) and text != DAGSTER_YAML) or "nux:" not in text:
-            from .storage import atomic_path
+            from .files import atomic_path
 
             with atomic_path(yaml_file) as tmp:
                 tmp.write_text(DAGSTER_YAML)

@@ -87,7 +87,7 @@ class TileWriter:
     def __init__(self, path: str | Path, quality: int = 90):
         # storage (atomic files, object storage) is imported here, not at module level: the
         # tiling worker imports this module and needs none of the table code
-        from .storage import as_path, atomic_path
+        from .files import as_path, atomic_path
 
         self.path, self.quality = as_path(path), quality
         self._ctx = atomic_path(self.path)
@@ -140,7 +140,7 @@ def read_tiles(path: str | Path) -> tuple[np.ndarray, np.ndarray]:
     """All tiles of one slide as ``(images N x H x W x 3, positions N x 2 [col, row])``."""
     import tensorflow as tf
 
-    from .storage import local_copy
+    from .files import local_copy
 
     images, pos = [], []
     for img, col, row in tf.data.TFRecordDataset(local_copy(path)).map(parse_tile_record):

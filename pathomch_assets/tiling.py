@@ -624,7 +624,7 @@ def tile_slide(
     except Exception as err:  # SlideError, and anything else (OSError writing tiles, codec errors): this slide only
         res.status, res.error = "error", str(err) if isinstance(err, SlideError) else f"{path}: {_describe(err)}"
         res.records = []
-        from .storage import as_path
+        from .files import as_path
 
         with contextlib.suppress(OSError):
             as_path(out_file).unlink(missing_ok=True)

@@ -30,7 +30,7 @@ import pandas as pd
 
 from .ensemble import slide_scores_from_tiles
 from .evaluation import slide_auc
-from .storage import as_path, atomic_path, local_copy
+from .files import as_path, atomic_path, local_copy
 from .tilestore import parse_tile_record
 
 AUTOTUNE = -1  # tf.data.AUTOTUNE

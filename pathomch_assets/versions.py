@@ -43,7 +43,7 @@ def data_version(*chunks: bytes | str) -> dg.DataVersion:
 
 def file_version(path) -> dg.DataVersion:
     """The data version of a file's content."""
-    from .storage import as_path
+    from .files import as_path
 
     h = hashlib.sha256()
     with as_path(path).open("rb") as fh:

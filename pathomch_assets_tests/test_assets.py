@@ -20,7 +20,7 @@ from pathomch_assets.config import load_config
 from pathomch_assets.definitions import build_definitions
 from pathomch_assets.partitions import SLIDES
 from pathomch_assets.resources import PathomchResource
-from pathomch_assets.storage import TableStore
+from pathomch_assets.tables import TableStore
 
 from .conftest import OPENSLIDE
 

@@ -133,7 +133,7 @@ def deployment(tmp_path, monkeypatch):
     """A one-cohort deployment (traits A, B, C) with one slide's ensemble calls written as scoring writes them."""
     from pathomch_assets import layout
     from pathomch_assets.config import load_config
-    from pathomch_assets.storage import TableStore
+    from pathomch_assets.tables import TableStore
 
     (tmp_path / "slides").mkdir()
     (tmp_path / "mrna.tsv").touch()

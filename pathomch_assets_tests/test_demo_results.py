@@ -8,7 +8,7 @@ import pytest
 from scipy.stats import spearmanr
 
 from pathomch_assets.config import DEMO_CONFIG, load_config
-from pathomch_assets.storage import TableStore
+from pathomch_assets.tables import TableStore
 
 cfg = load_config(DEMO_CONFIG, check_files=False)
 DEMO = cfg.cohorts["brca"].slides_dir.parent.parent

@@ -24,7 +24,7 @@ import yaml
 
 from pathomch_assets.config import load_config
 from pathomch_assets.layout import tile_path as tile_file
-from pathomch_assets.storage import SCHEMAS, TableStore
+from pathomch_assets.tables import SCHEMAS, TableStore
 
 from .conftest import balanced_seed
 
@@ -277,8 +277,8 @@ def test_a_slide_that_fails_to_write_is_its_own_error_and_retried(tiny, clean, m
     """Real OSErrors for one slide each (its tile file, its rows of `tiles`) become that slide's error row;
     the other slides are tiled; once the cause is gone, the next run tiles exactly those two again."""
     from pathomch_assets.definitions import build_definitions
+    from pathomch_assets.files import partition_filename
     from pathomch_assets.runner import materialize_all
-    from pathomch_assets.storage import partition_filename
 
     monkeypatch.setenv("DAGSTER_HOME", str(tiny / "isolate_home"))
     cfg_path = deployment(tiny, "isolate", workers=1)

@@ -20,7 +20,7 @@ from scipy.stats import spearmanr
 from pathomch_assets.config import DEMO_CONFIG, load_config
 from pathomch_assets.definitions import build_definitions
 from pathomch_assets.runner import materialize_all
-from pathomch_assets.storage import TableStore
+from pathomch_assets.tables import TableStore
 
 from .conftest import balanced_seed
 

@@ -456,7 +456,7 @@ def test_refused_and_mismatched_slides_become_error_rows_through_the_pipeline(tm
 
     from pathomch_assets.definitions import build_definitions
     from pathomch_assets.runner import materialize_all
-    from pathomch_assets.storage import TableStore
+    from pathomch_assets.tables import TableStore
 
     from .conftest import OPENSLIDE
 

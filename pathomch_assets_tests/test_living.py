@@ -21,7 +21,7 @@ import pytest
 from pathomch_assets.config import load_config
 from pathomch_assets.definitions import build_definitions
 from pathomch_assets.runner import materialize_all
-from pathomch_assets.storage import TableStore
+from pathomch_assets.tables import TableStore
 
 from .browser import dagster_dev
 from .conftest import SMALL_SPLITS, balanced_seed, planted_slide_plan

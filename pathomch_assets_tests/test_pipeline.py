@@ -12,7 +12,7 @@ from PIL import Image
 from pathomch_assets.config import load_config
 from pathomch_assets.definitions import build_definitions
 from pathomch_assets.runner import materialize_all
-from pathomch_assets.storage import TableStore
+from pathomch_assets.tables import TableStore
 
 from .conftest import OPENSLIDE, planted_slide_plan
 

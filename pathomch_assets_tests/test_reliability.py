@@ -11,7 +11,7 @@ from pathomch_assets.config import load_config
 from pathomch_assets.expression import read_traits
 from pathomch_assets.runner import materialize_all
 from pathomch_assets.splits import assign_splits
-from pathomch_assets.storage import TableStore
+from pathomch_assets.tables import TableStore
 from pathomch_assets.tiling import TilingParams, tile_slide
 
 from .conftest import OPENSLIDE

@@ -12,7 +12,7 @@ import yaml
 from pathomch_assets.config import load_config
 from pathomch_assets.definitions import build_definitions
 from pathomch_assets.runner import materialize_all
-from pathomch_assets.storage import SCHEMAS, TableStore
+from pathomch_assets.tables import SCHEMAS, TableStore
 
 from .conftest import balanced_seed
 

@@ -19,7 +19,7 @@ from pathomch_assets.config import load_config
 from pathomch_assets.definitions import build_definitions
 from pathomch_assets.partitions import model_key
 from pathomch_assets.runner import materialize_all
-from pathomch_assets.storage import TableStore
+from pathomch_assets.tables import TableStore
 
 pytestmark = pytest.mark.slow
 

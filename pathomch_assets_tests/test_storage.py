@@ -5,8 +5,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from pathomch_assets.files import atomic_path, local_copy
 from pathomch_assets.layout import tile_path as tile_file
-from pathomch_assets.storage import SCHEMAS, TableStore, atomic_path, local_copy
+from pathomch_assets.tables import SCHEMAS, TableStore
 from pathomch_assets.tilestore import TileWriter, read_tiles
 
 

@@ -6,8 +6,8 @@ import sys
 
 import pandas as pd
 
-from pathomch_assets import storage
-from pathomch_assets.storage import TableStore
+from pathomch_assets import tables
+from pathomch_assets.tables import TableStore
 
 
 def rows(n, cohort="c"):
@@ -31,11 +31,11 @@ def test_reads_see_every_write_of_this_process_and_of_another(tmp_path):
     assert (store.read("slides").status == "ok").all()
     # another process writes: the folder's mtime moves, the cached rows are not served
     code = (
-        "import sys, pandas as pd; from pathomch_assets.storage import TableStore; "
+        "import sys, pandas as pd; from pathomch_assets.tables import TableStore; "
         "TableStore(sys.argv[1], sys.argv[2]).write('slides', 'c/z', pd.DataFrame({'cohort': ['c'], "
         "'slide_id': ['z'], 'patient_id': ['p'], 'path': ['z'], 'status': ['ok'], 'error': ['']}))"
     )
     subprocess.run([sys.executable, "-c", code, str(tmp_path / "tables"), str(tmp_path / "r.duckdb")], check=True)
     assert "z" in set(store.read("slides").slide_id)
     # and nothing is cached for a table on object storage (no folder mtime to trust)
-    assert all(os.path.isabs(k[0]) for k in storage._READS)
+    assert all(os.path.isabs(k[0]) for k in tables._READS)

@@ -26,7 +26,7 @@ from ..partitions import SLIDES, configured_by_cohort
 from ..reporting import figure_file, md_table
 from ..resources import PathomchResource
 from ..slides import patient_id
-from ..storage import read_parquet
+from ..tables import read_parquet
 from ..versions import code_version
 from .models import model_deps
 

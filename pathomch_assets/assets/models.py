@@ -19,11 +19,12 @@ from ..ensemble import (
     without_ensemble_note,
 )
 from ..evaluation import ROUNDS_MEAN, correlation_rows, evaluation_sets, metrics_rows, rounds_summary, table_one
+from ..files import atomic_path, local_copy
 from ..partitions import ALL, FAILS_ALONE, cohorts, target_rounds, targets
 from ..plots import plot_score_boxes, plot_training_curve
 from ..reporting import figure_file, md_table
 from ..resources import AcceleratorResource, PathomchResource
-from ..storage import atomic_path, local_copy, read_parquet
+from ..tables import read_parquet
 from ..training import SlideSet, predict_files, save_model, train_model
 from ..versions import code_version, data_version, file_version, refresh_on_new_slides
 from .molecular import training_slides

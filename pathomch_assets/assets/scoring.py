@@ -9,15 +9,14 @@ import pandas as pd
 from .. import layout
 from ..config import PathomchConfig
 from ..ensemble import member_vote, members_of, slide_score, without_ensemble_note
+from ..files import atomic_path, local_copy
 from ..partitions import SLIDES, configured_by_cohort
 from ..resources import AcceleratorResource, PathomchResource
-from ..storage import atomic_path, local_copy, read_parquet
+from ..tables import read_parquet
 from ..training import load_model, predict_files
 from ..versions import code_version
 from .ingest import slide_tiles
 from .models import model_deps, tile_positions
-
-#: kept for assets/cartography.py until it reads ``layout.slide_calls_file``
 
 
 class MemberModels:

@@ -1,16 +1,11 @@
-"""Storage: atomic files, the per-slide tile store, and the result tables.
+"""Result tables: one Parquet file per (table, partition), seen as DuckDB views at ``duckdb_path``.
 
-Result tables are written as one Parquet file per (table, partition) and exposed as DuckDB
-views at ``duckdb_path``.  Why not plain DuckDB tables: DuckDB allows one writing process per
-database file, and Dagster runs partitions in parallel processes.  Per-partition files are
-written to a temporary name and renamed, so re-materializing a partition replaces exactly its
-rows (idempotent), parallel writers never meet, and a killed run leaves no half-written rows.
-
-Everything under ``data_dir`` may live on object storage: paths are then ``UPath`` objects
-(fsspec) carrying their ``storage_options``.  Files are written locally and uploaded whole
-(one PUT: readers never see half an object); files TensorFlow, Keras or numpy read are
-fetched once into a local cache (``$PATHOMCH_CACHE_DIR``) and re-fetched when they change;
-DuckDB reads the Parquet tables through the same fsspec filesystem.
+Why not plain DuckDB tables: DuckDB allows one writing process per database file, and Dagster
+runs partitions in parallel processes.  Per-partition files are written to a temporary name and
+renamed (:func:`pathomch_assets.files.atomic_path`), so re-materializing a partition replaces
+exactly its rows (idempotent), parallel writers never meet, and a killed run leaves no
+half-written rows.  On object storage DuckDB reads the Parquet files through the same fsspec
+filesystem.  ``SCHEMAS`` holds every table's columns (the SPEC 5 contract first).
 """
 
 from __future__ import annotations
@@ -20,12 +15,13 @@ import hashlib
 import json
 import os
 import tempfile
-import urllib.parse
 from collections import OrderedDict
-from pathlib import Path, PurePath
+from pathlib import Path
 from typing import TYPE_CHECKING
 
-if TYPE_CHECKING:  # imported where used: a tiling worker imports this module for its file helpers only
+from .files import as_path, atomic_path, is_remote, partition_filename
+
+if TYPE_CHECKING:  # imported where used
     import duckdb
     import pandas as pd
 
@@ -197,107 +193,11 @@ SCHEMAS: dict[str, dict[str, str]] = {
 _PANDAS_TYPES = {"VARCHAR": "string", "INTEGER": "Int32", "BIGINT": "Int64", "DOUBLE": "float64"}
 
 
-# --------------------------------------------------------------------------- paths and atomic files
-def as_path(path):
-    """A ``Path`` for local locations; a ``UPath`` (object storage) is returned as it is."""
-    if isinstance(path, PurePath) or hasattr(path, "fs"):
-        return path
-    if "://" in str(path):
-        from upath import UPath
-
-        return UPath(str(path))
-    return Path(path)
-
-
-def is_remote(path) -> bool:
-    """True for an object-storage ``UPath`` (not a local file)."""
-    return not isinstance(as_path(path), PurePath)
-
-
-@contextlib.contextmanager
-def atomic_path(path, keep_suffix: bool = False):
-    """Yield a temporary local path; publish it as ``path`` only if the block succeeds.
-
-    Local: a rename beside the target.  Object storage: one upload of the finished file.
-    Temporary names end in ``.tmp`` (never matched by the tables' ``*.parquet`` globs), or in
-    ``.tmp<suffix>`` with ``keep_suffix`` (Keras picks its format from the suffix).
-    """
-    path = as_path(path)
-    remote = is_remote(path)
-    if not remote:
-        path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(
-        prefix=f".{path.name}.",
-        suffix=f".tmp{path.suffix}" if keep_suffix else ".tmp",
-        dir=None if remote else path.parent,
-    )
-    os.close(fd)
-    try:
-        yield Path(tmp)
-        if remote:
-            path.fs.put_file(tmp, path.path)
-        else:
-            os.replace(tmp, path)
-    finally:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-
-
-def cache_dir() -> Path:
-    return Path(os.environ.get("PATHOMCH_CACHE_DIR") or Path(tempfile.gettempdir()) / "pathomch-cache")
-
-
-def local_copy(path) -> str:
-    """A local file name with ``path``'s content: the file itself, or a cached download.
-
-    The cache (fsspec ``filecache``) checks the object's identity on every call, so a file
-    rewritten upstream (a re-tiled slide, a retrained model) is fetched again.
-    """
-    import fsspec
-    from fsspec.implementations.cache_mapper import BasenameCacheMapper
-
-    path = as_path(path)
-    if not is_remote(path):
-        return str(path)
-    # cache names keep the object's path (and so its suffix: Keras reads the format from it)
-    cache = {"cache_storage": str(cache_dir()), "check_files": True, "cache_mapper": BasenameCacheMapper(64)}
-    return fsspec.open_local(f"filecache::{path}", filecache=cache, **{path.protocol: dict(path.storage_options)})
-
-
 def read_parquet(path, **kwargs) -> pd.DataFrame:
     import pandas as pd
 
     with as_path(path).open("rb") as fh:
         return pd.read_parquet(fh, **kwargs)
-
-
-#: longest file-name stem we write: leaves room for a suffix and ``atomic_path``'s temporary name
-#: within the 255-byte limit of Linux file systems (and S3's 1,024-byte keys)
-MAX_STEM_BYTES = 180
-
-
-def safe_stem(name: str) -> str:
-    """``name`` as a file-name stem: unchanged when short enough, else its start and a hash.
-
-    A legal slide file name can be ~250 bytes; with a suffix and a temporary prefix it would
-    exceed the file system's 255-byte limit.  Long names keep their first bytes (readable in a
-    listing) and end in ``~`` and 16 hex digits of their SHA-1 (distinct); the original name is
-    kept in the tables (``slide_id``), never parsed back from the file name.
-    """
-    if len(name.encode()) <= MAX_STEM_BYTES:
-        return name
-    digest = hashlib.sha1(name.encode()).hexdigest()[:16]
-    head = name.encode()[: MAX_STEM_BYTES - 17].decode(errors="ignore")
-    return f"{head}~{digest}"
-
-
-def partition_filename(partition_key: str) -> str:
-    """A file name for a partition key (``brca/TCGA-..`` -> ``brca%2FTCGA-..``); see ``safe_stem``."""
-    return safe_stem(urllib.parse.quote(partition_key, safe="-_.") or "_all")
-
-
-# --------------------------------------------------------------------------- tile store
-# moved to .tilestore (no TensorFlow, no DuckDB, no pandas: the tiling worker imports it); kept importable from here
 
 
 # --------------------------------------------------------------------------- tables
