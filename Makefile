@@ -44,7 +44,7 @@ check-defs: venv                 ## validate the Dagster definitions
 	$(BIN)/dagster definitions validate -w workspace.yaml
 
 bench: venv                      ## benchmarks -> bench/results.json
-	$(BIN)/python -m pathomch_assets.bench
+	$(BIN)/python -m bench.performance
 
 bench-resolution: venv           ## slide AUC, HTI error and cost against training.input_px -> bench/resolution.json (~25 min)
 	$(BIN)/python bench/resolution.py

@@ -55,18 +55,25 @@ def cmd_demo(args) -> int:
     from .demo_cohort import build_demo
     from .runner import materialize_all
 
-    os.environ[ENV_VAR] = str(DEMO_CONFIG)
+    # the shipped demo config points into the source checkout (data/demo, data/output); --dir builds the
+    # cohorts and their own config (outputs in DIR/output) anywhere, e.g. from an installed package
+    config = Path(args.dir).resolve() / "pathomch.yaml" if args.dir else DEMO_CONFIG
+    os.environ[ENV_VAR] = str(config)
     cfg = load_config(DEMO_CONFIG, check_files=False)
-    out = demo_dir(cfg)
+    out = config.parent if args.dir else demo_dir(cfg)
     stamp = out / "demo.json"
     if args.rebuild or not stamp.exists() or json.loads(stamp.read_text()).get("seed") != cfg.seed:
         print(f"building the demo cohorts in {out} (seed {cfg.seed}) ...")
-        build_demo(out, seed=cfg.seed, workers=cfg.tiling.workers, write_config=False)
+        try:
+            build_demo(out, seed=cfg.seed, workers=cfg.tiling.workers, write_config=bool(args.dir))
+        except (FileNotFoundError, FileExistsError) as err:
+            print(f"pathomch demo: {err}", file=sys.stderr)
+            return 2
     else:
         print(f"demo cohorts already built in {out} (use --rebuild to rebuild)")
     if args.no_materialize:
         return 0
-    defs, cfg = _defs_and_config(str(DEMO_CONFIG))
+    defs, cfg = _defs_and_config(str(config))
     summary = materialize_all(defs, cfg)
     from .tables import TableStore
 
@@ -94,7 +101,8 @@ def cmd_demo(args) -> int:
     print(
         f"Files:   {cfg.data_dir} (maps: cartography/<cohort>/<slide>.png|.npz|.geojson; Kaplan-Meier: survival/*.png)"
     )
-    print(f"UI:      make ui   (dagster dev on http://127.0.0.1:3000, DAGSTER_HOME={os.environ.get('DAGSTER_HOME')})")
+    ui = "make ui" if not args.dir else f"PATHOMCH_CONFIG={config} dagster dev -m pathomch_assets"
+    print(f"UI:      {ui}   (dagster dev on http://127.0.0.1:3000, DAGSTER_HOME={os.environ.get('DAGSTER_HOME')})")
     return _report_failures(summary)
 
 
@@ -168,6 +176,11 @@ def main(argv: list[str] | None = None) -> int:
     p = sub.add_parser("demo", help="build the demo cohorts and materialize every asset")
     p.add_argument("--rebuild", action="store_true", help="rebuild the demo cohorts even if present")
     p.add_argument("--no-materialize", action="store_true", help="only build the demo cohorts")
+    p.add_argument(
+        "--dir",
+        help="build the demo cohorts, their config (pathomch.yaml) and outputs in this folder "
+        "(default: data/demo and data/output of the source checkout)",
+    )
     p.set_defaults(func=cmd_demo)
     p = sub.add_parser("materialize", help="materialize assets for every partition")
     p.add_argument("--config", help=f"YAML configuration (default: ${ENV_VAR} or the demo)")

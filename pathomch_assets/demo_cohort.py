@@ -25,6 +25,7 @@ beside the data (per tile and trait: planted on/off; per slide: planted shares a
 from __future__ import annotations
 
 import json
+import os
 import string
 import uuid
 from concurrent.futures import ProcessPoolExecutor
@@ -41,6 +42,16 @@ from .heterogeneity import hti_from_calls
 from .slides import patient_id
 
 REPO_TILES = Path(__file__).resolve().parent.parent / "data" / "tcga_tiles"
+#: where else the source tiles may be (an installed package has no ``data/`` beside it)
+TILES_ENV = "PATHOMCH_DEMO_TILES"
+
+
+def demo_tiles_dir() -> Path:
+    """The TCGA tiles the demo slides are made of: ``$PATHOMCH_DEMO_TILES``, else ``data/tcga_tiles`` of
+    the source checkout this package runs from."""
+    return Path(os.environ.get(TILES_ENV) or REPO_TILES)
+
+
 SOURCE_PX = 512  # shipped tiles: 512 px at 20x
 
 #: real Entrez ids of the genes used (PanCanAtlas ``SYMBOL|Entrez``)
@@ -182,10 +193,16 @@ def _random_id(rng: np.random.Generator, n: int = 4) -> str:
     return "".join(rng.choice(alphabet, n))
 
 
-def load_source_tiles(tiles_dir: str | Path = REPO_TILES) -> dict[str, list[np.ndarray]]:
-    """Shipped tiles per source slide, decoded (uint8 512x512x3)."""
+def load_source_tiles(tiles_dir: str | Path | None = None) -> dict[str, list[np.ndarray]]:
+    """Shipped tiles per source slide, decoded (uint8 512x512x3); ``tiles_dir`` default :func:`demo_tiles_dir`."""
     from PIL import Image
 
+    tiles_dir = Path(tiles_dir) if tiles_dir is not None else demo_tiles_dir()
+    if not tiles_dir.is_dir():
+        raise FileNotFoundError(
+            f"{tiles_dir}: the demo's source tiles are not here. They ship in a source checkout's data/tcga_tiles "
+            f"(git clone the project); point {TILES_ENV} at that folder to build the demo from an installed package"
+        )
     out = {}
     for d in sorted(Path(tiles_dir).iterdir()):
         if d.is_dir():
@@ -525,7 +542,7 @@ def build_demo(
     seed: int = 2020,
     cohorts=DEFAULT_COHORTS,
     workers: int = 2,
-    tiles_dir: str | Path = REPO_TILES,
+    tiles_dir: str | Path | None = None,
     progress=print,
     write_config: bool = True,
     overrides: dict | None = None,
@@ -545,6 +562,7 @@ def build_demo(
             shutil.rmtree(out_dir / spec.name, ignore_errors=True)
     elif out_dir.exists() and any(out_dir.iterdir()):
         raise FileExistsError(f"{out_dir}: not empty and not a demo build (no demo.json); choose an empty folder")
+    tiles_dir = Path(tiles_dir) if tiles_dir is not None else demo_tiles_dir()
     sources = sorted(load_source_tiles(tiles_dir))
     shipped = yaml.safe_load(DEMO_CONFIG.read_text())
     settings = {k: v for k, v in shipped.items() if k not in ("cohorts", "data_dir", "duckdb_path", "seed")}

@@ -4,8 +4,8 @@ import keras
 import numpy as np
 import pytest
 
-from pathomch_assets import bench
-from pathomch_assets.bench import bench_accelerators
+from bench import performance as bench
+from bench.performance import bench_accelerators
 
 
 def test_accelerator_bench_runs_both_precisions_and_restores_the_policy():

@@ -144,3 +144,29 @@ def test_monitor_and_batch_settings(minimal, tmp_path):
     paper = load_config(Path(__file__).resolve().parents[1] / "deploy" / "pathomch.tcga.yaml", check_files=False)
     assert (paper.training.batch_size, paper.training.per_replica_batch) == (144, 18)
     assert all(c.clinical.parent.name in ("brca_tcga", "luad_tcga") for c in paper.cohorts.values())  # Firehose Legacy
+
+
+def test_demo_without_its_source_tiles_says_where_they_are(tmp_path, monkeypatch, capsys):
+    """An installed package has no data/tcga_tiles beside it: `pathomch demo --dir` names the folder it
+    looked in and the variable to set, and builds nothing."""
+    from pathomch_assets.cli import main
+    from pathomch_assets.demo_cohort import TILES_ENV
+
+    monkeypatch.setenv(TILES_ENV, str(tmp_path / "no_tiles"))
+    monkeypatch.setenv("DAGSTER_HOME", str(tmp_path / "home"))
+    assert main(["demo", "--dir", str(tmp_path / "demo"), "--no-materialize"]) == 2
+    err = capsys.readouterr().err
+    assert str(tmp_path / "no_tiles") in err and TILES_ENV in err and "data/tcga_tiles" in err
+    assert not (tmp_path / "demo" / "pathomch.yaml").exists()
+
+
+def test_demo_tiles_are_found_through_the_environment(tmp_path, monkeypatch):
+    import shutil
+
+    from pathomch_assets.demo_cohort import REPO_TILES, TILES_ENV, load_source_tiles
+
+    src = next(d for d in sorted(REPO_TILES.iterdir()) if d.is_dir())
+    shutil.copytree(src, tmp_path / "tiles" / src.name)
+    monkeypatch.setenv(TILES_ENV, str(tmp_path / "tiles"))
+    tiles = load_source_tiles()
+    assert list(tiles) == [src.name] and len(tiles[src.name]) == len(list(src.glob("*.jpeg")))

@@ -53,7 +53,7 @@ def make_bench_slide(
     import tifffile
     from PIL import Image
 
-    from .demo_cohort import load_source_tiles
+    from pathomch_assets.demo_cohort import load_source_tiles
 
     path = Path(path)
     if path.exists():
@@ -120,7 +120,7 @@ def make_bench_slide(
 # --------------------------------------------------------------------------- the methods
 def run_tiler(slide: str, out: str, threads: int = 2, scaled: bool = True) -> dict:
     """This project's tiler on one slide (the worker's imports are timed apart, see ``bench_worker``)."""
-    from .tiling import TilingParams, candidate_cells, grid_shape, tile_slide
+    from pathomch_assets.tiling import TilingParams, candidate_cells, grid_shape, tile_slide
 
     params = TilingParams(20, 512, threads=threads, scaled_decode=scaled)
     # what a pool worker has imported before its first slide (its start-up is measured apart, bench_worker)
@@ -129,7 +129,7 @@ def run_tiler(slide: str, out: str, threads: int = 2, scaled: bool = True) -> di
     import simplejpeg  # noqa: F401
     import tifffile  # noqa: F401
 
-    from . import files  # noqa: F401
+    from pathomch_assets import files  # noqa: F401
 
     t0, c0 = time.perf_counter(), time.process_time()
     res = tile_slide("bench", "bench", slide, out, params)
@@ -137,8 +137,8 @@ def run_tiler(slide: str, out: str, threads: int = 2, scaled: bool = True) -> di
     assert res.status == "ok", res.error
     # the cells the tiler read (its QC thumbnail's candidates), for the peer: not timed
 
-    from .slides import LevelChoice, slide_info
-    from .tiling import qc_read
+    from pathomch_assets.slides import LevelChoice, slide_info
+    from pathomch_assets.tiling import qc_read
 
     with openslide.OpenSlide(slide) as s:
         info = slide_info(s, slide)
@@ -221,7 +221,7 @@ def run_vips(slide: str, level: int, read_px: int, cells: list, threads: int = 1
     import imagecodecs
     import pyvips
 
-    from .tiling import tissue_fraction
+    from pathomch_assets.tiling import tissue_fraction
 
     image = pyvips.Image.tiffload(slide, page=level, access="random")
     factor = read_px / tile_px
@@ -276,8 +276,8 @@ def scaled_vs_exact(slide: str, level: int, read_px: int, cells: list, max_cells
     import openslide
     from PIL import Image
 
-    from .slides import slide_info
-    from .tiling import TiffLevelReader
+    from pathomch_assets.slides import slide_info
+    from pathomch_assets.tiling import TiffLevelReader
 
     with openslide.OpenSlide(slide) as s:
         info = slide_info(s, slide)
@@ -318,7 +318,7 @@ def _child(method: str, *args) -> dict:
     # VmHWM belongs to this process's own address space; ru_maxrss would carry the forking
     # parent's high-water mark across exec on Linux
     code = (
-        "import json; from pathomch_assets import bench; "
+        "import json, sys; sys.path.insert(0, " + repr(str(ROOT)) + "); from bench import performance as bench; "
         f"r = bench.{method}(*{list(args)!r}); r['peak_rss_mb'] = bench.peak_rss_mb(); print(json.dumps(r))"
     )
     out = subprocess.run(
@@ -411,14 +411,14 @@ def worker_probe() -> dict:
     import openslide  # noqa: F401
     import tifffile  # noqa: F401
 
-    from . import tilestore, tiling  # noqa: F401
+    from pathomch_assets import tilestore, tiling  # noqa: F401
 
     heavy = ("tensorflow", "keras", "pandas", "duckdb", "dagster")
     return {"pid": os.getpid(), "peak_rss_mb": peak_rss_mb(), "loaded": [m for m in heavy if m in sys.modules]}
 
 
 def _tile_and_probe(job) -> dict:
-    from .tiling import tile_slide
+    from pathomch_assets.tiling import tile_slide
 
     res = tile_slide(*job)
     return {"status": res.status, "tiles": len(res.tiles), "seconds": res.seconds, **worker_probe()}
@@ -430,7 +430,7 @@ def bench_worker(slide: Path, threads: int = 2) -> dict:
     from concurrent.futures import ProcessPoolExecutor
     from multiprocessing import get_context
 
-    from .tiling import TilingParams, exit_with_parent
+    from pathomch_assets.tiling import TilingParams, exit_with_parent
 
     with tempfile.TemporaryDirectory() as tmp:
         t0 = time.perf_counter()
@@ -468,7 +468,13 @@ def demo_sample(n: int, slides_dir: Path) -> list[Path]:
     """The first ``n`` slides the demo plans for its first cohort (its sizes and three styles)."""
     from dataclasses import asdict
 
-    from .demo_cohort import DEFAULT_COHORTS, REPO_TILES, _build_slide, load_source_tiles, plan_cohort
+    from pathomch_assets.demo_cohort import (
+        DEFAULT_COHORTS,
+        _build_slide,
+        demo_tiles_dir,
+        load_source_tiles,
+        plan_cohort,
+    )
 
     spec = DEFAULT_COHORTS[0]
     plans = plan_cohort(spec, 0, sorted(load_source_tiles()))[-1][:n]
@@ -476,14 +482,14 @@ def demo_sample(n: int, slides_dir: Path) -> list[Path]:
     for p in plans:
         path = slides_dir / p.file
         if not path.exists():
-            _build_slide((asdict(p), str(slides_dir), str(REPO_TILES)))
+            _build_slide((asdict(p), str(slides_dir), str(demo_tiles_dir())))
         paths.append(path)
     return paths
 
 
 def run_pool(slides: list[str], out_dir: str, workers: int, magnification: float, tile_px: int, threads: int) -> dict:
     """``tile_slides`` over ``slides`` with ``workers`` processes: wall time from the start of the pool."""
-    from .tiling import TilingParams, tile_slides
+    from pathomch_assets.tiling import TilingParams, tile_slides
 
     params = TilingParams(magnification, tile_px, threads=threads)
     jobs = [("b", Path(s).stem, s, os.path.join(out_dir, f"{Path(s).stem}.tfrecord"), params) for s in slides]
@@ -545,8 +551,8 @@ def bench_input(tiles: dict[str, tuple[Path, int]], seconds: float = 8.0) -> lis
     ``tiles``: store name -> (tile file, number of tiles in it)."""
     import keras
 
-    from .config import TrainingConfig
-    from .training import SlideSet, build_model, train_dataset
+    from pathomch_assets.config import TrainingConfig
+    from pathomch_assets.training import SlideSet, build_model, train_dataset
 
     out = []
     configs = (
@@ -597,7 +603,7 @@ def bench_accelerators(
     import keras
     import tensorflow as tf
 
-    from .training import build_model
+    from pathomch_assets.training import build_model
 
     gpus = tf.config.list_physical_devices("GPU")
     spans = [1] + ([len(gpus)] if len(gpus) > 1 else [])
@@ -665,8 +671,11 @@ def main() -> None:
         (slides["svs20x"], "svs20x", size, 1),
         *[(p, "tcga40x", 10240, 10 + i) for i, p in enumerate(cohort)],
     ]:  # generated in a child: the parent stays small
-        code = f"from pathomch_assets import bench; bench.make_bench_slide({str(path)!r}, {size_20x}, {seed}, "
-        subprocess.run([sys.executable, "-c", code + f"pyramid={pyramid!r})"], check=True)
+        code = (
+            f"import sys; sys.path.insert(0, {str(ROOT)!r}); from bench import performance as bench; "
+            f"bench.make_bench_slide({str(path)!r}, {size_20x}, {seed}, pyramid={pyramid!r})"
+        )
+        subprocess.run([sys.executable, "-c", code], check=True)
     demo = demo_sample(8 if quick else 24, SLIDE_DIR / "demo_sample")
     load = os.getloadavg()
     tiling = {name: bench_slide(path, rounds, naive=not quick) for name, path in slides.items()}
@@ -676,7 +685,7 @@ def main() -> None:
         bench_throughput("TCGA-shaped 40x slides (20,480 px, no 20x level)", cohort, 20, 512, 2),
     ]
     load_after = os.getloadavg()
-    from .tiling import TilingParams, tile_slide
+    from pathomch_assets.tiling import TilingParams, tile_slide
 
     tiles = {}
     for store, params in (("paper", TilingParams(20, 512)), ("demo", TilingParams(5, 128))):
