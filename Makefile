@@ -4,8 +4,9 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 export TF_CPP_MIN_LOG_LEVEL ?= 2
 export DAGSTER_HOME ?= $(CURDIR)/data/output/dagster_home
-# one more worker than the 2 cores: the end-to-end tests spend much of their time waiting on subprocesses
-PYTEST_WORKERS ?= 3
+# two more workers than the 2 cores: the end-to-end tests spend much of their time waiting on subprocesses and
+# the daemon; files are handed out in conftest.FILE_ORDER (longest first)
+PYTEST_WORKERS ?= 4
 
 .PHONY: venv demo test test-fast lint ui bench bench-resolution check-defs screenshots clean
 
@@ -23,10 +24,10 @@ demo: venv                       ## build the demo cohorts and materialize every
 DOCTESTS := $(addprefix pathomch_assets/,ensemble.py evaluation.py heterogeneity.py layout.py labels.py slides.py splits.py training.py)
 
 test: venv                       ## every test, slow end-to-end ones included, and the docstring examples
-	$(BIN)/pytest -n $(PYTEST_WORKERS) --dist loadfile --durations=15 --doctest-modules pathomch_assets_tests $(DOCTESTS)
+	$(BIN)/pytest -n $(PYTEST_WORKERS) --dist loadfile --no-loadscope-reorder --durations=15 --doctest-modules pathomch_assets_tests $(DOCTESTS)
 
 test-fast: venv                  ## skip the slow end-to-end tests
-	$(BIN)/pytest -n $(PYTEST_WORKERS) --dist loadfile -m "not slow" --doctest-modules pathomch_assets_tests $(DOCTESTS)
+	$(BIN)/pytest -n $(PYTEST_WORKERS) --dist loadfile --no-loadscope-reorder -m "not slow" --doctest-modules pathomch_assets_tests $(DOCTESTS)
 
 lint: venv                       ## ruff (lint and format) and mypy, as CI runs them
 	$(BIN)/ruff check .

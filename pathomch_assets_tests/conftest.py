@@ -47,16 +47,34 @@ def balanced_seed(cohorts, splits=SMALL_SPLITS, seeds=range(1, 200)) -> int:
 
 
 @pytest.fixture(scope="session")
-def small_demo(tmp_path_factory):
-    """A small demo deployment (60 and 50 patients, larger validation sets) with its config file."""
+def small_demo(tmp_path_factory, worker_id):
+    """A small demo deployment (60 and 50 patients, larger validation sets) with its config file: a copy of
+    its own for each test session (each xdist worker), built once per test run."""
+    import shutil
+
+    from filelock import FileLock
+
     from pathomch_assets.demo_cohort import DEFAULT_COHORTS, build_demo
 
+    def build(out: Path) -> Path:
+        cohorts = tuple(dataclasses.replace(c, n_patients=SMALL_SIZES[c.name]) for c in DEFAULT_COHORTS)
+        seed = balanced_seed(cohorts)
+        return build_demo(
+            out, seed=seed, cohorts=cohorts, workers=1, progress=lambda *a: None, overrides={"splits": SMALL_SPLITS}
+        )
+
     out = tmp_path_factory.mktemp("demo")
-    cohorts = tuple(dataclasses.replace(c, n_patients=SMALL_SIZES[c.name]) for c in DEFAULT_COHORTS)
-    seed = balanced_seed(cohorts)
-    return build_demo(
-        out, seed=seed, cohorts=cohorts, workers=1, progress=lambda *a: None, overrides={"splits": SMALL_SPLITS}
-    )
+    if worker_id == "master":  # no xdist
+        return build(out)
+    shared = tmp_path_factory.getbasetemp().parent / "small_demo"  # this run's folder, above every worker's
+    with FileLock(str(shared) + ".lock"):  # the first worker builds it; the others wait, then copy
+        if not (shared / "pathomch.yaml").exists():
+            partial = shared.with_name("small_demo.partial")
+            shutil.rmtree(partial, ignore_errors=True)  # a build a killed worker left
+            build(partial)
+            partial.rename(shared)
+    shutil.copytree(shared, out, dirs_exist_ok=True)  # relative paths in pathomch.yaml: the copy stands alone
+    return out / "pathomch.yaml"
 
 
 @pytest.fixture(scope="session")
@@ -115,3 +133,28 @@ def planted_slide_plan(sid: str):
         {"MKI67": tissue},
         {"MKI67": "dark_nuclei"},
     )
+
+
+#: the order in which xdist workers are handed test files (``--dist loadfile --no-loadscope-reorder``; by default
+#: xdist hands out files with the most tests first, so the long two-test files of `dagster dev` and whole
+#: pipelines started last and made the suite's tail).  Each worker starts with two files: the four longest
+#: (minutes each) first, then four quick ones to pair with them, then the rest as workers free up.
+FILE_ORDER = (
+    "test_living.py",
+    "test_scaleout.py",
+    "test_pipeline.py",
+    "test_small_cohort.py",
+    "test_definitions.py",
+    "test_storage.py",
+    "test_demo_results.py",
+    "test_assets.py",
+    "test_faults.py",
+    "test_training.py",
+    "test_reliability.py",
+    "test_harder_family.py",
+)
+
+
+def pytest_collection_modifyitems(config, items):
+    rank = {name: i for i, name in enumerate(FILE_ORDER)}
+    items.sort(key=lambda item: rank.get(item.path.name, len(rank)))  # stable: order within a file kept

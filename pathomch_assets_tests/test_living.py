@@ -66,8 +66,13 @@ def deployment(tmp_path_factory):
         cohorts=cohorts,
         workers=1,
         progress=lambda *a: None,
-        # the sensor looks every 5 s and retries a failed slide after 5 s (defaults 60 s and 120 s)
-        overrides={"splits": {**SMALL_SPLITS, "rounds": 3}, "sensor": {"interval_s": 5, "retry_backoff_s": 5}},
+        # the sensor looks every 5 s and retries a failed slide after 5 s (defaults 60 s and 120 s); short
+        # training: this is about staleness, backfills, the sensor and readers, not model quality
+        overrides={
+            "splits": {**SMALL_SPLITS, "rounds": 3},
+            "sensor": {"interval_s": 5, "retry_backoff_s": 5},
+            "training": {"max_epochs": 2},
+        },
     )
     mp = pytest.MonkeyPatch()
     mp.setenv("PATHOMCH_CONFIG", str(config))
