@@ -58,7 +58,6 @@ def cmd_demo(args) -> int:
     # the shipped demo config points into the source checkout (data/demo, data/output); --dir builds the
     # cohorts and their own config (outputs in DIR/output) anywhere, e.g. from an installed package
     config = Path(args.dir).resolve() / "pathomch.yaml" if args.dir else DEMO_CONFIG
-    os.environ[ENV_VAR] = str(config)
     cfg = load_config(DEMO_CONFIG, check_files=False)
     out = config.parent if args.dir else demo_dir(cfg)
     stamp = out / "demo.json"
@@ -71,6 +70,7 @@ def cmd_demo(args) -> int:
             return 2
     else:
         print(f"demo cohorts already built in {out} (use --rebuild to rebuild)")
+    os.environ[ENV_VAR] = str(config)  # for the runs of this process and what it starts
     if args.no_materialize:
         return 0
     defs, cfg = _defs_and_config(str(config))

@@ -15,7 +15,7 @@ Nothing else builds an output path.  Below ``data_dir`` (``output_root``):
 - ``tables/<table>/<partition>.parquet``: the result tables (``tables.TableStore``), DuckDB views at
   ``duckdb_path``
 
-Slide file names go through ``storage.safe_stem`` (any slide id gives a valid, bounded name).  Round names
+Slide file names go through ``files.safe_stem`` (any slide id gives a valid, bounded name).  Round names
 (``round_<i>``) are built and parsed here only.
 """
 

@@ -294,6 +294,12 @@ EXECUTORS = ("in_process", "multiprocess")
 BATCH_JOB = "pathomch_batch"
 
 
+#: a process per step, forked from a server that has imported Dagster and this package once (the job's module,
+#: Dagster's default preload), not started from nothing each time; TensorFlow is not preloaded (not fork-safe),
+#: a step that trains imports it itself
+STEP_EXECUTOR = dg.multiprocess_executor.configured({"start_method": {"forkserver": {}}}, name="pathomch_multiprocess")
+
+
 def batch_job(config_path: str | None, asset_keys: list[str]) -> dg.JobDefinition:
     """The job of one batch with the multiprocess executor; rebuilt by name in every step process
     (``dagster.build_reconstructable_job``), so it must depend only on its arguments."""
@@ -303,7 +309,7 @@ def batch_job(config_path: str | None, asset_keys: list[str]) -> dg.JobDefinitio
     job = dg.define_asset_job(
         BATCH_JOB,
         selection=dg.AssetSelection.assets(*map(dg.AssetKey.from_user_string, asset_keys)),
-        executor_def=dg.multiprocess_executor,
+        executor_def=STEP_EXECUTOR,
     )
     return dg.Definitions(
         assets=defs.assets, asset_checks=defs.asset_checks, resources=defs.resources, jobs=[job]

@@ -1,10 +1,11 @@
 """The configuration contract (SPEC 5): paper defaults, clear errors naming file and key."""
 
+import os
 import textwrap
 
 import pytest
 
-from pathomch_assets.config import DEMO_CONFIG, ConfigError, is_mirna, load_config
+from pathomch_assets.config import DEMO_CONFIG, ENV_VAR, ConfigError, is_mirna, load_config
 
 
 def write(tmp_path, text, name="pathomch.yaml"):
@@ -154,10 +155,12 @@ def test_demo_without_its_source_tiles_says_where_they_are(tmp_path, monkeypatch
 
     monkeypatch.setenv(TILES_ENV, str(tmp_path / "no_tiles"))
     monkeypatch.setenv("DAGSTER_HOME", str(tmp_path / "home"))
+    monkeypatch.delenv(ENV_VAR, raising=False)
     assert main(["demo", "--dir", str(tmp_path / "demo"), "--no-materialize"]) == 2
     err = capsys.readouterr().err
     assert str(tmp_path / "no_tiles") in err and TILES_ENV in err and "data/tcga_tiles" in err
     assert not (tmp_path / "demo" / "pathomch.yaml").exists()
+    assert ENV_VAR not in os.environ  # a failed command points nothing that runs later at its folder
 
 
 def test_demo_tiles_are_found_through_the_environment(tmp_path, monkeypatch):
