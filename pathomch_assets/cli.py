@@ -61,7 +61,8 @@ def cmd_demo(args) -> int:
     cfg = load_config(DEMO_CONFIG, check_files=False)
     out = config.parent if args.dir else demo_dir(cfg)
     stamp = out / "demo.json"
-    if args.rebuild or not stamp.exists() or json.loads(stamp.read_text()).get("seed") != cfg.seed:
+    built = stamp.exists() and json.loads(stamp.read_text()).get("seed") == cfg.seed and config.exists()
+    if args.rebuild or not built:
         print(f"building the demo cohorts in {out} (seed {cfg.seed}) ...")
         try:
             build_demo(out, seed=cfg.seed, workers=cfg.tiling.workers, write_config=bool(args.dir))
@@ -101,7 +102,11 @@ def cmd_demo(args) -> int:
     print(
         f"Files:   {cfg.data_dir} (maps: cartography/<cohort>/<slide>.png|.npz|.geojson; Kaplan-Meier: survival/*.png)"
     )
-    ui = "make ui" if not args.dir else f"PATHOMCH_CONFIG={config} dagster dev -m pathomch_assets"
+    ui = (
+        "make ui"
+        if not args.dir
+        else f"PATHOMCH_CONFIG={config} DAGSTER_HOME={os.environ.get('DAGSTER_HOME')} dagster dev -m pathomch_assets"
+    )
     print(f"UI:      {ui}   (dagster dev on http://127.0.0.1:3000, DAGSTER_HOME={os.environ.get('DAGSTER_HOME')})")
     return _report_failures(summary)
 

@@ -555,15 +555,20 @@ def build_demo(
     from .config import DEMO_CONFIG
 
     out_dir = Path(out_dir)
+    if out_dir.exists() and not out_dir.is_dir():
+        raise FileExistsError(f"{out_dir}: a file, not a folder; choose an empty folder")
+    tiles_dir = Path(tiles_dir) if tiles_dir is not None else demo_tiles_dir()
+    sources = sorted(load_source_tiles(tiles_dir))  # before anything is removed: a bad tiles folder changes nothing
     if (out_dir / "demo.json").exists():  # an earlier demo build: replace it whole
         import shutil
 
+        # the stamp says "building" until the end: a build cut short is never taken as finished, and the
+        # folder stays recognisably a demo build (rebuilt next time, not refused)
+        (out_dir / "demo.json").write_text(json.dumps({"seed": None, "building": True}))
         for spec in cohorts:
             shutil.rmtree(out_dir / spec.name, ignore_errors=True)
     elif out_dir.exists() and any(out_dir.iterdir()):
         raise FileExistsError(f"{out_dir}: not empty and not a demo build (no demo.json); choose an empty folder")
-    tiles_dir = Path(tiles_dir) if tiles_dir is not None else demo_tiles_dir()
-    sources = sorted(load_source_tiles(tiles_dir))
     shipped = yaml.safe_load(DEMO_CONFIG.read_text())
     settings = {k: v for k, v in shipped.items() if k not in ("cohorts", "data_dir", "duckdb_path", "seed")}
     for section, values in (overrides or {}).items():
@@ -630,10 +635,10 @@ def build_demo(
         out_dir / "ground_truth_tiles.csv", index=False
     )
     pd.DataFrame(truth_slides).to_csv(out_dir / "ground_truth_slides.csv", index=False)
-    (out_dir / "demo.json").write_text(json.dumps({"seed": seed, "cohorts": [asdict(c) for c in cohorts]}, indent=1))
     cfg_path = out_dir / "pathomch.yaml"
     if write_config:
         cfg_path.write_text(
             "# written by pathomch_assets.demo_cohort.build_demo\n" + yaml.safe_dump(config, sort_keys=False)
         )
+    (out_dir / "demo.json").write_text(json.dumps({"seed": seed, "cohorts": [asdict(c) for c in cohorts]}, indent=1))
     return cfg_path

@@ -296,7 +296,8 @@ BATCH_JOB = "pathomch_batch"
 
 #: a process per step, forked from a server that has imported Dagster and this package once (the job's module,
 #: Dagster's default preload), not started from nothing each time; TensorFlow is not preloaded (not fork-safe),
-#: a step that trains imports it itself
+#: a step that trains imports it itself.  The forkserver lives as long as the process that first ran such a
+#: batch, and its steps see that process's environment as it was then (one CLI run: no difference)
 STEP_EXECUTOR = dg.multiprocess_executor.configured({"start_method": {"forkserver": {}}}, name="pathomch_multiprocess")
 
 

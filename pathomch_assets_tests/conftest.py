@@ -47,7 +47,7 @@ def balanced_seed(cohorts, splits=SMALL_SPLITS, seeds=range(1, 200)) -> int:
 
 
 @pytest.fixture(scope="session")
-def small_demo(tmp_path_factory, worker_id):
+def small_demo(tmp_path_factory, request):
     """A small demo deployment (60 and 50 patients, larger validation sets) with its config file: a copy of
     its own for each test session (each xdist worker), built once per test run."""
     import shutil
@@ -64,7 +64,7 @@ def small_demo(tmp_path_factory, worker_id):
         )
 
     out = tmp_path_factory.mktemp("demo")
-    if worker_id == "master":  # no xdist
+    if not hasattr(request.config, "workerinput"):  # not an xdist worker
         return build(out)
     shared = tmp_path_factory.getbasetemp().parent / "small_demo"  # this run's folder, above every worker's
     with FileLock(str(shared) + ".lock"):  # the first worker builds it; the others wait, then copy

@@ -173,3 +173,24 @@ def test_demo_tiles_are_found_through_the_environment(tmp_path, monkeypatch):
     monkeypatch.setenv(TILES_ENV, str(tmp_path / "tiles"))
     tiles = load_source_tiles()
     assert list(tiles) == [src.name] and len(tiles[src.name]) == len(list(src.glob("*.jpeg")))
+
+
+def test_a_demo_folder_without_its_config_is_rebuilt_and_a_bad_rebuild_changes_nothing(tmp_path, monkeypatch, capsys):
+    """`pathomch demo --dir` on a folder with a stamp but no pathomch.yaml (e.g. data/demo) builds it again
+    instead of claiming it is built; a rebuild that cannot start (no source tiles) removes nothing."""
+    import json
+
+    from pathomch_assets.cli import main
+    from pathomch_assets.demo_cohort import TILES_ENV
+
+    demo = tmp_path / "demo"
+    (demo / "brca" / "slides").mkdir(parents=True)
+    (demo / "demo.json").write_text(json.dumps({"seed": load_config(DEMO_CONFIG, check_files=False).seed}))
+    monkeypatch.setenv(TILES_ENV, str(tmp_path / "no_tiles"))
+    monkeypatch.setenv("DAGSTER_HOME", str(tmp_path / "home"))
+    monkeypatch.delenv(ENV_VAR, raising=False)
+    assert main(["demo", "--dir", str(demo), "--no-materialize"]) == 2
+    out = capsys.readouterr()
+    assert "building the demo cohorts" in out.out and "already built" not in out.out and TILES_ENV in out.err
+    assert (demo / "brca" / "slides").is_dir() and json.loads((demo / "demo.json").read_text())["seed"] is not None
+    assert ENV_VAR not in os.environ
