@@ -37,6 +37,9 @@ ROOT = Path(__file__).resolve().parent.parent
 BENCH_DIR = ROOT / "bench"
 SLIDE_DIR = Path(os.environ.get("PATHOMCH_BENCH_SLIDES") or ROOT / "data" / "bench")
 
+#: what a child process runs first to use this module (it lives outside the package, found by path)
+CHILD_PRELUDE = f"import json, sys; sys.path.insert(0, {str(ROOT)!r}); from bench import performance as bench; "
+
 #: level px per 20x px, and the objective power of level 0
 PYRAMIDS = {
     "tcga40x": (40, (2.0, 0.5, 0.125, 0.03125)),  # downsample 1, 4, 16, 64: no 20x level
@@ -318,8 +321,8 @@ def _child(method: str, *args) -> dict:
     # VmHWM belongs to this process's own address space; ru_maxrss would carry the forking
     # parent's high-water mark across exec on Linux
     code = (
-        "import json, sys; sys.path.insert(0, " + repr(str(ROOT)) + "); from bench import performance as bench; "
-        f"r = bench.{method}(*{list(args)!r}); r['peak_rss_mb'] = bench.peak_rss_mb(); print(json.dumps(r))"
+        CHILD_PRELUDE
+        + f"r = bench.{method}(*{list(args)!r}); r['peak_rss_mb'] = bench.peak_rss_mb(); print(json.dumps(r))"
     )
     out = subprocess.run(
         [sys.executable, "-c", code],
@@ -671,10 +674,7 @@ def main() -> None:
         (slides["svs20x"], "svs20x", size, 1),
         *[(p, "tcga40x", 10240, 10 + i) for i, p in enumerate(cohort)],
     ]:  # generated in a child: the parent stays small
-        code = (
-            f"import sys; sys.path.insert(0, {str(ROOT)!r}); from bench import performance as bench; "
-            f"bench.make_bench_slide({str(path)!r}, {size_20x}, {seed}, pyramid={pyramid!r})"
-        )
+        code = CHILD_PRELUDE + f"bench.make_bench_slide({str(path)!r}, {size_20x}, {seed}, pyramid={pyramid!r})"
         subprocess.run([sys.executable, "-c", code], check=True)
     demo = demo_sample(8 if quick else 24, SLIDE_DIR / "demo_sample")
     load = os.getloadavg()

@@ -102,12 +102,9 @@ def cmd_demo(args) -> int:
     print(
         f"Files:   {cfg.data_dir} (maps: cartography/<cohort>/<slide>.png|.npz|.geojson; Kaplan-Meier: survival/*.png)"
     )
-    ui = (
-        "make ui"
-        if not args.dir
-        else f"PATHOMCH_CONFIG={config} DAGSTER_HOME={os.environ.get('DAGSTER_HOME')} dagster dev -m pathomch_assets"
-    )
-    print(f"UI:      {ui}   (dagster dev on http://127.0.0.1:3000, DAGSTER_HOME={os.environ.get('DAGSTER_HOME')})")
+    home = os.environ.get("DAGSTER_HOME")
+    ui = "make ui" if not args.dir else f"PATHOMCH_CONFIG={config} DAGSTER_HOME={home} dagster dev -m pathomch_assets"
+    print(f"UI:      {ui}   (dagster dev on http://127.0.0.1:3000, DAGSTER_HOME={home})")
     return _report_failures(summary)
 
 

@@ -204,7 +204,7 @@ def load_source_tiles(tiles_dir: str | Path | None = None) -> dict[str, list[np.
             f"(git clone the project); point {TILES_ENV} at that folder to build the demo from an installed package"
         )
     out = {}
-    for d in sorted(Path(tiles_dir).iterdir()):
+    for d in sorted(tiles_dir.iterdir()):
         if d.is_dir():
             out[d.name] = [np.asarray(Image.open(f).convert("RGB")) for f in sorted(d.glob("*.jpeg"))]
     if not out:

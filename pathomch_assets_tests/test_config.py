@@ -147,18 +147,27 @@ def test_monitor_and_batch_settings(minimal, tmp_path):
     assert all(c.clinical.parent.name in ("brca_tcga", "luad_tcga") for c in paper.cohorts.values())  # Firehose Legacy
 
 
-def test_demo_without_its_source_tiles_says_where_they_are(tmp_path, monkeypatch, capsys):
-    """An installed package has no data/tcga_tiles beside it: `pathomch demo --dir` names the folder it
-    looked in and the variable to set, and builds nothing."""
-    from pathomch_assets.cli import main
+@pytest.fixture
+def no_demo_tiles(tmp_path, monkeypatch):
+    """`pathomch demo` as from an installed package: its source tiles point nowhere; a DAGSTER_HOME and
+    PATHOMCH_CONFIG of the test's own (both restored afterwards, whatever the command sets)."""
     from pathomch_assets.demo_cohort import TILES_ENV
 
     monkeypatch.setenv(TILES_ENV, str(tmp_path / "no_tiles"))
     monkeypatch.setenv("DAGSTER_HOME", str(tmp_path / "home"))
     monkeypatch.delenv(ENV_VAR, raising=False)
+    return tmp_path / "no_tiles"
+
+
+def test_demo_without_its_source_tiles_says_where_they_are(tmp_path, no_demo_tiles, capsys):
+    """An installed package has no data/tcga_tiles beside it: `pathomch demo --dir` names the folder it
+    looked in and the variable to set, and builds nothing."""
+    from pathomch_assets.cli import main
+    from pathomch_assets.demo_cohort import TILES_ENV
+
     assert main(["demo", "--dir", str(tmp_path / "demo"), "--no-materialize"]) == 2
     err = capsys.readouterr().err
-    assert str(tmp_path / "no_tiles") in err and TILES_ENV in err and "data/tcga_tiles" in err
+    assert str(no_demo_tiles) in err and TILES_ENV in err and "data/tcga_tiles" in err
     assert not (tmp_path / "demo" / "pathomch.yaml").exists()
     assert ENV_VAR not in os.environ  # a failed command points nothing that runs later at its folder
 
@@ -175,7 +184,7 @@ def test_demo_tiles_are_found_through_the_environment(tmp_path, monkeypatch):
     assert list(tiles) == [src.name] and len(tiles[src.name]) == len(list(src.glob("*.jpeg")))
 
 
-def test_a_demo_folder_without_its_config_is_rebuilt_and_a_bad_rebuild_changes_nothing(tmp_path, monkeypatch, capsys):
+def test_a_demo_folder_without_its_config_is_rebuilt_and_a_bad_rebuild_changes_nothing(tmp_path, no_demo_tiles, capsys):
     """`pathomch demo --dir` on a folder with a stamp but no pathomch.yaml (e.g. data/demo) builds it again
     instead of claiming it is built; a rebuild that cannot start (no source tiles) removes nothing."""
     import json
@@ -186,9 +195,6 @@ def test_a_demo_folder_without_its_config_is_rebuilt_and_a_bad_rebuild_changes_n
     demo = tmp_path / "demo"
     (demo / "brca" / "slides").mkdir(parents=True)
     (demo / "demo.json").write_text(json.dumps({"seed": load_config(DEMO_CONFIG, check_files=False).seed}))
-    monkeypatch.setenv(TILES_ENV, str(tmp_path / "no_tiles"))
-    monkeypatch.setenv("DAGSTER_HOME", str(tmp_path / "home"))
-    monkeypatch.delenv(ENV_VAR, raising=False)
     assert main(["demo", "--dir", str(demo), "--no-materialize"]) == 2
     out = capsys.readouterr()
     assert "building the demo cohorts" in out.out and "already built" not in out.out and TILES_ENV in out.err
