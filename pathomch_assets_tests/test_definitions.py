@@ -1,6 +1,5 @@
 """The Dagster definitions load, validate with Dagster's own CLI, and the sensor adds slides."""
 
-import os
 import shutil
 import subprocess
 import sys
@@ -26,14 +25,12 @@ def test_asset_graph_has_partitions():
     assert {"expression", "labels", "splits", "clinical"} <= set(pdefs)
 
 
-def test_dagster_validates_the_workspace(tmp_path):
+def test_dagster_validates_the_workspace(tmp_path, monkeypatch):
     """As a newcomer runs it, before the demo has made ``make``'s ``$DAGSTER_HOME`` (a fresh clone)."""
-    home = tmp_path / "dagster_home"
-    home.mkdir()
+    monkeypatch.setenv("DAGSTER_HOME", str(tmp_path))
     out = subprocess.run(
         [sys.executable, "-m", "dagster", "definitions", "validate", "-w", "workspace.yaml"],
         cwd=ROOT,
-        env={**os.environ, "DAGSTER_HOME": str(home)},
         capture_output=True,
         text=True,
         timeout=300,
