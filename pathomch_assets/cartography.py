@@ -171,7 +171,9 @@ def heterogeneity_png(carto: Cartography, path: str | Path, cell_px: int = 12, t
 
 def plot_heterogeneity_map(carto: Cartography, title: str = "", hti: float | None = None, ax=None):
     """The heterogeneity map with a legend of trait combinations; returns the axes."""
-    import matplotlib.pyplot as plt
+    from .plots import pyplot
+
+    plt = pyplot()
     from matplotlib.patches import Patch
 
     if ax is None:

@@ -3,17 +3,27 @@
 
 from __future__ import annotations
 
-import matplotlib
+import sys
 
-matplotlib.use("Agg")
+import pandas as pd
 
-import matplotlib.pyplot as plt  # noqa: E402
-import pandas as pd  # noqa: E402
+
+def pyplot():
+    """``matplotlib.pyplot`` on the non-interactive Agg backend (figures are drawn in run workers and
+    saved, never shown), imported on first use: about 0.9 s less start-up for every step process, code
+    server and command that draws nothing."""
+    import matplotlib
+
+    if "matplotlib.pyplot" not in sys.modules:
+        matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
 
 
 def plot_training_curve(history: pd.DataFrame):
     """Loss and validation slide AUC per evaluation."""
-    fig, ax = plt.subplots(figsize=(5, 2.8))
+    fig, ax = pyplot().subplots(figsize=(5, 2.8))
     if not history.empty:
         ax.plot(history["eval"], history["loss"], color="tab:grey", label="training loss")
         ax2 = ax.twinx()
@@ -36,7 +46,7 @@ def plot_score_boxes(scores: pd.DataFrame, labels: pd.DataFrame, splits: pd.Data
         ("OOD-near", lambda lab: lab["subset"] == "ood_near"),
         ("OOD-all", lambda lab: lab["subset"] == "ood_all"),
     ]
-    fig, axes = plt.subplots(1, len(traits), figsize=(3.2 * len(traits), 3), squeeze=False, sharey=True)
+    fig, axes = pyplot().subplots(1, len(traits), figsize=(3.2 * len(traits), 3), squeeze=False, sharey=True)
     for ax, trait in zip(axes[0], traits):
         lab = labels[labels["trait"] == trait]
         sc = scores[scores["trait"] == trait][["patient_id", "score"]]

@@ -24,9 +24,10 @@ def figure_file(fig, path, label: str, root=None, dpi: int = 90) -> dict[str, dg
     """
     import os
 
-    import matplotlib.pyplot as plt
-
     from .files import as_path, atomic_path
+    from .plots import pyplot
+
+    plt = pyplot()
 
     path = as_path(path)
     with atomic_path(path) as tmp:

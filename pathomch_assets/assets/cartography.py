@@ -4,7 +4,6 @@ import zlib
 from typing import TYPE_CHECKING
 
 import dagster as dg
-import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 
@@ -23,6 +22,7 @@ from ..config import PathomchConfig
 from ..ensemble import usable_traits
 from ..heterogeneity import BOOTSTRAP, NEIGHBOUR_WEIGHT, PERMUTATIONS, combination_codes, hti_stats, robust_calls
 from ..partitions import SLIDES, configured_by_cohort
+from ..plots import pyplot
 from ..reporting import figure_file, md_table
 from ..resources import PathomchResource
 from ..slides import patient_id
@@ -205,7 +205,7 @@ def build(cfg: PathomchConfig, slide_predictions_asset, trait_model_asset, ensem
             meta["hti_stats_summary"] = md_table(stats_summary(pd.DataFrame(stats_all)))
             meta["dagster/row_count"] = len(hti)
         if gallery:
-            fig, axes = plt.subplots(2, 3, figsize=(11, 6))
+            fig, axes = pyplot().subplots(2, 3, figsize=(11, 6))
             for ax in axes.flat:
                 ax.axis("off")
             for ax, (sid, carto, st) in zip(axes.flat, gallery):

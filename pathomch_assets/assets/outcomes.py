@@ -3,13 +3,13 @@
 from typing import TYPE_CHECKING
 
 import dagster as dg
-import matplotlib.pyplot as plt
 import pandas as pd
 
 from .. import layout
 from ..cartography import trait_sets
 from ..config import PathomchConfig
 from ..partitions import ALL, cohorts
+from ..plots import pyplot
 from ..reporting import figure_file, md_table
 from ..resources import PathomchResource
 from ..slides import primary_slides
@@ -127,7 +127,7 @@ def build(cfg: PathomchConfig, cartography_asset, clinical_asset, trait_model_as
                     }
                 )
             width = max(len(p) for p in panels)
-            fig, axes = plt.subplots(len(panels), width, figsize=(3.8 * width, 4.4 * len(panels)), squeeze=False)
+            fig, axes = pyplot().subplots(len(panels), width, figsize=(3.8 * width, 4.4 * len(panels)), squeeze=False)
             for row, panel in zip(axes, panels):
                 for ax, t in zip(row, panel):
                     plot_km(t, ax=ax)
