@@ -47,8 +47,10 @@ check-defs: venv                 ## validate the Dagster definitions
 bench: venv                      ## benchmarks -> bench/results.json
 	$(BIN)/python -m bench.performance
 
-bench-resolution: venv           ## slide AUC, HTI error and cost against training.input_px -> bench/resolution.json (~25 min)
+bench-resolution: venv           ## HTI error, slide AUC and cost against input px and slide size -> bench/resolution*.json (~45 min)
 	$(BIN)/python bench/resolution.py
+	$(BIN)/python bench/resolution.py --sizes 32 --grid-scale 2 4 --work /tmp/pathomch-resolution-slides \
+		--out bench/resolution_slides.json
 
 clean:
 	rm -rf data/output data/demo

@@ -8,11 +8,14 @@ patients per trait, the error of the paper's HTI and of the robust HTI against t
 held-out slides (the survival set, DX1), mean absolute error and Spearman, and the pipeline's wall and CPU
 time.  Beside them, with the planted tile truth: the HTI normalised as ``hta`` does (``hti_present``), a
 confusion-matrix correction of the combination shares (validation slides' error rates), and an upper bound
-for any re-deciding of tiles from their probabilities (the per-slide threshold that is right most often).
+for any re-deciding of tiles from their probabilities (the per-slide threshold that is right most often),
+alone and after smoothing over the grid.  ``--grid-scale 2 4`` builds the families' slides with 2 or 4 times
+as many tiles across (60-100 and 250-400 tissue tiles instead of the demo's 15-25; real slides have more).
 
-    .venv/bin/python bench/resolution.py [--patients 80] [--sizes 32 64 128] [--work DIR] [--reuse]
+    .venv/bin/python bench/resolution.py [--patients 80] [--sizes 32 64 128] [--grid-scale 1] [--work DIR]
+                                         [--reuse [--rescore]] [--out bench/resolution.json]
 
-Writes ``bench/resolution.json`` and prints a Markdown table.  ``--reuse`` keeps finished runs in
+Writes ``--out`` and prints a Markdown table (``make bench-resolution``: both files of the README).  ``--reuse`` keeps finished runs in
 ``--work`` and only re-reads their tables (after a change to the HTI code, re-run with ``--rescore``).
 """
 
@@ -36,24 +39,25 @@ FAMILIES = ("brca", "hard")
 SPLITS = {"test_fraction": 0.3, "val_fraction": 0.15}  # the demo's
 
 
-def family_spec(name: str, n_patients: int):
+def family_spec(name: str, n_patients: int, grid_scale: int = 1):
     """The cohort spec of a family with only its survival pair as traits (the HTI's traits; fewer models)."""
     from pathomch_assets.demo_cohort import DEFAULT_COHORTS, HARDER_COHORT
 
     spec = HARDER_COHORT if name == "hard" else next(c for c in DEFAULT_COHORTS if c.name == name)
     traits = {t: spec.traits[t] for t in spec.survival_pair}
-    return dataclasses.replace(spec, traits=traits, n_patients=n_patients)
+    return dataclasses.replace(spec, traits=traits, n_patients=n_patients, grid_scale=grid_scale)
 
 
-def build_family(work: Path, name: str, n_patients: int) -> Path:
-    """Slides, tables and ground truth of one family under ``work/name`` (built once)."""
+def build_family(work: Path, name: str, n_patients: int, grid_scale: int = 1) -> Path:
+    """Slides, tables and ground truth of one family under ``work/name`` (``name_g2`` for larger slides; built
+    once)."""
     from pathomch_assets.demo_cohort import build_demo
     from pathomch_assets_tests.conftest import balanced_seed
 
-    out = work / name
+    out = work / (name if grid_scale == 1 else f"{name}_g{grid_scale}")
     if (out / "pathomch.yaml").exists():
         return out
-    spec = family_spec(name, n_patients)
+    spec = family_spec(name, n_patients, grid_scale)
     build_demo(out, seed=balanced_seed((spec,), splits=SPLITS), cohorts=(spec,), workers=2, progress=lambda *a: None)
     return out
 
@@ -170,7 +174,7 @@ def smoothed(p, mask, sigma: float = ORACLE_SIGMA):
     for k in range(p.shape[1]):
         grid = np.zeros(mask.shape)
         grid[mask] = p[:, k]
-        out[:, k] = (gaussian_filter(grid, sigma, mode="constant") / weight)[mask]
+        out[:, k] = gaussian_filter(grid, sigma, mode="constant")[mask] / weight[mask]
     return out
 
 
@@ -270,6 +274,9 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--patients", type=int, default=80)
     ap.add_argument("--sizes", type=int, nargs="+", default=[32, 64, 128])
     ap.add_argument("--families", nargs="+", default=list(FAMILIES), choices=FAMILIES)
+    ap.add_argument(
+        "--grid-scale", type=int, nargs="+", default=[1], help="slides this many times as many tiles across"
+    )
     ap.add_argument("--work", type=Path, default=Path("/tmp/pathomch-resolution"))
     ap.add_argument("--reuse", action="store_true", help="keep finished runs in --work")
     ap.add_argument("--rescore", action="store_true", help="with --reuse: recompute the maps and HTI of kept runs")
@@ -280,8 +287,8 @@ def main(argv: list[str] | None = None) -> dict:
         shutil.rmtree(work, ignore_errors=True)
     work.mkdir(parents=True, exist_ok=True)
     runs = []
-    for family in args.families:
-        fdir = build_family(work, family, args.patients)
+    for family, grid_scale in ((f, g) for g in args.grid_scale for f in args.families):
+        fdir = build_family(work, family, args.patients, grid_scale)
         for px in args.sizes:
             config = run_config(fdir, px)
             done = fdir / f"run_{px}.json"
@@ -295,7 +302,13 @@ def main(argv: list[str] | None = None) -> dict:
                 shutil.rmtree(fdir / f"dagster_home_{config.stem}", ignore_errors=True)
                 timing = {**_child("run_pipeline", config), "load_before": load_before, "load_after": load_average()}
                 done.write_text(json.dumps(timing))
-            row = {"family": family, "input_px": px, **timing, **evaluate(config, family)}
+            row = {
+                "family": family,
+                "input_px": px,
+                "grid_scale": grid_scale,
+                **timing,
+                **evaluate(config, family),
+            }
             runs.append(row)
             print(json.dumps(row), flush=True)
     result = {
@@ -312,15 +325,16 @@ def main(argv: list[str] | None = None) -> dict:
 
 def table(runs: list[dict]) -> str:
     lines = [
-        "| family | input px | slide AUC (test) | HTI MAE paper / robust | Spearman paper / robust "
+        "| family | grid scale | input px | slide AUC (test) | HTI MAE paper / robust | Spearman paper / robust "
         "| MAE confusion-corrected / oracle threshold / smoothed oracle | wall time | CPU time |",
-        "| --- | --- | --- | --- | --- | --- | --- | --- |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
     for r in runs:
         auc = ", ".join(f"{t} {v:.2f}" for t, v in r["slide_auc"].items())
         cpu = f"{r['cpu_seconds']:.0f} s" if "cpu_seconds" in r else "not recorded"
         lines.append(
-            f"| {r['family']} | {r['input_px']} | {auc} | {r['paper_mae']:.3f} / {r['robust_mae']:.3f} | "
+            f"| {r['family']} | {r.get('grid_scale', 1)} | {r['input_px']} | {auc} | "
+            f"{r['paper_mae']:.3f} / {r['robust_mae']:.3f} | "
             f"{r['paper_spearman']:.2f} / {r['robust_spearman']:.2f} | {r['confusion_mae']:.3f} / "
             f"{r['oracle_threshold_mae']:.3f} / {r.get('oracle_smoothed_mae', float('nan')):.3f} | "
             f"{r['seconds']:.0f} s | {cpu} |"

@@ -87,6 +87,9 @@ class DemoCohortSpec:
     n_patients: int = 120
     second_slide_share: float = 0.12
     gdc_layout: bool = False  # slides in <uuid>/<file>, as gdc-client writes them
+    #: slides `grid_scale` times as many tiles across, with regions as many tiles wide (1: the demo's 5-6 x 6-7
+    #: grids, 15-25 tissue tiles; 2: 10-12 x 12-14, 60-100).  Real slides have hundreds to thousands of tiles.
+    grid_scale: int = 1
 
 
 DEFAULT_COHORTS = (
@@ -168,12 +171,12 @@ def _smooth_field(rng: np.random.Generator, shape: tuple[int, int], scale: float
     return gaussian_filter(rng.standard_normal(shape), sigma=scale, mode="reflect")
 
 
-def _tissue_blob(rng: np.random.Generator, rows: int, cols: int) -> np.ndarray:
+def _tissue_blob(rng: np.random.Generator, rows: int, cols: int, scale: int = 1) -> np.ndarray:
     """A connected-looking tissue region covering about 60% of the grid."""
     yy, xx = np.mgrid[0:rows, 0:cols]
-    cy, cx = (rows - 1) / 2 + rng.uniform(-0.5, 0.5), (cols - 1) / 2 + rng.uniform(-0.5, 0.5)
+    cy, cx = (rows - 1) / 2 + rng.uniform(-0.5, 0.5) * scale, (cols - 1) / 2 + rng.uniform(-0.5, 0.5) * scale
     r = ((yy - cy) / (rows / 2)) ** 2 + ((xx - cx) / (cols / 2)) ** 2
-    f = -r + 0.35 * _smooth_field(rng, (rows, cols), 1.0)
+    f = -r + 0.35 * _smooth_field(rng, (rows, cols), 1.0 * scale)
     return f > np.quantile(f, 0.4)
 
 
@@ -362,8 +365,9 @@ def plan_cohort(spec: DemoCohortSpec, seed: int, sources: list[str]):
 
 
 def _plan_slide(spec, rng, pid, kind, sources, shares, mix, planted, sample="01Z-00") -> SlidePlan:
-    rows, cols = int(rng.integers(5, 7)), int(rng.integers(6, 8))
-    tissue = _tissue_blob(rng, rows, cols)
+    g = spec.grid_scale
+    rows, cols = int(rng.integers(5, 7)) * g, int(rng.integers(6, 8)) * g
+    tissue = _tissue_blob(rng, rows, cols, g)
     # ragged edges: some border tissue tiles are partly blank, a few mostly blank
     edge_white = np.zeros((rows, cols))
     border = tissue & ~_eroded(tissue)
@@ -371,10 +375,10 @@ def _plan_slide(spec, rng, pid, kind, sources, shares, mix, planted, sample="01Z
         u = rng.random()
         edge_white[r, c] = rng.uniform(0.7, 0.85) if u < 0.2 else (rng.uniform(0.1, 0.3) if u < 0.5 else 0.0)
     kept = tissue & (edge_white < 0.5)
-    base_field = _smooth_field(rng, (rows, cols))
+    base_field = _smooth_field(rng, (rows, cols), 1.6 * g)
     on = {}
     for i, t in enumerate(planted):
-        f = base_field if i == 0 else (1 - mix) * base_field + mix * _smooth_field(rng, (rows, cols))
+        f = base_field if i == 0 else (1 - mix) * base_field + mix * _smooth_field(rng, (rows, cols), 1.6 * g)
         on[t] = _on_map(f, kept, shares[t][pid]).tolist()
     u = rng.random()
     style = "aperio20" if u < 0.75 else ("aperio40_power" if u < 0.87 else "generic_mpp")

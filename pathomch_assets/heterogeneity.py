@@ -219,36 +219,91 @@ def bootstrap_ci(
     return min(float(np.quantile(values, a)), h), max(float(np.quantile(values, 1 - a)), h)
 
 
-def robust_calls(soft: np.ndarray, mask: np.ndarray, threshold=0.5, weight: float = NEIGHBOUR_WEIGHT) -> np.ndarray:
+#: widths (Gaussian sigma, in tiles) the robust HTI's smoothing chooses from, per slide and trait; at the first
+#: a tile's neighbours weigh 0.04 of itself: no smoothing in effect
+KERNEL_SIGMAS = (0.4, 0.6, 0.8, 1.0, 1.4, 2.0)
+#: the largest share of a slide's tissue tiles one kernel may span (:math:`2\pi\sigma^2` tiles)
+KERNEL_SHARE = 0.05
+
+
+def kernel_smoothed(soft: np.ndarray, mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    r"""Soft calls averaged over the tile grid, the width chosen per trait by leave-one-out cross-validation.
+
+    For each trait, the Gaussian kernel mean over the tissue tiles (Nadaraya-Watson) with :math:`\sigma` from
+    ``KERNEL_SIGMAS``: the one whose prediction of each tile from the *other* tiles,
+    :math:`\hat s_{-j} = \sum_{i \ne j} K_\sigma(i, j)\, s_i / \sum_{i \ne j} K_\sigma(i, j)`, has the least
+    squared error :math:`\sum_j (s_j - \hat s_{-j})^2`; kernels spanning more than ``KERNEL_SHARE`` of the
+    tissue tiles are not tried.  Where a map has spatial structure wider than a tile (regions) and errors
+    scattered over it, that width removes most of the errors and keeps the regions; where the slide is
+    small or the map has no structure, the narrowest wins and a tile's neighbours weigh 0.04 of itself.
+    A tile whose soft call is exactly 0 or 1 (a hard call) is certain and keeps it.
+
+    Returns the smoothed soft calls (same shape) and the chosen :math:`\sigma` per trait.
+    """
+    from scipy.ndimage import gaussian_filter
+
+    soft = np.asarray(soft, float)
+    mask = np.asarray(mask, bool)
+    out, chosen = soft.copy(), np.full(soft.shape[0], KERNEL_SIGMAS[0])
+    n = int(mask.sum())
+    if n < 2:
+        return out, chosen
+    m = mask.astype(float)
+    for k in range(soft.shape[0]):
+        s = np.where(mask, soft[k], 0.0)
+        best = None
+        for sigma in KERNEL_SIGMAS:
+            if sigma > KERNEL_SIGMAS[0] and 2 * np.pi * sigma**2 > KERNEL_SHARE * n:
+                break
+            centre = gaussian_filter(np.pad([[1.0]], 8), sigma, mode="constant")[8, 8]  # the kernel's own weight
+            num, den = gaussian_filter(s, sigma, mode="constant"), gaussian_filter(m, sigma, mode="constant")
+            with np.errstate(divide="ignore", invalid="ignore"):
+                loo = (num - centre * s) / (den - centre * m)
+            err = float(np.nansum(((s - loo) ** 2)[mask & (den - centre * m > 1e-9)]))
+            if best is None or err < best[0]:
+                best = (err, sigma, num / np.where(mask, den, 1.0))
+        _, chosen[k], smooth = best
+        certain = (soft[k] == 0) | (soft[k] == 1)
+        out[k] = np.where(mask & ~certain, smooth, soft[k])
+    return out, chosen
+
+
+def robust_calls(
+    soft: np.ndarray, mask: np.ndarray, threshold=0.5, weight: float = NEIGHBOUR_WEIGHT, smooth: bool = True
+) -> np.ndarray:
     r"""Tile calls corrected by their neighbours where the ensemble is unsure.
 
     ``soft[k, row, col]`` is the ensemble's soft call of trait *k* (the members' mean probability, or the
     share of members voting positive) and ``threshold`` (one per trait, or one for all) the level that
-    makes it a call; :math:`s` for a tile, :math:`m` the mean of :math:`s` over the tissue tiles of its
-    3 x 3 neighbourhood (itself included), :math:`c` the ensemble's confidence, 0 at the threshold
-    :math:`\tau` and 1 at 0 or 1 (:math:`c = (s - \tau)/(1 - \tau)` above it, :math:`(\tau - s)/\tau` below),
-    and :math:`w` the ``weight`` of the neighbourhood:
+    makes it a call.  Two steps:
 
-    .. math::  \tilde s = (1 - w(1 - c))\,s + w(1 - c)\,m, \qquad \text{call} = [\tilde s \ge \tau].
+    1. (``smooth``) :func:`kernel_smoothed`: :math:`s` averaged over the grid with a width chosen by leave-one-out
+       cross-validation (none on small slides or maps without spatial structure);
+    2. a confidence-weighted 3 x 3 vote: :math:`m` the mean of :math:`s` over the tissue tiles of a tile's
+       3 x 3 neighbourhood (itself included), :math:`c` the confidence, 0 at the threshold :math:`\tau` and 1
+       at 0 or 1 (:math:`c = (s - \tau)/(1 - \tau)` above it, :math:`(\tau - s)/\tau` below), :math:`w` the
+       ``weight`` of the neighbourhood:
 
-    A certain tile (:math:`s \in \{0, 1\}`, so any noise-free hard call) keeps its call; an unsure one is
-    decided by the tiles around it.  Morphology regions span several tiles while the errors of a model
-    that barely sees a trait are scattered and unsure, and every scattered error adds a spurious
+       .. math::  \tilde s = (1 - w(1 - c))\,s + w(1 - c)\,m, \qquad \text{call} = [\tilde s \ge \tau].
+
+    A certain tile (:math:`s \in \{0, 1\}`, so any noise-free hard call) keeps its call through both; an
+    unsure one is decided by the tiles around it.  Morphology regions span several tiles while the errors
+    of a model that barely sees a trait are scattered, and every scattered error adds a spurious
     combination to the HTI's entropy; this removes them without touching confident calls.
 
-    Chosen by measurement against the planted HTI on held-out slides (``bench/resolution.py``, README): it
-    had the lowest error of the variants tried on both planted families.  A correction of the combination
-    shares by the ensemble's joint :math:`2^N \times 2^N` confusion matrix from validation slides
-    (:math:`q = M p`, :math:`p` by EM on the simplex) removed the mean bias but not the spread (a model's
-    error rate differs from slide to slide with the stain); a per-slide two-component mixture of the
-    logits did no better.  Where a trait is lost at the model's input size (a nuclear texture at 32 px),
-    no re-deciding of tiles from their probabilities recovers it: even the per-slide threshold that makes
-    the most calls right by the planted truth leaves most of the error.  The input size does
-    (``training.input_px``).
+    Chosen by measurement against the planted HTI on held-out slides (``bench/resolution.py``, README).  On
+    the demo's small slides (15-25 tissue tiles) step 2 does the work and step 1 mostly keeps the tiles as
+    they are; on slides with more tiles (``grid_scale``), step 1 removes most errors.  A correction of the
+    combination shares by the ensemble's joint :math:`2^N \times 2^N` confusion matrix from validation
+    slides (:math:`q = M p`, :math:`p` by EM on the simplex) removed the mean bias but not the spread (a
+    model's error rate differs from slide to slide with the stain); a per-slide two-component mixture of the
+    logits did no better.  Where a trait is lost at the model's input size (a nuclear texture at 32 px) on a
+    small slide, no re-deciding of tiles recovers it: even the per-slide threshold that makes the most calls
+    right by the planted truth leaves most of the error.
     """
     from scipy.ndimage import uniform_filter
 
-    soft = np.asarray(soft, float)
+    soft = kernel_smoothed(soft, mask)[0] if smooth else np.asarray(soft, float)
     mask = np.asarray(mask, bool)
     taus = np.broadcast_to(np.asarray(threshold, float), (soft.shape[0],))
     out = np.zeros(soft.shape, bool)

@@ -116,7 +116,8 @@ def test_robust_halves_the_error_of_unsure_scattered_calls():
         h = hti_from_tensor(truth)
         err_paper.append(abs(hti_from_tensor(calls) - h))
         mask = np.ones(truth.shape[1:], bool)
-        err_robust.append(abs(hti_from_tensor(robust_calls(probs.mean(axis=0), mask, weight=1.0)) - h))
+        # the 3 x 3 vote alone (no kernel step) with the whole neighbourhood weight
+        err_robust.append(abs(hti_from_tensor(robust_calls(probs.mean(axis=0), mask, weight=1.0, smooth=False)) - h))
         err_default.append(abs(hti_robust(probs.mean(axis=0), mask) - h))
     # the whole neighbourhood weight halves the error; the default half weight (chosen on the demo's small
     # slides, where regions are barely wider than a neighbourhood) still removes a good part of it
@@ -138,3 +139,23 @@ def test_robust_calls_keep_certain_calls_for_any_threshold():
     mask = np.ones(t.shape[1:], bool)
     for taus in ([0.3, 0.7], [0.5, 0.5], [0.9, 0.1]):
         assert (robust_calls(t.astype(float), mask, taus) == t).all()
+
+
+def test_kernel_width_is_chosen_by_the_map_and_the_slide_size():
+    from pathomch_assets.heterogeneity import KERNEL_SIGMAS, kernel_smoothed
+
+    rng = np.random.default_rng(3)
+    truth = planted_map(3, (40, 40))  # regions many tiles wide on a large slide
+    mask = np.ones(truth.shape[1:], bool)
+    # systematic, scattered errors: a quarter of the positive tiles look negative
+    soft = np.where(truth, rng.choice([0.35, 0.7], truth.shape, p=[0.25, 0.75]), 0.3) + 0.05 * rng.random(truth.shape)
+    smooth, sigmas = kernel_smoothed(soft, mask)
+    assert (sigmas > KERNEL_SIGMAS[0]).all()
+    assert ((smooth >= 0.5) != truth).mean() < 0.5 * ((soft >= 0.5) != truth).mean()
+    # a small slide (20 tiles) is never smoothed over more than a tile: the narrowest width
+    small = np.zeros((5, 6), bool)
+    small[:4, :5] = True
+    _, sigmas = kernel_smoothed(soft[:, :5, :6], small)
+    assert (sigmas == KERNEL_SIGMAS[0]).all()
+    # hard calls are certain: returned as they are
+    assert (kernel_smoothed(truth.astype(float), mask)[0] == truth).all()

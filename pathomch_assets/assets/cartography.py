@@ -20,7 +20,16 @@ from ..cartography import (
 )
 from ..config import PathomchConfig
 from ..ensemble import usable_traits
-from ..heterogeneity import BOOTSTRAP, NEIGHBOUR_WEIGHT, PERMUTATIONS, combination_codes, hti_stats, robust_calls
+from ..heterogeneity import (
+    BOOTSTRAP,
+    KERNEL_SHARE,
+    KERNEL_SIGMAS,
+    NEIGHBOUR_WEIGHT,
+    PERMUTATIONS,
+    combination_codes,
+    hti_stats,
+    robust_calls,
+)
 from ..partitions import SLIDES, configured_by_cohort
 from ..plots import pyplot
 from ..reporting import figure_file, md_table
@@ -66,7 +75,9 @@ def hti_settings(cfg: PathomchConfig) -> dict:
         "bootstrap": BOOTSTRAP,
         "permutations": PERMUTATIONS,
         "neighbour_weight": NEIGHBOUR_WEIGHT,
-        "robust": "member mean probability, confidence-weighted 3x3",
+        "kernel_sigmas": list(KERNEL_SIGMAS),
+        "kernel_share": KERNEL_SHARE,
+        "robust": "member mean probability, Gaussian kernel of leave-one-out width, then confidence-weighted 3x3",
         "ensemble": cfg.ensemble.model_dump(mode="json"),
     }
 
