@@ -251,7 +251,7 @@ def kernel_smoothed(soft: np.ndarray, mask: np.ndarray) -> tuple[np.ndarray, np.
     m = mask.astype(float)
     for k in range(soft.shape[0]):
         s = np.where(mask, soft[k], 0.0)
-        best = None
+        tried = []  # (leave-one-out error, sigma, smoothed map), narrowest first
         for sigma in KERNEL_SIGMAS:
             if sigma > KERNEL_SIGMAS[0] and 2 * np.pi * sigma**2 > KERNEL_SHARE * n:
                 break
@@ -260,9 +260,8 @@ def kernel_smoothed(soft: np.ndarray, mask: np.ndarray) -> tuple[np.ndarray, np.
             with np.errstate(divide="ignore", invalid="ignore"):
                 loo = (num - centre * s) / (den - centre * m)
             err = float(np.nansum(((s - loo) ** 2)[mask & (den - centre * m > 1e-9)]))
-            if best is None or err < best[0]:
-                best = (err, sigma, num / np.where(mask, den, 1.0))
-        _, chosen[k], smooth = best
+            tried.append((err, sigma, num / np.where(mask, den, 1.0)))
+        _, chosen[k], smooth = min(tried, key=lambda t: t[0])  # the first of equal errors: the narrowest
         certain = (soft[k] == 0) | (soft[k] == 1)
         out[k] = np.where(mask & ~certain, smooth, soft[k])
     return out, chosen
