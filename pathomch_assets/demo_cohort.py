@@ -91,6 +91,10 @@ class DemoCohortSpec:
     #: grids, 15-25 tissue tiles; 2: 10-12 x 12-14, 60-100).  Real slides have hundreds to thousands of tiles.
     grid_scale: int = 1
 
+    def __post_init__(self):
+        if self.grid_scale < 1:
+            raise ValueError(f"grid_scale must be a whole number >= 1, got {self.grid_scale!r}")
+
 
 DEFAULT_COHORTS = (
     DemoCohortSpec(

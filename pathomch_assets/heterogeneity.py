@@ -220,10 +220,13 @@ def bootstrap_ci(
 
 
 #: widths (Gaussian sigma, in tiles) the robust HTI's smoothing chooses from, per slide and trait; at the first
-#: a tile's neighbours weigh 0.04 of itself: no smoothing in effect
+#: each of a tile's 4 nearest neighbours weighs 0.044 of the tile itself (together 15% of the weight)
 KERNEL_SIGMAS = (0.4, 0.6, 0.8, 1.0, 1.4, 2.0)
 #: the largest share of a slide's tissue tiles one kernel may span (:math:`2\pi\sigma^2` tiles)
 KERNEL_SHARE = 0.05
+#: a soft call within this of the threshold counts as at it: averaging a constant map (a voting share of 3/5
+#: against 0.6) must not flip calls by rounding
+TIE = 1e-9
 
 
 def kernel_smoothed(soft: np.ndarray, mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -234,23 +237,23 @@ def kernel_smoothed(soft: np.ndarray, mask: np.ndarray) -> tuple[np.ndarray, np.
     :math:`\hat s_{-j} = \sum_{i \ne j} K_\sigma(i, j)\, s_i / \sum_{i \ne j} K_\sigma(i, j)`, has the least
     squared error :math:`\sum_j (s_j - \hat s_{-j})^2`; kernels spanning more than ``KERNEL_SHARE`` of the
     tissue tiles are not tried.  Where a map has spatial structure wider than a tile (regions) and errors
-    scattered over it, that width removes most of the errors and keeps the regions; where the slide is
-    small or the map has no structure, the narrowest wins and a tile's neighbours weigh 0.04 of itself.
-    A tile whose soft call is exactly 0 or 1 (a hard call) is certain and keeps it.
+    scattered over it, that width removes most of the errors and keeps the regions; on a slide of fewer than
+    46 tissue tiles the cap leaves only the narrowest, a light smoothing.  (A map of pure noise gets the
+    widest allowed: its best prediction is the mean.)  A tile whose soft call is exactly 0 or 1 (a hard call)
+    is certain and keeps it; non-finite values are not tissue here and are kept as they are.
 
     Returns the smoothed soft calls (same shape) and the chosen :math:`\sigma` per trait.
     """
     from scipy.ndimage import gaussian_filter
 
     soft = np.asarray(soft, float)
-    mask = np.asarray(mask, bool)
     out, chosen = soft.copy(), np.full(soft.shape[0], KERNEL_SIGMAS[0])
-    n = int(mask.sum())
-    if n < 2:
-        return out, chosen
-    m = mask.astype(float)
     for k in range(soft.shape[0]):
-        s = np.where(mask, soft[k], 0.0)
+        tissue = np.asarray(mask, bool) & np.isfinite(soft[k])
+        n = int(tissue.sum())
+        if n < 2:
+            continue
+        s, m = np.where(tissue, soft[k], 0.0), tissue.astype(float)
         tried = []  # (leave-one-out error, sigma, smoothed map), narrowest first
         for sigma in KERNEL_SIGMAS:
             if sigma > KERNEL_SIGMAS[0] and 2 * np.pi * sigma**2 > KERNEL_SHARE * n:
@@ -259,11 +262,11 @@ def kernel_smoothed(soft: np.ndarray, mask: np.ndarray) -> tuple[np.ndarray, np.
             num, den = gaussian_filter(s, sigma, mode="constant"), gaussian_filter(m, sigma, mode="constant")
             with np.errstate(divide="ignore", invalid="ignore"):
                 loo = (num - centre * s) / (den - centre * m)
-            err = float(np.nansum(((s - loo) ** 2)[mask & (den - centre * m > 1e-9)]))
-            tried.append((err, sigma, num / np.where(mask, den, 1.0)))
+            err = float(np.nansum(((s - loo) ** 2)[tissue & (den - centre * m > 1e-9)]))
+            tried.append((err, sigma, num / np.where(tissue, den, 1.0)))
         _, chosen[k], smooth = min(tried, key=lambda t: t[0])  # the first of equal errors: the narrowest
         certain = (soft[k] == 0) | (soft[k] == 1)
-        out[k] = np.where(mask & ~certain, smooth, soft[k])
+        out[k] = np.where(tissue & ~certain, smooth, soft[k])
     return out, chosen
 
 
@@ -313,7 +316,7 @@ def robust_calls(
             m = np.where(n > 0, uniform_filter(s, size=3, mode="constant") / n, 0.0)
         c = np.clip(np.where(s >= tau, (s - tau) / (1 - tau), (tau - s) / tau), 0.0, 1.0)
         move = weight * (1 - c)
-        out[k] = mask & ((1 - move) * s + move * m >= tau)
+        out[k] = mask & ((1 - move) * s + move * m >= tau - TIE)
     return out
 
 

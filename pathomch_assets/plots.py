@@ -18,6 +18,8 @@ def pyplot():
         matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    if plt.get_backend().lower() != "agg":  # pyplot imported elsewhere on an interactive backend
+        plt.switch_backend("Agg")
     return plt
 
 

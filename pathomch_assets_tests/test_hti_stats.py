@@ -159,3 +159,48 @@ def test_kernel_width_is_chosen_by_the_map_and_the_slide_size():
     assert (sigmas == KERNEL_SIGMAS[0]).all()
     # hard calls are certain: returned as they are
     assert (kernel_smoothed(truth.astype(float), mask)[0] == truth).all()
+
+
+def test_kernel_width_is_the_least_leave_one_out_error_computed_tile_by_tile():
+    """The filtered leave-one-out of ``kernel_smoothed`` against a sum over every pair of tissue tiles."""
+    from scipy.ndimage import gaussian_filter
+
+    from pathomch_assets.heterogeneity import KERNEL_SIGMAS, kernel_smoothed
+
+    rng = np.random.default_rng(7)
+    mask = rng.random((24, 26)) < 0.8  # holes and ragged edges
+    soft = np.clip(gaussian_filter(rng.standard_normal((24, 26)), 2.5) * 3 + 0.5, 0.02, 0.98)
+    soft = np.where(rng.random(soft.shape) < 0.2, rng.random(soft.shape), soft)  # scattered errors
+    soft[~mask] = 7.0  # not tissue: must not count
+    ys, xs = np.nonzero(mask)
+    errors = {}
+    for sigma in KERNEL_SIGMAS:
+        delta = np.zeros((61, 61))
+        delta[30, 30] = 1.0
+        kern = gaussian_filter(delta, sigma, mode="constant")  # the filter's weight at each offset
+        w = kern[30 + ys[:, None] - ys[None], 30 + xs[:, None] - xs[None]]
+        s = soft[mask]
+        off = w - np.diag(np.diag(w))
+        errors[sigma] = ((s - off @ s / off.sum(axis=1)) ** 2).sum()
+    best = min(errors, key=errors.get)
+    assert KERNEL_SIGMAS[0] < best < KERNEL_SIGMAS[-1]  # a map whose answer is neither end
+    smooth, sigmas = kernel_smoothed(soft[None], mask)
+    assert sigmas[0] == best
+    # and the smoothed values are the kernel means at the chosen width
+    delta = np.zeros((61, 61))
+    delta[30, 30] = 1.0
+    kern = gaussian_filter(delta, best, mode="constant")
+    w = kern[30 + ys[:, None] - ys[None], 30 + xs[:, None] - xs[None]]
+    np.testing.assert_allclose(smooth[0][mask], w @ soft[mask] / w.sum(axis=1), rtol=1e-9)
+    assert (smooth[0][~mask] == 7.0).all()
+
+
+def test_robust_calls_do_not_flip_a_map_at_its_threshold_by_rounding():
+    from pathomch_assets.heterogeneity import robust_calls
+
+    mask = np.ones((30, 30), bool)
+    for value in (0.1, 0.35, 0.6, 0.7):
+        assert robust_calls(np.full((1, 30, 30), value), mask, value).all()
+    soft = np.full((1, 30, 30), 0.5)
+    soft[0, 3, 3] = np.nan  # a tile without a probability does not spread over its neighbours
+    assert robust_calls(soft, mask & np.isfinite(soft[0]), 0.5)[0][np.isfinite(soft[0])].all()
