@@ -334,10 +334,10 @@ def table(runs: list[dict]) -> str:
         auc = ", ".join(f"{t} {v:.2f}" for t, v in r["slide_auc"].items())
         cpu = f"{r['cpu_seconds']:.0f} s" if "cpu_seconds" in r else "not recorded"
         lines.append(
-            f"| {r['family']} | {r.get('grid_scale', 1)} | {r['input_px']} | {auc} | "
+            f"| {r['family']} | {r['grid_scale']} | {r['input_px']} | {auc} | "
             f"{r['paper_mae']:.3f} / {r['robust_mae']:.3f} | "
             f"{r['paper_spearman']:.2f} / {r['robust_spearman']:.2f} | {r['confusion_mae']:.3f} / "
-            f"{r['oracle_threshold_mae']:.3f} / {r.get('oracle_smoothed_mae', float('nan')):.3f} | "
+            f"{r['oracle_threshold_mae']:.3f} / {r['oracle_smoothed_mae']:.3f} | "
             f"{r['seconds']:.0f} s | {cpu} |"
         )
     return "\n".join(lines)

@@ -171,10 +171,11 @@ def heterogeneity_png(carto: Cartography, path: str | Path, cell_px: int = 12, t
 
 def plot_heterogeneity_map(carto: Cartography, title: str = "", hti: float | None = None, ax=None):
     """The heterogeneity map with a legend of trait combinations; returns the axes."""
+    from matplotlib.patches import Patch
+
     from .plots import pyplot
 
     plt = pyplot()
-    from matplotlib.patches import Patch
 
     if ax is None:
         ax = plt.gca()

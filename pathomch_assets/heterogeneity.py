@@ -12,6 +12,8 @@ which lies in [0, 1].  HTI is 0 when no tile is positive, and defined as 0 for :
 
 from __future__ import annotations
 
+import functools
+
 import numpy as np
 
 
@@ -229,6 +231,14 @@ KERNEL_SHARE = 0.05
 TIE = 1e-9
 
 
+@functools.cache
+def _centre_weight(sigma: float) -> float:
+    """The weight of a tile itself in ``gaussian_filter``'s 2-D kernel of ``sigma`` (for the leave-one-out)."""
+    from scipy.ndimage import gaussian_filter
+
+    return float(gaussian_filter(np.pad([[1.0]], 8), sigma, mode="constant")[8, 8])
+
+
 def kernel_smoothed(soft: np.ndarray, mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     r"""Soft calls averaged over the tile grid, the width chosen per trait by leave-one-out cross-validation.
 
@@ -258,7 +268,7 @@ def kernel_smoothed(soft: np.ndarray, mask: np.ndarray) -> tuple[np.ndarray, np.
         for sigma in KERNEL_SIGMAS:
             if sigma > KERNEL_SIGMAS[0] and 2 * np.pi * sigma**2 > KERNEL_SHARE * n:
                 break
-            centre = gaussian_filter(np.pad([[1.0]], 8), sigma, mode="constant")[8, 8]  # the kernel's own weight
+            centre = _centre_weight(sigma)
             num, den = gaussian_filter(s, sigma, mode="constant"), gaussian_filter(m, sigma, mode="constant")
             with np.errstate(divide="ignore", invalid="ignore"):
                 loo = (num - centre * s) / (den - centre * m)
@@ -280,7 +290,7 @@ def robust_calls(
     makes it a call.  Two steps:
 
     1. (``smooth``) :func:`kernel_smoothed`: :math:`s` averaged over the grid with a width chosen by leave-one-out
-       cross-validation (none on small slides or maps without spatial structure);
+       cross-validation (only the narrowest, a light smoothing, on slides under 46 tissue tiles);
     2. a confidence-weighted 3 x 3 vote: :math:`m` the mean of :math:`s` over the tissue tiles of a tile's
        3 x 3 neighbourhood (itself included), :math:`c` the confidence, 0 at the threshold :math:`\tau` and 1
        at 0 or 1 (:math:`c = (s - \tau)/(1 - \tau)` above it, :math:`(\tau - s)/\tau` below), :math:`w` the

@@ -230,11 +230,12 @@ def cox_summary(
 def plot_km(test: GroupTest, ax=None, labels=("low", "high"), at_risk: bool = True):
     """Kaplan-Meier curves with 95% CI for the two groups of ``test``, with the number at risk (and censored,
     events) under the plot (lifelines ``add_at_risk_counts``); returns the axes."""
+    from lifelines import KaplanMeierFitter
+    from lifelines.plotting import add_at_risk_counts
+
     from .plots import pyplot
 
     plt = pyplot()
-    from lifelines import KaplanMeierFitter
-    from lifelines.plotting import add_at_risk_counts
 
     if ax is None:
         ax = plt.gca()
@@ -260,10 +261,11 @@ def plot_km(test: GroupTest, ax=None, labels=("low", "high"), at_risk: bool = Tr
 def plot_hti_by_expression(df: pd.DataFrame, traits: list[str], column: str = "hti"):
     """HTI of patients with bulk expression above vs at or below the median, per trait (paper Figure 5b),
     with a Mann-Whitney p-value each; returns the figure."""
+    from scipy.stats import mannwhitneyu
+
     from .plots import pyplot
 
     plt = pyplot()
-    from scipy.stats import mannwhitneyu
 
     fig, axes = plt.subplots(1, len(traits), figsize=(3.2 * len(traits), 3), squeeze=False, sharey=True)
     for ax, t in zip(axes[0], traits):
@@ -307,10 +309,11 @@ def clinical_groups(df: pd.DataFrame, clinical_file, min_patients: int = 5) -> t
 def plot_hti_by_clinical(df: pd.DataFrame, columns: list[str]):
     """HTI boxplots by clinical group (paper Figure 6), with a Kruskal-Wallis p-value each (null hypothesis:
     the HTI has the same distribution in every group); returns the figure."""
+    from scipy.stats import kruskal
+
     from .plots import pyplot
 
     plt = pyplot()
-    from scipy.stats import kruskal
 
     fig, axes = plt.subplots(1, len(columns), figsize=(4 * len(columns), 3), squeeze=False)
     for ax, col in zip(axes[0], columns):

@@ -1,5 +1,6 @@
 """The Dagster definitions load, validate with Dagster's own CLI, and the sensor adds slides."""
 
+import json
 import shutil
 import subprocess
 import sys
@@ -72,7 +73,10 @@ def test_sensor_adds_new_slides_once(small_demo, tmp_path):
 def test_loading_the_definitions_imports_neither_tensorflow_nor_matplotlib():
     """Every step process, code server and `pathomch` command loads the definitions: what draws or trains
     imports its library when it runs (matplotlib alone adds about 0.9 s to each start)."""
-    code = "import sys, pathomch_assets.definitions; print(sorted({m.split('.')[0] for m in sys.modules}))"
+    code = (
+        "import json, sys, pathomch_assets.definitions; "
+        "print(json.dumps(sorted({m.split('.')[0] for m in sys.modules})))"
+    )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
-    loaded = set(eval(out.strip().splitlines()[-1]))
+    loaded = set(json.loads(out.strip().splitlines()[-1]))
     assert "dagster" in loaded and not loaded & {"matplotlib", "tensorflow", "keras"}
