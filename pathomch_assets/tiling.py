@@ -286,8 +286,8 @@ class TiffLevelReader:
         """``n`` grid cells of ``read_px`` along a row from level coordinates ``(x, y)``, decoded at
         ``1/factor`` as RGBX (X = 255): ``(n, read_px / factor, read_px / factor, 4)``, each cell one
         C-contiguous tile (``aligned(read_px)`` must hold).  Each stored tile is decoded into a small
-        scratch buffer and copied to its place at once, while it is still in cache: an assembly pass
-        over the whole band afterwards costs as much again as a tenth of the decode."""
+        scratch buffer and copied to its place at once, while it is still in cache (a separate
+        assembly pass over the band afterwards cost about a tenth of the decode time)."""
         p, f = self.page, self.factor
         tw, th = p.tilewidth, p.tilelength
         across = -(-p.imagewidth // tw)

@@ -122,6 +122,9 @@ BACKFILL_STATUS = """query($id: String!) { partitionBackfillOrError(backfillId: 
 FAILED_RUNS = """query($after: Float) { runsOrError(filter: {statuses: [FAILURE, CANCELED], createdAfter: $after}) {
   ... on Runs { results { runId jobName } } } }"""
 
+SLIDE_RUNS = """query($after: Float) { runsOrError(filter: {pipelineName: "process_slides", createdAfter: $after}) {
+  ... on Runs { results { runId status } } } }"""
+
 ACTIVE_RUNS = """{ runsOrError(filter: {statuses: [QUEUED, NOT_STARTED, STARTING, STARTED, CANCELING]}) {
   ... on Runs { results { runId } } } }"""
 
@@ -309,7 +312,18 @@ def test_a_slide_whose_run_failed_is_retried_without_anyone_rerunning_it(deploym
                 600,
                 "the retried slide's HTI row",
             )
+            # the sensor's retries: those before the space was freed may fail too; the last one succeeded
+            runs = wait_for(
+                lambda: (
+                    (r := gql(url, SLIDE_RUNS, after=started)["runsOrError"]["results"])[0]["status"]
+                    in ("SUCCESS", "FAILURE")
+                    and r
+                ),
+                300,
+                "the retried slide's run to end",
+            )  # newest first
             failed_now = gql(url, FAILED_RUNS, after=started)["runsOrError"]["results"]
-            assert len(failed_now) == len(failed), failed_now  # the retry succeeded
+            assert {r["jobName"] for r in failed_now} == {"process_slides"}, failed_now
+            assert runs[0]["status"] == "SUCCESS" and len(runs) == len(failed_now) + 1, runs
     finally:
         subprocess.run(["umount", "-l", str(maps)], check=False)
