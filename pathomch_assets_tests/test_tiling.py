@@ -281,7 +281,7 @@ def test_scaled_decode_with_stored_tiles_that_straddle_grid_cells(tmp_path, sour
 
 
 def test_scaled_cells_are_the_band_decode_and_give_its_tissue_fractions(tmp_path, sources):
-    """The aligned fast path (stored tiles decoded as RGBX straight into contiguous cells) against the band path."""
+    """The aligned fast path (stored tiles decoded as RGBX, each copied into its cell) against the band path."""
     import openslide
 
     from pathomch_assets.slides import LevelChoice, slide_info
