@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import threading
 import time
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass, field
@@ -175,6 +176,21 @@ def _runs(flags: np.ndarray):
     return [(int(a), int(b - a + 1)) for a, b in zip(starts, ends)]
 
 
+_buffers = threading.local()
+
+
+def _scratch(name: str, shape: tuple[int, ...]) -> np.ndarray:
+    """The uint8 buffer ``name`` of ``shape``, kept per thread and reused: no fresh pages (and their faults)
+    per cell, and it stays in this core's cache."""
+    held = getattr(_buffers, "arrays", None)
+    if held is None:
+        held = _buffers.arrays = {}
+    key = (name, shape)
+    if key not in held:
+        held[key] = np.empty(shape, np.uint8)
+    return held[key]
+
+
 class TiffLevelReader:
     """Regions of one pyramid level decoded straight from its tiled TIFF page (tifffile).
 
@@ -285,26 +301,35 @@ class TiffLevelReader:
     def read_cells(self, x: int, y: int, n: int, read_px: int) -> np.ndarray:
         """``n`` grid cells of ``read_px`` along a row from level coordinates ``(x, y)``, decoded at
         ``1/factor`` as RGBX (X = 255): ``(n, read_px / factor, read_px / factor, 4)``, each cell one
-        C-contiguous tile (``aligned(read_px)`` must hold).  Each stored tile is decoded into a small
-        scratch buffer and copied to its place at once, while it is still in cache (a separate
-        assembly pass over the band afterwards cost about a tenth of the decode time)."""
+        C-contiguous tile (``aligned(read_px)`` must hold); see :meth:`read_cell`."""
+        side = read_px // self.factor
+        cells = np.empty((n, side, side, 4), np.uint8)
+        for c in range(n):
+            self.read_cell(x + c * read_px, y, read_px, cells[c])
+        return cells
+
+    def read_cell(self, x: int, y: int, read_px: int, out: np.ndarray) -> np.ndarray:
+        """The grid cell of ``read_px`` at level coordinates ``(x, y)`` decoded at ``1/factor`` as RGBX
+        (X = 255) into ``out``, C-contiguous ``(read_px / factor, read_px / factor, 4)``.  Each stored tile
+        is decoded into a small scratch buffer and copied to its place at once, while it is still in cache."""
         p, f = self.page, self.factor
         tw, th = p.tilewidth, p.tilelength
         across = -(-p.imagewidth // tw)
         ky, kx = read_px // th, read_px // tw
         h, w = th // f, tw // f
-        cells = np.empty((n, ky, h, kx, w, 4), np.uint8)
-        scratch = np.empty((h, w, 4), np.uint8)
+        cell = out.reshape(ky, h, kx, w, 4)  # a view: stored tile (dy, dx) is cell[dy, :, dx]
+        scratch = _scratch("stored tile", (h, w, 4))
         offsets, counts, fd, scaled = p.dataoffsets, p.databytecounts, self._fd, self.scaled
-        assert scaled is not None and fd is not None, "read_cells needs aligned(read_px): a scaled reader"
+        assert scaled is not None and fd is not None, "read_cell needs aligned(read_px): a scaled reader"
+        first = (y // th) * across + x // tw
         for dy in range(ky):
-            for dx in range(n * kx):
-                i = (y // th + dy) * across + x // tw + dx
+            for dx in range(kx):
+                i = first + dy * across + dx
                 if not counts[i]:
                     raise ValueError(f"tile {i} of page {p.index} has no data")
                 scaled.decode(os.pread(fd, counts[i], offsets[i]), scratch)
-                cells[dx // kx, dy, :, dx % kx] = scratch
-        return cells.reshape(n, ky * h, kx * w, 4)
+                cell[dy, :, dx] = scratch
+        return out
 
     def close(self) -> None:
         if self._fd is not None:
@@ -494,7 +519,8 @@ def _tile_row(
 
 
 def _scaled_cells(reader: TiffLevelReader, choice: LevelChoice, params: TilingParams, path, row: int, c0: int, n: int):
-    """Tissue tiles of ``n`` cells from column ``c0`` through :meth:`TiffLevelReader.read_cells`.
+    """Tissue tiles of ``n`` cells from column ``c0`` through :meth:`TiffLevelReader.read_cell`, one cell at a
+    time: decoded, counted and encoded while it is in cache, in a buffer this thread reuses.
 
     The tissue fraction is :func:`tissue_fraction`'s, counted on RGBX pixels (a pixel is background
     when all four bytes exceed the threshold; X is 255): one comparison pass, no band assembled.
@@ -502,24 +528,22 @@ def _scaled_cells(reader: TiffLevelReader, choice: LevelChoice, params: TilingPa
     import imagecodecs
 
     s, px = choice.read_px, params.tile_px
-    try:
-        cells = reader.read_cells(c0 * s, row * s, n, s)  # (n, px, px, 4)
-    except Exception as err:  # codec errors: corrupt tile data
-        raise SlideError(
-            path, f"read failed at level {choice.level}, level pixels x={c0 * s}, y={row * s}: {err}"
-        ) from None
-    background = np.empty(n, np.int64)
-    for c in range(n):  # one cell at a time: the comparison's temporary stays small
-        over = np.greater(cells[c], params.background_threshold).view(np.uint32)
-        background[c] = np.count_nonzero(over == 0x01010101)
-    fracs = 1.0 - background / (px * px)
-    out = []
+    cell = _scratch("cell", (px, px, 4))
     rgbx, ycbcr = imagecodecs.JPEG8.CS.EXT_RGBX, imagecodecs.JPEG8.CS.YCbCr
-    for k in np.flatnonzero(fracs >= 1.0 - params.max_background_fraction):
-        tile = cells[k]
-        # the encoder reads RGBX as it reads RGB (the same bytes: test_tiling), so X is never copied away
-        jpeg = imagecodecs.jpeg8_encode(tile, level=params.jpeg_quality, colorspace=rgbx, outcolorspace=ycbcr)
-        out.append((c0 + int(k), float(fracs[k]), bytes(jpeg)))
+    out = []
+    for c in range(n):
+        try:
+            reader.read_cell((c0 + c) * s, row * s, s, cell)
+        except Exception as err:  # codec errors: corrupt tile data
+            raise SlideError(
+                path, f"read failed at level {choice.level}, level pixels x={(c0 + c) * s}, y={row * s}: {err}"
+            ) from None
+        over = np.greater(cell, params.background_threshold).view(np.uint32)
+        fraction = 1.0 - np.count_nonzero(over == 0x01010101) / (px * px)
+        if fraction >= 1.0 - params.max_background_fraction:
+            # the encoder reads RGBX as it reads RGB (the same bytes: test_tiling), so X is never copied away
+            jpeg = imagecodecs.jpeg8_encode(cell, level=params.jpeg_quality, colorspace=rgbx, outcolorspace=ycbcr)
+            out.append((c0 + c, float(fraction), bytes(jpeg)))
     return out
 
 
