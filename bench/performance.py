@@ -663,7 +663,7 @@ def bench_accelerators(
 def main() -> None:
     BENCH_DIR.mkdir(exist_ok=True)
     quick = os.environ.get("PATHOMCH_BENCH_QUICK") == "1"  # smaller slides, one round: to try the bench out
-    size, rounds = (10240, 1) if quick else (20480, 3)
+    size, rounds = (10240, 1) if quick else (20480, 5)
     slides = {
         "tcga40x": SLIDE_DIR / f"tcga40x_{2 * size}.svs",
         "svs20x": SLIDE_DIR / f"svs20x_{size}.svs",
