@@ -317,7 +317,9 @@ class TiffLevelReader:
         across = -(-p.imagewidth // tw)
         ky, kx = read_px // th, read_px // tw
         h, w = th // f, tw // f
-        cell = out.reshape(ky, h, kx, w, 4)  # a view: stored tile (dy, dx) is cell[dy, :, dx]
+        if out.shape != (ky * h, kx * w, 4) or not out.flags.c_contiguous:  # reshape must give a view, not a copy
+            raise ValueError(f"output array {out.shape} is not a C-contiguous {(ky * h, kx * w, 4)} cell")
+        cell = out.reshape(ky, h, kx, w, 4)  # stored tile (dy, dx) is cell[dy, :, dx]
         scratch = _scratch("stored tile", (h, w, 4))
         offsets, counts, fd, scaled = p.dataoffsets, p.databytecounts, self._fd, self.scaled
         assert scaled is not None and fd is not None, "read_cell needs aligned(read_px): a scaled reader"

@@ -304,6 +304,8 @@ def test_scaled_cells_are_the_band_decode_and_give_its_tissue_fractions(tmp_path
         got = _scaled_cells(reader, choice, params, path, row, 1, 4)  # every cell kept: fraction >= 0
         assert [c for c, _, _ in got] == [1, 2, 3, 4]
         assert [f for _, f, _ in got] == tissue_fraction(tiles).tolist()
+    with pytest.raises(ValueError, match="not a C-contiguous"):  # a strided view would be decoded into a copy
+        reader.read_cell(1024, 0, 1024, np.empty((512, 1024, 4), np.uint8)[:, ::2])
     reader.close()
 
 
