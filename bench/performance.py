@@ -343,7 +343,7 @@ def _median(runs: list[dict]) -> dict:
     return out
 
 
-def bench_slide(slide: Path, rounds: int = 3, naive: bool = True, vips: bool = True) -> dict:
+def bench_slide(slide: Path, rounds: int = 5, naive: bool = True, vips: bool = True) -> dict:
     """Every method on one slide, interleaved round by round; ratios of medians and per round."""
     try:
         import pyvips  # noqa: F401

@@ -1,13 +1,13 @@
 """Tiling (SPEC 3.3): non-overlapping tiles at the target magnification, background dropped.
 
 A slide is read from the pyramid level closest to (not below) the target magnification, a
-row band of tiles at a time, so no whole level is ever held in memory.  Where that level is 2, 4
-or 8 times the target (TCGA's 40x slides have no 20x level) its JPEG tiles are decoded at that
-scale in the DCT domain (``tiling.scaled_decode``).  Tiles are JPEG-encoded into one TFRecord
-file per slide (fast ``tf.data`` input), written without TensorFlow (:mod:`pathomch_assets.tilestore`):
-a tiling worker never loads it.  A slide that fails is reported in the result, never raised
-past :func:`tile_slide`, so one bad slide never stops the others.  Worker processes exit
-with their parent (a ``kill -9`` of the pipeline leaves no tiler running).
+row band of tiles at a time (one grid cell at a time on the DCT-scaled path), so no whole level is
+ever held in memory.  Where that level is 2, 4 or 8 times the target (TCGA's 40x slides have no 20x
+level) its JPEG tiles are decoded at that scale in the DCT domain (``tiling.scaled_decode``).  Tiles
+are JPEG-encoded into one TFRecord file per slide (fast ``tf.data`` input), written without TensorFlow
+(:mod:`pathomch_assets.tilestore`): a tiling worker never loads it.  A slide that fails is reported in
+the result, never raised past :func:`tile_slide`, so one bad slide never stops the others.  Worker
+processes exit with their parent (a ``kill -9`` of the pipeline leaves no tiler running).
 """
 
 from __future__ import annotations
@@ -25,7 +25,8 @@ import numpy as np
 
 from .slides import LevelChoice, SlideError, check_manifest_entry, choose_level, open_slide, slide_info
 
-#: tiles read per ``read_region`` call along a row (bounds memory: 16 x 512 px x 512 px x 4 B = 16 MB)
+#: tiles read per band along a row where cells are read whole (OpenSlide or the full decode; bounds memory:
+#: 16 x 512 px x 512 px x 4 B = 16 MB); the DCT-scaled path holds one cell per thread instead
 BAND_TILES = 16
 
 
@@ -294,7 +295,7 @@ class TiffLevelReader:
         return out[oy : oy + height // f, ox : ox + width // f]
 
     def aligned(self, read_px: int) -> bool:
-        """Grid cells of ``read_px`` cover whole stored tiles (scaled decode only): see :meth:`read_cells`."""
+        """Grid cells of ``read_px`` cover whole stored tiles (scaled decode only): see :meth:`read_cell`."""
         p = self.page
         return self.scaled is not None and read_px % p.tilewidth == 0 and read_px % p.tilelength == 0
 
@@ -561,8 +562,9 @@ def iter_tiles(
 ):
     """Yield ``(col, row, tissue_fraction, jpeg bytes)`` for tissue tiles, row by row.
 
-    Rows are read on ``threads`` threads (OpenSlide and the JPEG codec release the GIL) and
-    yielded in order; a row band of at most ``BAND_TILES`` tiles is held per thread.
+    Rows are read on ``threads`` threads (OpenSlide and the JPEG codecs release the GIL) and
+    yielded in order; a thread holds a row band of at most ``BAND_TILES`` tiles, or one cell on the
+    DCT-scaled path.
     """
     from concurrent.futures import ThreadPoolExecutor
 
