@@ -256,19 +256,34 @@ def test_scaled_decode_is_not_used_where_it_does_not_apply(tmp_path, sources):
     assert (res.info["reader"], res.info["decode_scale"]) == ("openslide", 1.0)
 
 
-def test_scaled_decode_with_stored_tiles_that_straddle_grid_cells(tmp_path, sources):
-    """Aperio's older 240 px tiles: 1024 px cells do not start on stored tiles (the band path), and
-    the tiles and pixels still follow the exact path."""
+@pytest.mark.parametrize("stored", [240, 1024])
+def test_scaled_decode_with_stored_tiles_that_straddle_grid_cells(tmp_path, sources, stored):
+    """Aperio's older 240 px tiles: 1024 px cells do not start on stored tiles (the band path); and 1024 px
+    stored tiles, one per cell (the cell path with a single stored tile): the tiles and pixels still follow
+    the exact path."""
     import dataclasses
 
+    import openslide
+
+    from pathomch_assets.slides import slide_info
+    from pathomch_assets.tiling import TiffLevelReader
+
     base = compose_slide(plan("aperio40_power", rows=3, cols=4, seed=7), sources, 2)
-    path = tmp_path / "slide240.svs"
+    path = tmp_path / f"slide{stored}.svs"
     h, w = base.shape[:2]
     with tifffile.TiffWriter(path) as tif:
         for i, level in enumerate([base, np.asarray(Image.fromarray(base).reduce(4))]):
-            desc = f"Aperio Image Library v12.0.15\r\n{w}x{h} (240x240) JPEG/RGB Q=80|AppMag = 40" if i == 0 else None
-            tif.write(level, tile=(240, 240), compression="jpeg", photometric="rgb", metadata=None,
+            desc = (
+                f"Aperio Image Library v12.0.15\r\n{w}x{h} ({stored}x{stored}) JPEG/RGB Q=80|AppMag = 40"
+                if i == 0
+                else None
+            )
+            tif.write(level, tile=(stored, stored), compression="jpeg", photometric="rgb", metadata=None,
                       subfiletype=0 if i == 0 else 1, description=desc)  # fmt: skip
+    with openslide.OpenSlide(path) as slide:
+        reader = TiffLevelReader.open(path, slide_info(slide, path), 0, 2)
+    assert reader.aligned(1024) == (stored == 1024)
+    reader.close()
     params = TilingParams(20, 512)
     scaled = tile_slide("c", "s", path, tmp_path / "scaled.tfrecord", params)
     exact = tile_slide("c", "s", path, tmp_path / "exact.tfrecord", dataclasses.replace(params, scaled_decode=False))
