@@ -49,10 +49,14 @@ PYRAMIDS = {
 
 # --------------------------------------------------------------------------- the bench slides
 def make_bench_slide(
-    path: str | Path, size_20x: int, seed: int = 0, tissue_share: float = 0.5, pyramid="tcga40x"
+    path: str | Path, size_20x: int, seed: int = 0, tissue_share: float = 0.5, pyramid="tcga40x", borders=False
 ) -> Path:
     """A pyramid of ``size_20x`` px at 20x, written tile by tile (never whole in memory): real TCGA
-    tiles (512 px at 20x) on about ``tissue_share`` of the grid, the rest white."""
+    tiles (512 px at 20x) on about ``tissue_share`` of the grid, the rest white.
+
+    ``borders``: the tissue lies in contiguous pieces (a smoothed random field, thresholded) shifted by half a
+    20x tile, so the tiler's cells cut through the pieces' edges as they cut real tissue: border cells with
+    some tissue, below or above the tissue rule; otherwise each 20x cell is all tissue or all white."""
     import tifffile
     from PIL import Image
 
@@ -65,7 +69,13 @@ def make_bench_slide(
     rng = np.random.default_rng(seed)
     sources = [t for ts in load_source_tiles().values() for t in ts]
     n = size_20x // 512 + 1
-    mask = rng.random((n, n)) < tissue_share
+    if borders:
+        from scipy.ndimage import gaussian_filter
+
+        field = gaussian_filter(rng.random((n, n)), 1.5)
+        mask = field > np.quantile(field, 1 - tissue_share)
+    else:
+        mask = rng.random((n, n)) < tissue_share
     pick = rng.integers(len(sources), size=(n, n))
     resized = {}
 
@@ -80,13 +90,14 @@ def make_bench_slide(
 
     def tiles(level: int, shape):
         bpx = int(512 * scales[level])
+        o = bpx // 2 if borders else 0  # level px by which the tissue is shifted (up and left)
         for y in range(0, shape[0], 256):
             for x in range(0, shape[1], 256):
                 out = np.full((256, 256, 3), 255, np.uint8)
-                for by in range(y // bpx, (y + 255) // bpx + 1):
-                    for bx in range(x // bpx, (x + 255) // bpx + 1):
+                for by in range((y + o) // bpx, (y + o + 255) // bpx + 1):
+                    for bx in range((x + o) // bpx, (x + o + 255) // bpx + 1):
                         b = block(level, by, bx)
-                        y0, x0 = by * bpx, bx * bpx
+                        y0, x0 = by * bpx - o, bx * bpx - o
                         ys, xs = max(y, y0), max(x, x0)
                         ye, xe = min(y + 256, y0 + bpx, shape[0]), min(x + 256, x0 + bpx, shape[1])
                         if ye > ys and xe > xs:

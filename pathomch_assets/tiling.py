@@ -213,6 +213,7 @@ class TiffLevelReader:
         self.scaled = ScaledJpeg.for_page(page, factor) if factor > 1 else None
         self.factor = factor if self.scaled is not None else 1
         self._fd = os.open(tif.filehandle.path, os.O_RDONLY) if self.scaled is not None else None
+        self._hint: np.ndarray | None = None  # hint_tissue
 
     @classmethod
     def open(cls, path, info, level: int, factor: int = 1) -> TiffLevelReader | None:
@@ -309,10 +310,14 @@ class TiffLevelReader:
             self.read_cell(x + c * read_px, y, read_px, cells[c])
         return cells
 
-    def read_cell(self, x: int, y: int, read_px: int, out: np.ndarray) -> np.ndarray:
+    def read_cell(self, x: int, y: int, read_px: int, out: np.ndarray, order=None, stop=None) -> bool:
         """The grid cell of ``read_px`` at level coordinates ``(x, y)`` decoded at ``1/factor`` as RGBX
         (X = 255) into ``out``, C-contiguous ``(read_px / factor, read_px / factor, 4)``.  Each stored tile
-        is decoded into a small scratch buffer and copied to its place at once, while it is still in cache."""
+        is decoded into a small scratch buffer and copied to its place at once, while it is still in cache.
+
+        ``order``: the cell's stored tiles as ``(dy, dx)`` in the order to decode them (default: row by
+        row); ``stop(k, pixels)`` is called after the k-th and may end the read early (True): the cell is
+        then incomplete and False is returned."""
         p, f = self.page, self.factor
         tw, th = p.tilewidth, p.tilelength
         across = -(-p.imagewidth // tw)
@@ -325,14 +330,46 @@ class TiffLevelReader:
         offsets, counts, fd, scaled = p.dataoffsets, p.databytecounts, self._fd, self.scaled
         assert scaled is not None and fd is not None, "read_cell needs aligned(read_px): a scaled reader"
         first = (y // th) * across + x // tw
-        for dy in range(ky):
-            for dx in range(kx):
-                i = first + dy * across + dx
-                if not counts[i]:
-                    raise ValueError(f"tile {i} of page {p.index} has no data")
-                scaled.decode(os.pread(fd, counts[i], offsets[i]), scratch)
-                cell[dy, :, dx] = scratch
-        return out
+        for k, (dy, dx) in enumerate(order if order is not None else np.ndindex(ky, kx)):
+            i = first + dy * across + dx
+            if not counts[i]:
+                raise ValueError(f"tile {i} of page {p.index} has no data")
+            scaled.decode(os.pread(fd, counts[i], offsets[i]), scratch)
+            cell[dy, :, dx] = scratch
+            if stop is not None and stop(k, scratch):
+                return False
+        return True
+
+    def hint_tissue(self, thumb: np.ndarray | None, threshold: int) -> None:
+        """Remember, per stored tile of the page, the share of its area that the QC thumbnail shows as
+        tissue (:meth:`tissue_hint`); nothing when there is no thumbnail or a stored tile is under one of
+        its pixels."""
+        self._hint = None
+        p = self.page
+        if thumb is None:
+            return
+        h, w = thumb.shape[:2]
+        bh, bw = p.tilelength * h / p.imagelength, p.tilewidth * w / p.imagewidth  # thumbnail px per stored tile
+        if bh < 1 or bw < 1:
+            return
+        tissue = np.minimum(np.minimum(thumb[..., 0], thumb[..., 1]), thumb[..., 2]) <= threshold
+        area = np.zeros((h + 1, w + 1))
+        area[1:, 1:] = tissue.cumsum(0).cumsum(1)  # summed-area table: any box's tissue in four look-ups
+        rows, cols = -(-p.imagelength // p.tilelength), -(-p.imagewidth // p.tilewidth)
+        y0 = np.minimum((np.arange(rows) * bh).astype(int), h - 1)
+        x0 = np.minimum((np.arange(cols) * bw).astype(int), w - 1)
+        y1 = np.clip((np.arange(1, rows + 1) * bh).astype(int), y0 + 1, h)
+        x1 = np.clip((np.arange(1, cols + 1) * bw).astype(int), x0 + 1, w)
+        inside = area[np.ix_(y1, x1)] - area[np.ix_(y0, x1)] - area[np.ix_(y1, x0)] + area[np.ix_(y0, x0)]
+        self._hint = inside / np.outer(y1 - y0, x1 - x0)
+
+    def tissue_hint(self, x: int, y: int, read_px: int) -> np.ndarray | None:
+        """The thumbnail's tissue share of each stored tile of the cell at ``(x, y)``: ``(ky, kx)``, or None."""
+        if self._hint is None:
+            return None
+        p = self.page
+        ty, tx = y // p.tilelength, x // p.tilewidth
+        return self._hint[ty : ty + read_px // p.tilelength, tx : tx + read_px // p.tilewidth]
 
     def close(self) -> None:
         if self._fd is not None:
@@ -527,23 +564,39 @@ def _scaled_cells(reader: TiffLevelReader, choice: LevelChoice, params: TilingPa
 
     The tissue fraction is :func:`tissue_fraction`'s, counted on RGBX pixels (a pixel is background
     when all four bytes exceed the threshold; X is 255): one comparison pass, no band assembled.
+    A cell the QC thumbnail shows as partly blank (tissue borders) has its stored tiles decoded blank-first
+    and counted one by one: once the background counted so far fails the tissue rule, the cell is dropped
+    without decoding the rest (exact: the same rule on pixels already decoded, and background only grows).
     """
     import imagecodecs
 
     s, px = choice.read_px, params.tile_px
     cell = _scratch("cell", (px, px, 4))
     rgbx, ycbcr = imagecodecs.JPEG8.CS.EXT_RGBX, imagecodecs.JPEG8.CS.YCbCr
+    min_fraction, area, threshold = 1.0 - params.max_background_fraction, px * px, params.background_threshold
     out = []
     for c in range(n):
+        x, y = (c0 + c) * s, row * s
+        order = stop = None
+        background = [0]
+        hint = reader.tissue_hint(x, y, s)
+        if hint is not None and (hint < 0.5).any():
+            order = [np.unravel_index(k, hint.shape) for k in np.argsort(hint, axis=None, kind="stable")]
+
+            def stop(k, pixels, background=background):
+                background[0] += np.count_nonzero(np.greater(pixels, threshold).view(np.uint32) == 0x01010101)
+                return 1.0 - background[0] / area < min_fraction  # fails the rule already: more cannot pass it
+
         try:
-            reader.read_cell((c0 + c) * s, row * s, s, cell)
+            whole = reader.read_cell(x, y, s, cell, order, stop)
         except Exception as err:  # codec errors: corrupt tile data
-            raise SlideError(
-                path, f"read failed at level {choice.level}, level pixels x={(c0 + c) * s}, y={row * s}: {err}"
-            ) from None
-        over = np.greater(cell, params.background_threshold).view(np.uint32)
-        fraction = 1.0 - np.count_nonzero(over == 0x01010101) / (px * px)
-        if fraction >= 1.0 - params.max_background_fraction:
+            raise SlideError(path, f"read failed at level {choice.level}, level pixels x={x}, y={y}: {err}") from None
+        if not whole:
+            continue
+        if stop is None:  # counted as a whole (the stored tiles partition the cell: the same count)
+            background[0] = np.count_nonzero(np.greater(cell, threshold).view(np.uint32) == 0x01010101)
+        fraction = 1.0 - background[0] / area
+        if fraction >= min_fraction:
             # the encoder reads RGBX as it reads RGB (the same bytes: test_tiling), so X is never copied away
             jpeg = imagecodecs.jpeg8_encode(cell, level=params.jpeg_quality, colorspace=rgbx, outcolorspace=ycbcr)
             out.append((c0 + c, float(fraction), bytes(jpeg)))
@@ -637,6 +690,8 @@ def tile_slide(
         }
         factor = decode_factor(choice, params) if params.scaled_decode else 1
         reader = TiffLevelReader.open(path, info, choice.level, factor) if params.reader == "auto" else None
+        if reader is not None and reader.scaled is not None:
+            reader.hint_tissue(thumb, params.background_threshold)  # blank-first decoding at tissue borders
         res.info["reader"] = "tifffile" if reader is not None else "openslide"
         res.info["decode_scale"] = 1 / reader.factor if reader is not None else 1.0
         records: list[tuple[int, int, float, int]] = []

@@ -340,3 +340,26 @@ def test_corrupt_jpeg_tile_on_the_scaled_path_fails_the_slide_and_leaves_no_file
     assert res.info["decode_scale"] == 0.5
     assert res.status == "error" and "slide.svs" in res.error and "read failed at level 0" in res.error, res.error
     assert res.tiles.empty and not out.exists() and not list((tmp_path / "tiles").glob("*"))
+
+
+def test_border_cells_that_fail_the_tissue_rule_early_are_not_decoded_whole(tmp_path, monkeypatch):
+    """Tissue pieces cut by the cells (bench slide with borders): cells the thumbnail shows as partly blank are
+    decoded blank-first and dropped once their background fails the rule; the tiles, fractions and file bytes
+    are those of decoding every candidate cell whole."""
+    from bench.performance import make_bench_slide
+    from pathomch_assets.tiling import ScaledJpeg, TiffLevelReader
+
+    path = make_bench_slide(tmp_path / "borders.svs", 4096, seed=5, pyramid="tcga40x", borders=True)
+    decodes = []
+    decode = ScaledJpeg.decode
+    monkeypatch.setattr(ScaledJpeg, "decode", lambda self, *a: decodes.append(1) or decode(self, *a))
+    hinted = tile_slide("c", "s", path, tmp_path / "hinted.tfrecord", TilingParams(20, 512, threads=2))
+    n_hinted, decodes[:] = len(decodes), []
+    monkeypatch.setattr(TiffLevelReader, "hint_tissue", lambda self, thumb, threshold: None)
+    whole = tile_slide("c", "s", path, tmp_path / "whole.tfrecord", TilingParams(20, 512, threads=2))
+    assert hinted.status == whole.status == "ok" and hinted.info["decode_scale"] == 0.5
+    assert hinted.records == whole.records and len(hinted.records) > 0
+    assert (tmp_path / "hinted.tfrecord").read_bytes() == (tmp_path / "whole.tfrecord").read_bytes()
+    candidates = len(decodes) // 16  # every candidate cell decoded whole: 16 stored tiles each
+    assert len(decodes) == candidates * 16 and candidates > len(whole.records)  # some border cells are dropped
+    assert n_hinted < len(decodes), (n_hinted, len(decodes), candidates, len(whole.records))
