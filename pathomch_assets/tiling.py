@@ -112,6 +112,16 @@ def tissue_fraction(rgb: np.ndarray, threshold: int = 220) -> np.ndarray | float
     return 1.0 - background / (rgb.shape[-3] * rgb.shape[-2])
 
 
+def tissue_mask(rgb: np.ndarray, threshold: int = 220) -> np.ndarray:
+    """Tissue pixels: some channel at or below ``threshold`` (:func:`tissue_fraction`'s non-background)."""
+    return np.minimum(np.minimum(rgb[..., 0], rgb[..., 1]), rgb[..., 2]) <= threshold
+
+
+def rgbx_background(rgbx: np.ndarray, threshold: int) -> int:
+    """Background pixels of RGBX pixels (X = 255): all four bytes above ``threshold``, one comparison pass."""
+    return int(np.count_nonzero(np.greater(rgbx, threshold).view(np.uint32) == 0x01010101))
+
+
 def rgba_to_rgb_on_white(rgba: np.ndarray) -> np.ndarray:
     """OpenSlide returns premultiplied RGBA; transparent (unscanned) pixels become white."""
     if rgba[..., 3].min() == 255:  # fully opaque: the common case, a view, no copy
@@ -156,8 +166,7 @@ def candidate_cells(thumb: np.ndarray | None, info, choice: LevelChoice, params:
     if cell < 4:
         return None
     keep = np.ones((n_rows, n_cols), bool)
-    darkest = np.minimum(np.minimum(thumb[..., 0], thumb[..., 1]), thumb[..., 2])
-    tissue = darkest <= params.background_threshold
+    tissue = tissue_mask(thumb, params.background_threshold)
     for r in range(n_rows):
         y0, y1 = int(r * cell), int(np.ceil((r + 1) * cell))
         for c in range(n_cols):
@@ -352,9 +361,8 @@ class TiffLevelReader:
         bh, bw = p.tilelength * h / p.imagelength, p.tilewidth * w / p.imagewidth  # thumbnail px per stored tile
         if bh < 1 or bw < 1:
             return
-        tissue = np.minimum(np.minimum(thumb[..., 0], thumb[..., 1]), thumb[..., 2]) <= threshold
-        area = np.zeros((h + 1, w + 1))
-        area[1:, 1:] = tissue.cumsum(0).cumsum(1)  # summed-area table: any box's tissue in four look-ups
+        area = np.zeros((h + 1, w + 1))  # summed-area table: any box's tissue in four look-ups
+        area[1:, 1:] = tissue_mask(thumb, threshold).cumsum(0).cumsum(1)
         rows, cols = -(-p.imagelength // p.tilelength), -(-p.imagewidth // p.tilewidth)
         y0 = np.minimum((np.arange(rows) * bh).astype(int), h - 1)
         x0 = np.minimum((np.arange(cols) * bw).astype(int), w - 1)
@@ -584,7 +592,7 @@ def _scaled_cells(reader: TiffLevelReader, choice: LevelChoice, params: TilingPa
             order = [np.unravel_index(k, hint.shape) for k in np.argsort(hint, axis=None, kind="stable")]
 
             def stop(k, pixels, background=background):
-                background[0] += np.count_nonzero(np.greater(pixels, threshold).view(np.uint32) == 0x01010101)
+                background[0] += rgbx_background(pixels, threshold)
                 return 1.0 - background[0] / area < min_fraction  # fails the rule already: more cannot pass it
 
         try:
@@ -594,7 +602,7 @@ def _scaled_cells(reader: TiffLevelReader, choice: LevelChoice, params: TilingPa
         if not whole:
             continue
         if stop is None:  # counted as a whole (the stored tiles partition the cell: the same count)
-            background[0] = np.count_nonzero(np.greater(cell, threshold).view(np.uint32) == 0x01010101)
+            background[0] = rgbx_background(cell, threshold)
         fraction = 1.0 - background[0] / area
         if fraction >= min_fraction:
             # the encoder reads RGBX as it reads RGB (the same bytes: test_tiling), so X is never copied away
