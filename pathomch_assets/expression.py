@@ -32,7 +32,7 @@ import pandas as pd
 
 from .config import is_mirna
 
-_BARCODE = re.compile(r"^TCGA-[A-Z0-9]{2}-[A-Z0-9]{4}-\d{2}")
+_BARCODE = re.compile(r"^TCGA-[A-Z0-9]{2}-[A-Z0-9]{4}-\d{2}", re.IGNORECASE)
 NA_STRINGS = {
     "",
     "NA",
@@ -156,7 +156,7 @@ def read_expression(
                     f"{path}: line 1, column {i + 1}: expected a TCGA aliquot barcode "
                     f"(TCGA-XX-XXXX-01A-...), found {bc!r}"
                 )
-            pid = bc[:12]
+            pid = bc[:12].upper()
             if sample_type(bc) != PRIMARY_TUMOUR or (patients is not None and pid not in patients):
                 skipped += 1
                 continue

@@ -32,7 +32,9 @@ SLIDE_SUFFIXES = {".svs", ".tif", ".tiff", ".ndpi", ".vms", ".vmu", ".scn", ".mr
 #: mpp outside this range is not a microscope slide (e.g. a TIFF's 72 dpi default).
 PLAUSIBLE_MPP = (0.05, 20.0)
 
-_TCGA = re.compile(r"^TCGA-[A-Z0-9]{2}-[A-Z0-9]{4}")
+_TCGA = re.compile(r"^TCGA-[A-Z0-9]{2}-[A-Z0-9]{4}", re.IGNORECASE)
+#: a TCGA patient barcode: project, tissue source site (2 characters), participant (4)
+_TCGA_PATIENT = re.compile(r"^TCGA-([A-Z0-9]{2})-([A-Z0-9]{4})$")
 _DX = re.compile(r"-DX(\d+)", re.IGNORECASE)
 
 GDC_MANIFEST_COLUMNS = ["id", "filename", "md5", "size", "state"]
@@ -95,8 +97,44 @@ def slide_id_from_path(path: str | Path) -> str:
 
 
 def patient_id(slide_id: str) -> str:
-    """SPEC 2: the first 12 characters, ``TCGA-XX-XXXX``."""
-    return slide_id[:12]
+    """SPEC 2: the first 12 characters, ``TCGA-XX-XXXX``; a TCGA barcode in any case is upper-cased (the
+    expression tables and cBioPortal write patients in upper case).
+
+    Examples
+    --------
+    >>> patient_id("tcga-a2-a04n-01z-00-dx1.9d2a8c6c")
+    'TCGA-A2-A04N'
+    >>> patient_id("case_017-slide2")
+    'case_017-sli'
+    """
+    pid = slide_id[:12]
+    return pid.upper() if _TCGA.match(pid) else pid
+
+
+def tss_code(patient: str) -> str:
+    """The tissue source site of a TCGA patient barcode: its second field (``A2`` in ``TCGA-A2-A04N``).
+
+    Any case is accepted; a slide or aliquot barcode is cut to its patient part first.  ``ValueError`` for
+    anything that is not a TCGA barcode (give such a cohort a ``site_file``).
+
+    Examples
+    --------
+    >>> tss_code("TCGA-A2-A04N")
+    'A2'
+    >>> tss_code("tcga-e2-a1b1-01z-00-dx1")
+    'E2'
+    >>> tss_code("TCGA-A2")
+    Traceback (most recent call last):
+    ...
+    ValueError: 'TCGA-A2' is not a TCGA patient barcode (TCGA-<site: 2 characters>-<participant: 4>, e.g. TCGA-A2-A04N); give the cohort a site_file that maps its patients to sites
+    """
+    m = _TCGA_PATIENT.match(str(patient)[:12].upper())
+    if not m:
+        raise ValueError(
+            f"{patient!r} is not a TCGA patient barcode (TCGA-<site: 2 characters>-<participant: 4>, "
+            "e.g. TCGA-A2-A04N); give the cohort a site_file that maps its patients to sites"
+        )
+    return m.group(1)
 
 
 def is_diagnostic(slide_id: str) -> bool:

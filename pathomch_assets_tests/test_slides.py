@@ -10,12 +10,14 @@ from pathomch_assets.slides import (
     base_magnification,
     choose_level,
     discover_slides,
+    is_diagnostic,
     open_slide,
     patient_id,
     primary_slides,
     read_gdc_manifest,
     slide_id_from_path,
     slide_info,
+    tss_code,
     usable_slides,
 )
 from pathomch_assets.tiling import TilingParams, tile_slide
@@ -30,6 +32,28 @@ def test_ids_follow_tcga_rules():
     assert sid == "TCGA-AR-A5QM-01Z-00-DX1.A9017CED-FF57-4090-95B9-94DC91854347"
     assert patient_id(sid) == "TCGA-AR-A5QM"
     assert slide_id_from_path("study/TCGA-AA-0001-01Z-00-DX1/frame_0.dcm") == "TCGA-AA-0001-01Z-00-DX1"
+
+
+def test_lowercase_barcodes_are_the_same_patient_and_tissue_slides_are_not_diagnostic():
+    assert patient_id("tcga-ar-a5qm-01z-00-dx1.a9017ced") == "TCGA-AR-A5QM"
+    assert is_diagnostic("tcga-ar-a5qm-01z-00-dx1.a9017ced")
+    assert not is_diagnostic("tcga-ar-a5qm-01a-01-ts1.1234")
+    assert not is_diagnostic("TCGA-AR-A5QM-01A-01-TS1.1234")
+    assert is_diagnostic("case_17")  # not a TCGA name: taken as diagnostic
+
+
+@pytest.mark.parametrize(
+    "barcode, site",
+    [("TCGA-A2-A04N", "A2"), ("tcga-e2-a1b1", "E2"), ("TCGA-AR-A5QM-01Z-00-DX1.A9017CED", "AR"), ("TCGA-5T-A9QA", "5T")],
+)
+def test_tss_code_is_the_second_barcode_field(barcode, site):
+    assert tss_code(barcode) == site
+
+
+@pytest.mark.parametrize("bad", ["TCGA-A2", "TCGA-A2_A04N", "A2-A04N-TCGA", "case_17", "", "TCGA-A!-A04N"])
+def test_tss_code_refuses_a_malformed_barcode_with_what_to_do(bad):
+    with pytest.raises(ValueError, match="is not a TCGA patient barcode.*site_file"):
+        tss_code(bad)
 
 
 def test_magnification_from_mpp_on_a_real_svs():
