@@ -44,7 +44,12 @@ def test_lowercase_barcodes_are_the_same_patient_and_tissue_slides_are_not_diagn
 
 @pytest.mark.parametrize(
     "barcode, site",
-    [("TCGA-A2-A04N", "A2"), ("tcga-e2-a1b1", "E2"), ("TCGA-AR-A5QM-01Z-00-DX1.A9017CED", "AR"), ("TCGA-5T-A9QA", "5T")],
+    [
+        ("TCGA-A2-A04N", "A2"),
+        ("tcga-e2-a1b1", "E2"),
+        ("TCGA-AR-A5QM-01Z-00-DX1.A9017CED", "AR"),
+        ("TCGA-5T-A9QA", "5T"),
+    ],
 )
 def test_tss_code_is_the_second_barcode_field(barcode, site):
     assert tss_code(barcode) == site
