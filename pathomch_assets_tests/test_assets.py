@@ -19,6 +19,7 @@ from pathomch_assets import layout
 from pathomch_assets.config import load_config
 from pathomch_assets.definitions import build_definitions
 from pathomch_assets.partitions import SLIDES
+from pathomch_assets.reporting import EMBED_MAX_BYTES
 from pathomch_assets.resources import PathomchResource
 from pathomch_assets.tables import TableStore
 
@@ -301,6 +302,10 @@ def test_survival_analysis_uses_dx1_slides_of_the_survival_set(tiny):
     assert rows.loc["hti (Harrell's C)"].c_index > 0.9
     for figure in ("kaplan_meier", "hti_by_expression"):
         assert layout.survival_figure_file(cfg, "brca", "A+B", figure).exists()
+        # shown on the asset page without a figure server: inline, small (reporting.figure_file)
+        image = result.metadata[f"{figure}_A+B_image"].value
+        assert image.startswith(f"![{figure}_A+B](data:image/png;base64,")
+        assert len(image) < 4 / 3 * EMBED_MAX_BYTES + 100
     assert "hti_by_clinical_A+B_note" in result.metadata  # no ER/PAM50 column: says why Figure 6 is missing
 
 

@@ -1,0 +1,140 @@
+"""Figures on the asset page: inline where an event is one of a bounded set (a cohort, a model), a path where
+events are per slide or repeated over a range, a link where the files are served (``PATHOMCH_FIGURES_URL``).
+Sizes are measured on the serialized events Dagster stores."""
+
+import base64
+import io
+
+import dagster as dg
+import numpy as np
+from PIL import Image
+
+from pathomch_assets import reporting
+from pathomch_assets.plots import pyplot
+
+PREFIX = "data:image/png;base64,"
+
+
+def survival_like_figure():
+    """A Kaplan-Meier-sized figure (two step curves with confidence bands and a table), as survival draws it."""
+    rng = np.random.default_rng(0)
+    fig, axes = pyplot().subplots(2, 1, figsize=(6, 5.5), gridspec_kw={"height_ratios": [4, 1]})
+    for group in range(2):
+        t = np.sort(rng.exponential(40, 60))
+        s = np.linspace(1, 0.1, 60)
+        axes[0].step(t, s, where="post", label=f"group {group}")
+        axes[0].fill_between(t, s - 0.1, s + 0.1, step="post", alpha=0.2)
+    axes[0].legend()
+    axes[1].axis("off")
+    axes[1].table(cellText=[["60", "41", "22", "9"], ["60", "35", "14", "3"]], loc="center")
+    return fig
+
+
+def build(tmp_path, partitions_def, backfill_policy=None):
+    @dg.asset(partitions_def=partitions_def, backfill_policy=backfill_policy)
+    def drawn(context: dg.AssetExecutionContext) -> dg.MaterializeResult:
+        name = "_".join(k.replace("/", "_") for k in context.partition_keys) if partitions_def else "all"
+        return dg.MaterializeResult(
+            metadata=reporting.figure_file(survival_like_figure(), tmp_path / f"{name}.png", "km", tmp_path)
+        )
+
+    return drawn
+
+
+def events(instance):
+    records = instance.fetch_materializations(dg.AssetKey("drawn"), limit=100).records
+    return {r.asset_materialization.partition: r for r in records}
+
+
+def inline_png(value) -> bytes:
+    text = value.value
+    assert text.startswith(f"![km]({PREFIX}") and text.endswith(")")
+    return base64.b64decode(text[len(f"![km]({PREFIX}") : -1])
+
+
+def test_a_cohort_figure_is_inline_in_its_one_event(tmp_path, monkeypatch):
+    monkeypatch.delenv("PATHOMCH_FIGURES_URL", raising=False)
+    cohorts = dg.StaticPartitionsDefinition(["brca", "luad"])
+    with dg.instance_for_test() as instance:
+        assert dg.materialize([build(tmp_path, cohorts)], instance=instance, partition_key="brca").success
+        (record,) = events(instance).values()
+    meta = record.asset_materialization.metadata
+    png = inline_png(meta["km_image"])
+    img = Image.open(io.BytesIO(png))
+    assert img.format == "PNG" and img.width > 200 and len(png) <= reporting.EMBED_MAX_BYTES
+    assert meta["km"].value == str(tmp_path / "brca.png") and (tmp_path / "brca.png").exists()
+    # the whole stored event: the image and little else
+    assert len(dg.serialize_value(record.event_log_entry)) < 4 / 3 * reporting.EMBED_MAX_BYTES + 4_000
+
+
+def test_unpartitioned_and_model_figures_are_inline(tmp_path, monkeypatch):
+    monkeypatch.delenv("PATHOMCH_FIGURES_URL", raising=False)
+    models = dg.MultiPartitionsDefinition(
+        {"target": dg.StaticPartitionsDefinition(["brca/A"]), "round": dg.StaticPartitionsDefinition(["round_0"])}
+    )
+    with dg.instance_for_test() as instance:
+        assert dg.materialize([build(tmp_path, None)], instance=instance).success
+        key = dg.MultiPartitionKey({"target": "brca/A", "round": "round_0"})
+        assert dg.materialize([build(tmp_path, models)], instance=instance, partition_key=key).success
+        records = instance.fetch_materializations(dg.AssetKey("drawn"), limit=10).records
+    assert len(records) == 2
+    for r in records:
+        inline_png(r.asset_materialization.metadata["km_image"])
+
+
+def test_per_slide_events_keep_the_path_only(tmp_path, monkeypatch):
+    monkeypatch.delenv("PATHOMCH_FIGURES_URL", raising=False)
+    slides = dg.DynamicPartitionsDefinition(name="slides")
+    with dg.instance_for_test() as instance:
+        instance.add_dynamic_partitions("slides", ["brca/S1"])
+        assert dg.materialize([build(tmp_path, slides)], instance=instance, partition_key="brca/S1").success
+        (record,) = events(instance).values()
+    meta = record.asset_materialization.metadata
+    assert "km_image" not in meta and meta["km"].value == str(tmp_path / "brca_S1.png")
+    assert len(dg.serialize_value(record.event_log_entry)) < 4_000
+
+
+def test_a_range_run_does_not_repeat_an_image_in_every_partition(tmp_path, monkeypatch):
+    monkeypatch.delenv("PATHOMCH_FIGURES_URL", raising=False)
+    cohorts = dg.StaticPartitionsDefinition(["brca", "luad"])
+    asset = build(tmp_path, cohorts, dg.BackfillPolicy.single_run())
+    tags = {"dagster/asset_partition_range_start": "brca", "dagster/asset_partition_range_end": "luad"}
+    with dg.instance_for_test() as instance:
+        assert dg.materialize([asset], instance=instance, tags=tags).success
+        got = events(instance)
+    assert set(got) == {"brca", "luad"}
+    for record in got.values():
+        assert "km_image" not in record.asset_materialization.metadata
+        assert len(dg.serialize_value(record.event_log_entry)) < 4_000
+
+
+def test_served_figures_are_linked_not_embedded(tmp_path, monkeypatch):
+    monkeypatch.setenv("PATHOMCH_FIGURES_URL", "http://figures.example.org/run/")
+    cohorts = dg.StaticPartitionsDefinition(["brca"])
+    with dg.instance_for_test() as instance:
+        assert dg.materialize([build(tmp_path, cohorts)], instance=instance, partition_key="brca").success
+        (record,) = events(instance).values()
+    assert record.asset_materialization.metadata["km_image"].value == "![km](http://figures.example.org/run/brca.png)"
+
+
+def test_a_figure_too_large_for_every_resolution_is_not_inlined():
+    fig = survival_like_figure()
+    try:
+        assert reporting.md_image(fig, "km", max_bytes=500) is None
+        small = reporting.md_image(fig, "km")
+        assert small is not None and small.value.startswith(f"![km]({PREFIX}")
+    finally:
+        pyplot().close(fig)
+
+
+def test_a_tighter_budget_gets_a_coarser_image_not_a_cut_one():
+    fig = survival_like_figure()
+    try:
+        sharp = base64.b64decode(reporting.md_image(fig, "km").value[len(f"![km]({PREFIX}") : -1])
+        coarse_md = reporting.md_image(fig, "km", max_bytes=len(sharp) - 1)
+    finally:
+        pyplot().close(fig)
+    coarse = base64.b64decode(coarse_md.value[len(f"![km]({PREFIX}") : -1])
+    assert len(coarse) < len(sharp)
+    a, b = Image.open(io.BytesIO(sharp)), Image.open(io.BytesIO(coarse))
+    assert b.width < a.width and abs(b.width / b.height - a.width / a.height) < 0.05  # the same figure, smaller
