@@ -17,8 +17,14 @@ $(BIN)/pathomch: pyproject.toml
 
 venv: $(BIN)/pathomch            ## create .venv with the package and test tools
 
+#: `make ui` serves the demo's data_dir here; `make demo` and runs started from the UI link the figures that are
+#: not inline in their events (per-slide heterogeneity maps) to it (reporting.figure_file)
+FIGURES_PORT ?= 8001
+FIGURES_DIR ?= data/output
+PATHOMCH_FIGURES_URL ?= http://127.0.0.1:$(FIGURES_PORT)
+
 demo: venv                       ## build the demo cohorts and materialize every asset
-	$(BIN)/pathomch demo
+	PATHOMCH_FIGURES_URL=$(PATHOMCH_FIGURES_URL) $(BIN)/pathomch demo
 
 #: science modules whose docstring examples run as tests
 DOCTESTS := $(addprefix pathomch_assets/,ensemble.py evaluation.py heterogeneity.py layout.py labels.py slides.py splits.py training.py)
@@ -34,9 +40,11 @@ lint: venv                       ## ruff (lint and format) and mypy, as CI runs 
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy
 
-ui: venv                         ## the Dagster UI on http://127.0.0.1:3000 over the demo's instance
+ui: venv                         ## the Dagster UI on http://127.0.0.1:3000 over the demo's instance, its figures served
 	mkdir -p $(DAGSTER_HOME)
-	$(BIN)/dagster dev -w workspace.yaml
+	$(BIN)/python -m http.server --bind 127.0.0.1 --directory $(FIGURES_DIR) $(FIGURES_PORT) >/dev/null 2>&1 & \
+	trap "kill $$! 2>/dev/null" EXIT; \
+	PATHOMCH_FIGURES_URL=$(PATHOMCH_FIGURES_URL) $(BIN)/dagster dev -w workspace.yaml
 
 screenshots: venv               ## docs/screenshots/*.png from `dagster dev` over the demo (needs chromium)
 	$(BIN)/python -m pathomch_assets_tests.browser

@@ -73,13 +73,12 @@ def figure_file(fig, path, label: str, root=None, dpi: int = 90) -> dict[str, dg
     The metadata holds the file's path under ``label`` and, under ``<label>_image``, the figure itself
     for the asset page:
 
-    - where the files are served over HTTP (a bucket's web endpoint, or ``python -m http.server`` over
-      ``data_dir``) and ``PATHOMCH_FIGURES_URL`` names that address: a markdown link to the file
-      (a few hundred bytes, for any asset);
-    - else, when the event is one of a bounded set (:func:`one_bounded_event`: cohort figures, training
-      curves): the figure inline as a small base64 PNG (:func:`md_image`, at most ``EMBED_MAX_BYTES``);
-    - else (per-slide assets, range runs): the path only, so an event stays a few KB however many slides
-      a deployment has.
+    - when the event is one of a bounded set (:func:`one_bounded_event`: cohort figures, training curves):
+      the figure inline as a small base64 PNG (:func:`md_image`, at most ``EMBED_MAX_BYTES``);
+    - else (per-slide assets, range runs), where the files are served over HTTP (``make ui`` serves the
+      demo's ``data_dir``; a bucket's web endpoint) and ``PATHOMCH_FIGURES_URL`` names that address
+      under ``root``: a markdown link to the file, a few hundred bytes;
+    - else the path only, so an event stays a few KB however many slides a deployment has.
     """
     import os
 
@@ -92,13 +91,12 @@ def figure_file(fig, path, label: str, root=None, dpi: int = 90) -> dict[str, dg
     with atomic_path(path) as tmp:
         fig.savefig(tmp, format="png", dpi=dpi, bbox_inches="tight")
     meta: dict[str, dg.MetadataValue] = {label: dg.MetadataValue.path(str(path))}
+    image = md_image(fig, label) if one_bounded_event() else None
     base = os.environ.get("PATHOMCH_FIGURES_URL")
-    if base and root is not None:
+    if image is None and base and root is not None:
         rel = str(path).removeprefix(str(root)).lstrip("/")
-        meta[f"{label}_image"] = dg.MetadataValue.md(f"![{label}]({base.rstrip('/')}/{rel})")
-    elif one_bounded_event():
-        image = md_image(fig, label)
-        if image is not None:
-            meta[f"{label}_image"] = image
+        image = dg.MetadataValue.md(f"![{label}]({base.rstrip('/')}/{rel})")
+    if image is not None:
+        meta[f"{label}_image"] = image
     plt.close(fig)
     return meta

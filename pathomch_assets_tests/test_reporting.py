@@ -1,18 +1,30 @@
-"""Figures on the asset page: inline where an event is one of a bounded set (a cohort, a model), a path where
-events are per slide or repeated over a range, a link where the files are served (``PATHOMCH_FIGURES_URL``).
-Sizes are measured on the serialized events Dagster stores."""
+"""Figures on the asset page: inline where an event is one of a bounded set (a cohort, a model); where events
+are per slide or repeated over a range, a link where the files are served (``PATHOMCH_FIGURES_URL``, which
+``make demo`` sets to the address ``make ui`` serves ``data_dir`` at), else the path.  Sizes are measured on
+the serialized events Dagster stores."""
 
 import base64
 import io
+import os
+import re
+import shutil
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
 
 import dagster as dg
 import numpy as np
+import pytest
 from PIL import Image
 
 from pathomch_assets import reporting
+from pathomch_assets.config import DEMO_CONFIG, load_config
 from pathomch_assets.plots import pyplot
 
 PREFIX = "data:image/png;base64,"
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def survival_like_figure():
@@ -108,13 +120,21 @@ def test_a_range_run_does_not_repeat_an_image_in_every_partition(tmp_path, monke
         assert len(dg.serialize_value(record.event_log_entry)) < 4_000
 
 
-def test_served_figures_are_linked_not_embedded(tmp_path, monkeypatch):
+def test_served_figures_are_linked_where_they_are_not_inline(tmp_path, monkeypatch):
     monkeypatch.setenv("PATHOMCH_FIGURES_URL", "http://figures.example.org/run/")
+    slides = dg.DynamicPartitionsDefinition(name="slides")
     cohorts = dg.StaticPartitionsDefinition(["brca"])
     with dg.instance_for_test() as instance:
+        instance.add_dynamic_partitions("slides", ["brca/S1"])
+        assert dg.materialize([build(tmp_path, slides)], instance=instance, partition_key="brca/S1").success
+        (record,) = events(instance).values()
+    meta = record.asset_materialization.metadata
+    assert meta["km_image"].value == "![km](http://figures.example.org/run/brca_S1.png)"
+    assert len(dg.serialize_value(record.event_log_entry)) < 4_000
+    with dg.instance_for_test() as instance:  # a cohort's figure stays inline: it shows without the server
         assert dg.materialize([build(tmp_path, cohorts)], instance=instance, partition_key="brca").success
         (record,) = events(instance).values()
-    assert record.asset_materialization.metadata["km_image"].value == "![km](http://figures.example.org/run/brca.png)"
+    inline_png(record.asset_materialization.metadata["km_image"])
 
 
 def test_a_figure_too_large_for_every_resolution_is_not_inlined():
@@ -138,3 +158,62 @@ def test_a_tighter_budget_gets_a_coarser_image_not_a_cut_one():
     assert len(coarse) < len(sharp)
     a, b = Image.open(io.BytesIO(sharp)), Image.open(io.BytesIO(coarse))
     assert b.width < a.width and abs(b.width / b.height - a.width / a.height) < 0.05  # the same figure, smaller
+
+
+FAKE_DAGSTER = """#!{python}
+import os, sys, time, urllib.request
+url = os.environ["PATHOMCH_FIGURES_URL"] + "/figures/heterogeneity_maps/run.png"
+for _ in range(100):
+    try:
+        body = urllib.request.urlopen(url, timeout=5).read()
+        break
+    except OSError:
+        time.sleep(0.1)
+else:
+    sys.exit("nothing served at " + url)
+open(os.environ["GOT"], "wb").write(body)
+"""
+
+
+@pytest.mark.skipif(shutil.which("make") is None, reason="no make")
+def test_make_ui_serves_the_figures_make_demo_links_to(tmp_path):
+    plan = subprocess.run(["make", "-n", "demo", "ui"], cwd=ROOT, capture_output=True, text=True, check=True).stdout
+    linked = re.search(r"PATHOMCH_FIGURES_URL=(\S+) \S*pathomch demo", plan)[1]
+    served = re.search(r"-m http.server --bind (\S+) --directory (\S+) (\d+)", plan)
+    assert linked == f"http://{served[1]}:{served[3]}"
+    assert (ROOT / served[2]).resolve() == load_config(DEMO_CONFIG, check_files=False).data_dir.resolve()
+    assert f"PATHOMCH_FIGURES_URL={linked} " in plan.split("http.server")[1]  # runs started from the UI link there
+
+    # the recipe itself, with `dagster dev` replaced by a client that fetches a figure while it runs
+    data_dir, fake_bin = tmp_path / "output", tmp_path / "bin"
+    (data_dir / "figures" / "heterogeneity_maps").mkdir(parents=True)
+    png = data_dir / "figures" / "heterogeneity_maps" / "run.png"
+    fig = survival_like_figure()
+    fig.savefig(png, format="png", dpi=40)
+    pyplot().close(fig)
+    fake_bin.mkdir()
+    (fake_bin / "python").symlink_to(sys.executable)
+    (fake_bin / "pathomch").touch()  # `venv` is up to date
+    (fake_bin / "dagster").write_text(FAKE_DAGSTER.format(python=sys.executable))
+    (fake_bin / "dagster").chmod(0o755)
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    subprocess.run(
+        ["make", "ui", f"BIN={fake_bin}", f"FIGURES_DIR={data_dir}", f"FIGURES_PORT={port}"]
+        + [f"DAGSTER_HOME={tmp_path / 'home'}"],
+        cwd=ROOT,
+        env={**os.environ, "GOT": str(tmp_path / "got.png")},
+        check=True,
+        capture_output=True,
+        timeout=120,
+    )
+    assert (tmp_path / "got.png").read_bytes() == png.read_bytes()
+    for _ in range(100):  # the server stops with the UI (it is sent SIGTERM as the recipe exits)
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=2).close()
+        except OSError:
+            break
+        time.sleep(0.1)
+    else:
+        pytest.fail(f"the figure server on port {port} outlived `make ui`")
