@@ -15,7 +15,7 @@ as many tiles across (60-100 and 250-400 tissue tiles instead of the demo's 15-2
     .venv/bin/python bench/resolution.py [--patients 80] [--sizes 32 64 128] [--grid-scale 1] [--work DIR]
                                          [--reuse [--rescore]] [--out bench/resolution.json]
 
-Writes ``--out`` and prints a Markdown table (``make bench-resolution``: both files of the README).
+Writes ``--out`` and prints a Markdown table (``make bench-resolution``: both tables of docs/hti-evidence.md).
 ``--reuse`` keeps finished runs in ``--work`` and only re-reads their tables (after a change to the HTI
 code, re-run with ``--rescore``).
 """

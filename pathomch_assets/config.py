@@ -57,7 +57,7 @@ class TilingConfig(_Strict):
         description="where the level read is 2, 4 or 8 times the target magnification (a 40x slide with no 20x "
         "level, tiled at 20x) and its TIFF tiles are JPEG, decode them at 1/2, 1/4 or 1/8 scale in the DCT domain "
         "(libjpeg-turbo) instead of whole and resampled: cheaper, pixels within a few grey levels of the exact "
-        "path (README, Performance); false: the exact path (full decode, box resize)",
+        "path (docs/performance.md); false: the exact path (full decode, box resize)",
     )
     min_tiles_per_slide: int = Field(5, ge=1, description="fewer tissue tiles than this is flagged by an asset check")
     magnification_tolerance: float = Field(

@@ -115,7 +115,7 @@ DEFAULT_COHORTS = (
 )
 
 #: the harder planted family (issue 19): a fine nuclear texture beside a colour trait and a control.
-#: Not part of ``make demo`` (time); built by ``test_harder_family`` and ``bench/resolution.py`` (README table).
+#: Not part of ``make demo`` (time); built by ``test_harder_family`` and ``bench/resolution.py`` (docs/hti-evidence.md).
 HARDER_COHORT = DemoCohortSpec(
     "hard",
     ("A7", "AC", "B6", "D8", "E9"),

@@ -75,7 +75,7 @@ def hti_from_tensor(tensor: np.ndarray, mask: np.ndarray | None = None) -> float
 BOOTSTRAP = 200
 PERMUTATIONS = 199
 #: robust HTI: how far an unsure tile's soft call moves towards its neighbourhood's (0 none, 1 all the way);
-#: 0.5 lowered the HTI error on both study cohorts (README), 1 erodes regions only a few tiles wide
+#: 0.5 lowered the HTI error on both study cohorts (docs/hti-evidence.md), 1 erodes regions only a few tiles wide
 NEIGHBOUR_WEIGHT = 0.5
 
 
@@ -303,7 +303,7 @@ def robust_calls(
     of a model that barely sees a trait are scattered, and every scattered error adds a spurious
     combination to the HTI's entropy; this removes them without touching confident calls.
 
-    Chosen by measurement against the planted HTI on held-out slides (``bench/resolution.py``, README).  On
+    Chosen by measurement against the planted HTI on held-out slides (docs/hti-evidence.md).  On
     the demo's small slides (15-25 tissue tiles) step 2 does the work and step 1 mostly keeps the tiles as
     they are; on slides with more tiles (``grid_scale``), step 1 removes most errors.  A correction of the
     combination shares by the ensemble's joint :math:`2^N \times 2^N` confusion matrix from validation

@@ -1,4 +1,4 @@
-"""Faults and guards: concurrent writers, resuming, privacy, leakage (see README, Reliability)."""
+"""Faults and guards: concurrent writers, resuming, privacy, leakage (see docs/reliability.md)."""
 
 from concurrent.futures import ProcessPoolExecutor
 from multiprocessing import get_context
