@@ -42,19 +42,27 @@ def survival_like_figure():
     return fig
 
 
-def build(tmp_path, partitions_def, backfill_policy=None):
-    @dg.asset(partitions_def=partitions_def, backfill_policy=backfill_policy)
+@pytest.fixture(scope="module")
+def instance():
+    """One instance for the file (each test materializes an asset of its own name): about 2 s each saved."""
+    with dg.instance_for_test() as inst:
+        inst.add_dynamic_partitions("slides", ["brca/S1"])
+        yield inst
+
+
+def build(name, tmp_path, partitions_def, backfill_policy=None):
+    @dg.asset(name=name, partitions_def=partitions_def, backfill_policy=backfill_policy)
     def drawn(context: dg.AssetExecutionContext) -> dg.MaterializeResult:
-        name = "_".join(k.replace("/", "_") for k in context.partition_keys) if partitions_def else "all"
+        key = "_".join(k.replace("/", "_") for k in context.partition_keys) if partitions_def else "all"
         return dg.MaterializeResult(
-            metadata=reporting.figure_file(survival_like_figure(), tmp_path / f"{name}.png", "km", tmp_path)
+            metadata=reporting.figure_file(survival_like_figure(), tmp_path / f"{key}.png", "km", tmp_path)
         )
 
     return drawn
 
 
-def events(instance):
-    records = instance.fetch_materializations(dg.AssetKey("drawn"), limit=100).records
+def events(instance, name):
+    records = instance.fetch_materializations(dg.AssetKey(name), limit=100).records
     return {r.asset_materialization.partition: r for r in records}
 
 
@@ -64,12 +72,14 @@ def inline_png(value) -> bytes:
     return base64.b64decode(text[len(f"![km]({PREFIX}") : -1])
 
 
-def test_a_cohort_figure_is_inline_in_its_one_event(tmp_path, monkeypatch):
+COHORTS = dg.StaticPartitionsDefinition(["brca", "luad"])
+SLIDES = dg.DynamicPartitionsDefinition(name="slides")
+
+
+def test_a_cohort_figure_is_inline_in_its_one_event(instance, tmp_path, monkeypatch):
     monkeypatch.delenv("PATHOMCH_FIGURES_URL", raising=False)
-    cohorts = dg.StaticPartitionsDefinition(["brca", "luad"])
-    with dg.instance_for_test() as instance:
-        assert dg.materialize([build(tmp_path, cohorts)], instance=instance, partition_key="brca").success
-        (record,) = events(instance).values()
+    assert dg.materialize([build("cohort", tmp_path, COHORTS)], instance=instance, partition_key="brca").success
+    (record,) = events(instance, "cohort").values()
     meta = record.asset_materialization.metadata
     png = inline_png(meta["km_image"])
     img = Image.open(io.BytesIO(png))
@@ -79,61 +89,51 @@ def test_a_cohort_figure_is_inline_in_its_one_event(tmp_path, monkeypatch):
     assert len(dg.serialize_value(record.event_log_entry)) < 4 / 3 * reporting.EMBED_MAX_BYTES + 4_000
 
 
-def test_unpartitioned_and_model_figures_are_inline(tmp_path, monkeypatch):
+def test_unpartitioned_and_model_figures_are_inline(instance, tmp_path, monkeypatch):
     monkeypatch.delenv("PATHOMCH_FIGURES_URL", raising=False)
     models = dg.MultiPartitionsDefinition(
         {"target": dg.StaticPartitionsDefinition(["brca/A"]), "round": dg.StaticPartitionsDefinition(["round_0"])}
     )
-    with dg.instance_for_test() as instance:
-        assert dg.materialize([build(tmp_path, None)], instance=instance).success
-        key = dg.MultiPartitionKey({"target": "brca/A", "round": "round_0"})
-        assert dg.materialize([build(tmp_path, models)], instance=instance, partition_key=key).success
-        records = instance.fetch_materializations(dg.AssetKey("drawn"), limit=10).records
-    assert len(records) == 2
-    for r in records:
-        inline_png(r.asset_materialization.metadata["km_image"])
+    assert dg.materialize([build("whole", tmp_path, None)], instance=instance).success
+    key = dg.MultiPartitionKey({"target": "brca/A", "round": "round_0"})
+    assert dg.materialize([build("model", tmp_path, models)], instance=instance, partition_key=key).success
+    for name in ("whole", "model"):
+        (record,) = events(instance, name).values()
+        inline_png(record.asset_materialization.metadata["km_image"])
 
 
-def test_per_slide_events_keep_the_path_only(tmp_path, monkeypatch):
+def test_per_slide_events_keep_the_path_only(instance, tmp_path, monkeypatch):
     monkeypatch.delenv("PATHOMCH_FIGURES_URL", raising=False)
-    slides = dg.DynamicPartitionsDefinition(name="slides")
-    with dg.instance_for_test() as instance:
-        instance.add_dynamic_partitions("slides", ["brca/S1"])
-        assert dg.materialize([build(tmp_path, slides)], instance=instance, partition_key="brca/S1").success
-        (record,) = events(instance).values()
+    assert dg.materialize([build("slide", tmp_path, SLIDES)], instance=instance, partition_key="brca/S1").success
+    (record,) = events(instance, "slide").values()
     meta = record.asset_materialization.metadata
     assert "km_image" not in meta and meta["km"].value == str(tmp_path / "brca_S1.png")
     assert len(dg.serialize_value(record.event_log_entry)) < 4_000
 
 
-def test_a_range_run_does_not_repeat_an_image_in_every_partition(tmp_path, monkeypatch):
+def test_a_range_run_does_not_repeat_an_image_in_every_partition(instance, tmp_path, monkeypatch):
     monkeypatch.delenv("PATHOMCH_FIGURES_URL", raising=False)
-    cohorts = dg.StaticPartitionsDefinition(["brca", "luad"])
-    asset = build(tmp_path, cohorts, dg.BackfillPolicy.single_run())
+    asset = build("ranged", tmp_path, COHORTS, dg.BackfillPolicy.single_run())
     tags = {"dagster/asset_partition_range_start": "brca", "dagster/asset_partition_range_end": "luad"}
-    with dg.instance_for_test() as instance:
-        assert dg.materialize([asset], instance=instance, tags=tags).success
-        got = events(instance)
+    assert dg.materialize([asset], instance=instance, tags=tags).success
+    got = events(instance, "ranged")
     assert set(got) == {"brca", "luad"}
     for record in got.values():
         assert "km_image" not in record.asset_materialization.metadata
         assert len(dg.serialize_value(record.event_log_entry)) < 4_000
 
 
-def test_served_figures_are_linked_where_they_are_not_inline(tmp_path, monkeypatch):
+def test_served_figures_are_linked_where_they_are_not_inline(instance, tmp_path, monkeypatch):
     monkeypatch.setenv("PATHOMCH_FIGURES_URL", "http://figures.example.org/run/")
-    slides = dg.DynamicPartitionsDefinition(name="slides")
-    cohorts = dg.StaticPartitionsDefinition(["brca"])
-    with dg.instance_for_test() as instance:
-        instance.add_dynamic_partitions("slides", ["brca/S1"])
-        assert dg.materialize([build(tmp_path, slides)], instance=instance, partition_key="brca/S1").success
-        (record,) = events(instance).values()
-    meta = record.asset_materialization.metadata
-    assert meta["km_image"].value == "![km](http://figures.example.org/run/brca_S1.png)"
+    assert dg.materialize([build("served", tmp_path, SLIDES)], instance=instance, partition_key="brca/S1").success
+    (record,) = events(instance, "served").values()
+    assert record.asset_materialization.metadata["km_image"].value == (
+        "![km](http://figures.example.org/run/brca_S1.png)"
+    )
     assert len(dg.serialize_value(record.event_log_entry)) < 4_000
-    with dg.instance_for_test() as instance:  # a cohort's figure stays inline: it shows without the server
-        assert dg.materialize([build(tmp_path, cohorts)], instance=instance, partition_key="brca").success
-        (record,) = events(instance).values()
+    # a cohort's figure stays inline: it shows without the server
+    assert dg.materialize([build("served_cohort", tmp_path, COHORTS)], instance=instance, partition_key="brca").success
+    (record,) = events(instance, "served_cohort").values()
     inline_png(record.asset_materialization.metadata["km_image"])
 
 
