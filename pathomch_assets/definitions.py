@@ -66,7 +66,8 @@ def build_definitions(cfg: PathomchConfig | None = None, config_path: str | None
         asset_checks=asset_checks,
         jobs=[slide_job],
         sensors=[sensors.build(cfg, slide_job), automation_sensor()],
-        resources={"pathomch": PathomchResource(config_path=path), "accelerator": AcceleratorResource()},
+        # one configuration per run: the resource refuses a file that no longer says what built this graph
+        resources={"pathomch": PathomchResource.pinned(cfg, path), "accelerator": AcceleratorResource()},
         executor=executor_from_env(),
     )
 
