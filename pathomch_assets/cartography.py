@@ -191,20 +191,81 @@ def plot_heterogeneity_map(carto: Cartography, title: str = "", hti: float | Non
     return ax
 
 
-def to_geojson(carto: Cartography, tile_px_level0: float, name: str = "") -> dict:
+@dataclass(frozen=True)
+class TileGeometry:
+    """Where the tiler read the tiles of a slide: grid cell ``(col, row)`` is ``read_px`` x ``read_px`` pixels of a
+    pyramid level ``downsample`` times smaller than level 0, from level pixel ``(col * read_px, row * read_px)``
+    (``tiling``), then resized to ``tile_px``.
+
+    So a tile's level-0 square is ``read_px * downsample`` wide whatever the target magnification: on a 19.5x
+    slide tiled at 20x the level is read as is (within ``tiling.magnification_tolerance``) and a 512 px tile
+    covers 512 level-0 px, not ``512 * 19.5 / 20``.
+
+    Examples
+    --------
+    >>> g = TileGeometry.recorded({"read_px": 512, "base_magnification": 19.5, "level_magnification": 19.5})
+    >>> g.square(2, 1)
+    (1024.0, 512.0, 1536.0, 1024.0)
+    >>> TileGeometry.recorded({"read_px": 512, "base_magnification": 40.0, "level_magnification": 10.0}).side
+    2048.0
+    """
+
+    read_px: int
+    downsample: float
+
+    @classmethod
+    def recorded(cls, slide, tile_px: int | None = None, magnification: float | None = None) -> TileGeometry:
+        """From the slide's ``slides`` row (``read_px``, ``base_magnification``, ``level_magnification``: the
+        level the tiler chose, ``base / level`` its downsample).
+
+        A row without them (tiled before they were recorded) gets the estimate from the settings, ``tile_px``
+        target pixels at ``magnification``, when both are given; else a ``ValueError`` says what to do.
+        """
+
+        def number(key: str) -> float:
+            try:
+                value = float(slide[key])
+            except (KeyError, TypeError, ValueError):
+                return float("nan")
+            return value if value > 0 else float("nan")
+
+        read_px, base, level = number("read_px"), number("base_magnification"), number("level_magnification")
+        if read_px > 0 and base > 0 and level > 0:
+            return cls(int(read_px), base / level)
+        if tile_px and magnification and base > 0:
+            return cls(int(tile_px), base / magnification)
+        raise ValueError(
+            f"slide {getattr(slide, 'name', '')!r}: no recorded read_px/base_magnification/level_magnification "
+            "in the slides table; re-materialize its slide_tiles partition"
+        )
+
+    @property
+    def side(self) -> float:
+        """Level-0 pixels per tile side."""
+        return self.read_px * self.downsample
+
+    def square(self, col: int, row: int) -> tuple[float, float, float, float]:
+        """Level-0 ``(x0, y0, x1, y1)`` of the tile at grid ``(col, row)``."""
+        s = self.side
+        return col * s, row * s, (col + 1) * s, (row + 1) * s
+
+
+def to_geojson(carto: Cartography, geometry: TileGeometry | float, name: str = "") -> dict:
     """Tile calls as a QuPath-readable GeoJSON FeatureCollection in level-0 pixel coordinates.
 
     Each tissue tile is a square polygon with its combination as QuPath classification and
-    one 0/1 measurement per trait (File > Import objects in QuPath, over the same slide).
+    one 0/1 measurement per trait (File > Import objects in QuPath, over the same slide).  ``geometry``: the
+    tiler's recorded geometry (:class:`TileGeometry`), or a level-0 tile side in pixels.
     """
+    if not isinstance(geometry, TileGeometry):
+        geometry = TileGeometry(1, float(geometry))
     colours = combination_colours(len(carto.traits))
     names = combination_names(carto.traits)
     features = []
     rows, cols = np.nonzero(carto.mask)
     codes: np.ndarray | list[int] = combination_codes(carto.tensor[:, rows, cols].T.astype(bool)) if len(rows) else []
-    s = float(tile_px_level0)
     for r, c, code in zip(rows, cols, codes):
-        x0, y0 = c * s, r * s
+        x0, y0, x1, y1 = geometry.square(int(c), int(r))
         klass = (
             {"name": names[code - 1], "color": [int(v) for v in colours[code - 1]]}
             if code
@@ -215,7 +276,7 @@ def to_geojson(carto: Cartography, tile_px_level0: float, name: str = "") -> dic
                 "type": "Feature",
                 "geometry": {
                     "type": "Polygon",
-                    "coordinates": [[[x0, y0], [x0 + s, y0], [x0 + s, y0 + s], [x0, y0 + s], [x0, y0]]],
+                    "coordinates": [[[x0, y0], [x1, y0], [x1, y1], [x0, y1], [x0, y0]]],
                 },
                 "properties": {
                     "objectType": "tile",
@@ -228,8 +289,8 @@ def to_geojson(carto: Cartography, tile_px_level0: float, name: str = "") -> dic
     return {"type": "FeatureCollection", "features": features}
 
 
-def write_geojson(carto: Cartography, path: str | Path, tile_px_level0: float, name: str = "") -> Path:
+def write_geojson(carto: Cartography, path: str | Path, geometry: TileGeometry | float, name: str = "") -> Path:
     target = as_path(path)
     with atomic_path(target) as tmp:
-        tmp.write_text(json.dumps(to_geojson(carto, tile_px_level0, name)))
+        tmp.write_text(json.dumps(to_geojson(carto, geometry, name)))
     return target

@@ -9,6 +9,7 @@ from .assets import cartography, ingest, models, molecular, outcomes, scoring
 from .config import PathomchConfig, load_config
 from .deployment import executor_from_env
 from .resources import AcceleratorResource, PathomchResource
+from .versions import with_tiling_version
 
 #: shown on every asset in the UI; a deployment may replace it
 OWNERS = ["team:computational-pathology"]
@@ -59,11 +60,14 @@ def build_definitions(cfg: PathomchConfig | None = None, config_path: str | None
         description="Tile a slide, score it with the existing ensembles, map it and compute its HTI.",
     )
     return dg.Definitions(
-        assets=dg.map_asset_specs(lambda spec: spec.replace_attributes(owners=OWNERS), assets),
+        assets=dg.map_asset_specs(
+            lambda spec: spec.replace_attributes(owners=OWNERS), with_tiling_version(assets, cfg)
+        ),
         asset_checks=asset_checks,
         jobs=[slide_job],
         sensors=[sensors.build(cfg, slide_job), automation_sensor()],
-        resources={"pathomch": PathomchResource(config_path=path), "accelerator": AcceleratorResource()},
+        # one configuration per run: the resource refuses a file that no longer says what built this graph
+        resources={"pathomch": PathomchResource.pinned(cfg, path), "accelerator": AcceleratorResource()},
         executor=executor_from_env(),
     )
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import hashlib
+import json
 import os
 from pathlib import Path
 
@@ -9,7 +11,18 @@ import dagster as dg
 from pydantic import PrivateAttr
 
 from .config import DEMO_CONFIG, ENV_VAR, PathomchConfig, load_config
+from .errors import ConfigError
 from .tables import TableStore
+
+
+def config_digest(cfg: PathomchConfig) -> str:
+    """A short digest of a loaded configuration (every setting, paths resolved)."""
+    text = json.dumps(cfg.model_dump(mode="json"), sort_keys=True, default=str)
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+class ConfigChanged(ConfigError):
+    """The configuration file no longer says what the definitions were built from."""
 
 
 class PathomchResource(dg.ConfigurableResource):
@@ -18,10 +31,22 @@ class PathomchResource(dg.ConfigurableResource):
 
     The configuration is read and validated once per resource and file version: ``get_config`` reads the
     file again only when its path, size or modification time changed.
+
+    One configuration per run: the definitions pin their resource to the configuration they were built from
+    (``config_digest``; ``definitions.build_definitions``).  When the file has changed since (edited under a
+    running ``dagster dev``), ``get_config`` refuses with :class:`ConfigChanged` instead of handing the run
+    settings that differ from its asset graph (partitions, code versions); reloading the code location builds
+    both again from the new file.  A resource made without a digest (tests, scripts) follows the file.
     """
 
     config_path: str | None = None
+    config_digest: str | None = None
     _config: tuple | None = PrivateAttr(default=None)
+
+    @classmethod
+    def pinned(cls, cfg: PathomchConfig, config_path: str | None) -> PathomchResource:
+        """The resource of definitions built from ``cfg`` (read from ``config_path``)."""
+        return cls(config_path=config_path, config_digest=config_digest(cfg))
 
     def get_config(self) -> PathomchConfig:
         path = Path(self.config_path or os.environ.get(ENV_VAR) or DEMO_CONFIG).resolve()
@@ -31,7 +56,15 @@ class PathomchResource(dg.ConfigurableResource):
         except OSError:
             return load_config(path)  # says which file is missing
         if self._config is None or self._config[0] != version:
-            self._config = (version, load_config(path))
+            cfg = load_config(path)
+            if self.config_digest is not None and config_digest(cfg) != self.config_digest:
+                raise ConfigChanged(
+                    f"{path} changed since the Dagster definitions were built from it: this code location's asset "
+                    "graph (partitions, code versions) is the earlier file's. Reload the code location (UI: "
+                    "Deployment > Reload; or restart `dagster dev` / the command) so that the graph and the runs "
+                    "use the same configuration."
+                )
+            self._config = (version, cfg)
         return self._config[1]
 
     def get_store(self) -> TableStore:

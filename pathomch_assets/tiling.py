@@ -30,6 +30,31 @@ from .slides import LevelChoice, SlideError, check_manifest_entry, choose_level,
 BAND_TILES = 16
 
 
+#: tiling settings that change how fast tiles are made or how they are checked, never which tiles or their pixels
+#: (``threads`` is ``TilingParams``' name for ``threads_per_slide``; ``reader: auto`` decodes the same pixels)
+NOT_RESULTS = frozenset({"workers", "threads", "threads_per_slide", "reader", "min_tiles_per_slide"})
+
+
+def result_settings(settings: dict) -> dict:
+    """The tiling settings that change results: ``settings`` (``TilingParams`` or ``tiling`` config fields) less
+    :data:`NOT_RESULTS`.
+
+    The one rule behind both ``TilingParams.digest`` (tiles made with other such settings are not reused) and the
+    assets' code versions (``versions.tiling_version``): raising ``tiling.workers`` on a bigger machine re-tiles
+    nothing and stales nothing.  ``scaled_decode: false`` (the exact path) is left out, so tiles made before the
+    scaled decode existed keep their digest.
+
+    Examples
+    --------
+    >>> result_settings({"tile_px": 512, "workers": 8, "threads_per_slide": 4, "scaled_decode": False})
+    {'tile_px': 512}
+    """
+    out = {k: v for k, v in settings.items() if k not in NOT_RESULTS}
+    if out.get("scaled_decode") is False:
+        del out["scaled_decode"]
+    return out
+
+
 @dataclass(frozen=True)
 class TilingParams:
     magnification: float = 20.0
@@ -48,9 +73,7 @@ class TilingParams:
         import json
         from dataclasses import asdict
 
-        settings = {k: v for k, v in asdict(self).items() if k not in ("threads", "reader")}  # same pixels
-        if not self.scaled_decode:  # the exact path: tiles made before the scaled decode existed are its tiles
-            del settings["scaled_decode"]
+        settings = result_settings(asdict(self))
         return hashlib.sha1(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:12]
 
     @classmethod

@@ -7,6 +7,10 @@ or more parent partitions (``SKIP_PARTITION_DATA_VERSION_DEPENDENCY_THRESHOLD``)
 
 - each asset's code version is a hash of the settings it uses (``CODE_REVISION`` is bumped when
   the code changes its results): a changed setting marks exactly the assets that use it stale;
+- of the tiling settings only those that change results count (``tiling.result_settings``, the rule
+  ``TilingParams.digest`` also follows): they enter the code version of ``slide_tiles``, of ``trait_model``
+  and of everything downstream of either (``with_tiling_version``), so a new ``tile_px`` marks the whole
+  subgraph that reads tiles stale at once, while ``tiling.workers`` or ``threads_per_slide`` mark nothing;
 - ``trait_model`` and ``ensemble`` report data versions of what they made (the saved model, the
   members and their predictions), and every result a model feeds (slide predictions, maps and
   HTI, evaluation, survival) depends on them directly, through few partitions (targets x rounds:
@@ -31,6 +35,31 @@ def code_version(*settings) -> str:
     parts = [s.model_dump(mode="json") if hasattr(s, "model_dump") else s for s in settings]
     text = json.dumps([CODE_REVISION, parts], sort_keys=True, default=str)
     return hashlib.sha256(text.encode()).hexdigest()[:12]
+
+
+def tiling_version(cfg) -> dict:
+    """The tiling settings of ``cfg`` that change results (``tiling.result_settings``), for a code version."""
+    from .tiling import result_settings
+
+    return result_settings(cfg.tiling.model_dump(mode="json"))
+
+
+#: the assets that read tiles: these, and everything downstream of them, carry ``tiling_version`` in their code version
+TILE_READERS = ("slide_tiles", "trait_model")
+
+
+def with_tiling_version(assets: list, cfg) -> list:
+    """``assets`` with ``tiling_version(cfg)`` folded into the code version of :data:`TILE_READERS` and of every
+    asset downstream of them (the others unchanged)."""
+    readers = dg.AssetSelection.assets(*TILE_READERS).downstream().resolve(assets)
+    tiling = tiling_version(cfg)
+
+    def fold(spec: dg.AssetSpec) -> dg.AssetSpec:
+        if spec.key not in readers:
+            return spec
+        return spec.replace_attributes(code_version=code_version(spec.code_version, {"tiling": tiling}))
+
+    return list(dg.map_asset_specs(fold, assets))
 
 
 def data_version(*chunks: bytes | str) -> dg.DataVersion:

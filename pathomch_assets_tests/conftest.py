@@ -137,13 +137,14 @@ def planted_slide_plan(sid: str):
 
 #: the order in which xdist workers are handed test files (``--dist loadfile --no-loadscope-reorder``; by default
 #: xdist hands out files with the most tests first, so the long two-test files of `dagster dev` and whole
-#: pipelines started last and made the suite's tail).  Each worker starts with two files: the four longest
+#: pipelines started last and made the suite's tail).  Each worker starts with two files: the five longest
 #: (minutes each) first, then four quick ones to pair with them, then the rest as workers free up.
 FILE_ORDER = (
     "test_living.py",
     "test_scaleout.py",
     "test_pipeline.py",
     "test_small_cohort.py",
+    "test_postgres.py",
     "test_definitions.py",
     "test_storage.py",
     "test_demo_results.py",

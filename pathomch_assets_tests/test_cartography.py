@@ -67,7 +67,7 @@ def test_map_plot_has_a_legend():
 
 def test_geojson_for_qupath(tmp_path):
     carto = build_cartography(calls_frame(), ["A", "B"])
-    gj = to_geojson(carto, tile_px_level0=1024, name="s")
+    gj = to_geojson(carto, 1024, name="s")
     assert gj["type"] == "FeatureCollection" and len(gj["features"]) == 4
     f = next(f for f in gj["features"] if f["properties"]["name"].endswith("col 1 row 1"))
     assert f["geometry"]["coordinates"][0][0] == [1024.0, 1024.0]

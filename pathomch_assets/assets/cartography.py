@@ -10,6 +10,7 @@ import pandas as pd
 from .. import layout
 from ..cartography import (
     Cartography,
+    TileGeometry,
     analysis_sets,  # noqa: F401  (the survival asset and check read the same trait sets from here)
     build_cartography,
     combination_names,
@@ -174,9 +175,9 @@ def build(cfg: PathomchConfig, slide_predictions_asset, trait_model_asset, ensem
                     continue
                 carto = build_cartography(g, traits)
                 carto.save(layout.cartography_file(cfg, cohort, sid))
-                s = slides.loc[sid]
-                level0_px = cfg.tiling.tile_px * float(s["base_magnification"]) / cfg.tiling.magnification
-                write_geojson(carto, layout.cartography_file(cfg, cohort, sid, "geojson"), level0_px, sid)
+                # the level and read size the tiler used (older rows: the settings' estimate)
+                geometry = TileGeometry.recorded(slides.loc[sid], cfg.tiling.tile_px, cfg.tiling.magnification)
+                write_geojson(carto, layout.cartography_file(cfg, cohort, sid, "geojson"), geometry, sid)
                 soft, threshold = soft_calls(cfg, g, carto)
                 if not sets:  # no trait set with usable ensembles: the map of the usable traits, no HTI
                     for table in ("hti", "hti_stats", "hti_combinations"):

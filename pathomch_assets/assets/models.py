@@ -55,7 +55,7 @@ def build(cfg: PathomchConfig, labels_asset, splits_asset):
         pool="gpu",
         op_tags=GPU_STEP,
         tags=FAILS_ALONE,
-        code_version=code_version(cfg.training, cfg.splits, cfg.labels, cfg.tiling, cfg.seed),
+        code_version=code_version(cfg.training, cfg.splits, cfg.labels, cfg.seed),  # + tiling: definitions
         deps=[dg.AssetDep(labels_asset, partition_mapping=ALL), dg.AssetDep(splits_asset, partition_mapping=ALL)],
         description="One tile classifier per (cohort/trait, round) (SPEC 3.4): trained on every diagnostic slide "
         "of the round's training patients (tiles inherit the patient's label), validated every 1/16 epoch by "
