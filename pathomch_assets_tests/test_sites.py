@@ -10,7 +10,7 @@ from pathomch_assets.checks import site_separation
 from pathomch_assets.config import SplitConfig, load_config
 from pathomch_assets.definitions import build_definitions
 from pathomch_assets.resources import PathomchResource
-from pathomch_assets.sites import patient_sites, read_site_file
+from pathomch_assets.sites import patient_sites, read_site_file, site_lookup
 from pathomch_assets.splits import assign_splits, cohort_splits, moved_patients, site_preserved_splits
 from pathomch_assets.tables import TableStore
 
@@ -122,6 +122,17 @@ def test_site_file_for_non_tcga_patients(tmp_path):
         ValueError, match=r"bad.csv: line 3: patient case_001 has site 'Oslo' here but 'Leeds' on line 2"
     ):
         read_site_file(bad)
+
+
+def test_slides_site_per_cohort_from_its_site_file_else_the_barcode(tmp_path):
+    f = tmp_path / "sites.csv"
+    f.write_text("patient_id,site\ncase_001-sli,Leeds\n")
+    site_of = site_lookup({"mine": f, "brca": None})
+    assert site_of("mine", "case_001-sli") == "Leeds" and site_of("mine", "case_002-sli") is None
+    assert site_of("brca", "TCGA-A2-A04N") == "A2" and site_of("brca", "case_001-sli") is None
+    f.write_text("patient_id;site\n")
+    with pytest.raises(ValueError, match=r"sites.csv: line 1: missing column"):
+        site_lookup({"mine": f})  # checked when tiling starts, not at the first slide
 
 
 def slides_of(patients) -> pd.DataFrame:
