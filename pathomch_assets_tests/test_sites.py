@@ -226,3 +226,46 @@ def test_splits_asset_writes_sites_counts_and_keeps_old_sites(tmp_path, small):
     assert moved_patients(first, second).empty and "A1" in set(second["site"])
     assert site_separation(second, store.read("split_counts", "cohort = ?", ["brca"])).passed
     np.testing.assert_array_equal(sorted(second["patient_id"].unique()), sorted(sites.index))
+
+
+def test_slide_tiles_writes_each_slides_site(tmp_path):
+    """A TCGA slide gets its barcode's site, another its site file's (real OpenSlide slides, tiled)."""
+    import shutil
+
+    from pathomch_assets.partitions import SLIDES
+
+    from .conftest import OPENSLIDE
+
+    (tmp_path / "slides").mkdir()
+    (tmp_path / "mrna.tsv").touch()
+    for name in ("TCGA-a2-A04N-01Z-00-DX1", "case_001-01"):
+        shutil.copy(OPENSLIDE / "small.svs", tmp_path / "slides" / f"{name}.svs")
+    (tmp_path / "sites.csv").write_text("patient_id,site\ncase_001-01,Leeds\n")
+    config = CONFIG.replace("    traits: [T0, T1]\n", "    traits: [T0, T1]\n    site_file: sites.csv\n")
+    config += "tiling: {magnification: 20, tile_px: 16, max_background_fraction: 1.0, workers: 1}\n"
+    (tmp_path / "pathomch.yaml").write_text(config)
+    cfg = load_config(tmp_path / "pathomch.yaml")
+    keys = ["brca/TCGA-a2-A04N-01Z-00-DX1", "brca/case_001-01"]
+    tiles = next(a for a in build_definitions(cfg).assets if dg.AssetKey("slide_tiles") in a.keys)
+    with dg.instance_for_test() as instance:
+        instance.add_dynamic_partitions(SLIDES.name, keys)
+        result = dg.materialize(
+            [tiles],
+            instance=instance,
+            partition_key=keys[0],
+            resources={"pathomch": PathomchResource(config_path=str(tmp_path / "pathomch.yaml"))},
+        )
+        assert result.success
+        dg.materialize(
+            [tiles],
+            instance=instance,
+            partition_key=keys[1],
+            resources={"pathomch": PathomchResource(config_path=str(tmp_path / "pathomch.yaml"))},
+        )
+    slides = TableStore(cfg.tables_dir, cfg.duckdb_path).read("slides").set_index("slide_id")
+    assert slides.loc["TCGA-a2-A04N-01Z-00-DX1", ["patient_id", "site", "status"]].tolist() == [
+        "TCGA-A2-A04N",
+        "A2",
+        "ok",
+    ]
+    assert slides.loc["case_001-01", ["site", "status"]].tolist() == ["Leeds", "ok"]
