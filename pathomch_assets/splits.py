@@ -254,7 +254,15 @@ def site_preserved_splits(
 
     steps = []
     x, st = _select(
-        A, [test_fraction * totals], weight, np.ones(S, bool), fixed_x, eps * rng.random(S), node_limit, S - 2
+        A,
+        [test_fraction * totals],
+        weight,
+        np.ones(S, bool),
+        fixed_x,
+        eps * rng.random(S),
+        node_limit,
+        S - 2,
+        f"cohort {cohort}, {S} sites, test split",
     )
     steps.append({"step": "test", **st})
     rest = ~x
@@ -269,7 +277,8 @@ def site_preserved_splits(
             pool = rest.copy()
         pool |= np.array([fixed.get(s) == 1 for s in range(S)])
         targets = [val_fraction * totals, pool_total - f_train * totals]
-        v[r], st = _select(A, targets, weight, pool, fixed, eps * rng.random(S), node_limit, int(rest.sum()) - 1)
+        where = f"cohort {cohort}, {S} sites, validation of round {r}"
+        v[r], st = _select(A, targets, weight, pool, fixed, eps * rng.random(S), node_limit, int(rest.sum()) - 1, where)
         used += v[r]
         steps.append({"step": f"val round {r}", **st})
     pos = {s: i for i, s in enumerate(names)}
@@ -280,7 +289,7 @@ def site_preserved_splits(
     steps_df = pd.DataFrame(steps)
     return SiteSplit(
         splits=pd.DataFrame(out, columns=["round", "patient_id", "split", "site"]),
-        status="optimal" if (steps_df["status"] == "optimal").all() else "node_limit",
+        status=next((st for st in steps_df["status"] if st != "optimal"), "optimal"),
         gap=float(steps_df["gap"].max()),
         n_sites=S,
         fixed_sites=len(fixed_x),
@@ -288,12 +297,12 @@ def site_preserved_splits(
     )
 
 
-def _select(A, targets, weight, pool, fixed, tie_cost, node_limit, max_chosen):
+def _select(A, targets, weight, pool, fixed, tie_cost, node_limit, max_chosen, what):
     """Sites ``y`` (within ``pool``) minimising ``sum_g weight_g * sum_k |A_g . y - targets[k]_g|``.
 
     The first target is the chosen sites' (``|A y - t_0|``); a second is the pool's rest, written as a
     deviation of ``A y`` from the pool's total minus the rest's target.  From 1 to ``max_chosen`` sites
-    are chosen.  Returns the boolean choice and a status row.
+    are chosen.  Returns the boolean choice and a status row; ``what`` names the step in an error.
     """
     from scipy.optimize import Bounds, LinearConstraint, milp
     from scipy.sparse import coo_matrix
@@ -331,16 +340,26 @@ def _select(A, targets, weight, pool, fixed, tie_cost, node_limit, max_chosen):
         bounds=Bounds(lo, hi),
         options={"mip_rel_gap": 0.0, "node_limit": node_limit},
     )
-    if res.x is None:  # cannot happen with 3+ sites and consistent fixed values; said plainly if it does
-        raise ValueError(f"no site assignment satisfies the constraints: {res.message}")
+    if res.x is None:  # not expected with 3+ sites and consistent fixed values; said plainly if it happens
+        raise ValueError(f"{what}: no site assignment satisfies the constraints ({res.message})")
     y = np.round(res.x[:S]).astype(bool)
     return y, {
-        "status": "optimal" if res.status == 0 else "node_limit",
+        "status": _status(res),
         "deviation": float(res.x[S:] @ c[S:]),
         "gap": float(getattr(res, "mip_gap", 0.0) or 0.0),
         "nodes": int(getattr(res, "mip_node_count", 0) or 0),
         "free_sites": int(sum(1 for s in np.flatnonzero(pool) if s not in fixed)),
     }
+
+
+def _status(res) -> str:
+    """``optimal``, ``node_limit`` (scipy reports HiGHS's node limit as status 1, or as 4 'Solution limit
+    reached'), else ``highs_status_<n>``."""
+    if res.status == 0:
+        return "optimal"
+    if res.status == 1 or (res.status == 4 and "limit reached" in str(res.message)):
+        return "node_limit"
+    return f"highs_status_{res.status}"
 
 
 def _previous_sites(sites: pd.Series, names: list, previous: pd.DataFrame | None, rounds: int, cohort: str):

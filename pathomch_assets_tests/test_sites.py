@@ -96,6 +96,14 @@ def test_class_balance_beats_the_best_of_50_random_site_assignments():
     assert deviation(res.splits, labels) <= best_random
 
 
+def test_a_step_stopped_by_the_node_limit_says_so_and_still_keeps_sites_whole():
+    sites, labels = synthetic_site_cohort(n_sites=40, n_patients=600, n_traits=4, seed=5)
+    res = site_preserved_splits(sites, labels, seed=0, rounds=2, node_limit=1)
+    assert res.status == "node_limit" and res.gap > 0 and "node_limit" in set(res.steps["status"])
+    assert shared_sites(res.splits).empty
+    assert site_preserved_splits(sites, labels, seed=0, rounds=2, node_limit=1).splits.equals(res.splits)
+
+
 def test_site_file_for_non_tcga_patients(tmp_path):
     f = tmp_path / "sites.tsv"
     f.write_text(
