@@ -158,6 +158,7 @@ def test_cohort_splits_needs_sites_for_site_preserved_and_keeps_the_patient_meth
     assert shared_sites(res.splits).empty and res.splits["site"].str.startswith("site").all()
     assert set(res.counts["method"]) == {"site_preserved"} and set(res.counts["solver_status"]) == {"optimal"}
     # the paper's split: the same rows as assign_splits, a site column beside them (null where unknown)
+    assert SplitConfig().method == "patient"  # the paper's split stays the default
     tcga = [f"TCGA-{'ABCD'[i % 4]}1-{i:04d}" for i in range(200)]
     paper = cohort_splits("brca", slides_of(tcga), None, None, SplitConfig(), 2020)
     expected = assign_splits(tcga, 2020).assign(site=lambda d: d.patient_id.str[5:7])
@@ -277,3 +278,23 @@ def test_slide_tiles_writes_each_slides_site(tmp_path):
         "ok",
     ]
     assert slides.loc["case_001-01", ["site", "status"]].tolist() == ["Leeds", "ok"]
+
+
+def test_config_keys_are_checked(tmp_path):
+    from pathomch_assets.config import ConfigError
+
+    (tmp_path / "slides").mkdir()
+    (tmp_path / "mrna.tsv").touch()
+    path = tmp_path / "pathomch.yaml"
+    path.write_text(CONFIG.replace("method: site_preserved", "method: by_site"))
+    with pytest.raises(ConfigError, match=r"splits.method: Input should be 'patient' or 'site_preserved'"):
+        load_config(path)
+    path.write_text(CONFIG.replace("    traits: [T0, T1]\n", "    traits: [T0, T1]\n    site_file: nope.csv\n"))
+    with pytest.raises(ConfigError, match=r"cohorts.brca.site_file: .*nope.csv does not exist"):
+        load_config(path)
+    path.write_text(CONFIG.replace("rounds: 3", "rounds: 3, solver_node_limit: 10"))
+    with pytest.raises(ConfigError, match=r"splits.solver_node_limit"):
+        load_config(path)
+    path.write_text(CONFIG)
+    cfg = load_config(path)
+    assert cfg.splits.method == "site_preserved" and cfg.cohorts["brca"].site_file is None
