@@ -7,7 +7,7 @@ import pandas as pd
 from .layout import ROUND_PREFIX
 from .reporting import md_table
 from .resources import PathomchResource
-from .splits import leakage
+from .splits import balance_deviation, leakage
 from .survival import leaked_patients, survival_set
 
 
@@ -115,7 +115,47 @@ def label_balance(labels: pd.DataFrame, splits: pd.DataFrame, ensemble_size: int
     )
 
 
-def build(splits_asset, labels_asset):
+def site_separation(splits: pd.DataFrame, counts: pd.DataFrame) -> dg.AssetCheckResult:
+    """Under ``splits.method: site_preserved`` no tissue source site is in two splits of a round; the balance.
+
+    ``splits``: ``splits`` rows (with ``site``); ``counts``: ``split_counts`` rows (``method``,
+    ``solver_status``, ``share``, ``target_share``).  Under ``patient`` sites are shared by design: the
+    check passes and says how many are.  A ``site_preserved`` patient without a site fails it too.
+    """
+    method = str(counts["method"].dropna().iloc[0]) if "method" in counts and counts["method"].notna().any() else None
+    status = counts["solver_status"].dropna()
+    per = splits.dropna(subset=["site"]).groupby(["cohort", "round", "site"])["split"].nunique()
+    shared = sorted({f"{c}/{s}" for (c, _, s), k in per.items() if k > 1})
+    no_site = int(splits["site"].isna().sum()) if "site" in splits else len(splits)
+    fractions = {r.split: r.target_share for r in counts.dropna(subset=["target_share"]).itertuples()}
+    lab = counts[(counts["subset"] == "labeled") & (counts["round"] == 0)]
+    balance = lab.assign(share=100 * lab["share"], target_share=100 * lab["target_share"])[
+        ["trait", "split", "label", "n_patients", "share", "target_share"]
+    ]
+    preserved = method == "site_preserved"
+    ok = not preserved or (not shared and no_site == 0)
+    if preserved:
+        text = None if ok else f"sites in two splits: {', '.join(shared[:10])}; patients without a site: {no_site}"
+    else:
+        text = (
+            f"splits.method {method}: {len(shared)} sites are in more than one split "
+            "(use site_preserved to keep them whole)"
+        )
+    return dg.AssetCheckResult(
+        passed=ok,
+        metadata={
+            "method": str(method),
+            "solver_status": str(status.iloc[0]) if len(status) else "none",
+            "sites": int(splits["site"].nunique()),
+            "sites_in_two_splits": len(shared),
+            "balance_deviation_pp": balance_deviation(counts, fractions) if fractions else float("nan"),
+            "balance_round_0": md_table(balance),
+        },
+        description=text,
+    )
+
+
+def build(splits_asset):
     @dg.asset_check(asset=splits_asset, blocking=True, description="No patient appears in two splits of one round.")
     def no_patient_in_two_splits(context, pathomch: PathomchResource) -> dg.AssetCheckResult:
         return split_leakage(_read(pathomch, "splits", context))
@@ -125,7 +165,17 @@ def build(splits_asset, labels_asset):
         return same_test_set(_read(pathomch, "splits", context))
 
     @dg.asset_check(
-        asset=labels_asset,
+        asset=splits_asset,
+        blocking=True,
+        description="splits.method site_preserved: no tissue source site is in two splits of any round (patient: "
+        "passes, and says how many sites are shared); reports the solver's status and each trait's class "
+        "shares per split against the targets.",
+    )
+    def sites_kept_whole(context, pathomch: PathomchResource) -> dg.AssetCheckResult:
+        return site_separation(_read(pathomch, "splits", context), _read(pathomch, "split_counts", context))
+
+    @dg.asset_check(
+        asset=splits_asset,
         blocking=False,
         description="Both label classes are present in train, validation and test of every round. "
         "Not blocking: a round lacking a class is excluded from its trait's ensemble (warning); a "
@@ -136,7 +186,7 @@ def build(splits_asset, labels_asset):
             _read(pathomch, "labels", context), _read(pathomch, "splits", context), pathomch.get_config().ensemble.size
         )
 
-    return [no_patient_in_two_splits, test_set_same_every_round, label_classes_present]
+    return [no_patient_in_two_splits, test_set_same_every_round, sites_kept_whole, label_classes_present]
 
 
 def min_tiles(slides: pd.DataFrame, minimum: int) -> dg.AssetCheckResult:

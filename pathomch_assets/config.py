@@ -74,11 +74,24 @@ class LabelConfig(_Strict):
 
 
 class SplitConfig(_Strict):
-    """SPEC 3.1: subject-level splits, frozen."""
+    """SPEC 3.1: subject-level splits, frozen; per patient (the paper's) or keeping each tissue source site whole."""
 
     test_fraction: float = Field(0.10, gt=0, lt=1)
     val_fraction: float = Field(0.10, gt=0, lt=1, description="share of all patients; the rest is train (80/10)")
     rounds: int = Field(5, ge=1, le=20)
+    method: Literal["patient", "site_preserved"] = Field(
+        "patient",
+        description="patient: the paper's per-patient hash split; site_preserved: every tissue source site whole in "
+        "one split (test and validation sites never train), class balance per trait solved exactly "
+        "(docs/sites-and-splits.md)",
+    )
+    solver_node_limit: int = Field(
+        20000,
+        ge=100,
+        le=10_000_000,
+        description="site_preserved: branch-and-bound nodes per solver step (no time limit, so results never "
+        "depend on the machine's speed); a step that reaches it keeps its best split and says so",
+    )
 
     @model_validator(mode="after")
     def _fractions(self):
@@ -181,6 +194,11 @@ class CohortConfig(_Strict):
         "(or the links in slides_dir) may resolve into; nothing else is read",
     )
     diagnostic_only: bool = True
+    site_file: Path | None = Field(
+        None,
+        description="CSV or TSV with columns patient_id and site: each patient's tissue source site (wins over the "
+        "TCGA barcode's); needed by splits.method site_preserved for patients that are not TCGA barcodes",
+    )
     er_status_column: str = "ER_STATUS_BY_IHC"
     subtype_column: str = "SUBTYPE"
 
@@ -215,6 +233,7 @@ class CohortConfig(_Strict):
             "mirna": self.mirna,
             "clinical": self.clinical,
             "manifest": self.manifest,
+            "site_file": self.site_file,
         }
 
 
@@ -333,7 +352,7 @@ def _resolve(value, base: Path):
     return value
 
 
-_PATH_KEYS = {"slides_dir", "mrna", "mirna", "clinical", "manifest", "data_dir", "duckdb_path"}
+_PATH_KEYS = {"slides_dir", "mrna", "mirna", "clinical", "manifest", "site_file", "data_dir", "duckdb_path"}
 _PATH_LIST_KEYS = {"allowed_dirs"}
 
 

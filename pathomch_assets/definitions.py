@@ -48,7 +48,7 @@ def build_definitions(cfg: PathomchConfig | None = None, config_path: str | None
         survival_analysis,
     ]
     asset_checks = [
-        *checks.build(splits, labels),
+        *checks.build(splits),
         *checks.build_slide_and_model_checks(ingest.slide_tiles, trait_model),
         checks.build_selection_check(ensemble),
         *checks.build_cartography_checks(slide_cartography),

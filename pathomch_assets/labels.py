@@ -79,3 +79,15 @@ def label_table(expression: pd.DataFrame, cohort: str, low: float, high: float, 
     )
     out.insert(0, "cohort", cohort)
     return out
+
+
+def label_counts(labels: pd.DataFrame) -> pd.DataFrame:
+    """Patients per trait, subset and label as columns ``labeled high``, ``ood_all <=median``, ...."""
+    counts = labels.pivot_table(
+        index="trait", columns=["subset", "label"], values="patient_id", aggfunc="count", fill_value=0
+    )
+    counts.columns = [
+        f"{s} {'high' if hi else 'low'}" if s == "labeled" else f"{s} {'>' if hi else '<='}median"
+        for s, hi in counts.columns
+    ]
+    return counts.reset_index()

@@ -36,6 +36,7 @@ SCHEMAS: dict[str, dict[str, str]] = {
         "path": "VARCHAR",
         "status": "VARCHAR",
         "error": "VARCHAR",
+        "site": "VARCHAR",
         "n_tiles": "INTEGER",
         "width": "BIGINT",
         "height": "BIGINT",
@@ -68,7 +69,7 @@ SCHEMAS: dict[str, dict[str, str]] = {
         "subset": "VARCHAR",
         "expression": "DOUBLE",
     },
-    "splits": {"cohort": "VARCHAR", "round": "INTEGER", "patient_id": "VARCHAR", "split": "VARCHAR"},
+    "splits": {"cohort": "VARCHAR", "round": "INTEGER", "patient_id": "VARCHAR", "split": "VARCHAR", "site": "VARCHAR"},
     "expression": {
         "cohort": "VARCHAR",
         "trait": "VARCHAR",
@@ -125,6 +126,10 @@ SCHEMAS: dict[str, dict[str, str]] = {
         "label": "INTEGER",
         "n_patients": "INTEGER",
         "n_slides": "INTEGER",
+        "share": "DOUBLE",
+        "target_share": "DOUBLE",
+        "method": "VARCHAR",
+        "solver_status": "VARCHAR",
     },
     "correlations": {
         "cohort": "VARCHAR",

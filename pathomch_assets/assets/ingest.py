@@ -15,6 +15,7 @@ from ..deployment import TILING_STEP
 from ..partitions import SLIDES, by_cohort
 from ..reporting import md_table
 from ..resources import PathomchResource
+from ..sites import site_lookup
 from ..slides import SlideRef, discover_cohort, is_diagnostic, patient_id
 from ..tiling import TilingParams, default_workers, tile_slides
 
@@ -114,6 +115,7 @@ def slide_tiles(context: dg.AssetExecutionContext, pathomch: PathomchResource) -
     keys = list(context.partition_keys)
     refs = slide_refs(cfg, keys)
     digest = params.digest()
+    site_of = site_lookup({name: c.site_file for name, c in cfg.cohorts.items()})  # slides.site (sites.py)
     previous = {}
     for cohort in by_cohort(keys):
         prev = store.read("slides", "cohort = ?", [cohort])
@@ -148,6 +150,7 @@ def slide_tiles(context: dg.AssetExecutionContext, pathomch: PathomchResource) -
 
     def record(key: str, row: dict, tiles: pd.DataFrame | None = None) -> dict:
         """Write one slide's rows now (a kill keeps every finished slide); any failure is that slide's error."""
+        row["site"] = site_of(row["cohort"], row["patient_id"])
         try:
             if tiles is not None:
                 store.write("tiles", key, tiles)

@@ -5,12 +5,12 @@ import pandas as pd
 
 from ..config import PathomchConfig
 from ..expression import read_clinical, read_traits
-from ..labels import label_table
+from ..labels import label_counts, label_table
 from ..partitions import ALL, cohorts
 from ..reporting import md_table
 from ..resources import PathomchResource
 from ..slides import primary_slides, usable_slides
-from ..splits import assign_splits, moved_patients, split_counts
+from ..splits import SiteSplit, cohort_splits
 from .ingest import slide_tiles
 
 
@@ -71,7 +71,7 @@ def build(cfg: PathomchConfig):
         partitions_def=part,
         group_name="molecular",
         kinds={"pandas", "parquet"},
-        deps=[expression, "splits"],
+        deps=[expression],
         description="Labels per trait (SPEC 3.2): above the high percentile = 1, below the low = 0; "
         "the middle is out of distribution (ood_all, ood_near) with above/below-median truth. "
         "Writes the `labels` table.",
@@ -85,20 +85,10 @@ def build(cfg: PathomchConfig):
         )
         store.write("labels", cohort, lab)
         slides = training_slides(store, cohort)
-        per_split = split_counts(store.read("splits", "cohort = ?", [cohort]), slides, lab)
-        store.write("split_counts", f"{cohort}/labeled", per_split.assign(cohort=cohort))
-        counts = lab.pivot_table(
-            index="trait", columns=["subset", "label"], values="patient_id", aggfunc="count", fill_value=0
-        )
-        counts.columns = [
-            f"{s} {'high' if hi else 'low'}" if s == "labeled" else f"{s} {'>' if hi else '<='}median"
-            for s, hi in counts.columns
-        ]
         return dg.MaterializeResult(
             metadata={
                 "dagster/row_count": len(lab),
-                "label_counts": md_table(counts.reset_index()),
-                "labelled_per_split": md_table(labelled_wide(per_split[per_split["round"] == 0])),
+                "label_counts": md_table(label_counts(lab)),
                 "slides": len(slides),
                 "patients_with_slides": int(slides["patient_id"].nunique()),
             }
@@ -107,37 +97,45 @@ def build(cfg: PathomchConfig):
     @dg.asset(
         partitions_def=part,
         group_name="molecular",
-        kinds={"pandas", "parquet"},
-        deps=[dg.AssetDep(slide_tiles, partition_mapping=ALL)],
-        description="Subject-level splits (SPEC 3.1): a held-out test set shared by every trait and "
-        "round, and per round a train/validation split, each a hash of (seed, patient): frozen, so "
-        "new slides never move an existing patient. Writes the `splits` table.",
+        kinds={"pandas", "parquet", "highs"},
+        deps=[dg.AssetDep(slide_tiles, partition_mapping=ALL), labels],
+        description="Subject-level splits (SPEC 3.1): a held-out test set shared by every trait and round, and "
+        "per round a train/validation split; frozen, so new slides never move an existing patient. "
+        "splits.method patient: a hash of (seed, patient), the paper's; site_preserved: each tissue source "
+        "site whole in one split, each trait's class balance solved exactly (MILP, HiGHS). Writes the "
+        "`splits` and `split_counts` tables.",
     )
     def splits(context: dg.AssetExecutionContext, pathomch: PathomchResource) -> dg.MaterializeResult:
         cfg, store = pathomch.get_config(), pathomch.get_store()
         cohort = context.partition_key
         slides = training_slides(store, cohort)
-        patients = slides["patient_id"]
-        s = cfg.splits
-        new = assign_splits(patients, cfg.seed, s.test_fraction, s.val_fraction, s.rounds)
-        previous = store.read("splits", "cohort = ?", [cohort])
-        moved = moved_patients(previous, new)
-        if not moved.empty:
-            raise dg.Failure(
-                f"cohort {cohort}: the configured seed/fractions would move {moved['patient_id'].nunique()} patients "
-                f"between splits, but splits are frozen. Restore the settings, or delete "
-                f"{store.tables_dir / 'splits'} on purpose to re-split (trained models then no longer match)."
+        try:
+            res = cohort_splits(
+                cohort,
+                slides,
+                store.read("labels", "cohort = ?", [cohort]),
+                store.read("splits", "cohort = ?", [cohort]),
+                cfg.splits,
+                cfg.seed,
+                cfg.cohorts[cohort].site_file,
             )
-        new.insert(0, "cohort", cohort)
-        store.write("splits", cohort, new)
-        counts = split_counts(new, slides)
-        store.write("split_counts", f"{cohort}/all", counts.assign(cohort=cohort))
+        except ValueError as err:
+            raise dg.Failure(str(err)) from None
+        store.write("splits", cohort, res.splits)
+        for subset, rows in res.counts.groupby("subset"):
+            store.write("split_counts", f"{cohort}/{subset}", rows)
+        counts = res.counts[res.counts["subset"] == "all"]
+        labelled = res.counts[(res.counts["subset"] == "labeled") & (res.counts["round"] == 0)]
         return dg.MaterializeResult(
             metadata={
-                "dagster/row_count": len(new),
-                "patients": int(patients.nunique()),
+                "dagster/row_count": len(res.splits),
+                "patients": int(slides["patient_id"].nunique()),
                 "slides": len(slides),
+                "sites": int(res.splits["site"].nunique()),
+                "method": res.method,
+                **(solver_metadata(res.solver) if res.solver else {}),
                 "split_counts": md_table(counts_wide(counts)),
+                "labelled_per_split": md_table(labelled_wide(labelled)),
             }
         )
 
@@ -169,6 +167,16 @@ def build(cfg: PathomchConfig):
         )
 
     return [expression, labels, splits, clinical]
+
+
+def solver_metadata(solver: SiteSplit) -> dict:
+    """A site-preserved split's solver report: status, largest gap, sites kept from earlier splits, steps."""
+    return {
+        "solver_status": solver.status,
+        "solver_gap": solver.gap,
+        "sites_kept_from_previous_splits": solver.fixed_sites,
+        "solver_steps": md_table(solver.steps),
+    }
 
 
 def counts_wide(counts: pd.DataFrame) -> pd.DataFrame:
