@@ -143,6 +143,8 @@ SCHEMAS: dict[str, dict[str, str]] = {
         "hti": "DOUBLE",
         "n_tiles": "INTEGER",
         "n_positive": "INTEGER",
+        "valid": "BOOLEAN",
+        "invalid_traits": "VARCHAR",
     },
     "survival": {
         "cohort": "VARCHAR",
@@ -177,6 +179,54 @@ SCHEMAS: dict[str, dict[str, str]] = {
         "region_side": "INTEGER",
         "n_tiles": "INTEGER",
     },
+    "trait_validity": {
+        "cohort": "VARCHAR",
+        "trait": "VARCHAR",
+        "feeds": "BOOLEAN",
+        "held_out": "VARCHAR",
+        "reason": "VARCHAR",
+        "valid": "BOOLEAN",
+        "auc": "DOUBLE",
+        "ci_low": "DOUBLE",
+        "ci_high": "DOUBLE",
+        "confidence": "DOUBLE",
+        "min_auc": "DOUBLE",
+        "n_slides": "INTEGER",
+        "n_patients": "INTEGER",
+        "n_high": "INTEGER",
+        "n_low": "INTEGER",
+        "n_rounds": "INTEGER",
+        "n_sites": "INTEGER",
+        "auc_unseen_sites": "DOUBLE",
+        "unseen_ci_low": "DOUBLE",
+        "unseen_ci_high": "DOUBLE",
+        "n_unseen_slides": "INTEGER",
+        "ci_method": "VARCHAR",
+    },
+    "site_effects": {
+        "cohort": "VARCHAR",
+        "trait": "VARCHAR",
+        "test": "VARCHAR",
+        "statistic": "DOUBLE",
+        "p_value": "DOUBLE",
+        "cramers_v": "DOUBLE",
+        "site_dependent": "BOOLEAN",
+        "n_patients": "INTEGER",
+        "n_sites": "INTEGER",
+        "auc_seen_sites": "DOUBLE",
+        "n_seen_slides": "INTEGER",
+        "auc_unseen_sites": "DOUBLE",
+        "n_unseen_slides": "INTEGER",
+        "site_from_scores_bacc": "DOUBLE",
+        "site_from_scores_chance": "DOUBLE",
+        "site_from_scores_p": "DOUBLE",
+        "n_scored_slides": "INTEGER",
+        "site_from_stain_bacc": "DOUBLE",
+        "site_from_stain_chance": "DOUBLE",
+        "site_from_stain_p": "DOUBLE",
+        "alpha": "DOUBLE",
+        "note": "VARCHAR",
+    },
     "hti_combinations": {
         "cohort": "VARCHAR",
         "traits": "VARCHAR",
@@ -190,7 +240,13 @@ SCHEMAS: dict[str, dict[str, str]] = {
     },
 }
 
-_PANDAS_TYPES = {"VARCHAR": "string", "INTEGER": "Int32", "BIGINT": "Int64", "DOUBLE": "float64"}
+_PANDAS_TYPES = {
+    "VARCHAR": "string",
+    "INTEGER": "Int32",
+    "BIGINT": "Int64",
+    "DOUBLE": "float64",
+    "BOOLEAN": "boolean",
+}
 
 
 def read_parquet(path, **kwargs) -> pd.DataFrame:
@@ -405,4 +461,6 @@ _REQUIRED = {
     "split_counts": 8,
     "hti_stats": 8,
     "hti_combinations": 7,
+    "trait_validity": 5,
+    "site_effects": 7,
 }
