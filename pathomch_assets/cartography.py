@@ -11,6 +11,7 @@ import json
 import logging
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -42,7 +43,7 @@ class Cartography:
         """Write the ``.npz``; ``feeds``: the traits that feed maps and HTI (validity gate), stored as a
         boolean per trait (``feeds``) beside the tensor, which keeps every trait with a usable ensemble."""
         target = as_path(path)
-        arrays = {"tensor": self.tensor, "mask": self.mask, "traits": np.array(self.traits)}
+        arrays: dict[str, Any] = {"tensor": self.tensor, "mask": self.mask, "traits": np.array(self.traits)}
         if feeds is not None:
             arrays["feeds"] = np.array([t in feeds for t in self.traits], bool)
         with atomic_path(target) as tmp:
