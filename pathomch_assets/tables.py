@@ -201,6 +201,10 @@ SCHEMAS: dict[str, dict[str, str]] = {
         "unseen_ci_low": "DOUBLE",
         "unseen_ci_high": "DOUBLE",
         "n_unseen_slides": "INTEGER",
+        "auc_ood_near": "DOUBLE",
+        "ood_near_ci_low": "DOUBLE",
+        "ood_near_ci_high": "DOUBLE",
+        "n_ood_near_slides": "INTEGER",
         "ci_method": "VARCHAR",
     },
     "site_effects": {

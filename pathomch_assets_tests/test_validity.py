@@ -22,7 +22,8 @@ SITES = ("A1", "A2", "B6", "C8")
 def cohort_frames(n=160, rounds=5, seed=0, traits=("learned", "shuffled"), val_sites=None, held_rounds=(0,)):
     """``labels``, ``splits`` and round ``slide_scores`` of one synthetic cohort (one DX1 slide per patient).
 
-    20% of patients are the test set (every round); per round 20% of the rest is validation.  ``val_sites``:
+    20% of patients are the test set (every round); per round 20% of the rest is validation.  Every fifth
+    patient is OOD-near (truth: above/below the median), the others labelled.  ``val_sites``:
     sites kept out of training in rounds ``held_rounds`` (their patients are validation there, as site-preserved
     splits do).
     """
@@ -50,7 +51,7 @@ def cohort_frames(n=160, rounds=5, seed=0, traits=("learned", "shuffled"), val_s
                     "patient_id": pids,
                     "percentile": 50.0,
                     "label": y,
-                    "subset": "labeled",
+                    "subset": np.where(np.arange(n) % 5 == 4, "ood_near", "labeled"),
                 }
             )
         )
@@ -97,7 +98,13 @@ def test_a_learned_trait_passes_and_a_shuffled_one_is_left_out_with_its_auc():
     assert not r.at["shuffled", "valid"] and not r.at["shuffled", "feeds"] and r.at["shuffled", "ci_low"] < 0.6
     assert r.at["shuffled", "ci_low"] <= r.at["shuffled", "auc"] <= r.at["shuffled", "ci_high"]
     # pooled over the five rounds' validation slides, none of them test slides
-    assert r.at["learned", "n_rounds"] == 5 and r.at["learned", "n_slides"] == 5 * (128 // 5)
+    labelled = set(labels.loc[labels["subset"] == "labeled", "patient_id"])
+    val = splits[(splits["split"] == "val") & splits["patient_id"].isin(labelled)]
+    assert r.at["learned", "n_rounds"] == 5 and r.at["learned", "n_slides"] == len(val)
+    # OOD-near patients outside the test set, scored by the five round models: reported, not decided on
+    test = set(splits.loc[splits["split"] == "test", "patient_id"])
+    ood = set(labels.loc[labels["subset"] == "ood_near", "patient_id"]) - test
+    assert r.at["learned", "n_ood_near_slides"] == 5 * len(ood) and r.at["learned", "auc_ood_near"] > 0.8
     assert "no validation slide from a site outside" in r.at["learned", "held_out"]  # patient splits
     warning = gate_warning("brca", rows)
     assert (

@@ -15,7 +15,18 @@ from ..versions import code_version, data_version, refresh_on_new_slides
 from .models import model_deps
 
 #: the columns of `trait_validity` and `site_effects` shown on the asset pages
-VALIDITY_SHOWN = ["trait", "feeds", "valid", "auc", "ci_low", "ci_high", "n_slides", "n_patients", "auc_unseen_sites"]
+VALIDITY_SHOWN = [
+    "trait",
+    "feeds",
+    "valid",
+    "auc",
+    "ci_low",
+    "ci_high",
+    "n_slides",
+    "n_patients",
+    "auc_unseen_sites",
+    "auc_ood_near",
+]
 SITES_SHOWN = [
     "trait",
     "test",
