@@ -57,9 +57,7 @@ def simulate(pool: int, per_round: int, evals: int, auc: float, rho: float, rng,
             if a > best_auc:
                 best, best_auc = s, a
         scores.append(
-            pd.DataFrame(
-                {"trait": "T", "model": f"round_{r}", "patient_id": pids, "slide_id": pids, "score": best}
-            )
+            pd.DataFrame({"trait": "T", "model": f"round_{r}", "patient_id": pids, "slide_id": pids, "score": best})
         )
     return labels, pd.concat(splits, ignore_index=True), pd.concat(scores, ignore_index=True)
 

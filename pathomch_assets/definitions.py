@@ -22,7 +22,8 @@ def automation_sensor() -> dg.AutomationConditionSensorDefinition:
         target=dg.AssetSelection.all(),
         default_status=dg.DefaultSensorStatus.RUNNING,
         minimum_interval_seconds=30,
-        description="Refreshes model_evaluation and survival_analysis (eager) after new slides are scored and mapped.",
+        description="Refreshes model_evaluation, site_effects and survival_analysis (eager) after new slides are "
+        "scored and mapped.",
     )
 
 

@@ -281,7 +281,7 @@ def apply_gate(cohort: str, usable: list[str], validity: pd.DataFrame) -> Gate:
     rows = validity.drop_duplicates("trait", keep="last").set_index("trait") if len(validity) else None
     feeds, invalid, undecided = [], [], []
     for t in usable:
-        if rows is None or t not in rows.index:
+        if rows is None or t not in rows.index or pd.isna(rows.at[t, "valid"]) or pd.isna(rows.at[t, "feeds"]):
             undecided.append(t)
             feeds.append(t)
             continue
