@@ -6,9 +6,10 @@ their training, and leaves a trait out of maps, HTI and survival when they do no
 
 **Held-out data.** The validation slides of every round, each scored by that round's model
 (``slide_scores`` rows ``round_<i>``), pooled over rounds.  The test set is never read: it stays for
-reporting (``model_metrics``, Table 1).  A patient is in several rounds' validation sets at most once per
-round; the pooled AUC compares slides scored by different round models, whose scores share a scale (the
-percentage of tiles with :math:`p \ge` ``ensemble.threshold``).
+reporting (``model_metrics``, Table 1).  Pooled *within rounds*: a slide is compared only with slides of its
+own round (the pair-weighted mean of the rounds' AUCs), since scores of different models are not on one
+scale (a round model that calls every tile positive and one that calls none would otherwise order each
+other's slides at random).
 
 **Confidence interval.** A percentile bootstrap over patients (a patient's slides of every round are
 drawn together, ``maps.bootstrap`` resamples, seeded by the configuration's ``seed``): slides of one
@@ -45,47 +46,56 @@ from .site_effects import held_out_rows
 UNSEEN_MIN_PER_CLASS = 5
 
 
-def bootstrap_auc(labels, scores, groups, n_boot: int = 2000, confidence: float = 0.95, seed: int = 0):
-    r"""Slide AUC with a percentile bootstrap interval over groups (patients).
+def bootstrap_auc(labels, scores, groups, n_boot: int = 2000, confidence: float = 0.95, seed: int = 0, strata=None):
+    r"""Slide AUC with a percentile bootstrap interval over groups (patients), optionally within strata.
 
     Each resample draws patients with replacement and takes all their slides; its AUC is the weighted
-    Mann-Whitney statistic
+    Mann-Whitney statistic over the (positive, negative) pairs of the same stratum (a round: scores of
+    different round models are not on one scale)
 
-    .. math:: \mathrm{AUC}_b = \frac{\sum_{i \in P} \sum_{j \in N} w_i w_j \, [s_i > s_j] + \tfrac12 [s_i = s_j]}
-              {\sum_{i \in P} w_i \sum_{j \in N} w_j}
+    .. math:: \mathrm{AUC}_b = \frac{\sum_{i \in P} \sum_{j \in N} w_i w_j \, m_{ij}
+              \left([s_i > s_j] + \tfrac12 [s_i = s_j]\right)}{\sum_{i \in P} \sum_{j \in N} w_i w_j \, m_{ij}}
 
-    with :math:`w` the number of times a slide's patient was drawn.  Resamples missing a class are
-    skipped.
+    with :math:`w` the number of times a slide's patient was drawn and :math:`m_{ij} = 1` when slides
+    *i* and *j* share a stratum (always, without ``strata``): the pair-weighted mean of the strata's AUCs.
+    Resamples without a pair are skipped.
 
     Returns
     -------
     tuple of float
-        (AUC, lower, upper); NaN when a class is missing.
+        (AUC, lower, upper); NaN when no stratum has both classes.
 
     Examples
     --------
     >>> auc, lo, hi = bootstrap_auc([0, 0, 0, 1, 1, 1] * 5, list(range(30)), list(range(30)), seed=1)
     >>> round(auc, 3), lo < auc <= hi
     (0.6, True)
+    >>> y, s, pid = [0, 0, 1, 1, 1, 0], [100, 100, 100, 0, 0, 0], list("abcdef")  # round 0 all 100, round 1 all 0
+    >>> round(bootstrap_auc(y, s, pid)[0], 3), bootstrap_auc(y, s, pid, strata=[0, 0, 0, 1, 1, 1])[0]
+    (0.333, 0.5)
     """
+    nan = (float("nan"),) * 3
     y = np.asarray(labels, int) == 1
     s = np.asarray(scores, float)
-    codes, _ = pd.factorize(pd.Series(list(groups)))
+    codes, _ = pd.factorize(pd.Series(list(groups), dtype=object))
+    st = pd.factorize(pd.Series(list(strata), dtype=object))[0] if strata is not None else np.zeros(len(y), int)
     if y.all() or not y.any():
-        return float("nan"), float("nan"), float("nan")
+        return nan
     sp, sn = s[y], s[~y]
-    cmp = (sp[:, None] > sn[None, :]).astype(float) + 0.5 * (sp[:, None] == sn[None, :])
-    auc = float(cmp.mean())
+    mask = (st[y][:, None] == st[~y][None, :]).astype(float)
+    if not mask.any():
+        return nan
+    cmp = ((sp[:, None] > sn[None, :]) + 0.5 * (sp[:, None] == sn[None, :])) * mask
+    auc = float(cmp.sum() / mask.sum())
     rng = np.random.default_rng(seed)
     n_groups = int(codes.max()) + 1
     draws = rng.integers(0, n_groups, size=(n_boot, n_groups))
     counts = np.zeros((n_boot, n_groups))
     np.add.at(counts, (np.repeat(np.arange(n_boot), n_groups), draws.ravel()), 1)
     wp, wn = counts[:, codes[y]], counts[:, codes[~y]]
-    den = wp.sum(axis=1) * wn.sum(axis=1)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        boot = np.einsum("bi,ij,bj->b", wp, cmp, wn) / den
-    boot = boot[den > 0]
+    den = np.einsum("bi,ij,bj->b", wp, mask, wn)
+    num = np.einsum("bi,ij,bj->b", wp, cmp, wn)
+    boot = num[den > 0] / den[den > 0]
     tail = (1 - confidence) / 2 * 100
     lo, hi = np.percentile(boot, [tail, 100 - tail])
     return auc, float(lo), float(hi)
@@ -121,12 +131,16 @@ def validity_row(
         Seeds the bootstrap.
     """
     val = held_out_rows(labels, splits, round_scores, held_out=("val",))
-    auc, lo, hi = bootstrap_auc(val["label"], val["score"], val["patient_id"], n_boot, confidence, seed)
+    auc, lo, hi = bootstrap_auc(val["label"], val["score"], val["patient_id"], n_boot, confidence, seed, val["model"])
     rounds = sorted(val["model"].unique())
     unseen = val[val["seen_site"].map(lambda v: v is not None and not pd.isna(v) and not bool(v))]
-    u_auc, u_lo, u_hi = bootstrap_auc(unseen["label"], unseen["score"], unseen["patient_id"], n_boot, confidence, seed)
+    u_auc, u_lo, u_hi = bootstrap_auc(
+        unseen["label"], unseen["score"], unseen["patient_id"], n_boot, confidence, seed, unseen["model"]
+    )
     ood = ood_near_rows(labels, splits, round_scores)
-    o_auc, o_lo, o_hi = bootstrap_auc(ood["label"], ood["score"], ood["patient_id"], n_boot, confidence, seed)
+    o_auc, o_lo, o_hi = bootstrap_auc(
+        ood["label"], ood["score"], ood["patient_id"], n_boot, confidence, seed, ood["model"]
+    )
     per_class = unseen["label"].value_counts()
     decisive = len(per_class) == 2 and int(per_class.min()) >= UNSEEN_MIN_PER_CLASS
     n_sites = int(val["site"].dropna().nunique())
