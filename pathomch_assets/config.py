@@ -150,9 +150,9 @@ class MapsConfig(_Strict):
     """Issue 29: the validity gate, which traits feed maps, HTI and survival (``validity``; not in the paper,
     which mapped every trait).  A trait feeds them when the lower bound of its held-out validation AUC's
     interval is at least ``min_auc``.  0.6 (bench/validity_gate.py, measured 2026-12-04): with the kept
-    checkpoint picked on the validation set (checkpoints correlated 0.9), a model at chance clears 0.6 in 2% of
-    simulated demo-sized cohorts and none of paper-sized ones (0.5: 28-34%, 0.55: 5-6%), while a model of true
-    AUC 0.7 clears it in 76% (demo) and 97% (paper) and one of 0.8 in 99-100%; docs/validity-and-sites.md."""
+    checkpoint picked on the validation set (checkpoints correlated 0.9), a model at chance clears 0.6 in 5% of
+    simulated demo-sized cohorts and 2% of paper-sized ones (0.5: 30-42%, 0.55: 8-10%), while a model of true
+    AUC 0.7 clears it in 78% (demo) and 99% (paper) and one of 0.8 in 97-100%; docs/validity-and-sites.md."""
 
     min_auc: float = Field(
         0.6, ge=0.5, le=1, description="lowest accepted lower confidence bound of the held-out validation AUC"
