@@ -238,8 +238,8 @@ def site_predictability(features, sites, seed: int = 0, permutations: int = PERM
     (seeded); the out-of-fold predictions give the balanced accuracy (mean recall over sites), whose chance
     level is :math:`1/k` for :math:`k` sites.  p-value: the sites permuted against the fixed out-of-fold
     predictions, :math:`(1 + \#\{b_{perm} \ge b\}) / (1 + B)` over ``permutations`` seeded permutations
-    (a test of association between predicted and true site; cheap, and conservative when the features carry
-    nothing, since a fold's model then leans away from the sites of its held-out slides).
+    (a test of association between the out-of-fold predictions and the true sites; one cross-validation, not
+    one per permutation).
 
     Slides without a site or with a missing feature, and sites with fewer than ``MIN_SITE_SLIDES`` slides,
     are left out; fewer than two sites left gives NaN with a note.
