@@ -11,6 +11,7 @@ import json
 import logging
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -18,6 +19,7 @@ import pandas as pd
 from .ensemble import usable_sets, usable_traits, without_ensemble_note
 from .files import as_path, atomic_path, local_copy
 from .heterogeneity import combination_codes
+from .validity import Gate, apply_gate
 
 log = logging.getLogger(__name__)
 
@@ -37,12 +39,21 @@ class Cartography:
     def masked(self) -> np.ma.MaskedArray:
         return np.ma.MaskedArray(self.tensor, mask=np.broadcast_to(~self.mask, self.tensor.shape))
 
-    def save(self, path: str | Path) -> Path:
+    def save(self, path: str | Path, feeds: list[str] | None = None) -> Path:
+        """Write the ``.npz``; ``feeds``: the traits that feed maps and HTI (validity gate), stored as a
+        boolean per trait (``feeds``) beside the tensor, which keeps every trait with a usable ensemble."""
         target = as_path(path)
+        arrays: dict[str, Any] = {"tensor": self.tensor, "mask": self.mask, "traits": np.array(self.traits)}
+        if feeds is not None:
+            arrays["feeds"] = np.array([t in feeds for t in self.traits], bool)
         with atomic_path(target) as tmp:
             with open(tmp, "wb") as fh:
-                np.savez_compressed(fh, tensor=self.tensor, mask=self.mask, traits=np.array(self.traits))
+                np.savez_compressed(fh, **arrays)
         return target
+
+    def subset(self, traits: list[str]) -> Cartography:
+        """The cartography of ``traits`` only (in that order)."""
+        return Cartography(list(traits), self.tensor[[self.traits.index(t) for t in traits]], self.mask)
 
     @classmethod
     def load(cls, path: str | Path) -> Cartography:
@@ -50,28 +61,46 @@ class Cartography:
             return cls([str(t) for t in z["traits"]], z["tensor"], z["mask"])
 
 
+def trait_gate(cfg, cohort: str, store) -> Gate:
+    """The validity gate over the cohort's traits with a usable ensemble (``validity.apply_gate`` of the
+    cohort's ``trait_validity`` rows: one small table, read once per cohort and run)."""
+    return apply_gate(cohort, usable_traits(cfg, cohort), store.read("trait_validity", "cohort = ?", [cohort]))
+
+
 def trait_sets(cfg, cohort: str, store) -> tuple[list[list[str]], list[list[str]], str | None]:
     """The cohort's trait sets for the HTI: (kept, dropped, note).
 
-    The survival pairs (default: the two usable traits with the best ensemble test AUC), then any
-    configured larger sets.  A set with a trait without a usable ensemble (``ensemble.json`` missing: its
-    ``ensemble`` partition failed or was not run) is dropped, and ``note`` names the trait and the sets, so
-    the maps and HTI of the other traits go on.
+    The survival pairs (default: the two traits that feed maps with the best ensemble test AUC), then any
+    configured larger sets.  A set with a trait that does not feed maps is dropped, and ``note`` names the
+    trait and the sets, so the maps and HTI of the other traits go on: a trait without a usable ensemble
+    (``ensemble.json`` missing: its ``ensemble`` partition failed or was not run), or one the validity gate
+    left out (``trait_validity``: not learned on held-out validation slides; ``maps.include_invalid`` keeps it).
     """
     c = cfg.cohorts[cohort]
     usable = usable_traits(cfg, cohort)
+    gate = trait_gate(cfg, cohort, store)
+    feeds = gate.feeds
     pairs = [list(p) for p in c.survival_pairs]
     if not pairs and len(c.traits) >= 2:
         m = store.read("model_metrics", "cohort = ? AND model = 'ensemble' AND eval_set = 'test'", [cohort])
-        m = m[m["trait"].isin(usable)]
+        m = m[m["trait"].isin(feeds)]
         best = m.sort_values(["auc", "trait"], ascending=[False, True])["trait"].tolist()[:2]
-        pairs = [best] if len(best) == 2 else [(usable + [t for t in c.traits if t not in usable])[:2]]
-    kept, dropped = usable_sets(pairs + [list(s) for s in c.hti_sets if list(s) not in pairs], usable)
-    note = None
+        pairs = [best] if len(best) == 2 else [(feeds + [t for t in c.traits if t not in feeds])[:2]]
+    kept, dropped = usable_sets(pairs + [list(s) for s in c.hti_sets if list(s) not in pairs], feeds)
+    notes = []  # gate.note (traits without a decision yet) is the caller's to log: trait_gate
     if dropped:
+        sets = ", ".join(map("+".join, dropped))
         missing = sorted({t for s in dropped for t in s} - set(usable))
-        note = f"{without_ensemble_note(cohort, missing)}; no map or HTI of {', '.join(map('+'.join, dropped))}"
-    return kept, dropped, note
+        if missing:
+            notes.append(without_ensemble_note(cohort, missing))
+        gated = sorted({t for s in dropped for t in s} & (set(usable) - set(feeds)))
+        if gated:
+            notes.append(
+                f"{cohort}: {', '.join(gated)} left out by the validity gate (trait_validity: not learned on "
+                f"held-out validation slides)"
+            )
+        notes.append(f"no map or HTI of {sets}")
+    return kept, dropped, "; ".join(notes) or None
 
 
 def analysis_sets(cfg, cohort: str, store) -> list[list[str]]:

@@ -159,6 +159,33 @@ class SurvivalConfig(_Strict):
     contrast_high: float = Field(0.7, ge=0, le=1)
 
 
+class MapsConfig(_Strict):
+    """Issue 29: the validity gate, which traits feed maps, HTI and survival (``validity``; not in the paper,
+    which mapped every trait).  A trait feeds them when the lower bound of its held-out validation AUC's
+    interval is at least ``min_auc``.  0.6 (bench/validity_gate.py, measured 2026-12-04): with the kept
+    checkpoint picked on the validation set (checkpoints correlated 0.9), a model at chance clears 0.6 in 5% of
+    simulated demo-sized cohorts and 2% of paper-sized ones (0.5: 30-42%, 0.55: 8-10%), while a model of true
+    AUC 0.7 clears it in 78% (demo) and 99% (paper) and one of 0.8 in 97-100%; docs/validity-and-sites.md."""
+
+    min_auc: float = Field(
+        0.6, ge=0.5, le=1, description="lowest accepted lower confidence bound of the held-out validation AUC"
+    )
+    include_invalid: bool = Field(
+        False, description="keep traits that fail the gate in maps, HTI and survival, flagged in every hti row"
+    )
+    confidence: float = Field(0.95, ge=0.5, lt=1, description="level of the bootstrap interval")
+    bootstrap: int = Field(2000, ge=100, le=100000, description="bootstrap resamples (over patients)")
+
+
+class SiteEffectsConfig(_Strict):
+    """Issue 28: site effects per trait (``site_effects``).  ``alpha`` 0.01 rather than 0.05: a cohort has
+    several traits and the flag is a warning, not a finding; at 0.05 one trait in ten would be flagged by chance."""
+
+    alpha: float = Field(
+        0.01, gt=0, lt=1, description="a trait is site_dependent when its labels-by-site test p-value is below this"
+    )
+
+
 class SensorConfig(_Strict):
     """The new-slide sensor (``dagster dev``): how often it looks, how much it asks per look, and how it retries
     a slide whose run failed (the n-th retry ``retry_backoff_s * 2**(n-1)`` seconds after the failure)."""
@@ -256,6 +283,8 @@ class PathomchConfig(_Strict):
     training: TrainingConfig = TrainingConfig()
     ensemble: EnsembleConfig = EnsembleConfig()
     survival: SurvivalConfig = SurvivalConfig()
+    maps: MapsConfig = MapsConfig()
+    site_effects: SiteEffectsConfig = SiteEffectsConfig()
     sensor: SensorConfig = SensorConfig()
     source: Path | None = Field(None, description="the YAML file this was read from (set by the loader)")
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import dagster as dg
 
 from . import checks, sensors
-from .assets import cartography, ingest, models, molecular, outcomes, scoring
+from .assets import cartography, ingest, models, molecular, outcomes, scoring, validity
 from .config import PathomchConfig, load_config
 from .deployment import executor_from_env
 from .resources import AcceleratorResource, PathomchResource
@@ -23,7 +23,8 @@ def automation_sensor() -> dg.AutomationConditionSensorDefinition:
         target=dg.AssetSelection.all(),
         default_status=dg.DefaultSensorStatus.RUNNING,
         minimum_interval_seconds=30,
-        description="Refreshes model_evaluation and survival_analysis (eager) after new slides are scored and mapped.",
+        description="Refreshes model_evaluation, site_effects and survival_analysis (eager) after new slides are "
+        "scored and mapped.",
     )
 
 
@@ -35,8 +36,10 @@ def build_definitions(cfg: PathomchConfig | None = None, config_path: str | None
     trait_model, ensemble = models.build(cfg, labels, splits)
     slide_predictions = scoring.build(cfg, trait_model, ensemble)
     model_evaluation = models.build_evaluation(cfg, slide_predictions, trait_model, ensemble)
-    slide_cartography = cartography.build(cfg, slide_predictions, trait_model, ensemble)
-    survival_analysis = outcomes.build(cfg, slide_cartography, clinical, trait_model, ensemble)
+    trait_validity = validity.build(cfg, trait_model, ensemble)
+    site_effects = validity.build_site_effects(cfg, slide_predictions, trait_model, ensemble)
+    slide_cartography = cartography.build(cfg, slide_predictions, trait_model, ensemble, trait_validity)
+    survival_analysis = outcomes.build(cfg, slide_cartography, clinical, trait_model, ensemble, trait_validity)
     assets = [
         ingest.slide_tiles,
         *mol,
@@ -44,6 +47,8 @@ def build_definitions(cfg: PathomchConfig | None = None, config_path: str | None
         ensemble,
         slide_predictions,
         model_evaluation,
+        trait_validity,
+        site_effects,
         slide_cartography,
         survival_analysis,
     ]

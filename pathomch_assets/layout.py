@@ -10,6 +10,9 @@ Nothing else builds an output path.  Below ``data_dir`` (``output_root``):
 - ``cartography/<cohort>/<slide>.{npz,geojson,png}``: map, QuPath GeoJSON, picture (``slide_cartography``)
 - ``figures/training_curves/<cohort>/<trait>/round_<i>.png``: a model's training curve (``trait_model``)
 - ``figures/<cohort>_figure_2_scores.png``: paper Figure 2 (``model_evaluation``)
+- ``figures/<cohort>_trait_validity.png``: held-out AUC and interval per trait against ``maps.min_auc``
+  (``trait_validity``)
+- ``figures/<cohort>_label_share_by_site.png``: share of high labels per site and trait (``site_effects``)
 - ``figures/heterogeneity_maps/<run id>.png``: maps of a sample of a run's slides (``slide_cartography``)
 - ``survival/<cohort>_<A+B>_{kaplan_meier,hti_by_expression,hti_by_clinical}.png`` (``survival_analysis``)
 - ``tables/<table>/<partition>.parquet``: the result tables (``tables.TableStore``), DuckDB views at
@@ -106,6 +109,16 @@ def training_curve_file(cfg, cohort: str, trait: str, model: str) -> Path:
 def scores_figure_file(cfg, cohort: str) -> Path:
     """Paper Figure 2: ensemble slide scores by label."""
     return cfg.output_root / "figures" / f"{cohort}_figure_2_scores.png"
+
+
+def validity_figure_file(cfg, cohort: str) -> Path:
+    """The validity gate's figure: held-out AUC with its interval per trait, ``maps.min_auc`` marked."""
+    return cfg.output_root / "figures" / f"{cohort}_trait_validity.png"
+
+
+def site_effects_figure_file(cfg, cohort: str) -> Path:
+    """Share of high labels per tissue source site, per trait."""
+    return cfg.output_root / "figures" / f"{cohort}_label_share_by_site.png"
 
 
 def maps_gallery_file(cfg, run_id: str) -> Path:

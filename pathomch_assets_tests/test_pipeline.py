@@ -204,6 +204,31 @@ def test_cartography_tensor_hti_and_geojson(foundation):
     assert rho > 0.3 and p < 1e-3
 
 
+def test_trait_validity_and_site_effects_on_the_demo_cohort(foundation):
+    """The gate and the site report on the real pipeline's tables (the small demo keeps failing traits, flagged:
+    ``maps.include_invalid`` in the demo settings); the test set is not in the gate's slide counts."""
+    cfg, _, store = foundation
+    v = store.query("select * from trait_validity")
+    assert {(c, t) for c, t in zip(v.cohort, v.trait)} == {(c, t) for c, k in cfg.cohorts.items() for t in k.traits}
+    assert v.auc.between(0, 1).all() and (v.ci_low <= v.auc).all() and (v.auc <= v.ci_high).all()
+    assert v.feeds.all() and "no validation slide from a site outside" in v.held_out.iloc[0]  # patient splits
+    val = store.query(
+        "select count(*) n from labels l join splits s using (cohort, patient_id) join slides d using (cohort, "
+        "patient_id) where l.subset = 'labeled' and s.split = 'val' and l.trait = 'MKI67' and l.cohort = 'brca' "
+        "and d.status = 'ok'"
+    ).n[0]
+    assert 0 < v.set_index(["cohort", "trait"]).n_slides[("brca", "MKI67")] <= val  # validation slides only
+    valid = dict(zip(zip(v.cohort, v.trait), v.valid))
+    hti = store.query("select cohort, traits, valid, invalid_traits from hti")
+    for r in hti.drop_duplicates(["cohort", "traits"]).itertuples():
+        bad = [t for t in r.traits.split("+") if not valid[(r.cohort, t)]]
+        assert r.valid == (not bad) and (r.invalid_traits or "") == "+".join(bad)
+    site = store.query("select * from site_effects")
+    assert len(site) == len(v) and site.p_value.between(0, 1).all() and site.n_sites.eq(5).all()
+    assert not site.site_dependent.any()  # the demo draws expression whatever the site
+    assert (site.n_unseen_slides == 0).all() and site.note.str.contains("no stain table").all()
+
+
 def test_survival_table_and_no_training_patient(foundation):
     cfg, _, store = foundation
     sv = store.query("select * from survival")

@@ -16,6 +16,7 @@ from ..cartography import (
     combination_names,
     heterogeneity_png,
     plot_heterogeneity_map,
+    trait_gate,
     trait_sets,
     write_geojson,
 )
@@ -31,7 +32,7 @@ from ..heterogeneity import (
     hti_stats,
     robust_calls,
 )
-from ..partitions import SLIDES, configured_by_cohort
+from ..partitions import ALL, SLIDES, configured_by_cohort
 from ..plots import pyplot
 from ..reporting import figure_file, md_table
 from ..resources import PathomchResource
@@ -135,21 +136,28 @@ def analysis_settings(cfg: PathomchConfig) -> dict:
     return {name: [c.traits, c.survival_pairs, c.hti_sets] for name, c in cfg.cohorts.items()}
 
 
-def build(cfg: PathomchConfig, slide_predictions_asset, trait_model_asset, ensemble_asset):
+def build(cfg: PathomchConfig, slide_predictions_asset, trait_model_asset, ensemble_asset, trait_validity_asset):
     @dg.asset(
         partitions_def=SLIDES,
         backfill_policy=dg.BackfillPolicy.single_run(),
         group_name="cartography",
         kinds={"numpy", "geojson"},
         code_version=code_version(cfg.tiling.tile_px, analysis_settings(cfg), hti_settings(cfg)),
-        deps=[slide_predictions_asset, *model_deps(trait_model_asset, ensemble_asset)],
+        deps=[
+            slide_predictions_asset,
+            dg.AssetDep(trait_validity_asset, partition_mapping=ALL),
+            *model_deps(trait_model_asset, ensemble_asset),
+        ],
         description="Per slide: the tensor molecular cartography (traits x rows x cols ensemble tile calls "
-        "with a tissue mask, .npz), a heterogeneity map (.png, with a legend of trait combinations), a QuPath "
+        "with a tissue mask, .npz, with a `feeds` flag per trait), a heterogeneity map (.png, with a legend of "
+        "trait combinations), a QuPath "
         "GeoJSON of the tile calls, and the HTI of each analysed trait set (`hti` table). Beside the paper's HTI "
         "(`hti_stats`): a block-bootstrap 95% CI, a spatial p-value against random placement of the same calls "
         "(`p_spatial`, after the authors' hta package), the HTI normalised by combinations present as hta does, "
         "and a robust HTI where unsure tile calls are decided by their neighbours; the share of each trait "
-        "combination per slide (`hti_combinations`). Maps of a sample of slides are shown here.",
+        "combination per slide (`hti_combinations`). Maps of a sample of slides are shown here. Only traits that "
+        "pass the validity gate (`trait_validity`) are drawn, exported and enter an HTI; with maps.include_invalid "
+        "the others do too, flagged in every `hti` row (`valid`, `invalid_traits`).",
     )
     def slide_cartography(context: dg.AssetExecutionContext, pathomch: PathomchResource) -> dg.MaterializeResult:
         cfg, store = pathomch.get_config(), pathomch.get_store()
@@ -158,10 +166,12 @@ def build(cfg: PathomchConfig, slide_predictions_asset, trait_model_asset, ensem
         groups, skipped = configured_by_cohort(context.partition_keys, cfg, context.log.warning)
         for cohort, sids in groups.items():
             traits = usable_traits(cfg, cohort)
+            gate = trait_gate(cfg, cohort, store)  # maps and HTI of the traits that feed them (trait_validity)
             sets, _, note = trait_sets(cfg, cohort, store)
-            if note:
-                context.log.warning(note)
-                notes.append(note)
+            for n in (gate.note, note):
+                if n:
+                    context.log.warning(n)
+                    notes.append(n)
             slides = store.read("slides", "cohort = ?", [cohort]).set_index("slide_id")
             for sid in sids:
                 g = slide_calls(cfg, cohort, sid)
@@ -174,15 +184,16 @@ def build(cfg: PathomchConfig, slide_predictions_asset, trait_model_asset, ensem
                     skipped += 1
                     continue
                 carto = build_cartography(g, traits)
-                carto.save(layout.cartography_file(cfg, cohort, sid))
+                carto.save(layout.cartography_file(cfg, cohort, sid), feeds=gate.feeds)
+                shown = carto.subset(gate.feeds)
                 # the level and read size the tiler used (older rows: the settings' estimate)
                 geometry = TileGeometry.recorded(slides.loc[sid], cfg.tiling.tile_px, cfg.tiling.magnification)
-                write_geojson(carto, layout.cartography_file(cfg, cohort, sid, "geojson"), geometry, sid)
+                write_geojson(shown, layout.cartography_file(cfg, cohort, sid, "geojson"), geometry, sid)
                 soft, threshold = soft_calls(cfg, g, carto)
                 if not sets:  # no trait set with usable ensembles: the map of the usable traits, no HTI
                     for table in ("hti", "hti_stats", "hti_combinations"):
                         store.delete(table, f"{cohort}/{sid}")
-                    heterogeneity_png(carto, layout.cartography_file(cfg, cohort, sid, "png"), title=sid)
+                    heterogeneity_png(shown, layout.cartography_file(cfg, cohort, sid, "png"), title=sid)
                     continue
                 rows, stats, combos = [], [], []
                 for tset in sets:
@@ -190,7 +201,7 @@ def build(cfg: PathomchConfig, slide_predictions_asset, trait_model_asset, ensem
                     h, st, cb = set_results(
                         cohort, sid, tset, Cartography(tset, carto.tensor[idx], carto.mask), soft[idx], threshold
                     )
-                    rows.append(h)
+                    rows.append({**h, **gate.flags(tset)})
                     stats.append(st)
                     combos.append(cb)
                 store.write("hti", f"{cohort}/{sid}", pd.DataFrame(rows))

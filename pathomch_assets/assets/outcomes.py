@@ -6,7 +6,7 @@ import dagster as dg
 import pandas as pd
 
 from .. import layout
-from ..cartography import trait_sets
+from ..cartography import trait_gate, trait_sets
 from ..config import PathomchConfig
 from ..partitions import ALL, cohorts
 from ..plots import pyplot
@@ -49,7 +49,7 @@ def read_survival_frame(store, cohort: str, pair: list[str]) -> tuple[pd.DataFra
     )
 
 
-def build(cfg: PathomchConfig, cartography_asset, clinical_asset, trait_model_asset, ensemble_asset):
+def build(cfg: PathomchConfig, cartography_asset, clinical_asset, trait_model_asset, ensemble_asset, validity_asset):
     @dg.asset(
         partitions_def=cohorts(cfg),
         group_name="survival",
@@ -58,6 +58,7 @@ def build(cfg: PathomchConfig, cartography_asset, clinical_asset, trait_model_as
         deps=[
             dg.AssetDep(cartography_asset, partition_mapping=ALL),
             clinical_asset,
+            dg.AssetDep(validity_asset, partition_mapping=ALL),
             *model_deps(trait_model_asset, ensemble_asset),
         ],
         automation_condition=refresh_on_new_slides(),
@@ -67,7 +68,8 @@ def build(cfg: PathomchConfig, cartography_asset, clinical_asset, trait_model_as
         "continuous covariate, and (breast) HTI by ER status and PAM50 subtype. Beside the paper: the same "
         "groupings and Cox model by the robust HTI (`hti_robust`), Harrell's concordance index of each (`c_index`), "
         "number-at-risk tables under every Kaplan-Meier plot, and HTI by above/below-median expression (paper "
-        "Figure 5b). A figure that cannot be made says why. Writes `survival`.",
+        "Figure 5b). A figure that cannot be made says why. Only trait pairs whose traits pass the validity gate "
+        "(`trait_validity`) are analysed, unless maps.include_invalid. Writes `survival`.",
     )
     def survival_analysis(context: dg.AssetExecutionContext, pathomch: PathomchResource) -> dg.MaterializeResult:
         cfg, store = pathomch.get_config(), pathomch.get_store()
@@ -75,10 +77,16 @@ def build(cfg: PathomchConfig, cartography_asset, clinical_asset, trait_model_as
         sv = cfg.survival
         rows: list[dict] = []
         meta: dict[str, RawMetadataValue] = {}
-        sets, _, note = trait_sets(cfg, cohort, store)  # traits without a usable ensemble left out
+        sets, _, note = trait_sets(cfg, cohort, store)  # traits without a usable ensemble or failing the gate left out
         if note:
             context.log.warning(note)
             meta["traits_without_ensemble"] = note
+        gate = trait_gate(cfg, cohort, store)
+        if gate.note:
+            context.log.warning(gate.note)
+            meta["validity_note"] = gate.note
+        if gate.invalid:
+            meta["invalid_traits"] = ", ".join(gate.invalid)  # left out, or kept by maps.include_invalid
         for pair in (s for s in sets if len(s) == 2):
             name = "+".join(pair)
             df, _ = read_survival_frame(store, cohort, pair)
