@@ -368,6 +368,74 @@ def check_manifest_entry(ref: SlideRef) -> str | None:
     return None
 
 
+# ---------------------------------------------------------------- a slide's content
+
+#: bytes read from each end of each of a slide's files for its content fingerprint
+FINGERPRINT_BYTES = 1 << 20
+
+
+def slide_files(path: str | Path) -> list[Path]:
+    """The files a slide is made of: a DICOM slide's every file in its folder, an MRXS slide's
+    ``.mrxs`` and the files of its data folder (``Slidedat.ini``, ``.dat``), else the file itself."""
+    path = Path(path)
+    suffix = path.suffix.lower()
+    if suffix == ".dcm":
+        own, folder = [], path.parent
+    elif suffix == ".mrxs":
+        own, folder = [path], path.with_suffix("")
+    else:
+        return [path]
+    return own + (
+        sorted(e for e in folder.iterdir() if e.is_file() and not e.name.startswith(".")) if folder.is_dir() else []
+    )
+
+
+def content_fingerprint(path: str | Path) -> str:
+    """A slide's content, sampled: a BLAKE2b hash of each of its files' name, size, first and last MiB.
+
+    A TIFF's header and directories sit at one end or the other, its tile data between, so another slide
+    put in its place (``mv``, a copy, a download) gives another fingerprint at the cost of reading 2 MiB,
+    not the whole file (a full MD5 streams gigabytes: ``docs/reliability-round3.md``).  It does not depend
+    on mtime: a ``touch`` or a restore of the same bytes leaves it unchanged.  Raises ``OSError``.
+    """
+    h = hashlib.blake2b(digest_size=12)
+    for f in slide_files(path):
+        if f.is_dir():  # a slide OpenSlide reads from a folder: its files are listed by the caller's stats
+            h.update(f"{f.name}/\0".encode())
+            continue
+        with open(f, "rb") as fh:
+            size = os.fstat(fh.fileno()).st_size
+            h.update(f"{f.name}\0{size}\0".encode())
+            h.update(fh.read(FINGERPRINT_BYTES))
+            if size > FINGERPRINT_BYTES:
+                fh.seek(max(FINGERPRINT_BYTES, size - FINGERPRINT_BYTES))
+                h.update(fh.read(FINGERPRINT_BYTES))
+    return h.hexdigest()
+
+
+@dataclass(frozen=True)
+class SlideState:
+    """What a slide's files are now: :func:`content_fingerprint` and each file's size, mtime and inode.
+
+    Taken before and after a slide is read: when the two differ the file was replaced or written
+    while it was read, and its tiles are not this file's."""
+
+    fingerprint: str
+    size: int
+    mtime_ns: int
+    stats: tuple[tuple[str, int, int, int], ...]
+
+
+def slide_state(path: str | Path) -> SlideState:
+    """The slide's :class:`SlideState` (raises ``OSError`` when a file cannot be read)."""
+    stats = []
+    for f in slide_files(path):
+        st = os.stat(f)
+        stats.append((f.name, st.st_size, st.st_mtime_ns, st.st_ino))
+    first = os.stat(path)
+    return SlideState(content_fingerprint(path), first.st_size, first.st_mtime_ns, tuple(stats))
+
+
 def usable_slides(slides: pd.DataFrame) -> pd.DataFrame:
     """Every usable slide (``status == 'ok'``; non-diagnostic slides are 'skipped' at tiling), sorted by
     cohort and slide id: all of them are trained on and scored, each with its patient's label (SPEC 2)."""

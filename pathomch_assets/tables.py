@@ -50,6 +50,8 @@ SCHEMAS: dict[str, dict[str, str]] = {
         "file_size": "BIGINT",
         "file_mtime_ns": "BIGINT",
         "params_hash": "VARCHAR",
+        "file_fingerprint": "VARCHAR",
+        "tiles_digest": "VARCHAR",
     },
     "tiles": {
         "cohort": "VARCHAR",

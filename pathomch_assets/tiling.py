@@ -710,6 +710,7 @@ def tile_slide(
             if not records:
                 writer.abort()
         res.records = records
+        res.info["tiles_digest"] = writer.digest if records else None
         if not records:
             res.status, res.error = (
                 "no_tissue",
@@ -830,7 +831,3 @@ def tile_slides(jobs: list[tuple], workers: int = 1, progress=None):
             if progress:
                 progress(i, total, res)
             yield res
-
-
-def default_workers(configured: int) -> int:
-    return max(1, min(configured, os.cpu_count() or 1))
