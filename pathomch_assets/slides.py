@@ -32,6 +32,15 @@ SLIDE_SUFFIXES = {".svs", ".tif", ".tiff", ".ndpi", ".vms", ".vmu", ".scn", ".mr
 #: mpp outside this range is not a microscope slide (e.g. a TIFF's 72 dpi default).
 PLAUSIBLE_MPP = (0.05, 20.0)
 
+#: objective power outside these is not a slide scan (1x is below any scanner objective, 100x is oil immersion):
+#: it bounds the configured target and every slide's own magnification (from its mpp or objective power); a
+#: tiny one would make one tile read the whole slide many times over, an infinite one every pixel a tile
+MIN_MAGNIFICATION, MAX_MAGNIFICATION = 1.0, 100.0
+
+#: grid cells one slide may have at the target magnification (a 512 x 512 px tile grid of 1,000,000 cells
+#: is a 512,000 px square at 20x, far beyond any scan): more means its size or magnification is wrong
+MAX_CELLS = 1_000_000
+
 _TCGA = re.compile(r"^TCGA-[A-Z0-9]{2}-[A-Z0-9]{4}", re.IGNORECASE)
 #: a TCGA patient barcode: project, tissue source site (2 characters), participant (4)
 _TCGA_PATIENT = re.compile(r"^TCGA-([A-Z0-9]{2})-([A-Z0-9]{4})$")
@@ -478,23 +487,46 @@ def base_magnification(props: dict, path: str | Path, default: float | None = No
     """Objective power of level 0 and where it came from.
 
     Prefers ``openslide.mpp-x`` (physical: 20x = 0.5 um/px, so ``mag = 10 / mpp``) when it is
-    plausible, else ``openslide.objective-power``, else ``default``.  A slide with none of them
-    raises :class:`SlideError` (never silently taken as 40x).
+    plausible, else ``openslide.objective-power``, else ``default``.  A value is used only when the
+    magnification it gives is within ``MIN_MAGNIFICATION``-``MAX_MAGNIFICATION`` (an objective power of
+    0.05 would make each tile one pixel read).  A slide with no usable value raises :class:`SlideError`
+    naming what it has (never silently taken as 40x).
+
+    Examples
+    --------
+    >>> base_magnification({"openslide.mpp-x": "0.25"}, "x.svs")
+    (40.0, 'mpp', 0.25)
     """
     mpp = _float(props.get("openslide.mpp-x"))
     power = _float(props.get("openslide.objective-power"))
-    if mpp is not None and PLAUSIBLE_MPP[0] <= mpp <= PLAUSIBLE_MPP[1]:
+    if mpp is not None and PLAUSIBLE_MPP[0] <= mpp <= PLAUSIBLE_MPP[1] and _in_bounds(10.0 / mpp):
         return 10.0 / mpp, "mpp", mpp
-    if power is not None and power > 0:
+    if power is not None and _in_bounds(power):
         return power, "objective_power", mpp
     if default is not None:
         return float(default), "config_default", mpp
-    why = (
-        "no objective power and no mpp"
-        if mpp is None
-        else f"no objective power and an implausible mpp of {mpp:g} um/px"
-    )
+    bounds = f"{MIN_MAGNIFICATION:g}-{MAX_MAGNIFICATION:g}x"
+    has = [
+        "no objective power" if power is None else f"an objective power of {power:g} (outside {bounds})",
+        "no mpp" if mpp is None else f"an implausible mpp of {mpp:g} um/px",
+    ]
+    why = "no objective power and no mpp" if power is None and mpp is None else " and ".join(has)
     raise SlideError(path, f"{why}; set default_magnification for this cohort to use it")
+
+
+def _in_bounds(magnification: float) -> bool:
+    return MIN_MAGNIFICATION <= magnification <= MAX_MAGNIFICATION
+
+
+def check_grid(path: str | Path, n_cols: int, n_rows: int, read_px: int, level_magnification: float) -> None:
+    """Refuse a slide whose tile grid has more than ``MAX_CELLS`` cells (its size or magnification is wrong)."""
+    if n_cols * n_rows > MAX_CELLS:
+        raise SlideError(
+            path,
+            f"{n_cols} x {n_rows} = {n_cols * n_rows:,} tile cells of {read_px} px at {level_magnification:g}x "
+            f"(more than {MAX_CELLS:,}): its dimensions or magnification are wrong; check its metadata or set "
+            "default_magnification for this cohort",
+        )
 
 
 def _float(value) -> float | None:
