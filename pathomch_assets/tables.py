@@ -161,6 +161,8 @@ SCHEMAS: dict[str, dict[str, str]] = {
         "p_value": "DOUBLE",
         "n_patients": "INTEGER",
         "c_index": "DOUBLE",
+        "status": "VARCHAR",
+        "reason": "VARCHAR",
     },
     "hti_stats": {
         "cohort": "VARCHAR",
@@ -347,7 +349,15 @@ class TableStore:
         CLI without ``-readonly``) neither blocks this nor is blocked by it.
         """
         signature = self.views_signature()
-        if self.duckdb_path.is_file() and self._stamp.is_file() and self._stamp.read_text().strip() == signature:
+        if (
+            self.duckdb_path.is_file()
+            and self._stamp.is_file()
+            and self._stamp.read_text().split()
+            == [
+                signature,
+                self._file_identity(),
+            ]
+        ):
             return False
         if self.duckdb_path.is_dir():
             raise IsADirectoryError(
@@ -366,15 +376,32 @@ class TableStore:
                     con.execute(self._view_sql(table))
             os.replace(tmp, self.duckdb_path)
             with atomic_path(self._stamp) as stamp_tmp:
-                stamp_tmp.write_text(signature + "\n")
+                stamp_tmp.write_text(f"{signature}\n{self._file_identity()}\n")
         finally:
             for leftover in (tmp, tmp + ".wal"):
                 with contextlib.suppress(FileNotFoundError):
                     os.unlink(leftover)
         return True
 
-    def connect(self) -> duckdb.DuckDBPyConnection:
-        """An in-memory DuckDB connection with the tables as views (no file, no lock, nothing written)."""
+    def _file_identity(self) -> str:
+        """The views file as it was written (size, mtime, inode): anything that changed it since, a ``DROP VIEW``
+        through an ``ATTACH`` included (or a write-ahead log beside it), makes :meth:`ensure_views` write it
+        again, so views repair themselves without the file ever being opened to check them."""
+        try:
+            st = os.stat(self.duckdb_path)
+        except OSError:
+            return "absent"
+        wal = os.path.exists(f"{self.duckdb_path}.wal")
+        return f"{st.st_size}:{st.st_mtime_ns}:{st.st_ino}{':wal' if wal else ''}"
+
+    def connect(self, sandboxed: bool = False) -> duckdb.DuckDBPyConnection:
+        """An in-memory DuckDB connection with the tables as views (no file, no lock, nothing written).
+
+        ``sandboxed``: then nothing outside ``tables_dir`` can be read or written (DuckDB's
+        ``enable_external_access = false`` with ``allowed_directories``; no ``read_csv('/etc/passwd')``,
+        ``COPY ... TO``, ``ATTACH``, ``INSTALL``), and the configuration is locked so no statement lifts it.
+        On object storage the views need the registered filesystem: there only :func:`read_only_problem` guards.
+        """
         con = self._connect()
         for table, schema in SCHEMAS.items():
             if (self._dir(table) / "_schema.parquet").exists():
@@ -382,12 +409,42 @@ class TableStore:
             else:  # nothing materialized yet: an empty view of the right columns
                 cols = ", ".join(f"CAST(NULL AS {typ}) AS {col}" for col, typ in schema.items())
                 con.execute(f"CREATE TEMP VIEW {table} AS SELECT {cols} WHERE false")
+        if sandboxed and not is_remote(self.tables_dir):
+            con.execute(f"SET allowed_directories = [{sql_string(str(self.tables_dir) + os.sep)}]")
+            con.execute("SET enable_external_access = false")
+            con.execute("SET lock_configuration = true")
         return con
 
-    def query(self, sql: str, params: list | None = None) -> pd.DataFrame:
-        """Run SQL against the tables; never opens (or locks) the DuckDB file."""
-        with self.connect() as con:
+    def query(self, sql: str, params: list | None = None, read_only: bool = False) -> pd.DataFrame:
+        """Run SQL against the tables; never opens (or locks) the DuckDB file.
+
+        ``read_only``: a user's query (``pathomch sql``): only statements that read (:func:`read_only_problem`)
+        on a :meth:`connect` ``sandboxed`` connection; anything else raises :class:`ReadOnlyError`.
+        """
+        with self.connect(sandboxed=read_only) as con:
+            if read_only and (problem := read_only_problem(con, sql)):
+                raise ReadOnlyError(problem)
             return con.execute(sql, params or []).df()
+
+
+class ReadOnlyError(PermissionError):
+    """A statement that would write, refused by a read-only query."""
+
+
+#: statement kinds a read-only query may run (PIVOT is a MULTI statement; PRAGMA and CALL run with external
+#: access off and the configuration locked)
+READ_ONLY_STATEMENTS = ("SELECT", "EXPLAIN", "MULTI", "PRAGMA", "CALL")
+
+
+def read_only_problem(con, sql: str) -> str | None:
+    """Why ``sql`` is not a read-only query (its first statement that would write or reach outside), or None.
+    Raises ``duckdb.Error`` for SQL that does not parse."""
+    for statement in con.extract_statements(sql):
+        kind = statement.type.name
+        if kind not in READ_ONLY_STATEMENTS:
+            first = " ".join(str(statement.query).split())[:60]
+            return f"{kind} statement refused ({first!r}): queries are read-only; pass --write to run it"
+    return None
 
 
 #: how many leading columns of each schema are the SPEC 5 contract (required on write)

@@ -5,6 +5,7 @@ import os
 import shutil
 
 import numpy as np
+import pandas as pd
 import pytest
 
 from pathomch_assets import layout
@@ -13,6 +14,8 @@ from pathomch_assets.demo_cohort import write_pyramid
 from pathomch_assets.ingest import MAX_TILING_TRIES, tile_partitions
 from pathomch_assets.slides import content_fingerprint
 from pathomch_assets.tables import TableStore
+
+from .test_assets import tiny  # noqa: F401 (a fixture)
 
 SID = "TCGA-AA-0001-01Z-00-DX1"
 KEY = f"brca/{SID}"
@@ -185,3 +188,272 @@ def test_stored_predictions_of_other_content_with_the_same_tile_count_are_never_
     # predictions stored before digests were kept are not trusted either
     preds.drop(columns="tiles_digest").to_parquet(path, index=False)
     assert MemberModels(cfg, "brca").probabilities(trait, sid_b, 16, digest[sid_b])[1]
+
+
+# ---------------------------------------------------------------- a slide's own metadata, a tile's own header
+
+
+def test_objective_power_of_a_slide_outside_the_bounds_is_refused_naming_the_file(tmp_path):
+    """`AppMag = .05` on an ordinary Aperio slide (no MPP): refused at once, not tiled as 1 px reads."""
+    from pathomch_assets.tiling import TilingParams, tile_slide
+
+    path = tmp_path / f"{SID}.svs"
+    write_pyramid(path, tissue(3, 4, 4), "aperio40_power")
+    data = path.read_bytes()
+    assert data.count(b"AppMag = 40") == 1
+    path.write_bytes(data.replace(b"AppMag = 40", b"AppMag =.05"))  # same length: the TIFF stays valid
+    res = tile_slide("brca", SID, path, tmp_path / "t.tfrecord", TilingParams(tile_px=64))
+    assert res.status == "error" and not res.records
+    assert res.error.startswith(str(path)) and "objective power of 0.05 (outside 1-100x)" in res.error
+
+
+def test_a_slide_whose_tile_grid_is_absurd_is_refused_before_reading(tmp_path):
+    from pathomch_assets.slides import MAX_CELLS
+    from pathomch_assets.tiling import TilingParams, tile_slide
+
+    path = tmp_path / f"{SID}.svs"
+    write_pyramid(path, tissue(4, 16, 32), "aperio20")  # 2048 x 1024 px
+    res = tile_slide("brca", SID, path, tmp_path / "t.tfrecord", TilingParams(tile_px=1))  # 2,097,152 cells
+    assert 2048 * 1024 > MAX_CELLS
+    assert res.status == "error" and str(path) in res.error and "2,097,152 tile cells" in res.error
+
+
+def test_a_jpeg_tile_declaring_another_size_is_refused_before_decoding(tmp_path):
+    """One stored 256 x 256 tile whose JPEG header declares 2048 x 2048, read on the exact path (20x tiles of a
+    20x slide): "Dimensional mismatch", as OpenSlide says, naming the file; nothing decoded at that size."""
+    import tifffile
+
+    from pathomch_assets.tiling import TilingParams, jpeg_frame_size, tile_slide
+
+    path = tmp_path / f"{SID}.svs"
+    write_pyramid(path, tissue(5, 4, 4, px=256), "aperio20")
+    with tifffile.TiffFile(path) as tif:
+        page = tif.pages[0]
+        offset, count = page.dataoffsets[0], page.databytecounts[0]
+    data = bytearray(path.read_bytes())
+    tile = bytes(data[offset : offset + count])
+    assert jpeg_frame_size(tile) == (256, 256)
+    sof = tile.index(b"\xff\xc0")
+    data[offset + sof + 5 : offset + sof + 9] = (2048).to_bytes(2, "big") * 2  # height, width
+    path.write_bytes(bytes(data))
+    assert jpeg_frame_size(path.read_bytes()[offset : offset + count]) == (2048, 2048)
+    params = TilingParams(magnification=20, tile_px=256, max_background_fraction=1.0)
+    res = tile_slide("brca", SID, path, tmp_path / "t.tfrecord", params)
+    assert res.status == "error" and res.error.startswith(str(path))
+    assert "Dimensional mismatch reading JPEG tile 0 of page 0" in res.error and "2048 x 2048" in res.error
+
+
+# ---------------------------------------------------------------- settings against the machine
+
+
+def test_a_training_batch_beyond_any_machine_is_refused_saying_why(tmp_path):
+    from pathomch_assets.config import ConfigError
+
+    (tmp_path / "mrna.tsv").write_text("gene_id\n")
+    (tmp_path / "mirna.csv").write_text("Genes,Correction\n")
+    p = tmp_path / "p.yaml"
+    p.write_text(
+        "data_dir: out\nduckdb_path: out/p.duckdb\ntraining: {batch_size: 100000000}\ncohorts:\n  brca:\n"
+        "    slides_dir: .\n    mrna: mrna.tsv\n    mirna: mirna.csv\n    traits: [MKI67]\n"
+    )
+    with pytest.raises(ConfigError) as err:
+        load_config(p)
+    msg = str(err.value)
+    assert msg.startswith(f"{p}: invalid configuration")
+    assert "training.batch_size: Input should be less than or equal to 4096" in msg and "in memory" in msg
+
+
+def test_tiling_parallelism_is_capped_at_the_cpus_with_a_log_line(deployment):
+    import dataclasses
+
+    from pathomch_assets.ingest import run_parallelism
+
+    cfg, _, _ = deployment
+    cfg = cfg.model_copy(update={"tiling": cfg.tiling.model_copy(update={"workers": 64, "threads_per_slide": 256})})
+    log = Log()
+    assert run_parallelism(cfg, log, cpus=2) == (2, 2)
+    assert log.lines == [
+        "tiling.workers 64 capped at 2 (the CPUs this run may use)",
+        "tiling.threads_per_slide 256 capped at 2 (the CPUs this run may use)",
+    ]
+    log = Log()
+    assert run_parallelism(cfg, log, cpus=512) == (64, 256) and log.lines == []
+    from pathomch_assets.tiling import TilingParams
+
+    params = TilingParams.from_config(cfg)  # the threads are not part of what the tiles depend on
+    assert params.digest() == dataclasses.replace(params, threads=2).digest()
+
+
+# ---------------------------------------------------------------- survival on degenerate data
+
+
+def survival_table(store, clinical_update: dict | None = None):
+    """Replace the cohort's clinical rows with ``clinical_update`` applied, as a new clinical file would."""
+    c = store.read("clinical", "cohort = ?", ["brca"])
+    store.write("clinical", "brca", c.assign(**(clinical_update or {})))
+    store.ensure_views()
+
+
+@pytest.mark.parametrize(
+    "update,reason",
+    [
+        ({"os_months": 0.0, "os_event": 1}, "no admissible pair: no patient was followed longer than a death"),
+        ({"os_event": 0}, "every patient is censored (0 deaths among"),
+    ],
+    ids=["every patient dead at month 0", "every patient censored"],
+)
+def test_degenerate_survival_data_is_stated_and_earlier_results_do_not_stand(tiny, update, reason):  # noqa: F811
+    import dagster as dg
+
+    from .test_assets import asset, write_survival_inputs
+
+    cfg, pathomch, store, defs = tiny
+    write_survival_inputs(cfg, store)
+    survival_analysis = asset(defs, "survival_analysis")
+    survival_analysis(context=dg.build_asset_context(partition_key="brca"), pathomch=pathomch)
+    before = store.query("select * from survival")
+    assert (before.status == "ok").all() and before.c_index.notna().any()  # the earlier clinical file's results
+    survival_table(store, update)  # a new clinical file: every patient dead at month 0, or none dead
+    survival_analysis(context=dg.build_asset_context(partition_key="brca"), pathomch=pathomch)  # no exception
+    after = store.query("select * from survival")
+    assert len(after) == len(before) and set(after.grouping) == set(before.grouping)
+    assert (after.status == "untestable").all() and after.reason.str.contains(reason, regex=False).all()
+    assert after[["logrank_p", "hazard_ratio", "c_index"]].isna().all().all()  # nothing of the earlier file
+
+
+def test_survival_rows_of_a_cohort_are_cleared_before_they_are_computed_again(tiny, monkeypatch):  # noqa: F811
+    """A survival run that fails leaves no rows of earlier inputs standing as current."""
+    import dagster as dg
+
+    from pathomch_assets import survival
+
+    from .test_assets import asset, write_survival_inputs
+
+    cfg, pathomch, store, defs = tiny
+    write_survival_inputs(cfg, store)
+    survival_analysis = asset(defs, "survival_analysis")
+    survival_analysis(context=dg.build_asset_context(partition_key="brca"), pathomch=pathomch)
+    assert not store.read("survival").empty
+
+    def broken(*args, **kwargs):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(survival, "cox_hti", broken)
+    with pytest.raises(OSError):
+        survival_analysis(context=dg.build_asset_context(partition_key="brca"), pathomch=pathomch)
+    assert store.read("survival").empty
+
+
+# ---------------------------------------------------------------- pathomch sql
+
+
+@pytest.fixture
+def tables(deployment):
+    """The deployment with a ``slides`` table and its views file: (config, store)."""
+    cfg, _, store = deployment
+    rows = pd.DataFrame({"cohort": "brca", "slide_id": [SID], "patient_id": SID[:12], "path": "", "status": "ok"})
+    store.write("slides", "brca", rows.assign(error=None))
+    store.ensure_views()
+    return cfg, store
+
+
+def sql(cfg, query: str, *flags: str) -> int:
+    from pathomch_assets.cli import main
+
+    return main(["sql", query, "--config", str(cfg.source), *flags])
+
+
+def test_pathomch_sql_reads_and_refuses_writes_and_files_outside_unless_asked(tables, tmp_path, capsys):
+    cfg, _ = tables
+    assert sql(cfg, "select status, count(*) n from slides group by 1") == 0
+    assert "| ok       |   1 |" in capsys.readouterr().out
+    assert sql(cfg, "pivot slides on status using count(*)") == 0  # PIVOT: a read (a MULTI statement)
+    capsys.readouterr()
+    secret = tmp_path / "secret.csv"
+    secret.write_text("password\nhunter2\n")
+    out_file = tmp_path / "copied.csv"
+    refused = {
+        f"copy (select * from slides) to '{out_file}'": "COPY statement refused",
+        f"attach '{cfg.duckdb_path}' as v; drop view v.slides": "ATTACH statement refused",
+        f"select * from read_csv('{secret}')": "Permission Error",
+        f"select * from glob('{tmp_path}/*')": "Permission Error",
+        "set enable_external_access = true": "SET statement refused",
+        "install httpfs": "LOAD statement refused",
+    }
+    for query, why in refused.items():
+        assert sql(cfg, query) == 1, query
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and err.startswith("pathomch sql: ") and why in err, (query, err)
+    assert not out_file.exists()
+    assert sql(cfg, f"copy (select * from slides) to '{out_file}'", "--write") == 0 and out_file.exists()
+
+
+def test_a_bad_query_is_one_line_without_a_traceback(tables, capsys):
+    cfg, _ = tables
+    assert sql(cfg, "select nope from slides") == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "Traceback" not in err and 'column "nope"' in err.lower()
+    assert sql(cfg, "selec 1") == 1
+    assert capsys.readouterr().err.startswith("pathomch sql: Parser Error")
+
+
+def test_views_dropped_through_attach_repair_themselves(tables):
+    import duckdb
+
+    cfg, store = tables
+    assert not store.ensure_views()  # up to date
+    con = duckdb.connect(":memory:")
+    con.execute(f"attach '{cfg.duckdb_path}' as v")
+    con.execute("drop view v.slides")
+    con.close()
+    with duckdb.connect(str(cfg.duckdb_path), read_only=True) as ro:
+        with pytest.raises(duckdb.CatalogException):
+            ro.execute("select * from slides")
+    assert store.ensure_views()  # the file changed since it was written: written again
+    with duckdb.connect(str(cfg.duckdb_path), read_only=True) as ro:
+        assert ro.execute("select count(*) from slides").fetchone() == (1,)
+    assert not store.ensure_views()
+
+
+# ---------------------------------------------------------------- the CLI says what it did
+
+
+@pytest.mark.parametrize(
+    "flags,expect",
+    [
+        (["--select", "slide_tile"], "--select 'slide_tile' matches no asset; did you mean 'slide_tiles'?"),
+        (["--select", "labels,slide_tile"], "--select 'slide_tile' matches no asset; did you mean 'slide_tiles'?"),
+        (["--select", "key:slide_tile+"], "--select 'key:slide_tile+' matches no asset; did you mean 'slide_tiles'?"),
+        (["--select", "labels", "--partition", "brca/NOPE"], "--partition 'brca/NOPE' is no partition"),
+        (["--select", "labels", "--partition", "bcra"], "--partition 'bcra' is no partition of the selected assets; "
+         "did you mean 'brca'?"),
+        (["--select", "trait_model", "--partition", "brca/MKI67|round_0"],
+         "--partition 'brca/MKI67|round_0' is no partition"),
+    ],
+)  # fmt: skip
+def test_a_selection_or_partition_that_names_nothing_fails_with_close_matches(
+    deployment, tmp_path, monkeypatch, capsys, flags, expect
+):
+    from pathomch_assets.cli import main
+
+    cfg, _, _ = deployment
+    monkeypatch.setenv("DAGSTER_HOME", str(tmp_path / "home"))
+    assert main(["materialize", "--config", str(cfg.source), *flags]) == 2
+    captured = capsys.readouterr()
+    assert f"config: {cfg.source}" in captured.out  # the configuration in use, first
+    assert expect in captured.err and "runs in" not in captured.out
+
+
+def test_the_shipped_demo_configuration_is_never_used_silently(monkeypatch, capsys):
+    from pathomch_assets.cli import announce_config
+    from pathomch_assets.config import DEMO_CONFIG, ENV_VAR
+
+    cfg = load_config(DEMO_CONFIG, check_files=False)
+    monkeypatch.delenv(ENV_VAR, raising=False)
+    announce_config(cfg, None)
+    out = capsys.readouterr()
+    assert out.out == f"config: {DEMO_CONFIG}\n"
+    assert out.err.startswith("pathomch: WARNING: no --config and no $PATHOMCH_CONFIG: using the shipped demo")
+    assert str(cfg.data_dir) in out.err
+    announce_config(cfg, str(DEMO_CONFIG))  # asked for by name: said, not warned
+    assert capsys.readouterr().err == ""
