@@ -195,6 +195,12 @@ class CohortConfig(_Strict):
         dup = sorted({t for t in traits if traits.count(t) > 1})
         if dup:
             raise ValueError(f"traits listed twice: {dup}")
+        rows: dict[str, str] = {}
+        for t in traits:  # miR-17-5p and hsa-miR-17-5p are one row of the miRNA table: one would have no values
+            row = mirna_name(t) if is_mirna(t) else t
+            if row in rows:
+                raise ValueError(f"traits {rows[row]!r} and {t!r} are the same miRNA ({row}): keep one")
+            rows[row] = t
         for t in traits:
             if not _NAME.match(t):
                 raise ValueError(f"trait {t!r} may only hold letters, digits, '_', '.', '-'")
@@ -314,6 +320,17 @@ class PathomchConfig(_Strict):
 def is_mirna(trait: str) -> bool:
     """SPEC 2: a trait starting with ``miR-``, ``hsa-miR-`` or ``let-`` is a miRNA."""
     return trait.startswith(("miR-", "hsa-miR-", "let-", "hsa-let-"))
+
+
+def mirna_name(trait: str) -> str:
+    """``miR-17-5p`` -> ``hsa-miR-17-5p`` (the PanCanAtlas row name).
+
+    Examples
+    --------
+    >>> mirna_name("miR-17-5p"), mirna_name("hsa-miR-17-5p")
+    ('hsa-miR-17-5p', 'hsa-miR-17-5p')
+    """
+    return trait if trait.startswith("hsa-") else f"hsa-{trait}"
 
 
 def target_key(cohort: str, trait: str) -> str:

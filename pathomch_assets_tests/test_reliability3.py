@@ -457,3 +457,87 @@ def test_the_shipped_demo_configuration_is_never_used_silently(monkeypatch, caps
     assert str(cfg.data_dir) in out.err
     announce_config(cfg, str(DEMO_CONFIG))  # asked for by name: said, not warned
     assert capsys.readouterr().err == ""
+
+
+# ---------------------------------------------------------------- a full disk while saving a model
+
+SAVE_ON_A_FULL_DISK = """
+import resource, signal, sys
+from dataclasses import dataclass
+
+import keras
+import pandas as pd
+
+from pathomch_assets.training import save_model
+
+
+@dataclass
+class Result:
+    history: pd.DataFrame
+    best_val_auc: float = 0.5
+
+
+model = keras.Sequential([keras.Input((16, 16, 3)), keras.layers.Flatten(), keras.layers.Dense(1, "sigmoid")])
+signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # a write past the limit fails with EFBIG, as a full disk with ENOSPC
+resource.setrlimit(resource.RLIMIT_FSIZE, (4096, resource.getrlimit(resource.RLIMIT_FSIZE)[1]))
+try:
+    save_model(model, Result(pd.DataFrame({"auc": [0.5]})), sys.argv[1], {})
+except OSError as err:
+    print(f"{type(err).__name__}: errno {err.errno}: {err}")
+"""
+
+
+def test_a_model_that_cannot_be_written_names_the_file(tmp_path):
+    """The disk refuses the model's bytes (a file-size limit: the same failed write as a full disk): the error
+    names the file being written and the folder, not only "[Errno 28] No space left on device"."""
+    import subprocess
+    import sys
+
+    folder = tmp_path / "models" / "brca" / "MKI67" / "round_0"
+    out = subprocess.run(
+        [sys.executable, "-c", SAVE_ON_A_FULL_DISK, str(folder)], capture_output=True, text=True, timeout=300
+    )
+    line = out.stdout.strip().splitlines()[-1] if out.stdout.strip() else out.stderr[-2000:]
+    assert line.startswith("OSError: errno 27: "), line
+    assert f"writing {folder / 'model.keras'}" in line and "free space in" in line
+    assert not (folder / "model.keras").exists()
+
+
+# ---------------------------------------------------------------- ambiguous inputs
+
+
+def test_a_clinical_file_with_patient_id_twice_names_the_file_and_column(tmp_path):
+    from pathomch_assets.expression import ExpressionFormatError, read_clinical
+
+    c = tmp_path / "data_clinical_patient.txt"
+    c.write_text(
+        "#Patient Identifier\tOverall Survival Status\tOverall Survival (Months)\tOther\n"
+        "PATIENT_ID\tOS_STATUS\tOS_MONTHS\tPATIENT_ID\n"
+        "TCGA-A1-A0SB\t1:DECEASED\t3\tA0SB\nTCGA-A2-A04P\t0:LIVING\t30\tA04P\n"
+    )
+    with pytest.raises(ExpressionFormatError) as err:
+        read_clinical(c)
+    assert str(err.value) == (
+        f"{c}: line 2: column PATIENT_ID appears 2 times (fields [1, 4]): which one to read is ambiguous; keep one"
+    )
+
+
+def test_one_mirna_configured_under_two_names_is_a_config_error(deployment):
+    from pathomch_assets.config import ConfigError
+
+    cfg, _, _ = deployment
+    text = cfg.source.read_text()
+    cfg.source.write_text(text.replace("traits: [MKI67, miR-17-5p]", "traits: [MKI67, miR-17-5p, hsa-miR-17-5p]"))
+    with pytest.raises(ConfigError) as err:
+        load_config(cfg.source)
+    assert "cohorts.brca.traits" in str(err.value)
+    assert "traits 'miR-17-5p' and 'hsa-miR-17-5p' are the same miRNA (hsa-miR-17-5p): keep one" in str(err.value)
+
+
+def test_a_slide_of_a_cohort_no_longer_configured_says_so(deployment):
+    cfg, slides, store = deployment
+    write_pyramid(slides / f"{SID}.svs", tissue(1, 4, 4), "aperio20")  # the file is there
+    tile_partitions(cfg, store, [f"gone/{SID}"], Log())
+    row = store.read("slides", "cohort = ?", ["gone"]).iloc[0]
+    assert row.status == "missing"
+    assert row.error == f"{SID}: cohort 'gone' is not in {cfg.source}: add it back to tile this slide"
