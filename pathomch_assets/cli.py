@@ -150,9 +150,20 @@ from slides s where s.status = 'ok' and not exists
   (select 1 from hti h where h.cohort = s.cohort and h.slide_id = s.slide_id)"""
 
 
+#: slides whose ensemble scores (and so calls, maps and HTI) were made on other tiles than the slide's current ones:
+#: re-tiled since (another file, other tiling settings), or scored before scores recorded their tiles
+STALE_SQL = """select s.cohort, s.slide_id, 'stale' as status,
+  'scored on other tiles than its current ones (re-tiled since): re-run slide_predictions and slide_cartography'
+  as error
+from slides s where s.status = 'ok' and exists
+  (select 1 from slide_scores c where c.cohort = s.cohort and c.slide_id = s.slide_id and c.model = 'ensemble'
+   and c.tiles_digest is distinct from s.tiles_digest)"""
+
+
 def cmd_status(args) -> int:
     """Which slides are not processed, and why: `slides` rows that are not ok, usable slides without an
-    HTI, and slides whose runs failed until the new-slide sensor gave up (with the run's error)."""
+    HTI, slides whose scores are of other tiles than their current ones (stale), and slides whose runs failed
+    until the new-slide sensor gave up (with the run's error)."""
     import pandas as pd
 
     from .runner import instance_for
@@ -164,6 +175,7 @@ def cmd_status(args) -> int:
     frames = [
         store.query("select cohort, slide_id, status, error from slides where status <> 'ok'"),
         store.query(UNMAPPED_SQL),
+        store.query(STALE_SQL),
     ]
     failed = unprocessed_slides(instance_for(cfg))
     if failed:

@@ -95,6 +95,7 @@ SCHEMAS: dict[str, dict[str, str]] = {
         "score": "DOUBLE",
         "n_tiles": "INTEGER",
         "patient_id": "VARCHAR",
+        "tiles_digest": "VARCHAR",
     },
     "model_metrics": {
         "cohort": "VARCHAR",

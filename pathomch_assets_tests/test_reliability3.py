@@ -585,3 +585,22 @@ def test_reads_while_partitions_are_replaced_never_see_a_torn_file(deployment):
         writer.wait(timeout=60)
     assert reads > 5 and writer.returncode == 0
     assert not any((cfg.tables_dir / ".snapshots").iterdir())  # snapshots removed
+
+
+def test_status_lists_slides_scored_on_other_tiles_than_their_current_ones(tables, tmp_path, monkeypatch, capsys):
+    """A slide re-tiled (another file, other tiling settings) after its ensemble scores were made: `pathomch
+    status` says its scores, maps and HTI are stale; scored again on its current tiles, it is no longer listed."""
+    from pathomch_assets.cli import main
+
+    cfg, store = tables
+    monkeypatch.setenv("DAGSTER_HOME", str(tmp_path / "home"))
+    slides = store.read("slides").assign(tiles_digest="new-tiles")
+    store.write("slides", "brca", slides)
+    score = {"cohort": "brca", "trait": "MKI67", "model": "ensemble", "slide_id": SID, "score": 50.0, "n_tiles": 4}
+    store.write("slide_scores", KEY, pd.DataFrame([{**score, "patient_id": SID[:12], "tiles_digest": "old-tiles"}]))
+    assert main(["status", "--config", str(cfg.source)]) == 0
+    out = capsys.readouterr().out
+    assert f"| {SID} | stale" in out and "re-run slide_predictions and slide_cartography" in out
+    store.write("slide_scores", KEY, pd.DataFrame([{**score, "patient_id": SID[:12], "tiles_digest": "new-tiles"}]))
+    main(["status", "--config", str(cfg.source)])
+    assert "stale" not in capsys.readouterr().out

@@ -64,6 +64,7 @@ def build(cfg: PathomchConfig, trait_model_asset, ensemble_asset):
                             "score": slide_score(calls),
                             "n_tiles": len(pos),
                             "patient_id": slides.loc[sid, "patient_id"],
+                            "tiles_digest": slides.loc[sid, "tiles_digest"],  # the tiles these scores are of
                         }
                     )
                 if not frames:  # no trait of the cohort has a usable ensemble
