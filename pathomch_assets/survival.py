@@ -115,20 +115,22 @@ def logrank_groups(df: pd.DataFrame, high: pd.Series, low: pd.Series, grouping: 
 
     d = pd.concat([df[low].assign(group=0), df[high].assign(group=1)])
     a, b = d[d["group"] == 1], d[d["group"] == 0]
-    why = "a group has fewer than 2 patients" if len(a) < 2 or len(b) < 2 else untestable(d, min_events=1)
+    why = "a group has fewer than 2 patients" if len(a) < 2 or len(b) < 2 else untestable(d, min_events=1, pairs=False)
     if why:
         return GroupTest(grouping, len(b), len(a), float("nan"), float("nan"), d, why)
     res = logrank_test(a["os_months"], b["os_months"], a["os_event"], b["os_event"])
     return GroupTest(grouping, len(b), len(a), float(res.p_value), float(res.test_statistic), d)
 
 
-def untestable(d: pd.DataFrame, min_patients: int = 2, min_events: int = 2, column: str | None = None) -> str | None:
+def untestable(
+    d: pd.DataFrame, min_patients: int = 2, min_events: int = 2, column: str | None = None, pairs: bool = True
+) -> str | None:
     """Why ``d`` (``os_months, os_event`` and ``column``) supports no survival test, or None.
 
     Degenerate data are stated, not tested: no patient; every patient censored (a log-rank p of 1 with no
-    death says nothing); no *admissible pair* (no patient followed longer than some death, e.g. every patient
-    dead at month 0: concordance has nothing to compare, the log-rank variance is 0); too few deaths or one
-    covariate value.
+    death says nothing); no *admissible pair*, e.g. every patient dead at month 0: with ``pairs`` (concordance,
+    Cox) no patient was followed longer than a death; without (log-rank) at every death time everyone at risk
+    died, so the test's variance is 0; too few deaths or one covariate value.
 
     Examples
     --------
@@ -140,10 +142,16 @@ def untestable(d: pd.DataFrame, min_patients: int = 2, min_events: int = 2, colu
     events = d["os_event"].astype(bool)
     if not events.any():
         return f"every patient is censored (0 deaths among {len(d)}): no survival difference can be tested"
-    if not (d.loc[events, "os_months"] < d["os_months"].max()).any():
-        times = d.loc[events, "os_months"].unique()
-        when = f"all at month {times[0]:g}" if len(times) == 1 else "each at the longest follow-up"
-        return f"no admissible pair: no patient was followed longer than a death ({int(events.sum())} deaths, {when})"
+    t = d["os_months"]
+    if pairs:
+        informative = bool((t[events] < t.max()).any())
+    else:  # some death time with a survivor at risk: a non-zero hypergeometric variance
+        informative = any((t >= s).sum() > (events & (t == s)).sum() for s in t[events].unique())
+    if not informative:
+        times = t[events].unique()
+        when = f"all at month {times[0]:g}" if len(times) == 1 else f"at {len(times)} times"
+        why = "no patient was followed longer than a death" if pairs else "at each death time everyone at risk died"
+        return f"no admissible pair: {why} ({int(events.sum())} deaths, {when})"
     if events.sum() < min_events:
         return f"{int(events.sum())} deaths (fewer than {min_events})"
     if column is not None and d[column].nunique() < 2:

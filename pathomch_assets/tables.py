@@ -401,15 +401,8 @@ class TableStore:
         CLI without ``-readonly``) neither blocks this nor is blocked by it.
         """
         signature = self.views_signature()
-        if (
-            self.duckdb_path.is_file()
-            and self._stamp.is_file()
-            and self._stamp.read_text().split()
-            == [
-                signature,
-                self._file_identity(),
-            ]
-        ):
+        current = [signature, self._file_identity()]  # the file as this stamp wrote it, unchanged since
+        if self.duckdb_path.is_file() and self._stamp.is_file() and self._stamp.read_text().split() == current:
             return False
         if self.duckdb_path.is_dir():
             raise IsADirectoryError(

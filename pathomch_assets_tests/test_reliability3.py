@@ -297,7 +297,7 @@ def survival_table(store, clinical_update: dict | None = None):
 @pytest.mark.parametrize(
     "update,reason",
     [
-        ({"os_months": 0.0, "os_event": 1}, "no admissible pair: no patient was followed longer than a death"),
+        ({"os_months": 0.0, "os_event": 1}, "no admissible pair: "),  # log-rank: variance 0; C and Cox: no pair
         ({"os_event": 0}, "every patient is censored (0 deaths among"),
     ],
     ids=["every patient dead at month 0", "every patient censored"],
@@ -604,3 +604,21 @@ def test_status_lists_slides_scored_on_other_tiles_than_their_current_ones(table
     store.write("slide_scores", KEY, pd.DataFrame([{**score, "patient_id": SID[:12], "tiles_digest": "new-tiles"}]))
     main(["status", "--config", str(cfg.source)])
     assert "stale" not in capsys.readouterr().out
+
+
+def test_untestable_follows_each_test_s_own_condition():
+    """Deaths only at the last follow-up, one patient censored then: a log-rank test has variance (it is made,
+    as lifelines makes it), Harrell's C has no admissible pair; deaths all at month 0: neither."""
+    from lifelines.statistics import logrank_test
+
+    from pathomch_assets.survival import untestable
+
+    last = pd.DataFrame({"os_months": [1.0, 2.0, 5.0, 5.0, 5.0, 3.0], "os_event": [0, 0, 1, 0, 1, 0]})
+    assert untestable(last, min_events=1, pairs=False) is None
+    a, b = last.iloc[[0, 2, 3]], last.iloc[[1, 4, 5]]
+    assert 0 < logrank_test(a.os_months, b.os_months, a.os_event, b.os_event).p_value <= 1
+    assert untestable(last).startswith("no admissible pair: no patient was followed longer than a death")
+    zero = pd.DataFrame({"os_months": [0.0] * 4, "os_event": [1] * 4})
+    assert untestable(zero, pairs=False) == (
+        "no admissible pair: at each death time everyone at risk died (4 deaths, all at month 0)"
+    )
