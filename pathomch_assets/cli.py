@@ -20,10 +20,24 @@ def _defs_and_config(config: str | None):
     return build_definitions(cfg), cfg
 
 
+def announce_config(cfg, given: str | None) -> None:
+    """Say which configuration a command uses (stdout), and loudly (stderr) when it is the shipped demo's
+    because neither ``--config`` nor ``$PATHOMCH_CONFIG`` named one."""
+    if not given and not os.environ.get(ENV_VAR) and cfg.source and Path(cfg.source).resolve() == DEMO_CONFIG:
+        print(
+            f"pathomch: WARNING: no --config and no ${ENV_VAR}: using the shipped demo configuration {DEMO_CONFIG} "
+            f"(outputs in {cfg.data_dir}); pass --config FILE or set ${ENV_VAR} for your own cohorts",
+            file=sys.stderr,
+        )
+    print(f"config: {cfg.source}")
+
+
 def cmd_materialize(args) -> int:
     from .runner import materialize_all
 
+    given = args.config or None
     defs, cfg = _defs_and_config(args.config)
+    announce_config(cfg, given)
     parts = [p for p in (args.partition or "").split(",") if p] or None
     summary = materialize_all(
         defs, cfg, args.select, parts, missing_only=args.missing, executor=args.executor, parallel=args.parallel
@@ -109,13 +123,25 @@ def cmd_demo(args) -> int:
 
 
 def cmd_sql(args) -> int:
-    from .tables import TableStore
+    """Run a query on the result tables: read-only and sandboxed unless ``--write``; an error is one line."""
+    import duckdb
+
+    from .tables import ReadOnlyError, TableStore
 
     cfg = load_config(args.config, check_files=False)
-    df = TableStore(cfg.tables_dir, cfg.duckdb_path).query(args.query)
+    try:
+        df = TableStore(cfg.tables_dir, cfg.duckdb_path).query(args.query, read_only=not args.write)
+    except (duckdb.Error, ReadOnlyError) as err:
+        print(f"pathomch sql: {_first_line(err)}", file=sys.stderr)
+        return 1
     print(df.to_markdown(index=False, tablefmt="psql", floatfmt=".4g") if len(df.columns) else "(no columns)")
     print(f"({len(df)} rows)")
     return 0
+
+
+def _first_line(err: BaseException) -> str:
+    lines = [line for line in str(err).splitlines() if line.strip()]
+    return lines[0] if lines else type(err).__name__
 
 
 #: slides that are usable but have no HTI row yet: tiled and not yet mapped, or whose run failed after tiling
@@ -124,9 +150,20 @@ from slides s where s.status = 'ok' and not exists
   (select 1 from hti h where h.cohort = s.cohort and h.slide_id = s.slide_id)"""
 
 
+#: slides whose ensemble scores (and so calls, maps and HTI) were made on other tiles than the slide's current ones:
+#: re-tiled since (another file, other tiling settings), or scored before scores recorded their tiles
+STALE_SQL = """select s.cohort, s.slide_id, 'stale' as status,
+  'scored on other tiles than its current ones (re-tiled since): re-run slide_predictions and slide_cartography'
+  as error
+from slides s where s.status = 'ok' and exists
+  (select 1 from slide_scores c where c.cohort = s.cohort and c.slide_id = s.slide_id and c.model = 'ensemble'
+   and c.tiles_digest is distinct from s.tiles_digest)"""
+
+
 def cmd_status(args) -> int:
     """Which slides are not processed, and why: `slides` rows that are not ok, usable slides without an
-    HTI, and slides whose runs failed until the new-slide sensor gave up (with the run's error)."""
+    HTI, slides whose scores are of other tiles than their current ones (stale), and slides whose runs failed
+    until the new-slide sensor gave up (with the run's error)."""
     import pandas as pd
 
     from .runner import instance_for
@@ -138,6 +175,7 @@ def cmd_status(args) -> int:
     frames = [
         store.query("select cohort, slide_id, status, error from slides where status <> 'ok'"),
         store.query(UNMAPPED_SQL),
+        store.query(STALE_SQL),
     ]
     failed = unprocessed_slides(instance_for(cfg))
     if failed:
@@ -219,6 +257,12 @@ def main(argv: list[str] | None = None) -> int:
     p = sub.add_parser("sql", help="run a SQL query against the result tables")
     p.add_argument("query")
     p.add_argument("--config", help=f"YAML configuration (default: ${ENV_VAR} or the demo)")
+    p.add_argument(
+        "--write",
+        action="store_true",
+        help="allow statements that write or reach outside the tables (COPY ... TO, ATTACH, read_csv of any "
+        "file); by default a query only reads the tables",
+    )
     p.set_defaults(func=cmd_sql)
     args = parser.parse_args(argv)
     try:

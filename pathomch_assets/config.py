@@ -16,16 +16,13 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from .errors import ConfigError  # raised here; callers import it from config
+from .slides import MAX_MAGNIFICATION, MIN_MAGNIFICATION  # the bounds of a target and of a slide's own
 
 PACKAGE_DIR = Path(__file__).resolve().parent
 DEMO_CONFIG = PACKAGE_DIR / "configs" / "demo.yaml"
 ENV_VAR = "PATHOMCH_CONFIG"
 
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
-
-#: objective power outside these is not a slide scan (1x is below any scanner objective, 100x is oil immersion);
-#: a tiny target would make one tile read the whole slide many times over, an infinite one every pixel a tile
-MIN_MAGNIFICATION, MAX_MAGNIFICATION = 1.0, 100.0
 
 
 class _Strict(BaseModel):
@@ -100,6 +97,11 @@ class SplitConfig(_Strict):
         return self
 
 
+#: most tiles in one training batch: 4096 tiles of 512 px are 3 GiB of decoded pixels before the network's
+#: activations (Inception v3 needs about 100 MB per tile in training), beyond any one machine's memory
+MAX_BATCH = 4096
+
+
 class TrainingConfig(_Strict):
     """SPEC 3.4.  The demo shrinks input size and steps; the code path is the same."""
 
@@ -108,11 +110,14 @@ class TrainingConfig(_Strict):
     batch_size: int = Field(
         32,
         ge=1,
-        description="global batch: tiles per optimizer step, over all replicas (paper: 144 = 18 per GPU x 8 GPUs)",
+        le=MAX_BATCH,
+        description="global batch: tiles per optimizer step, over all replicas (paper: 144 = 18 per GPU x 8 GPUs; "
+        f"at most {MAX_BATCH}: a step holds the whole batch of decoded tiles in memory)",
     )
     per_replica_batch: int | None = Field(
         None,
         ge=1,
+        le=MAX_BATCH,
         description="most tiles one replica (GPU) takes per pass; "
         "with fewer replicas than batch_size / per_replica_batch, gradients of "
         "several passes are accumulated so that each step still sees batch_size "
@@ -235,6 +240,12 @@ class CohortConfig(_Strict):
         dup = sorted({t for t in traits if traits.count(t) > 1})
         if dup:
             raise ValueError(f"traits listed twice: {dup}")
+        rows: dict[str, str] = {}
+        for t in traits:  # miR-17-5p and hsa-miR-17-5p are one row of the miRNA table: one would have no values
+            row = mirna_name(t) if is_mirna(t) else t
+            if row in rows:
+                raise ValueError(f"traits {rows[row]!r} and {t!r} are the same miRNA ({row}): keep one")
+            rows[row] = t
         for t in traits:
             if not _NAME.match(t):
                 raise ValueError(f"trait {t!r} may only hold letters, digits, '_', '.', '-'")
@@ -359,6 +370,17 @@ def is_mirna(trait: str) -> bool:
     return trait.startswith(("miR-", "hsa-miR-", "let-", "hsa-let-"))
 
 
+def mirna_name(trait: str) -> str:
+    """``miR-17-5p`` -> ``hsa-miR-17-5p`` (the PanCanAtlas row name).
+
+    Examples
+    --------
+    >>> mirna_name("miR-17-5p"), mirna_name("hsa-miR-17-5p")
+    ('hsa-miR-17-5p', 'hsa-miR-17-5p')
+    """
+    return trait if trait.startswith("hsa-") else f"hsa-{trait}"
+
+
 def target_key(cohort: str, trait: str) -> str:
     return f"{cohort}/{trait}"
 
@@ -408,8 +430,26 @@ def _format_errors(path: Path, err: ValidationError) -> str:
     for e in err.errors():
         key = ".".join(str(p) for p in e["loc"]) or "(top level)"
         msg = "unknown key" if e["type"] == "extra_forbidden" else e["msg"]
+        if e["type"] in _BOUNDS and (what := _field_description(e["loc"])):
+            msg += f" ({what})"
         lines.append(f"  {key}: {msg}")
     return "\n".join(lines)
+
+
+_BOUNDS = ("less_than_equal", "less_than", "greater_than_equal", "greater_than")
+
+
+def _field_description(loc) -> str | None:
+    """The description of the setting at ``loc`` (a bound broken: say what the setting is and why the bound)."""
+    model: Any = PathomchConfig
+    field = None
+    for part in loc:
+        fields = getattr(model, "model_fields", None)
+        if fields is None or str(part) not in fields:
+            return None
+        field = fields[str(part)]
+        model = field.annotation
+    return field.description if field is not None else None
 
 
 def parse_config(raw: dict, source: Path, check_files: bool = True) -> PathomchConfig:

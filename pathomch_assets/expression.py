@@ -30,7 +30,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from .config import is_mirna
+from .config import is_mirna, mirna_name
 
 _BARCODE = re.compile(r"^TCGA-[A-Z0-9]{2}-[A-Z0-9]{4}-\d{2}", re.IGNORECASE)
 NA_STRINGS = {
@@ -99,11 +99,6 @@ def sample_type(barcode: str) -> str:
 
 def mrna_symbol(gene_id: str) -> str:
     return gene_id.split("|", 1)[0]
-
-
-def mirna_name(trait: str) -> str:
-    """``miR-17-5p`` -> ``hsa-miR-17-5p`` (the PanCanAtlas row name)."""
-    return trait if trait.startswith("hsa-") else f"hsa-{trait}"
 
 
 @dataclass
@@ -287,8 +282,15 @@ def read_clinical(
     hline, header_text = lines[0]
     header = header_text.rstrip("\r\n").split("\t")
     upper = [h.strip().upper() for h in header]
-    ix = {c: i for i, c in reversed(list(enumerate(upper)))}  # first occurrence wins
+    ix = {c: i for i, c in reversed(list(enumerate(upper)))}
     pid_col = next((a for a in _PATIENT_ALIASES if a in ix), None)
+    used = {pid_col, "OS_STATUS", "OS_MONTHS", "VITAL_STATUS", "DAYS_TO_DEATH", "DAYS_TO_LAST_FOLLOWUP"}
+    for col in sorted(c for c in used | {er_column.upper(), subtype_column.upper()} if c and upper.count(c) > 1):
+        fields = [i + 1 for i, c in enumerate(upper) if c == col]
+        raise ExpressionFormatError(
+            f"{path}: line {hline}: column {col} appears {len(fields)} times (fields {fields}): which one to "
+            "read is ambiguous; keep one"
+        )
     if {"OS_STATUS", "OS_MONTHS"} <= ix.keys() or pid_col is None or "VITAL_STATUS" not in ix:
         layout = "cBioPortal OS_STATUS/OS_MONTHS"
         need = ["PATIENT_ID", "OS_STATUS", "OS_MONTHS"]

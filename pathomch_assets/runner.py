@@ -51,7 +51,7 @@ from typing import TYPE_CHECKING
 
 import dagster as dg
 
-from .config import PathomchConfig
+from .config import ConfigError, PathomchConfig
 from .partitions import FAILS_ALONE_TAG, SLIDES_NAME
 from .sensors import discover_all
 from .tiling import exit_with_parent
@@ -370,7 +370,9 @@ def _materialize_all(
     if new:
         log(f"added {len(new)} slide partitions")
     graph = defs.resolve_asset_graph()
+    check_selection(graph, selection)
     keys = parse_selection(selection).resolve(graph) if selection else None
+    check_partitions(defs, keys, instance, partitions)
     all_assets = list(defs.assets or []) + list(defs.asset_checks or [])
     resources = defs.resources
     summary = RunSummary()
@@ -550,6 +552,57 @@ def parse_selection(text: str) -> dg.AssetSelection:
     if ":" not in text:
         text = " or ".join(_key_clause(t.strip()) for t in text.split(",") if t.strip())
     return dg.AssetSelection.from_string(text)
+
+
+class RequestError(ConfigError):
+    """A selection or partition key that names nothing: the run would do nothing and say it succeeded."""
+
+
+def _close(word: str, known) -> str:
+    import difflib
+
+    near = difflib.get_close_matches(word, sorted(known), n=3, cutoff=0.6)
+    return f"; did you mean {' or '.join(repr(n) for n in near)}?" if near else ""
+
+
+def check_selection(graph, selection: str | None) -> None:
+    """Raise :class:`RequestError` when ``selection`` (or one of its comma-separated names) selects no asset,
+    with the closest asset names."""
+    if not selection:
+        return
+    names = sorted(k.to_user_string() for k in graph.get_all_asset_keys())
+    tokens = [selection] if ":" in selection else [t.strip() for t in selection.split(",") if t.strip()]
+    for token in tokens or [selection]:
+        try:
+            found = parse_selection(token).resolve(graph) if token.strip() else set()
+        except Exception as err:  # Dagster's selection parser: a syntax error
+            raise RequestError(f"--select {token!r}: {str(err).splitlines()[0]}") from None
+        if not found:
+            name = token.strip("+").removeprefix("key:").strip("+")
+            raise RequestError(f"--select {token!r} matches no asset{_close(name, names)} (assets: {', '.join(names)})")
+
+
+def check_partitions(defs: dg.Definitions, keys, instance: dg.DagsterInstance, partitions: list[str] | None) -> None:
+    """Raise :class:`RequestError` when a ``--partition`` key is no partition (nor a dimension of one) of the
+    selected assets, with the closest keys."""
+    if not partitions:
+        return
+    known: set[str] = set()
+    for pdef, _ in plan_batches(defs, keys):
+        if pdef is None:
+            continue
+        if isinstance(pdef, dg.DynamicPartitionsDefinition) and pdef.name is not None:
+            found = list(instance.get_dynamic_partitions(pdef.name))
+        else:
+            found = [str(k) for k in pdef.get_partition_keys(dynamic_partitions_store=instance)]
+        known.update(found)
+        known.update(part for k in found for part in k.split("|"))
+    for p in partitions:
+        if p not in known:
+            raise RequestError(
+                f"--partition {p!r} is no partition of the selected assets{_close(p, known)}"
+                + ("" if known else " (they have no partitions)")
+            )
 
 
 def _key_clause(token: str) -> str:

@@ -30,7 +30,7 @@ from dagster._core.storage.tags import PARTITION_NAME_TAG, RUN_FAILURE_REASON_TA
 
 from .config import PathomchConfig
 from .partitions import SLIDES, SLIDES_NAME
-from .slides import SlideRef, discover_cohort
+from .slides import SlideRef, discover_cohort, slide_files
 
 #: failed runs looked at per tick (the others on the next ticks)
 FAILED_RUNS_PER_TICK = 200
@@ -56,22 +56,6 @@ def discover_refs(cfg: PathomchConfig) -> dict[str, SlideRef]:
 def discover_all(cfg: PathomchConfig) -> dict[str, Path]:
     """Partition key ``cohort/slide_id`` -> file, for every slide on disk of every cohort."""
     return {k: r.path for k, r in discover_refs(cfg).items()}
-
-
-def slide_files(path: Path) -> list[Path]:
-    """The files a slide is made of: a DICOM slide's every file in its folder, an MRXS slide's
-    ``.mrxs`` and the files of its data folder (``Slidedat.ini``, ``.dat``), else the file itself."""
-    path = Path(path)
-    suffix = path.suffix.lower()
-    if suffix == ".dcm":
-        own, folder = [], path.parent
-    elif suffix == ".mrxs":
-        own, folder = [path], path.with_suffix("")
-    else:
-        return [path]
-    return own + (
-        sorted(e for e in folder.iterdir() if e.is_file() and not e.name.startswith(".")) if folder.is_dir() else []
-    )
 
 
 def fingerprint(path: Path, md5: str | None = None) -> str:

@@ -32,6 +32,15 @@ SLIDE_SUFFIXES = {".svs", ".tif", ".tiff", ".ndpi", ".vms", ".vmu", ".scn", ".mr
 #: mpp outside this range is not a microscope slide (e.g. a TIFF's 72 dpi default).
 PLAUSIBLE_MPP = (0.05, 20.0)
 
+#: objective power outside these is not a slide scan (1x is below any scanner objective, 100x is oil immersion):
+#: it bounds the configured target and every slide's own magnification (from its mpp or objective power); a
+#: tiny one would make one tile read the whole slide many times over, an infinite one every pixel a tile
+MIN_MAGNIFICATION, MAX_MAGNIFICATION = 1.0, 100.0
+
+#: grid cells one slide may have at the target magnification (a 512 x 512 px tile grid of 1,000,000 cells
+#: is a 512,000 px square at 20x, far beyond any scan): more means its size or magnification is wrong
+MAX_CELLS = 1_000_000
+
 _TCGA = re.compile(r"^TCGA-[A-Z0-9]{2}-[A-Z0-9]{4}", re.IGNORECASE)
 #: a TCGA patient barcode: project, tissue source site (2 characters), participant (4)
 _TCGA_PATIENT = re.compile(r"^TCGA-([A-Z0-9]{2})-([A-Z0-9]{4})$")
@@ -368,6 +377,74 @@ def check_manifest_entry(ref: SlideRef) -> str | None:
     return None
 
 
+# ---------------------------------------------------------------- a slide's content
+
+#: bytes read from each end of each of a slide's files for its content fingerprint
+FINGERPRINT_BYTES = 1 << 20
+
+
+def slide_files(path: str | Path) -> list[Path]:
+    """The files a slide is made of: a DICOM slide's every file in its folder, an MRXS slide's
+    ``.mrxs`` and the files of its data folder (``Slidedat.ini``, ``.dat``), else the file itself."""
+    path = Path(path)
+    suffix = path.suffix.lower()
+    if suffix == ".dcm":
+        own, folder = [], path.parent
+    elif suffix == ".mrxs":
+        own, folder = [path], path.with_suffix("")
+    else:
+        return [path]
+    return own + (
+        sorted(e for e in folder.iterdir() if e.is_file() and not e.name.startswith(".")) if folder.is_dir() else []
+    )
+
+
+def content_fingerprint(path: str | Path) -> str:
+    """A slide's content, sampled: a BLAKE2b hash of each of its files' name, size, first and last MiB.
+
+    A TIFF's header and directories sit at one end or the other, its tile data between, so another slide
+    put in its place (``mv``, a copy, a download) gives another fingerprint at the cost of reading 2 MiB,
+    not the whole file (a full MD5 streams gigabytes: ``docs/reliability-round3.md``).  It does not depend
+    on mtime: a ``touch`` or a restore of the same bytes leaves it unchanged.  Raises ``OSError``.
+    """
+    h = hashlib.blake2b(digest_size=12)
+    for f in slide_files(path):
+        if f.is_dir():  # a slide OpenSlide reads from a folder: its files are listed by the caller's stats
+            h.update(f"{f.name}/\0".encode())
+            continue
+        with open(f, "rb") as fh:
+            size = os.fstat(fh.fileno()).st_size
+            h.update(f"{f.name}\0{size}\0".encode())
+            h.update(fh.read(FINGERPRINT_BYTES))
+            if size > FINGERPRINT_BYTES:
+                fh.seek(max(FINGERPRINT_BYTES, size - FINGERPRINT_BYTES))
+                h.update(fh.read(FINGERPRINT_BYTES))
+    return h.hexdigest()
+
+
+@dataclass(frozen=True)
+class SlideState:
+    """What a slide's files are now: :func:`content_fingerprint` and each file's size, mtime and inode.
+
+    Taken before and after a slide is read: when the two differ the file was replaced or written
+    while it was read, and its tiles are not this file's."""
+
+    fingerprint: str
+    size: int
+    mtime_ns: int
+    stats: tuple[tuple[str, int, int, int], ...]
+
+
+def slide_state(path: str | Path) -> SlideState:
+    """The slide's :class:`SlideState` (raises ``OSError`` when a file cannot be read)."""
+    stats = []
+    for f in slide_files(path):
+        st = os.stat(f)
+        stats.append((f.name, st.st_size, st.st_mtime_ns, st.st_ino))
+    first = os.stat(path)
+    return SlideState(content_fingerprint(path), first.st_size, first.st_mtime_ns, tuple(stats))
+
+
 def usable_slides(slides: pd.DataFrame) -> pd.DataFrame:
     """Every usable slide (``status == 'ok'``; non-diagnostic slides are 'skipped' at tiling), sorted by
     cohort and slide id: all of them are trained on and scored, each with its patient's label (SPEC 2)."""
@@ -410,23 +487,46 @@ def base_magnification(props: dict, path: str | Path, default: float | None = No
     """Objective power of level 0 and where it came from.
 
     Prefers ``openslide.mpp-x`` (physical: 20x = 0.5 um/px, so ``mag = 10 / mpp``) when it is
-    plausible, else ``openslide.objective-power``, else ``default``.  A slide with none of them
-    raises :class:`SlideError` (never silently taken as 40x).
+    plausible, else ``openslide.objective-power``, else ``default``.  A value is used only when the
+    magnification it gives is within ``MIN_MAGNIFICATION``-``MAX_MAGNIFICATION`` (an objective power of
+    0.05 would make each tile one pixel read).  A slide with no usable value raises :class:`SlideError`
+    naming what it has (never silently taken as 40x).
+
+    Examples
+    --------
+    >>> base_magnification({"openslide.mpp-x": "0.25"}, "x.svs")
+    (40.0, 'mpp', 0.25)
     """
     mpp = _float(props.get("openslide.mpp-x"))
     power = _float(props.get("openslide.objective-power"))
-    if mpp is not None and PLAUSIBLE_MPP[0] <= mpp <= PLAUSIBLE_MPP[1]:
+    if mpp is not None and PLAUSIBLE_MPP[0] <= mpp <= PLAUSIBLE_MPP[1] and _in_bounds(10.0 / mpp):
         return 10.0 / mpp, "mpp", mpp
-    if power is not None and power > 0:
+    if power is not None and _in_bounds(power):
         return power, "objective_power", mpp
     if default is not None:
         return float(default), "config_default", mpp
-    why = (
-        "no objective power and no mpp"
-        if mpp is None
-        else f"no objective power and an implausible mpp of {mpp:g} um/px"
-    )
+    bounds = f"{MIN_MAGNIFICATION:g}-{MAX_MAGNIFICATION:g}x"
+    has = [
+        "no objective power" if power is None else f"an objective power of {power:g} (outside {bounds})",
+        "no mpp" if mpp is None else f"an implausible mpp of {mpp:g} um/px",
+    ]
+    why = "no objective power and no mpp" if power is None and mpp is None else " and ".join(has)
     raise SlideError(path, f"{why}; set default_magnification for this cohort to use it")
+
+
+def _in_bounds(magnification: float) -> bool:
+    return MIN_MAGNIFICATION <= magnification <= MAX_MAGNIFICATION
+
+
+def check_grid(path: str | Path, n_cols: int, n_rows: int, read_px: int, level_magnification: float) -> None:
+    """Refuse a slide whose tile grid has more than ``MAX_CELLS`` cells (its size or magnification is wrong)."""
+    if n_cols * n_rows > MAX_CELLS:
+        raise SlideError(
+            path,
+            f"{n_cols} x {n_rows} = {n_cols * n_rows:,} tile cells of {read_px} px at {level_magnification:g}x "
+            f"(more than {MAX_CELLS:,}): its dimensions or magnification are wrong; check its metadata or set "
+            "default_magnification for this cohort",
+        )
 
 
 def _float(value) -> float | None:

@@ -96,6 +96,8 @@ class GroupTest:
         :math:`Z` above; NaN likewise.
     data: DataFrame
         ``os_months, os_event, group`` (0 low, 1 high): what the Kaplan-Meier plot draws.
+    reason: str or None
+        Why ``logrank_p`` is NaN (:func:`untestable`), None when the test was made.
     """
 
     grouping: str
@@ -104,6 +106,7 @@ class GroupTest:
     logrank_p: float
     test_statistic: float
     data: pd.DataFrame
+    reason: str | None = None  # why there is no test (NaN p) when there is none
 
 
 def logrank_groups(df: pd.DataFrame, high: pd.Series, low: pd.Series, grouping: str) -> GroupTest:
@@ -112,10 +115,48 @@ def logrank_groups(df: pd.DataFrame, high: pd.Series, low: pd.Series, grouping: 
 
     d = pd.concat([df[low].assign(group=0), df[high].assign(group=1)])
     a, b = d[d["group"] == 1], d[d["group"] == 0]
-    if len(a) < 2 or len(b) < 2:
-        return GroupTest(grouping, len(b), len(a), float("nan"), float("nan"), d)
+    why = "a group has fewer than 2 patients" if len(a) < 2 or len(b) < 2 else untestable(d, min_events=1, pairs=False)
+    if why:
+        return GroupTest(grouping, len(b), len(a), float("nan"), float("nan"), d, why)
     res = logrank_test(a["os_months"], b["os_months"], a["os_event"], b["os_event"])
     return GroupTest(grouping, len(b), len(a), float(res.p_value), float(res.test_statistic), d)
+
+
+def untestable(
+    d: pd.DataFrame, min_patients: int = 2, min_events: int = 2, column: str | None = None, pairs: bool = True
+) -> str | None:
+    """Why ``d`` (``os_months, os_event`` and ``column``) supports no survival test, or None.
+
+    Degenerate data are stated, not tested: no patient; every patient censored (a log-rank p of 1 with no
+    death says nothing); no *admissible pair*, e.g. every patient dead at month 0: with ``pairs`` (concordance,
+    Cox) no patient was followed longer than a death; without (log-rank) at every death time everyone at risk
+    died, so the test's variance is 0; too few deaths or one covariate value.
+
+    Examples
+    --------
+    >>> untestable(pd.DataFrame({"os_months": [0.0, 0.0, 0.0], "os_event": [1, 1, 1]}))
+    'no admissible pair: no patient was followed longer than a death (3 deaths, all at month 0)'
+    """
+    if len(d) < min_patients:
+        return f"{len(d)} patients (fewer than {min_patients})"
+    events = d["os_event"].astype(bool)
+    if not events.any():
+        return f"every patient is censored (0 deaths among {len(d)}): no survival difference can be tested"
+    t = d["os_months"]
+    if pairs:
+        informative = bool((t[events] < t.max()).any())
+    else:  # some death time with a survivor at risk: a non-zero hypergeometric variance
+        informative = any((t >= s).sum() > (events & (t == s)).sum() for s in t[events].unique())
+    if not informative:
+        times = t[events].unique()
+        when = f"all at month {times[0]:g}" if len(times) == 1 else f"at {len(times)} times"
+        why = "no patient was followed longer than a death" if pairs else "at each death time everyone at risk died"
+        return f"no admissible pair: {why} ({int(events.sum())} deaths, {when})"
+    if events.sum() < min_events:
+        return f"{int(events.sum())} deaths (fewer than {min_events})"
+    if column is not None and d[column].nunique() < 2:
+        return f"{column} has a single value ({d[column].iloc[0]:g}) among {len(d)} patients"
+    return None
 
 
 def hti_groupings(
@@ -138,7 +179,7 @@ def concordance(df: pd.DataFrame, column: str = "hti") -> tuple[float, int]:
     from lifelines.utils import concordance_index
 
     d = df[["os_months", "os_event", column]].dropna()
-    if len(d) < 5 or d["os_event"].sum() < 2 or d[column].nunique() < 2:
+    if untestable(d, 5, 2, column):
         return float("nan"), len(d)
     return float(concordance_index(d["os_months"], -d[column], d["os_event"])), len(d)
 
@@ -174,7 +215,9 @@ class CoxResult:
         95% confidence interval of the hazard ratio, :math:`\exp(\hat\beta \pm 1.96\,\widehat{se})`.
     n: int
         Patients with a time, an event flag and the covariate.  All NaN (``n`` kept) below 5 patients,
-        2 events or 2 distinct covariate values.
+        2 events or 2 distinct covariate values, with no admissible pair, or when the fit does not converge.
+    reason: str or None
+        Why the values are NaN, None when the model was fitted.
     """
 
     hazard_ratio: float
@@ -182,6 +225,7 @@ class CoxResult:
     ci_low: float
     ci_high: float
     n: int
+    reason: str | None = None  # why the model was not fitted (all NaN), None when it was
 
 
 def cox_hti(df: pd.DataFrame, column: str = "hti") -> CoxResult:
@@ -189,11 +233,80 @@ def cox_hti(df: pd.DataFrame, column: str = "hti") -> CoxResult:
 
     ``df`` has ``os_months, os_event`` and ``column``; rows missing any are left out.
     """
+    from lifelines.exceptions import ConvergenceError
+
     d = df[["os_months", "os_event", column]].dropna()
-    if len(d) < 5 or d[column].nunique() < 2 or d["os_event"].sum() < 2:
-        return CoxResult(np.nan, np.nan, np.nan, np.nan, len(d))
-    s = cox_summary(d, [column]).loc[column]
+    if why := untestable(d, 5, 2, column):
+        return CoxResult(np.nan, np.nan, np.nan, np.nan, len(d), why)
+    try:
+        s = cox_summary(d, [column]).loc[column]
+    except ConvergenceError as err:  # e.g. complete separation: stated, not raised
+        return CoxResult(np.nan, np.nan, np.nan, np.nan, len(d), f"the Cox fit did not converge: {err}".split("\n")[0])
     return CoxResult(float(s["hazard_ratio"]), float(s["p_value"]), float(s["ci_low"]), float(s["ci_high"]), len(d))
+
+
+def pair_rows(
+    cohort: str, pair: list[str], df: pd.DataFrame, split: float, contrast_low: float, contrast_high: float
+) -> tuple[list[dict], list[list[GroupTest]]]:
+    """The ``survival`` rows of one trait pair and the Kaplan-Meier panels they come from.
+
+    ``df`` is :func:`survival_frame`'s.  Rows: the log-rank tests of the HTI groupings (paper HTI, and the
+    robust HTI where there is one), of the bulk-expression baseline, a Cox model and Harrell's C per HTI
+    column.  Each row says ``status`` (``ok``, or ``untestable`` with the ``reason``, :func:`untestable`).
+    """
+    name = "+".join(pair)
+    columns = ["hti"] + (["hti_robust"] if df["hti_robust"].notna().any() else [])
+    panels = [hti_groupings(df, split, contrast_low, contrast_high, c) for c in columns]
+    panels.append(expression_groupings(df, pair))
+    base = {"cohort": cohort, "traits": name}
+    rows: list[dict] = []
+    for t in (t for panel in panels for t in panel):
+        rows.append(
+            {
+                **base,
+                "grouping": t.grouping,
+                "n_low": t.n_low,
+                "n_high": t.n_high,
+                "logrank_p": t.logrank_p,
+                "test_statistic": t.test_statistic,
+                "method": "logrank",
+                "p_value": t.logrank_p,
+                "n_patients": t.n_low + t.n_high,
+                **_status(t.reason),
+            }
+        )
+    for c in columns:
+        cox = cox_hti(df, c)
+        rows.append(
+            {
+                **base,
+                "grouping": f"{c} continuous (Cox)",
+                "method": "cox",
+                "hazard_ratio": cox.hazard_ratio,
+                "hr_ci_low": cox.ci_low,
+                "hr_ci_high": cox.ci_high,
+                "p_value": cox.p_value,
+                "n_patients": cox.n,
+                **_status(cox.reason),
+            }
+        )
+        c_index, n = concordance(df, c)
+        d = df[["os_months", "os_event", c]].dropna()
+        rows.append(
+            {
+                **base,
+                "grouping": f"{c} (Harrell's C)",
+                "method": "concordance",
+                "c_index": c_index,
+                "n_patients": n,
+                **_status(untestable(d, 5, 2, c)),
+            }
+        )
+    return rows, panels
+
+
+def _status(reason: str | None) -> dict:
+    return {"status": "untestable" if reason else "ok", "reason": reason}
 
 
 def cox_summary(

@@ -14,6 +14,7 @@ import contextlib
 import hashlib
 import json
 import os
+import shutil
 import tempfile
 from collections import OrderedDict
 from pathlib import Path
@@ -51,6 +52,8 @@ SCHEMAS: dict[str, dict[str, str]] = {
         "file_size": "BIGINT",
         "file_mtime_ns": "BIGINT",
         "params_hash": "VARCHAR",
+        "file_fingerprint": "VARCHAR",
+        "tiles_digest": "VARCHAR",
     },
     "tiles": {
         "cohort": "VARCHAR",
@@ -93,6 +96,7 @@ SCHEMAS: dict[str, dict[str, str]] = {
         "score": "DOUBLE",
         "n_tiles": "INTEGER",
         "patient_id": "VARCHAR",
+        "tiles_digest": "VARCHAR",
     },
     "model_metrics": {
         "cohort": "VARCHAR",
@@ -166,6 +170,8 @@ SCHEMAS: dict[str, dict[str, str]] = {
         "p_value": "DOUBLE",
         "n_patients": "INTEGER",
         "c_index": "DOUBLE",
+        "status": "VARCHAR",
+        "reason": "VARCHAR",
     },
     "hti_stats": {
         "cohort": "VARCHAR",
@@ -269,6 +275,28 @@ def read_parquet(path, **kwargs) -> pd.DataFrame:
 def sql_string(text: str) -> str:
     """``text`` as a SQL string literal (quotes doubled): paths are never pasted raw into SQL."""
     return "'" + str(text).replace("'", "''") + "'"
+
+
+#: DuckDB errors of a Parquet file renamed over while a query read it (measured 2026-12-04, DuckDB 2.0.1, 300
+#: partition files, one replaced 40 times a second: 128 of 129 reads failed with one of these).  With
+#: ``union_by_name`` a query reads every file's footer when it binds and opens each file again to scan it, with
+#: the footer read at bind: a file replaced in between is scanned at the old footer's offsets.
+REPLACED_DURING_READ = (
+    "TProtocolException",
+    "Out of buffer",
+    "don't know what type",
+    "invalid TType",
+    "Prefetch registered for bytes outside file",
+    "Could not read enough bytes",
+    "No magic bytes found",
+    "Negative size",
+)
+
+
+def replaced_during_read(err: BaseException) -> bool:
+    """``err`` is a DuckDB error of a Parquet file replaced during the read (``REPLACED_DURING_READ``)."""
+    text = str(err)
+    return any(sign in text for sign in REPLACED_DURING_READ)
 
 
 def glob_escape(path: str) -> str:
@@ -385,13 +413,41 @@ class TableStore:
             if key in _READS:
                 _READS.move_to_end(key)
                 return _READS[key].copy()
-        with self._connect() as con:
-            df = con.execute(sql, params or []).df()
+        df = self._read_consistent(table, sql, params)
         if key is not None:
             _READS[key] = df.copy()
             while len(_READS) > _READS_MAX:
                 _READS.popitem(last=False)
         return df
+
+    def _read_consistent(self, table: str, sql: str, params: list | None) -> pd.DataFrame:
+        """Run ``sql`` (a read of ``table``'s glob); when a partition file was replaced during the read
+        (:func:`replaced_during_read`), read again from a snapshot of the table's files (hard links: each
+        name keeps the content it had, whatever is renamed over the original meanwhile)."""
+        import duckdb
+
+        try:
+            with self._connect() as con:
+                return con.execute(sql, params or []).df()
+        except duckdb.Error as err:
+            if not replaced_during_read(err):
+                raise
+        if is_remote(self.tables_dir):  # object storage: no hard links; the replaced object is read again
+            with self._connect() as con:
+                return con.execute(sql, params or []).df()
+        snapshots = self.tables_dir / ".snapshots"
+        snapshots.mkdir(exist_ok=True)
+        snap = Path(tempfile.mkdtemp(prefix=f"{table}.", dir=snapshots))
+        try:
+            for f in os.scandir(self._dir(table)):
+                if f.name.endswith(".parquet") and not f.name.startswith("."):
+                    with contextlib.suppress(FileNotFoundError):  # deleted since listed: not in the table now
+                        os.link(f.path, snap / f.name)
+            with self._connect() as con:
+                return con.execute(sql.replace(self._glob(table), sql_string(glob_escape(str(snap)) + "/*.parquet")),
+                                   params or []).df()  # fmt: skip
+        finally:
+            shutil.rmtree(snap, ignore_errors=True)
 
     def views_signature(self) -> str:
         """What the DuckDB file's views depend on: the tables, their schemas and the folder."""
@@ -410,7 +466,8 @@ class TableStore:
         CLI without ``-readonly``) neither blocks this nor is blocked by it.
         """
         signature = self.views_signature()
-        if self.duckdb_path.is_file() and self._stamp.is_file() and self._stamp.read_text().strip() == signature:
+        current = [signature, self._file_identity()]  # the file as this stamp wrote it, unchanged since
+        if self.duckdb_path.is_file() and self._stamp.is_file() and self._stamp.read_text().split() == current:
             return False
         if self.duckdb_path.is_dir():
             raise IsADirectoryError(
@@ -429,15 +486,32 @@ class TableStore:
                     con.execute(self._view_sql(table))
             os.replace(tmp, self.duckdb_path)
             with atomic_path(self._stamp) as stamp_tmp:
-                stamp_tmp.write_text(signature + "\n")
+                stamp_tmp.write_text(f"{signature}\n{self._file_identity()}\n")
         finally:
             for leftover in (tmp, tmp + ".wal"):
                 with contextlib.suppress(FileNotFoundError):
                     os.unlink(leftover)
         return True
 
-    def connect(self) -> duckdb.DuckDBPyConnection:
-        """An in-memory DuckDB connection with the tables as views (no file, no lock, nothing written)."""
+    def _file_identity(self) -> str:
+        """The views file as it was written (size, mtime, inode): anything that changed it since, a ``DROP VIEW``
+        through an ``ATTACH`` included (or a write-ahead log beside it), makes :meth:`ensure_views` write it
+        again, so views repair themselves without the file ever being opened to check them."""
+        try:
+            st = os.stat(self.duckdb_path)
+        except OSError:
+            return "absent"
+        wal = os.path.exists(f"{self.duckdb_path}.wal")
+        return f"{st.st_size}:{st.st_mtime_ns}:{st.st_ino}{':wal' if wal else ''}"
+
+    def connect(self, sandboxed: bool = False) -> duckdb.DuckDBPyConnection:
+        """An in-memory DuckDB connection with the tables as views (no file, no lock, nothing written).
+
+        ``sandboxed``: then nothing outside ``tables_dir`` can be read or written (DuckDB's
+        ``enable_external_access = false`` with ``allowed_directories``; no ``read_csv('/etc/passwd')``,
+        ``COPY ... TO``, ``ATTACH``, ``INSTALL``), and the configuration is locked so no statement lifts it.
+        On object storage the views need the registered filesystem: there only :func:`read_only_problem` guards.
+        """
         con = self._connect()
         for table, schema in SCHEMAS.items():
             if (self._dir(table) / "_schema.parquet").exists():
@@ -445,12 +519,48 @@ class TableStore:
             else:  # nothing materialized yet: an empty view of the right columns
                 cols = ", ".join(f"CAST(NULL AS {typ}) AS {col}" for col, typ in schema.items())
                 con.execute(f"CREATE TEMP VIEW {table} AS SELECT {cols} WHERE false")
+        if sandboxed and not is_remote(self.tables_dir):
+            con.execute(f"SET allowed_directories = [{sql_string(str(self.tables_dir) + os.sep)}]")
+            con.execute("SET enable_external_access = false")
+            con.execute("SET lock_configuration = true")
         return con
 
-    def query(self, sql: str, params: list | None = None) -> pd.DataFrame:
-        """Run SQL against the tables; never opens (or locks) the DuckDB file."""
-        with self.connect() as con:
-            return con.execute(sql, params or []).df()
+    def query(self, sql: str, params: list | None = None, read_only: bool = False) -> pd.DataFrame:
+        """Run SQL against the tables; never opens (or locks) the DuckDB file.
+
+        ``read_only``: a user's query (``pathomch sql``): only statements that read (:func:`read_only_problem`)
+        on a :meth:`connect` ``sandboxed`` connection; anything else raises :class:`ReadOnlyError`.
+        """
+        for attempt in range(3):
+            with self.connect(sandboxed=read_only) as con:
+                if read_only and (problem := read_only_problem(con, sql)):
+                    raise ReadOnlyError(problem)
+                try:
+                    return con.execute(sql, params or []).df()
+                except Exception as err:  # a partition replaced while it was read: read again
+                    if attempt == 2 or not replaced_during_read(err):
+                        raise
+        raise AssertionError("unreachable")
+
+
+class ReadOnlyError(PermissionError):
+    """A statement that would write, refused by a read-only query."""
+
+
+#: statement kinds a read-only query may run (PIVOT is a MULTI statement; PRAGMA and CALL run with external
+#: access off and the configuration locked)
+READ_ONLY_STATEMENTS = ("SELECT", "EXPLAIN", "MULTI", "PRAGMA", "CALL")
+
+
+def read_only_problem(con, sql: str) -> str | None:
+    """Why ``sql`` is not a read-only query (its first statement that would write or reach outside), or None.
+    Raises ``duckdb.Error`` for SQL that does not parse."""
+    for statement in con.extract_statements(sql):
+        kind = statement.type.name
+        if kind not in READ_ONLY_STATEMENTS:
+            first = " ".join(str(statement.query).split())[:60]
+            return f"{kind} statement refused ({first!r}): queries are read-only; pass --write to run it"
+    return None
 
 
 #: how many leading columns of each schema are the SPEC 5 contract (required on write)

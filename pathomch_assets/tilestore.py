@@ -10,6 +10,7 @@ without TensorFlow's seconds and hundreds of MB.  Reading (training, tests) goes
 
 from __future__ import annotations
 
+import hashlib
 import struct
 from pathlib import Path
 
@@ -92,6 +93,7 @@ class TileWriter:
         self.path, self.quality = as_path(path), quality
         self._ctx = atomic_path(self.path)
         self._aborted = False
+        self._hash = hashlib.blake2b(digest_size=12)
 
     def __enter__(self):
         self._tmp = self._ctx.__enter__()
@@ -104,7 +106,14 @@ class TileWriter:
         self.write_jpeg(bytes(imagecodecs.jpeg8_encode(np.ascontiguousarray(rgb), level=self.quality)), col, row)
 
     def write_jpeg(self, jpeg: bytes, col: int, row: int) -> None:
-        self._fh.write(tfrecord_frame(tile_example(jpeg, col, row)))
+        frame = tfrecord_frame(tile_example(jpeg, col, row))
+        self._hash.update(frame)
+        self._fh.write(frame)
+
+    @property
+    def digest(self) -> str:
+        """BLAKE2b of the bytes written so far: the tile file's content (predictions are keyed by it)."""
+        return self._hash.hexdigest()
 
     def abort(self) -> None:
         """Do not publish the file (e.g. a slide with no tissue)."""

@@ -23,7 +23,15 @@ from pathlib import Path
 
 import numpy as np
 
-from .slides import LevelChoice, SlideError, check_manifest_entry, choose_level, open_slide, slide_info
+from .slides import (
+    LevelChoice,
+    SlideError,
+    check_grid,
+    check_manifest_entry,
+    choose_level,
+    open_slide,
+    slide_info,
+)
 
 #: tiles read per band along a row where cells are read whole (OpenSlide or the full decode; bounds memory:
 #: 16 x 512 px x 512 px x 4 B = 16 MB); the DCT-scaled path holds one cell per thread instead
@@ -297,6 +305,8 @@ class TiffLevelReader:
         tx0, ty0, nx, ny, segments = self._segments(x, y, width, height)
         out = np.empty((ny * th, nx * tw, 3), np.uint8)
         for data, i in segments:
+            if p.compression == 7 and data:  # JPEG: refuse a declared size that is not the tile's, before decoding
+                check_jpeg_size(data, tw, th, f"tile {i} of page {p.index}")
             seg, (_, _, sy, sx, _), _ = self.decode(data, i, jpegtables=p.jpegtables, jpegheader=p.jpegheader)
             if seg is None:
                 raise ValueError(f"tile {i} of page {p.index} has no data")
@@ -515,6 +525,44 @@ def jpeg_colour_markers(stream: bytes) -> tuple[bool, int | None, tuple[int, ...
     return None
 
 
+def jpeg_frame_size(stream: bytes) -> tuple[int, int] | None:
+    """``(width, height)`` a JPEG stream's frame header (SOFn) declares, or None when it has none before SOS."""
+    import struct
+
+    pos = 0
+    while pos + 4 <= len(stream):
+        if stream[pos] != 0xFF:
+            return None
+        marker = stream[pos + 1]
+        if marker in (0xD8, 0x01) or 0xD0 <= marker <= 0xD7:
+            pos += 2
+            continue
+        if marker == 0xFF:
+            pos += 1
+            continue
+        (length,) = struct.unpack(">H", stream[pos + 2 : pos + 4])
+        if marker in (0xC0, 0xC1, 0xC2, 0xC3, 0xC5, 0xC6, 0xC7, 0xC9, 0xCA, 0xCB, 0xCD, 0xCE, 0xCF):
+            if pos + 9 > len(stream):
+                return None
+            height, width = struct.unpack(">HH", stream[pos + 5 : pos + 9])
+            return width, height
+        if marker == 0xDA:
+            return None
+        pos += 2 + length
+    return None
+
+
+def check_jpeg_size(stream: bytes, width: int, height: int, what: str) -> None:
+    """Raise ``ValueError`` when a JPEG tile declares another size than its TIFF tile (as OpenSlide does:
+    "Dimensional mismatch"): a 60000 x 60000 header on a 256 x 256 tile would allocate gigabytes."""
+    declared = jpeg_frame_size(stream)
+    if declared is not None and declared != (width, height):
+        raise ValueError(
+            f"Dimensional mismatch reading JPEG {what}: its header declares {declared[0]} x {declared[1]}, "
+            f"the TIFF tile is {width} x {height}"
+        )
+
+
 def jpeg_colour_space(jfif: bool, adobe: int | None, ids: tuple[int, ...]) -> str | None:
     """The colour space libjpeg(-turbo) assumes for a 3-component stream (jdapimin.c)."""
     if len(ids) != 3:
@@ -708,6 +756,7 @@ def tile_slide(
             params.tile_px,
             params.magnification_tolerance,
         )
+        check_grid(path, *grid_shape(info, choice), choice.read_px, choice.level_magnification)
         res.info = {
             "width": info.width,
             "height": info.height,
@@ -733,6 +782,7 @@ def tile_slide(
             if not records:
                 writer.abort()
         res.records = records
+        res.info["tiles_digest"] = writer.digest if records else None
         if not records:
             res.status, res.error = (
                 "no_tissue",
@@ -853,7 +903,3 @@ def tile_slides(jobs: list[tuple], workers: int = 1, progress=None):
             if progress:
                 progress(i, total, res)
             yield res
-
-
-def default_workers(configured: int) -> int:
-    return max(1, min(configured, os.cpu_count() or 1))

@@ -544,13 +544,24 @@ def save_model(model, result: TrainResult, directory: str | Path, settings: dict
     """``model.keras``, ``history.csv`` and ``model.json`` (settings and results), each atomically."""
     folder: Path = as_path(directory)
     path = folder / "model.keras"
-    with atomic_path(path, keep_suffix=True) as tmp:
-        model.save(tmp)
-    with atomic_path(folder / "history.csv") as t:
-        result.history.to_csv(t, index=False)
-    meta = {**{k: v for k, v in asdict(result).items() if k != "history"}, "settings": settings}
-    with atomic_path(folder / "model.json") as t:
-        t.write_text(json.dumps(meta, indent=1, default=str))
+    target = path
+    try:
+        with atomic_path(path, keep_suffix=True) as tmp:
+            model.save(tmp)
+        target = folder / "history.csv"
+        with atomic_path(target) as t:
+            result.history.to_csv(t, index=False)
+        meta = {**{k: v for k, v in asdict(result).items() if k != "history"}, "settings": settings}
+        target = folder / "model.json"
+        with atomic_path(target) as t:
+            t.write_text(json.dumps(meta, indent=1, default=str))
+    except OSError as err:  # a full disk, a quota, a read-only folder: name the file (the errno alone does not)
+        raise OSError(
+            err.errno,
+            f"cannot save the trained model: {err.strerror or err} writing {target} (free space in {folder} "
+            "or point data_dir elsewhere, then materialize this partition again)",
+            str(target),
+        ) from err
     return path
 
 

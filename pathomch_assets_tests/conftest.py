@@ -152,6 +152,7 @@ FILE_ORDER = (
     "test_faults.py",
     "test_training.py",
     "test_reliability.py",
+    "test_reliability3.py",
     "test_harder_family.py",
 )
 

@@ -97,8 +97,11 @@ def test_slide_tiles_tiles_a_slide_once_and_reuses_it(tiny):
         second = run()
         assert second["slides_reused"] == 1 and second["slides_tiled"] == 0
         assert tile_file.stat().st_mtime_ns == written  # not tiled again
-        # a changed file (size, mtime) is tiled again
+        # a touch is no change (the same content: reused); other content is tiled again
         (cfg.cohorts["brca"].slides_dir / "small.svs").touch()
+        assert run()["slides_reused"] == 1
+        with open(cfg.cohorts["brca"].slides_dir / "small.svs", "ab") as fh:
+            fh.write(b"\0")  # other bytes at its end
         assert run()["slides_tiled"] == 1
 
 

@@ -185,7 +185,7 @@ def test_kill_during_tiling_keeps_finished_slides_and_leaves_no_worker(tiny, cle
         f"reused {len(done)} and tiled {total - untiled - len(done)}; {len(workers)} pool processes exited with "
         "the CLI"
     )
-    assert f"{len(done)} slides already tiled with the same file and settings: reused" in out
+    assert f"{len(done)} slides already tiled with the same content and settings: reused" in out
     assert {s: tile_file(tiles_dir, "brca", s).stat().st_mtime_ns for s in kept} == kept  # not tiled again
     got = tables(cfg)
     assert_same_tables(got, clean, ["slides", "tiles"])

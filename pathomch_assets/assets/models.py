@@ -22,6 +22,7 @@ from ..evaluation import ROUNDS_MEAN, correlation_rows, evaluation_sets, metrics
 from ..files import atomic_path, local_copy
 from ..partitions import ALL, FAILS_ALONE, cohorts, target_rounds, targets
 from ..plots import plot_score_boxes, plot_training_curve
+from ..predictions import prediction_frame
 from ..reporting import figure_file, md_table
 from ..resources import AcceleratorResource, PathomchResource
 from ..tables import read_parquet
@@ -134,9 +135,7 @@ def build(cfg: PathomchConfig, labels_asset, splits_asset):
         context.log.info(f"scoring {len(files)} slides with {round_name}")
         probs = predict_files(model, files, cfg.training.input_px)
         pos = tile_positions(store, cohort)
-        preds = pd.concat(
-            [pos[s].assign(slide_id=s, p=p) for s, p in zip(slides["slide_id"], probs)], ignore_index=True
-        )
+        preds = prediction_frame(pos, slides, probs)
         with atomic_path(layout.predictions_file(cfg, cohort, trait, round_name)) as tmp:
             preds.to_parquet(tmp, index=False)
         scores = slide_score_rows(cohort, trait, round_name, preds, slides, cfg.ensemble.threshold)

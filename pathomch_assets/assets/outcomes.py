@@ -15,10 +15,7 @@ from ..resources import PathomchResource
 from ..slides import primary_slides
 from ..survival import (
     clinical_groups,
-    concordance,
-    cox_hti,
-    expression_groupings,
-    hti_groupings,
+    pair_rows,
     plot_hti_by_clinical,
     plot_hti_by_expression,
     plot_km,
@@ -32,7 +29,7 @@ if TYPE_CHECKING:  # Dagster's type of a metadata value (ints, strings, Metadata
     from dagster._core.definitions.metadata import RawMetadataValue
 
 #: the columns of `survival` shown in the UI
-SHOWN = ["traits", "grouping", "n_low", "n_high", "logrank_p", "hazard_ratio", "c_index", "p_value"]
+SHOWN = ["traits", "grouping", "n_low", "n_high", "logrank_p", "hazard_ratio", "c_index", "p_value", "status"]
 
 
 def read_survival_frame(store, cohort: str, pair: list[str]) -> tuple[pd.DataFrame, set[str]]:
@@ -69,7 +66,10 @@ def build(cfg: PathomchConfig, cartography_asset, clinical_asset, trait_model_as
         "groupings and Cox model by the robust HTI (`hti_robust`), Harrell's concordance index of each (`c_index`), "
         "number-at-risk tables under every Kaplan-Meier plot, and HTI by above/below-median expression (paper "
         "Figure 5b). A figure that cannot be made says why. Only trait pairs whose traits pass the validity gate "
-        "(`trait_validity`) are analysed, unless maps.include_invalid. Writes `survival`.",
+        "(`trait_validity`) are analysed, unless maps.include_invalid. Degenerate data (every patient censored, no "
+        "admissible pair, too few deaths) are stated in each row's `status`/`reason`, never raised; the "
+        "cohort's earlier rows are cleared first, so no result of earlier inputs stands as current. "
+        "Writes `survival`.",
     )
     def survival_analysis(context: dg.AssetExecutionContext, pathomch: PathomchResource) -> dg.MaterializeResult:
         cfg, store = pathomch.get_config(), pathomch.get_store()
@@ -87,53 +87,14 @@ def build(cfg: PathomchConfig, cartography_asset, clinical_asset, trait_model_as
             meta["validity_note"] = gate.note
         if gate.invalid:
             meta["invalid_traits"] = ", ".join(gate.invalid)  # left out, or kept by maps.include_invalid
+        store.delete("survival", cohort)  # no result of earlier inputs stands while this runs or if it fails
         for pair in (s for s in sets if len(s) == 2):
             name = "+".join(pair)
             df, _ = read_survival_frame(store, cohort, pair)
-            columns = ["hti"] + (["hti_robust"] if df["hti_robust"].notna().any() else [])
-            panels = [hti_groupings(df, sv.hti_split, sv.contrast_low, sv.contrast_high, c) for c in columns]
-            panels.append(expression_groupings(df, pair))
-            for t in (t for panel in panels for t in panel):
-                rows.append(
-                    {
-                        "cohort": cohort,
-                        "traits": name,
-                        "grouping": t.grouping,
-                        "n_low": t.n_low,
-                        "n_high": t.n_high,
-                        "logrank_p": t.logrank_p,
-                        "test_statistic": t.test_statistic,
-                        "method": "logrank",
-                        "p_value": t.logrank_p,
-                        "n_patients": t.n_low + t.n_high,
-                    }
-                )
-            for c in columns:
-                cox = cox_hti(df, c)
-                rows.append(
-                    {
-                        "cohort": cohort,
-                        "traits": name,
-                        "grouping": f"{c} continuous (Cox)",
-                        "method": "cox",
-                        "hazard_ratio": cox.hazard_ratio,
-                        "hr_ci_low": cox.ci_low,
-                        "hr_ci_high": cox.ci_high,
-                        "p_value": cox.p_value,
-                        "n_patients": cox.n,
-                    }
-                )
-                c_index, n = concordance(df, c)
-                rows.append(
-                    {
-                        "cohort": cohort,
-                        "traits": name,
-                        "grouping": f"{c} (Harrell's C)",
-                        "method": "concordance",
-                        "c_index": c_index,
-                        "n_patients": n,
-                    }
-                )
+            pair_result, panels = pair_rows(cohort, pair, df, sv.hti_split, sv.contrast_low, sv.contrast_high)
+            rows += pair_result
+            for r in (r for r in pair_result if r["reason"]):
+                context.log.warning(f"{cohort} {name}: {r['grouping']}: not tested: {r['reason']}")
             width = max(len(p) for p in panels)
             fig, axes = pyplot().subplots(len(panels), width, figsize=(3.8 * width, 4.4 * len(panels)), squeeze=False)
             for row, panel in zip(axes, panels):

@@ -1,0 +1,85 @@
+"""Stored tile predictions of the ensemble members, keyed by the content of the tile file they scored.
+
+``trait_model`` stores every tile's probability with the ``tiles_digest`` of the slide's tile file (a hash
+of its bytes, :attr:`pathomch_assets.tilestore.TileWriter.digest`).  A slide's stored predictions are reused
+only while its ``slides`` row names the same digest: a slide re-tiled with other content (another file put
+in its place, other tiling settings) is scored again by the member models, even when its tile count is the
+same.  Nothing here imports Dagster.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from . import layout
+from .config import PathomchConfig
+from .ensemble import members_of
+from .files import local_copy
+from .tables import read_parquet
+
+
+def prediction_frame(positions: dict[str, pd.DataFrame], slides: pd.DataFrame, probs: list[np.ndarray]) -> pd.DataFrame:
+    """Every tile's probability (``col, row, slide_id, p, tiles_digest``) of ``slides`` (rows of ``slides``, in
+    the order of ``probs``), with the digest of the tile file the probabilities were computed on."""
+    digests = slides["tiles_digest"] if "tiles_digest" in slides else pd.Series([None] * len(slides))
+    return pd.concat(
+        [positions[s].assign(slide_id=s, p=p, tiles_digest=d) for s, d, p in zip(slides["slide_id"], digests, probs)],
+        ignore_index=True,
+    )
+
+
+class MemberModels:
+    """Ensemble members of each trait with a usable ensemble (``traits``; the others are in ``missing``):
+    their stored tile predictions with the tile file digest they were made on, and the models themselves
+    (loaded only for slides whose tiles the members never scored: slides that arrived later or changed)."""
+
+    def __init__(self, cfg: PathomchConfig, cohort: str):
+        self.cfg, self.cohort = cfg, cohort
+        self._models: dict[tuple[str, str], Any] = {}  # (trait, member): its Keras model, loaded when needed
+        self.members: dict[str, list[str]] = {}
+        #: (trait, member): slide id -> (tile file digest the predictions were made on, tile probabilities)
+        self.stored: dict[tuple[str, str], dict[str, tuple[str | None, np.ndarray]]] = {}
+        self.missing: list[str] = []
+        for trait in cfg.cohorts[cohort].traits:
+            members = members_of(cfg, cohort, trait)
+            if members is None:
+                self.missing.append(trait)
+                continue
+            self.members[trait] = members
+            for m in members:
+                df = read_parquet(layout.predictions_file(cfg, cohort, trait, m))
+                if "tiles_digest" not in df:
+                    df = df.assign(tiles_digest=None)  # stored before digests were kept: never reused
+                self.stored[(trait, m)] = {
+                    sid: (g["tiles_digest"].iloc[0], g["p"].to_numpy()) for sid, g in df.groupby("slide_id", sort=False)
+                }
+
+    @property
+    def traits(self) -> list[str]:
+        return list(self.members)
+
+    def probabilities(self, trait: str, slide_id: str, n_tiles: int, digest: str | None) -> tuple[np.ndarray, bool]:
+        """(members x tiles) probabilities of the slide whose tile file has ``digest``, and whether any model
+        had to run (stored predictions of other content, or of unknown content, are never used)."""
+        out, ran = [], False
+        for m in self.members[trait]:
+            made_on, p = self.stored[(trait, m)].get(slide_id, (None, None))
+            if p is None or not isinstance(digest, str) or made_on != digest or len(p) != n_tiles:
+                if (trait, m) not in self._models:
+                    from .training import load_model
+
+                    self._models[(trait, m)] = load_model(layout.model_dir(self.cfg, self.cohort, trait, m))
+                p = self.predict(self._models[(trait, m)], slide_id)
+                ran = True
+            out.append(p)
+        return np.stack(out) if out else np.zeros((0, n_tiles)), ran
+
+    def predict(self, model, slide_id: str) -> np.ndarray:
+        """Tile probabilities of the slide's tile file by ``model``."""
+        from .training import predict_files
+
+        f = local_copy(layout.tile_file(self.cfg, self.cohort, slide_id))
+        return predict_files(model, [f], self.cfg.training.input_px)[0]
