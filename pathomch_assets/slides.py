@@ -404,7 +404,7 @@ def content_fingerprint(path: str | Path) -> str:
 
     A TIFF's header and directories sit at one end or the other, its tile data between, so another slide
     put in its place (``mv``, a copy, a download) gives another fingerprint at the cost of reading 2 MiB,
-    not the whole file (a full MD5 streams gigabytes: ``docs/reliability-round3.md``).  It does not depend
+    not the whole file (a full MD5 streams gigabytes: ``docs/reliability.md``).  It does not depend
     on mtime: a ``touch`` or a restore of the same bytes leaves it unchanged.  Raises ``OSError``.
     """
     h = hashlib.blake2b(digest_size=12)
