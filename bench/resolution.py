@@ -53,13 +53,20 @@ def build_family(work: Path, name: str, n_patients: int, grid_scale: int = 1) ->
     """Slides, tables and ground truth of one family under ``work/name`` (``name_g2`` for larger slides; built
     once)."""
     from pathomch_assets.demo_cohort import build_demo
-    from pathomch_assets_tests.conftest import balanced_seed
+    from pathomch_assets_tests.conftest import UNGATED, balanced_seed
 
     out = work / (name if grid_scale == 1 else f"{name}_g{grid_scale}")
     if (out / "pathomch.yaml").exists():
         return out
     spec = family_spec(name, n_patients, grid_scale)
-    build_demo(out, seed=balanced_seed((spec,), splits=SPLITS), cohorts=(spec,), workers=2, progress=lambda *a: None)
+    build_demo(
+        out,
+        seed=balanced_seed((spec,), splits=SPLITS),
+        cohorts=(spec,),
+        workers=2,
+        progress=lambda *a: None,
+        overrides=UNGATED,
+    )
     return out
 
 

@@ -26,7 +26,7 @@ from pathomch_assets.config import load_config
 from pathomch_assets.layout import tile_path as tile_file
 from pathomch_assets.tables import SCHEMAS, TableStore
 
-from .conftest import balanced_seed
+from .conftest import UNGATED, balanced_seed
 
 pytestmark = pytest.mark.slow
 
@@ -57,7 +57,7 @@ def tiny():
         cohorts=cohorts,
         workers=2,
         progress=lambda *a: None,
-        overrides={"splits": SPLITS, "ensemble": {"size": 1, "min_votes": 1}, "training": {"max_epochs": 2}},
+        overrides={**UNGATED, "splits": SPLITS, "ensemble": {"size": 1, "min_votes": 1}, "training": {"max_epochs": 2}},
     )
     yield base
     shutil.rmtree(base, ignore_errors=True)

@@ -24,7 +24,7 @@ from pathomch_assets.definitions import build_definitions
 from pathomch_assets.runner import materialize_all
 from pathomch_assets.tables import TableStore
 
-from .conftest import balanced_seed
+from .conftest import UNGATED, balanced_seed
 
 pytestmark = pytest.mark.slow
 
@@ -41,7 +41,13 @@ def hard(tmp_path_factory, monkeypatch_module):
     out = tmp_path_factory.mktemp("hard")
     shipped = yaml.safe_load(DEMO_CONFIG.read_text())
     assert shipped["splits"] == DEMO_SPLITS, "keep DEMO_SPLITS equal to the demo's"
-    path = build_demo(out, seed=balanced_seed((spec,), splits=DEMO_SPLITS), cohorts=(spec,), progress=lambda *a: None)
+    path = build_demo(
+        out,
+        seed=balanced_seed((spec,), splits=DEMO_SPLITS),
+        cohorts=(spec,),
+        progress=lambda *a: None,
+        overrides=UNGATED,
+    )
     cfg = load_config(path)
     monkeypatch_module.setenv("PATHOMCH_CONFIG", str(path))
     monkeypatch_module.setenv("DAGSTER_HOME", str(out / "dagster_home"))  # not the demo's instance

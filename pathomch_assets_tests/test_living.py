@@ -24,7 +24,7 @@ from pathomch_assets.runner import materialize_all
 from pathomch_assets.tables import TableStore
 
 from .browser import dagster_dev
-from .conftest import SMALL_SPLITS, balanced_seed, planted_slide_plan
+from .conftest import SMALL_SPLITS, UNGATED, balanced_seed, planted_slide_plan
 
 pytestmark = pytest.mark.slow
 
@@ -69,6 +69,7 @@ def deployment(tmp_path_factory):
         # the sensor looks every 5 s and retries a failed slide after 5 s (defaults 60 s and 120 s); short
         # training: this is about staleness, backfills, the sensor and readers, not model quality
         overrides={
+            **UNGATED,
             "splits": {**SMALL_SPLITS, "rounds": 3},
             "sensor": {"interval_s": 5, "retry_backoff_s": 5},
             "training": {"max_epochs": 2},

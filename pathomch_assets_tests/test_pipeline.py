@@ -206,7 +206,7 @@ def test_cartography_tensor_hti_and_geojson(foundation):
 
 def test_trait_validity_and_site_effects_on_the_demo_cohort(foundation):
     """The gate and the site report on the real pipeline's tables (the small demo keeps failing traits, flagged:
-    ``maps.include_invalid`` in the demo settings); the test set is not in the gate's slide counts."""
+    ``conftest.UNGATED``); the test set is not in the gate's slide counts."""
     cfg, _, store = foundation
     v = store.query("select * from trait_validity")
     assert {(c, t) for c, t in zip(v.cohort, v.trait)} == {(c, t) for c, k in cfg.cohorts.items() for t in k.traits}

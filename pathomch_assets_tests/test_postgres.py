@@ -26,7 +26,7 @@ from pathomch_assets.runner import materialize_all
 from pathomch_assets.tables import TableStore
 
 from .browser import dagster_dev
-from .conftest import balanced_seed
+from .conftest import UNGATED, balanced_seed
 from .test_living import backfill
 
 pytestmark = pytest.mark.slow
@@ -124,7 +124,7 @@ def tiny(tmp_path_factory):
         cohorts=(spec,),
         workers=1,
         progress=lambda *a: None,
-        overrides={"splits": SPLITS, "tiling": {"workers": 1}, "training": {"max_epochs": 2}},
+        overrides={**UNGATED, "splits": SPLITS, "tiling": {"workers": 1}, "training": {"max_epochs": 2}},
     )
 
 

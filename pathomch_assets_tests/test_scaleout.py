@@ -14,7 +14,7 @@ from pathomch_assets.definitions import build_definitions
 from pathomch_assets.runner import materialize_all
 from pathomch_assets.tables import SCHEMAS, TableStore
 
-from .conftest import balanced_seed
+from .conftest import UNGATED, balanced_seed
 
 pytestmark = pytest.mark.slow
 
@@ -39,7 +39,7 @@ def tiny_demo(tmp_path_factory):
         workers=1,
         progress=lambda *a: None,
         # short training: what is compared is the tables of two executions of the same work, not model quality
-        overrides={"splits": SPLITS, "tiling": {"workers": 1}, "training": {"max_epochs": 2}},
+        overrides={**UNGATED, "splits": SPLITS, "tiling": {"workers": 1}, "training": {"max_epochs": 2}},
     )
 
 

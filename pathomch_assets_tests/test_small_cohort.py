@@ -21,6 +21,8 @@ from pathomch_assets.partitions import model_key
 from pathomch_assets.runner import materialize_all
 from pathomch_assets.tables import TableStore
 
+from .conftest import UNGATED
+
 pytestmark = pytest.mark.slow
 
 DEMO_SPLITS = (0.3, 0.15)  # pathomch_assets/configs/demo.yaml: test_fraction, val_fraction
@@ -67,7 +69,7 @@ def small(tmp_path_factory):
     out = tmp_path_factory.mktemp("small")
     mp = pytest.MonkeyPatch()
     mp.setenv("DAGSTER_HOME", str(tmp_path_factory.mktemp("dagster_home")))
-    config = build_demo(out, seed=seed, cohorts=(spec,), workers=1, progress=lambda *a: None)
+    config = build_demo(out, seed=seed, cohorts=(spec,), workers=1, progress=lambda *a: None, overrides=UNGATED)
     cfg = load_config(config)
     summary = materialize_all(build_definitions(cfg), cfg, log=lambda *a: None)
     yield cfg, summary, TableStore(cfg.tables_dir, cfg.duckdb_path), trait, excluded_rounds(spec, seed)[trait]
