@@ -50,6 +50,7 @@ SCHEMAS: dict[str, dict[str, str]] = {
         "file_size": "BIGINT",
         "file_mtime_ns": "BIGINT",
         "params_hash": "VARCHAR",
+        "n_tiles_qc_dropped": "INTEGER",
     },
     "tiles": {
         "cohort": "VARCHAR",
@@ -58,6 +59,31 @@ SCHEMAS: dict[str, dict[str, str]] = {
         "row": "INTEGER",
         "tissue_fraction": "DOUBLE",
         "idx": "INTEGER",
+        "pen": "DOUBLE",
+        "blur": "DOUBLE",
+        "blurred": "BOOLEAN",
+        "dark": "DOUBLE",
+        "qc": "VARCHAR",
+    },
+    "stain": {
+        "cohort": "VARCHAR",
+        "slide_id": "VARCHAR",
+        "status": "VARCHAR",
+        "error": "VARCHAR",
+        "h_r": "DOUBLE",
+        "h_g": "DOUBLE",
+        "h_b": "DOUBLE",
+        "e_r": "DOUBLE",
+        "e_g": "DOUBLE",
+        "e_b": "DOUBLE",
+        "h_p50": "DOUBLE",
+        "h_p99": "DOUBLE",
+        "e_p50": "DOUBLE",
+        "e_p99": "DOUBLE",
+        "n_pixels": "BIGINT",
+        "n_tiles_sampled": "INTEGER",
+        "normalize": "VARCHAR",
+        "target": "VARCHAR",
     },
     "labels": {
         "cohort": "VARCHAR",
@@ -143,6 +169,7 @@ SCHEMAS: dict[str, dict[str, str]] = {
         "hti": "DOUBLE",
         "n_tiles": "INTEGER",
         "n_positive": "INTEGER",
+        "n_tiles_qc_dropped": "INTEGER",
     },
     "survival": {
         "cohort": "VARCHAR",
@@ -190,7 +217,7 @@ SCHEMAS: dict[str, dict[str, str]] = {
     },
 }
 
-_PANDAS_TYPES = {"VARCHAR": "string", "INTEGER": "Int32", "BIGINT": "Int64", "DOUBLE": "float64"}
+_PANDAS_TYPES = {"VARCHAR": "string", "INTEGER": "Int32", "BIGINT": "Int64", "DOUBLE": "float64", "BOOLEAN": "boolean"}
 
 
 def read_parquet(path, **kwargs) -> pd.DataFrame:
@@ -269,6 +296,8 @@ class TableStore:
             values = df[col] if col in df.columns else pd.Series(pd.NA, index=df.index, dtype="object")
             if typ == "VARCHAR":
                 columns[col] = values.astype("string")
+            elif typ == "BOOLEAN":
+                columns[col] = values.astype("object").where(values.notna(), None).astype("boolean")
             else:
                 columns[col] = pd.to_numeric(values, errors="coerce").astype(_PANDAS_TYPES[typ])
         return pd.DataFrame(columns, index=df.index).reset_index(drop=True)  # one frame, not a column at a time
@@ -392,6 +421,7 @@ class TableStore:
 _REQUIRED = {
     "slides": 6,
     "tiles": 5,
+    "stain": 4,
     "labels": 6,
     "splits": 4,
     "expression": 4,

@@ -195,7 +195,8 @@ def slide_tiles(context: dg.AssetExecutionContext, pathomch: PathomchResource) -
             res.path,
             res.status,
             res.error,
-            n_tiles=len(res.tiles),
+            n_tiles=res.n_kept,
+            n_tiles_qc_dropped=res.n_qc_dropped,
             seconds=res.seconds,
             file_size=st.st_size if st else None,
             file_mtime_ns=st.st_mtime_ns if st else None,
@@ -207,6 +208,11 @@ def slide_tiles(context: dg.AssetExecutionContext, pathomch: PathomchResource) -
             continue
         tiles = res.tiles.assign(cohort=res.cohort, slide_id=res.slide_id) if res.status == "ok" else None
         rows[key] = record(key, row, tiles)
+        with contextlib.suppress(OSError):  # the slide's stain statistics (issue 28); none when it was not tiled
+            if res.stain:
+                store.write("stain", key, pd.DataFrame([res.stain | res.key()]))
+            else:
+                store.delete("stain", key)
         if rows[key]["status"] == "ok" and tiles is not None:
             tiles_total += len(tiles)
     store.ensure_views()
