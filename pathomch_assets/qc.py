@@ -10,7 +10,9 @@ Each tissue tile gets three measures, computed on its pixels before JPEG encodin
       at or below 220), and hue in [60, 230] degrees.  Hematoxylin and eosin absorb green at least as much
       as red, so H&E pixels have green at or below red: their hues lie in about [240, 360] and [0, 30]
       (measured on the shipped TCGA tiles: 0.02% of tissue pixels with saturation above 0.3 fall in
-      [60, 230]).  Blue ink lets green through and stops red, which moves its hue below 240;
+      [60, 230]).  Blue ink lets green through and stops red, which moves its hue below 240; a *deep blue*
+      pixel (hue 180-250, saturation at least 0.6: blue ink over purple tissue) is ink too (0.002% of
+      the shipped tissue pixels are);
     - *black*: every channel at or below ``black_level`` (HSV value; the darkest nuclei keep some red
       or blue);
     - *dark red* (red marker): hue within 15 degrees below and 20 above pure red, saturation at least 0.75
@@ -80,7 +82,8 @@ def ink_mask(rgb: np.ndarray, params: QcParams = QcParams()) -> np.ndarray:
     saturated = c * 1000 >= mx * round(params.ink_saturation * 1000)
     green = (g >= r) & (g >= b) & (c > 0)  # hue 60-180
     blue = (b > r) & (b > g) & (6 * (g - r) >= c)  # hue 180-230
-    coloured = (green | blue) & saturated & (mn <= 220)
+    deep_blue = (b > r) & (b > g) & (6 * (r - g) <= c) & (5 * c >= 3 * mx)  # hue 180-250, saturation >= 0.6
+    coloured = ((green | blue) & saturated | deep_blue) & (mn <= 220)
     black = (mx <= params.black_level) | ((mx <= 2 * params.black_level) & (5 * c <= mx))  # grey-black on glass
     red = (r >= g) & (r >= b) & (3 * (g - b) <= c) & (4 * (b - g) <= c) & (4 * c >= 3 * mx) & (mx <= 153)
     return coloured | black | red
