@@ -11,8 +11,8 @@ Each tissue tile gets three measures, computed on its pixels before JPEG encodin
       as red, so H&E pixels have green at or below red: their hues lie in about [240, 360] and [0, 30]
       (measured on the shipped TCGA tiles: 0.02% of tissue pixels with saturation above 0.3 fall in
       [60, 230]).  Blue ink lets green through and stops red, which moves its hue below 240; a *deep blue*
-      pixel (hue 180-250, saturation at least 0.6: blue ink over purple tissue) is ink too (0.002% of
-      the shipped tissue pixels are);
+      pixel (hue 180-250, saturation at least 0.6: blue ink over purple tissue) is ink too (0.016% of
+      the shipped tissue pixels are; 0.021% are ink by any rule);
     - *black*: every channel at or below ``black_level`` (HSV value; the darkest nuclei keep some red
       or blue);
     - *dark red* (red marker): hue within 15 degrees below and 20 above pure red, saturation at least 0.75

@@ -27,6 +27,9 @@ import numpy as np
 from .qc import QC_COLUMNS, QcParams, tile_qc
 from .slides import LevelChoice, SlideError, check_manifest_entry, choose_level, open_slide, slide_info
 
+#: tiles whose pixels are sampled for a slide's stain statistics (at most; spread over the grid)
+STAIN_SAMPLE_TILES = 1024
+
 #: tiles read per band along a row where cells are read whole (OpenSlide or the full decode; bounds memory:
 #: 16 x 512 px x 512 px x 4 B = 16 MB); the DCT-scaled path holds one cell per thread instead
 BAND_TILES = 16
@@ -148,15 +151,18 @@ class Finished(NamedTuple):
 class TileFinisher:
     """What happens to a tissue tile's pixels once it passed the tissue rule, on the thread that decoded it:
     QC measures (:func:`pathomch_assets.qc.tile_qc`), then for a kept tile optional stain normalisation and
-    the JPEG encode, and a pixel sample for the slide's stain statistics (every ``tile_px / 16``-th pixel).
+    the JPEG encode, and a pixel sample for the slide's stain statistics (every ``tile_px / 32``-th pixel,
+    from the middle of the first step: not the corners of JPEG blocks) of every ``every``-th grid cell
+    (``row * cols + col``; a memory bound on large slides).
 
     ``encode=False``: nothing is encoded (the stain pre-pass).  Samples are keyed by grid position, so the
     slide's sample does not depend on the order threads finish in.
     """
 
-    def __init__(self, params: TilingParams, normalize=None, encode: bool = True):
+    def __init__(self, params: TilingParams, normalize=None, encode: bool = True, every: int = 1, cols: int = 1):
         self.params, self.normalize, self.encode = params, normalize, encode
-        self.step = max(1, params.tile_px // 16)
+        self.step = max(1, params.tile_px // 32)
+        self.every, self.cols = max(1, every), cols
         self.samples: dict[tuple[int, int], np.ndarray] = {}
 
     def __call__(self, pixels: np.ndarray, col: int, row: int) -> Finished:
@@ -169,7 +175,9 @@ class TileFinisher:
             measures = tile_qc(pixels, p.qc, p.background_threshold)
             if measures[4] is not None:
                 return Finished(None, *measures)
-        self.samples[(col, row)] = np.array(pixels[:: self.step, :: self.step, :3])
+        if (row * self.cols + col) % self.every == 0:
+            first = self.step // 2
+            self.samples[(col, row)] = np.array(pixels[first :: self.step, first :: self.step, :3])
         if not self.encode:
             return Finished(None, *measures)
         if self.normalize is not None:
@@ -184,7 +192,7 @@ class TileFinisher:
             jpeg = imagecodecs.jpeg8_encode(np.ascontiguousarray(pixels), level=p.jpeg_quality)
         return Finished(bytes(jpeg), *measures)
 
-    def sample(self, max_tiles: int = 1024) -> tuple[np.ndarray, int]:
+    def sample(self, max_tiles: int = STAIN_SAMPLE_TILES) -> tuple[np.ndarray, int]:
         """The pixels sampled (``(N, 3)`` uint8) from at most ``max_tiles`` tiles evenly spread over the grid
         order, and from how many tiles."""
         keys = sorted(self.samples)
@@ -806,14 +814,17 @@ def tile_slide(
             reader.hint_tissue(thumb, params.background_threshold)  # blank-first decoding at tissue borders
         res.info["reader"] = "tifffile" if reader is not None else "openslide"
         res.info["decode_scale"] = 1 / reader.factor if reader is not None else 1.0
-        finish = TileFinisher(params)
+        cells = candidate_cells(thumb, info, choice, params)
+        n_cols, n_rows = grid_shape(info, choice)
+        every = -(-int(cells.sum() if cells is not None else n_cols * n_rows) // STAIN_SAMPLE_TILES)
+        finish = TileFinisher(params, every=every, cols=n_cols)
         if params.stain_normalize != "none":
             finish, res.stain = stain_prepass(slide, info, choice, params, path, thumb, reader)
         records: list[tuple] = []
         kept = 0
         with TileWriter(out_file, params.jpeg_quality) as writer:
             for col, row, frac, done in iter_tiles(
-                slide, info, choice, params, path, thumb, params.threads, reader, finish
+                slide, info, choice, params, path, thumb, params.threads, reader, finish, cells
             ):
                 if done.jpeg is not None:
                     writer.write_jpeg(done.jpeg, col, row)
@@ -878,6 +889,8 @@ def stain_prepass(slide, info, choice: LevelChoice, params: TilingParams, path, 
     sample, n = probe.sample()
     row = slide_stain_row(sample, n, params.stain_normalize, params.stain_target)
     try:
+        if row["status"] != "ok":  # either method: a slide whose H&E cannot be told apart is not normalised
+            raise StainError(row["error"])
         norm = normalizer(params.stain_normalize, params.stain_target, sample, params.background_threshold)
     except StainError as err:
         row = {**row, "status": "failed", "error": str(err)}
