@@ -256,14 +256,14 @@ def to_geojson(carto: Cartography, tile_px_level0: float, name: str = "", droppe
             }
         )
     for t in dropped.itertuples(index=False) if dropped is not None else ():
-        x0, y0 = int(t.col) * s, int(t.row) * s
+        qx, qy = int(t.col) * s, int(t.row) * s
         measures = {k: float(getattr(t, k)) for k in ("pen", "blur", "dark") if pd.notna(getattr(t, k, None))}
         features.append(
             {
                 "type": "Feature",
                 "geometry": {
                     "type": "Polygon",
-                    "coordinates": [[[x0, y0], [x0 + s, y0], [x0 + s, y0 + s], [x0, y0 + s], [x0, y0]]],
+                    "coordinates": [[[qx, qy], [qx + s, qy], [qx + s, qy + s], [qx, qy + s], [qx, qy]]],
                 },
                 "properties": {
                     "objectType": "tile",

@@ -126,9 +126,12 @@ def macenko(rgb: np.ndarray, alpha: float = ALPHA, beta: float = BETA, min_pixel
     if p99.min() <= 0:
         raise StainError(f"a stain has no positive concentration (99th percentiles {np.round(p99, 3).tolist()})")
     return StainEstimate(
-        tuple(float(v) for v in h), tuple(float(v) for v in e), float(p50[0]), float(p99[0]), float(p50[1]),
-        float(p99[1]), int(len(tissue)),
-    )  # fmt: skip
+        _vec3(h), _vec3(e), float(p50[0]), float(p99[0]), float(p50[1]), float(p99[1]), int(len(tissue))
+    )
+
+
+def _vec3(v) -> tuple[float, float, float]:
+    return float(v[0]), float(v[1]), float(v[2])
 
 
 def concentrations(od: np.ndarray, matrix: np.ndarray) -> np.ndarray:
@@ -141,7 +144,7 @@ def macenko_target(values) -> StainEstimate:
     v = [float(x) for x in values]
     h, e = np.array(v[0:3]), np.array(v[3:6])
     h, e = h / np.linalg.norm(h), e / np.linalg.norm(e)
-    return StainEstimate(tuple(h), tuple(e), np.nan, v[6], np.nan, v[7], 0)
+    return StainEstimate(_vec3(h), _vec3(e), np.nan, v[6], np.nan, v[7], 0)
 
 
 # --------------------------------------------------------------------------- CIELAB (Reinhard)

@@ -28,7 +28,7 @@ from .qc import QC_COLUMNS, QcParams, tile_qc
 from .slides import LevelChoice, SlideError, check_manifest_entry, choose_level, open_slide, slide_info
 
 #: tiles whose pixels are sampled for a slide's stain statistics (at most; spread over the grid)
-STAIN_SAMPLE_TILES = 1024
+STAIN_SAMPLE_TILES = 256
 
 #: tiles read per band along a row where cells are read whole (OpenSlide or the full decode; bounds memory:
 #: 16 x 512 px x 512 px x 4 B = 16 MB); the DCT-scaled path holds one cell per thread instead
@@ -863,6 +863,8 @@ def tile_slide(
 
 class StainFailed(SlideError):
     """Normalisation was asked for and this slide's stain estimate failed: the slide is not tiled."""
+
+    stain: dict | None = None  # the slide's ``stain`` row, saying why
 
 
 def stain_prepass(slide, info, choice: LevelChoice, params: TilingParams, path, thumb, reader):
