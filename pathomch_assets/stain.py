@@ -279,6 +279,6 @@ def slide_stain_row(sample: np.ndarray, n_tiles: int, method: str = "none", targ
     row: dict = {"n_tiles_sampled": int(n_tiles), "normalize": method, "target": ",".join(f"{v:g}" for v in target)}
     try:
         est = macenko(sample)
-    except StainError as err:
+    except (ValueError, ArithmeticError, np.linalg.LinAlgError) as err:  # StainError, or numerics: never the slide's
         return {**row, "status": "failed", "error": str(err), "n_pixels": 0}
     return {**row, "status": "ok", "error": None, "n_pixels": est.n_pixels, **est.row()}

@@ -152,6 +152,8 @@ FILE_ORDER = (
     "test_training.py",
     "test_reliability.py",
     "test_harder_family.py",
+    "test_stain.py",
+    "test_qc.py",
 )
 
 
