@@ -43,8 +43,11 @@ REUSED_STATUSES = ("ok", "no_tissue")
 
 def reusable(prev: dict | None, path, digest: str, cfg) -> bool:
     """An earlier result for this slide still holds: it succeeded (``REUSED_STATUSES``), same file
-    (size, mtime), same settings, and, for a tiled slide, its tile file is there."""
+    (size, mtime), same settings, by a tiler that wrote QC columns and a ``stain`` row, and, for a tiled
+    slide, its tile file is there."""
     if not prev or prev.get("params_hash") != digest or prev.get("status") not in REUSED_STATUSES:
+        return False
+    if _null(prev.get("n_tiles_qc_dropped")):  # tiled before QC and stain rows existed: tiled once more
         return False
     try:
         st = Path(path).stat()
