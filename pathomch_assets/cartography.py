@@ -149,34 +149,59 @@ def combination_colours(n_traits: int) -> np.ndarray:
 
 NEGATIVE_RGB = (200, 200, 200)
 BACKGROUND_RGB = (255, 255, 255)
+#: tissue tiles QC dropped (pen, blur, dark: ``tiles.qc``): dark grey, hatched in the PNG
+QC_DROPPED_RGB = (110, 110, 110)
 
 
-def heterogeneity_image(carto: Cartography) -> np.ndarray:
-    """RGB image, one pixel per tile: combination colour, grey for negative tissue, white elsewhere."""
-    codes = np.zeros(carto.mask.shape, np.int64)
+def _dropped_mask(dropped: pd.DataFrame | None, shape: tuple[int, int]) -> np.ndarray:
+    """Rows x cols bool of the QC-dropped tiles (``col``, ``row``) on a grid of at least ``shape``."""
+    rows, cols = shape
+    if dropped is not None and len(dropped):
+        rows, cols = max(rows, int(dropped["row"].max()) + 1), max(cols, int(dropped["col"].max()) + 1)
+    mask = np.zeros((rows, cols), bool)
+    if dropped is not None and len(dropped):
+        mask[dropped["row"].to_numpy(int), dropped["col"].to_numpy(int)] = True
+    return mask
+
+
+def heterogeneity_image(carto: Cartography, dropped: pd.DataFrame | None = None) -> np.ndarray:
+    """RGB image, one pixel per tile: combination colour, grey for negative tissue, ``QC_DROPPED_RGB`` for
+    tiles QC dropped (``dropped``: their ``col``, ``row``; the grid grows to hold them), white elsewhere."""
+    qc = _dropped_mask(dropped, carto.mask.shape)
+    codes = np.zeros(qc.shape, np.int64)
+    mask = np.zeros(qc.shape, bool)
+    mask[: carto.mask.shape[0], : carto.mask.shape[1]] = carto.mask
     if carto.mask.any():
-        codes[carto.mask] = combination_codes(carto.calls())
-    img = np.empty((*carto.mask.shape, 3), np.uint8)
+        codes[mask] = combination_codes(carto.calls())
+    img = np.empty((*qc.shape, 3), np.uint8)
     img[:] = BACKGROUND_RGB
-    img[carto.mask & (codes == 0)] = NEGATIVE_RGB
+    img[qc & ~mask] = QC_DROPPED_RGB
+    img[mask & (codes == 0)] = NEGATIVE_RGB
     colours = combination_colours(len(carto.traits))
-    pos = carto.mask & (codes > 0)
+    pos = mask & (codes > 0)
     img[pos] = colours[codes[pos] - 1]
     return img
 
 
-def heterogeneity_png(carto: Cartography, path: str | Path, cell_px: int = 12, title: str = "") -> Path:
+def heterogeneity_png(
+    carto: Cartography, path: str | Path, cell_px: int = 12, title: str = "", dropped: pd.DataFrame | None = None
+) -> Path:
     """The heterogeneity map as a small PNG with a legend of trait combinations (PIL, fast).
 
     One ``cell_px`` square per tile: a slide of 100 x 80 tiles is a 1200 x 960 px picture, never
-    a full-resolution canvas.
+    a full-resolution canvas.  Tiles QC dropped (``dropped``: ``col``, ``row``) are dark grey and hatched,
+    with their own legend entry.
     """
     from PIL import Image, ImageDraw, ImageFont
 
-    grid = heterogeneity_image(carto)
+    grid = heterogeneity_image(carto, dropped)
     rows, cols = grid.shape[:2]
     names = combination_names(carto.traits) + ["negative tissue"]
     colours = [tuple(int(v) for v in c) for c in combination_colours(len(carto.traits))] + [NEGATIVE_RGB]
+    qc = _dropped_mask(dropped, carto.mask.shape)
+    if qc.any():
+        names.append("dropped by QC")
+        colours.append(QC_DROPPED_RGB)
     font = ImageFont.load_default()
     legend_w = 14 + max(int(font.getlength(n)) for n in names) + 12
     top = 16 if title else 0
@@ -186,6 +211,9 @@ def heterogeneity_png(carto: Cartography, path: str | Path, cell_px: int = 12, t
     if rows and cols:
         img.paste(Image.fromarray(grid).resize((cols * cell_px, rows * cell_px), Image.Resampling.NEAREST), (0, top))
     draw = ImageDraw.Draw(img)
+    for r, c in zip(*np.nonzero(qc & np.all(grid == QC_DROPPED_RGB, axis=-1))):  # hatch: one diagonal per cell
+        x, y = c * cell_px, top + r * cell_px
+        draw.line([x, y + cell_px - 1, x + cell_px - 1, y], fill=BACKGROUND_RGB)
     if title:
         draw.text((2, 2), title, fill=(0, 0, 0), font=font)
     x0 = cols * cell_px + 8
@@ -279,12 +307,16 @@ class TileGeometry:
         return col * s, row * s, (col + 1) * s, (row + 1) * s
 
 
-def to_geojson(carto: Cartography, geometry: TileGeometry | float, name: str = "") -> dict:
+def to_geojson(
+    carto: Cartography, geometry: TileGeometry | float, name: str = "", dropped: pd.DataFrame | None = None
+) -> dict:
     """Tile calls as a QuPath-readable GeoJSON FeatureCollection in level-0 pixel coordinates.
 
     Each tissue tile is a square polygon with its combination as QuPath classification and
     one 0/1 measurement per trait (File > Import objects in QuPath, over the same slide).  ``geometry``: the
-    tiler's recorded geometry (:class:`TileGeometry`), or a level-0 tile side in pixels.
+    tiler's recorded geometry (:class:`TileGeometry`), or a level-0 tile side in pixels.  Tiles QC
+    dropped (``dropped``: ``col``, ``row``, ``qc`` and the measures ``pen``, ``blur``, ``dark``) follow, classified
+    ``QC dropped`` with the reason as property ``qc`` and the measures as measurements.
     """
     if not isinstance(geometry, TileGeometry):
         geometry = TileGeometry(1, float(geometry))
@@ -315,11 +347,36 @@ def to_geojson(carto: Cartography, geometry: TileGeometry | float, name: str = "
                 },
             }
         )
+    for t in dropped.itertuples(index=False) if dropped is not None else ():
+        x0, y0, x1, y1 = geometry.square(int(t.col), int(t.row))
+        measures = {k: float(getattr(t, k)) for k in ("pen", "blur", "dark") if pd.notna(getattr(t, k, None))}
+        features.append(
+            {
+                "type": "Feature",
+                "geometry": {
+                    "type": "Polygon",
+                    "coordinates": [[[x0, y0], [x1, y0], [x1, y1], [x0, y1], [x0, y0]]],
+                },
+                "properties": {
+                    "objectType": "tile",
+                    "name": f"{name} col {int(t.col)} row {int(t.row)}",
+                    "classification": {"name": "QC dropped", "color": list(QC_DROPPED_RGB)},
+                    "qc": str(t.qc),
+                    "measurements": measures,
+                },
+            }
+        )
     return {"type": "FeatureCollection", "features": features}
 
 
-def write_geojson(carto: Cartography, path: str | Path, geometry: TileGeometry | float, name: str = "") -> Path:
+def write_geojson(
+    carto: Cartography,
+    path: str | Path,
+    geometry: TileGeometry | float,
+    name: str = "",
+    dropped: pd.DataFrame | None = None,
+) -> Path:
     target = as_path(path)
     with atomic_path(target) as tmp:
-        tmp.write_text(json.dumps(to_geojson(carto, geometry, name)))
+        tmp.write_text(json.dumps(to_geojson(carto, geometry, name, dropped)))
     return target

@@ -62,6 +62,60 @@ class TilingConfig(_Strict):
     )
 
 
+class QcConfig(_Strict):
+    """Artifact QC per tile at tiling time (issue 28; ``pathomch_assets.qc``, docs/qc-and-stain.md).
+
+    A tissue tile whose pen share, blur or dark share fails is not written to the slide's tile file (so no
+    training, scoring, map or HTI sees it); its ``tiles`` row stays, without ``idx``, with the ``qc`` reason.
+    Defaults flag none of the 80 shipped TCGA tiles.  Part of the tiling settings: changing them re-tiles.
+    """
+
+    enabled: bool = Field(True, description="measure pen ink, blur and dark tissue per tile and drop failing tiles")
+    max_pen: float = Field(
+        0.02, gt=0, le=1, description="a tile is dropped when at least this share of its pixels is pen ink"
+    )
+    min_blur: float = Field(
+        150.0,
+        ge=0,
+        le=100000,
+        description="a tile is dropped as blurred when the variance of its Laplacian (green channel, tissue "
+        "pixels, the tile's own scale) is below this; sharp 20x tissue: 600-2,100, a 1.5 px Gaussian blur: < 110",
+    )
+    max_dark: float = Field(
+        0.3, gt=0, le=1, description="a tile is dropped as dark/folded when at least this share of it is dark"
+    )
+    dark_level: int = Field(80, ge=0, le=255, description="a pixel is dark when its mean grey level is at most this")
+    black_level: int = Field(
+        30, ge=0, le=127, description="a pixel is black ink when every channel is at most this (or at most twice "
+        "this and nearly grey)"
+    )  # fmt: skip
+    ink_saturation: float = Field(
+        0.45, gt=0, le=1, description="HSV saturation from which a green or blue pixel (hue 60-230) is ink"
+    )
+    stride: int = Field(8, ge=1, le=64, description="pen and dark shares are counted on every stride-th pixel")
+
+
+class StainConfig(_Strict):
+    """Stain statistics and optional normalisation at tiling time (issue 28; ``pathomch_assets.stain``).
+
+    Each tiled slide gets a ``stain`` row (Macenko H and E vectors, concentration percentiles).  With
+    ``normalize`` set, every kept tile is normalised before it is encoded, so training and scoring read the
+    same normalised tiles; the target and method are part of the tiling settings (changing them re-tiles).
+    """
+
+    normalize: Literal["none", "macenko", "reinhard"] = Field(
+        "none", description="none (the paper): tiles as scanned; macenko or reinhard: normalised to the target"
+    )
+    reference: Path | None = Field(
+        None,
+        description="a folder of tiles or one image the target is fitted on; none: the documented default "
+        "target (docs/qc-and-stain.md)",
+    )
+    sample_tiles: int = Field(
+        64, ge=4, le=4096, description="tiles sampled per slide for the stain estimate a normalisation uses"
+    )
+
+
 class LabelConfig(_Strict):
     """SPEC 3.2: percentile labels and out-of-distribution subsets."""
 
@@ -289,6 +343,8 @@ class PathomchConfig(_Strict):
     seed: int = 2020
     cohorts: dict[str, CohortConfig] = Field(min_length=1)
     tiling: TilingConfig = TilingConfig()
+    qc: QcConfig = QcConfig()
+    stain: StainConfig = StainConfig()
     labels: LabelConfig = LabelConfig()
     splits: SplitConfig = SplitConfig()
     training: TrainingConfig = TrainingConfig()
@@ -417,6 +473,8 @@ def _resolve_key(key, value, base: Path):
 
 def _resolve_paths(raw: dict, base: Path) -> dict:
     out = {k: _resolve_key(k, v, base) for k, v in raw.items()}
+    if isinstance(out.get("stain"), dict) and "reference" in out["stain"]:
+        out["stain"] = {**out["stain"], "reference": _resolve(out["stain"]["reference"], base)}
     if isinstance(out.get("cohorts"), dict):
         out["cohorts"] = {
             name: ({k: _resolve_key(k, v, base) for k, v in c.items()} if isinstance(c, dict) else c)
@@ -469,6 +527,8 @@ def parse_config(raw: dict, source: Path, check_files: bool = True) -> PathomchC
             for key, p in [*c.all_paths().items(), *(("allowed_dirs", d) for d in c.allowed_dirs)]
             if p is not None and not Path(p).exists()
         ]
+        if cfg.stain.reference is not None and not Path(cfg.stain.reference).exists():
+            missing.append(f"  stain.reference: {cfg.stain.reference} does not exist")
         if missing:
             raise ConfigError(f"{source}: missing input files\n" + "\n".join(missing))
         for key, folder in (("data_dir", cfg.data_dir), ("duckdb_path", cfg.duckdb_path.parent)):

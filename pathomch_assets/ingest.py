@@ -93,10 +93,13 @@ def reusable(prev: dict | None, state: SlideState | None, digest: str, cfg) -> b
     content fingerprint and size, the settings are the same and, for a tiled slide, its tile file is there.
 
     A row without a fingerprint (written before fingerprints were kept) is not reused: its size and mtime
-    were taken after tiling and cannot tell whether the tiles are this content's."""
+    were taken after tiling and cannot tell whether the tiles are this content's; nor is one without QC
+    counts (tiled before per-tile QC and ``stain`` rows)."""
     if not prev or state is None or prev.get("params_hash") != digest or prev.get("status") not in REUSED_STATUSES:
         return False
     if _null(prev.get("file_fingerprint")) or prev.get("file_fingerprint") != state.fingerprint:
+        return False
+    if _null(prev.get("n_tiles_qc_dropped")):  # tiled before QC columns and stain rows existed: tiled once more
         return False
     if _null(prev.get("file_size")) or int(prev["file_size"]) != state.size:
         return False
@@ -270,7 +273,8 @@ def tile_partitions(cfg: PathomchConfig, store, keys: list[str], log: Log, progr
                 res.path,
                 res.status,
                 res.error,
-                n_tiles=len(res.records),
+                n_tiles=res.n_kept,
+                n_tiles_qc_dropped=res.n_qc_dropped,
                 seconds=res.seconds,
                 file_size=after.size if after else None,
                 file_mtime_ns=after.mtime_ns if after else None,
@@ -282,6 +286,11 @@ def tile_partitions(cfg: PathomchConfig, store, keys: list[str], log: Log, progr
                 continue
             tiles = res.tiles.assign(cohort=res.cohort, slide_id=res.slide_id) if res.status == "ok" else None
             out.rows[key] = record(key, row, tiles)
+            with contextlib.suppress(OSError):  # the slide's stain statistics; none when it was not tiled
+                if res.stain:
+                    store.write("stain", key, pd.DataFrame([res.stain | res.key()]))
+                else:
+                    store.delete("stain", key)
             if out.rows[key]["status"] == "ok" and tiles is not None:
                 out.tiles_total += len(tiles)
         if not again:

@@ -284,14 +284,22 @@ def balanced_accuracy(y: np.ndarray, pred: np.ndarray, k: int) -> float:
     return float(np.mean(hits / np.bincount(y, minlength=k)))
 
 
+#: the ``stain`` columns that describe a slide's stain (Macenko H and E vectors, concentration percentiles)
+STAIN_FEATURES = ("h_r", "h_g", "h_b", "e_r", "e_g", "e_b", "h_p50", "h_p99", "e_p50", "e_p99")
+
+
 def stain_features(stain: pd.DataFrame | None) -> pd.DataFrame | None:
-    """The numeric per-slide columns of a ``stain`` table (``slide_id`` kept), or None when there is none."""
+    """A ``stain`` table's stain descriptors (:data:`STAIN_FEATURES`, ``slide_id`` kept) of the slides whose estimate
+    succeeded (``status`` 'ok' where the column exists), or None when there are none.  Counts such as the pixels
+    sampled are left out: they follow the slide's size, not its stain."""
     if stain is None or stain.empty or "slide_id" not in stain.columns:
         return None
-    num = [c for c in stain.columns if c not in ("cohort", "slide_id") and pd.api.types.is_numeric_dtype(stain[c])]
-    if not num:
+    if "status" in stain.columns:
+        stain = stain[stain["status"] == "ok"]
+    num = [c for c in STAIN_FEATURES if c in stain.columns and pd.api.types.is_numeric_dtype(stain[c])]
+    if not num or stain.empty:
         return None
-    return stain[["slide_id", *num]].drop_duplicates("slide_id")
+    return stain[["slide_id", *num]].dropna().drop_duplicates("slide_id")
 
 
 # ----------------------------------------------------------------------------- per cohort

@@ -54,6 +54,7 @@ SCHEMAS: dict[str, dict[str, str]] = {
         "params_hash": "VARCHAR",
         "file_fingerprint": "VARCHAR",
         "tiles_digest": "VARCHAR",
+        "n_tiles_qc_dropped": "INTEGER",
     },
     "tiles": {
         "cohort": "VARCHAR",
@@ -62,6 +63,31 @@ SCHEMAS: dict[str, dict[str, str]] = {
         "row": "INTEGER",
         "tissue_fraction": "DOUBLE",
         "idx": "INTEGER",
+        "pen": "DOUBLE",
+        "blur": "DOUBLE",
+        "blurred": "BOOLEAN",
+        "dark": "DOUBLE",
+        "qc": "VARCHAR",
+    },
+    "stain": {
+        "cohort": "VARCHAR",
+        "slide_id": "VARCHAR",
+        "status": "VARCHAR",
+        "error": "VARCHAR",
+        "h_r": "DOUBLE",
+        "h_g": "DOUBLE",
+        "h_b": "DOUBLE",
+        "e_r": "DOUBLE",
+        "e_g": "DOUBLE",
+        "e_b": "DOUBLE",
+        "h_p50": "DOUBLE",
+        "h_p99": "DOUBLE",
+        "e_p50": "DOUBLE",
+        "e_p99": "DOUBLE",
+        "n_pixels": "BIGINT",
+        "n_tiles_sampled": "INTEGER",
+        "normalize": "VARCHAR",
+        "target": "VARCHAR",
     },
     "labels": {
         "cohort": "VARCHAR",
@@ -154,6 +180,7 @@ SCHEMAS: dict[str, dict[str, str]] = {
         "n_positive": "INTEGER",
         "valid": "BOOLEAN",
         "invalid_traits": "VARCHAR",
+        "n_tiles_qc_dropped": "INTEGER",
     },
     "survival": {
         "cohort": "VARCHAR",
@@ -362,6 +389,8 @@ class TableStore:
             values = df[col] if col in df.columns else pd.Series(pd.NA, index=df.index, dtype="object")
             if typ == "VARCHAR":
                 columns[col] = values.astype("string")
+            elif typ == "BOOLEAN":
+                columns[col] = values.astype("object").where(values.notna(), None).astype("boolean")
             else:
                 columns[col] = pd.to_numeric(values, errors="coerce").astype(_PANDAS_TYPES[typ])
         return pd.DataFrame(columns, index=df.index).reset_index(drop=True)  # one frame, not a column at a time
@@ -567,6 +596,7 @@ def read_only_problem(con, sql: str) -> str | None:
 _REQUIRED = {
     "slides": 6,
     "tiles": 5,
+    "stain": 4,
     "labels": 6,
     "splits": 4,
     "expression": 4,

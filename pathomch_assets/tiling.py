@@ -20,9 +20,11 @@ from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass, field
 from multiprocessing import get_context
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 
+from .qc import QC_COLUMNS, QcParams, tile_qc
 from .slides import (
     LevelChoice,
     SlideError,
@@ -32,6 +34,9 @@ from .slides import (
     open_slide,
     slide_info,
 )
+
+#: tiles whose pixels are sampled for a slide's stain statistics (at most; spread over the grid)
+STAIN_SAMPLE_TILES = 256
 
 #: tiles read per band along a row where cells are read whole (OpenSlide or the full decode; bounds memory:
 #: 16 x 512 px x 512 px x 4 B = 16 MB); the DCT-scaled path holds one cell per thread instead
@@ -74,6 +79,10 @@ class TilingParams:
     threads: int = 1  # per slide; not part of the digest (results do not depend on it)
     reader: str = "auto"  # auto: a matching tiled TIFF page is decoded directly; openslide: always read_region
     scaled_decode: bool = True  # JPEG tiles decoded at 1/2, 1/4, 1/8 in the DCT domain where the level allows it
+    qc: QcParams | None = None  # artifact QC (pen, blur, dark) per tile; None: every tissue tile is kept (qc.enabled)
+    stain_normalize: str = "none"  # none | macenko | reinhard, applied to each kept tile before encoding
+    stain_target: tuple[float, ...] = ()  # the normalisation target's numbers (stain.fit_target)
+    stain_sample_tiles: int = 64  # tiles sampled for a slide's stain estimate before normalising
 
     def digest(self) -> str:
         """Short hash of the settings: tiles made with other settings are not reused."""
@@ -82,10 +91,17 @@ class TilingParams:
         from dataclasses import asdict
 
         settings = result_settings(asdict(self))
+        if self.qc is None:  # no QC: the tiles of before QC existed
+            del settings["qc"]
+        if self.stain_normalize == "none":  # no normalisation: the tiles of before it existed
+            for k in ("stain_normalize", "stain_target", "stain_sample_tiles"):
+                del settings[k]
         return hashlib.sha1(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:12]
 
     @classmethod
     def from_config(cls, cfg) -> TilingParams:
+        from .stain import fit_target
+
         t = cfg.tiling
         return cls(
             t.magnification,
@@ -97,10 +113,15 @@ class TilingParams:
             t.threads_per_slide,
             t.reader,
             t.scaled_decode,
+            QcParams.from_config(cfg.qc),
+            cfg.stain.normalize,
+            fit_target(cfg.stain.normalize, cfg.stain.reference),
+            cfg.stain.sample_tiles,
         )
 
 
-TILE_COLUMNS = ["col", "row", "tissue_fraction", "idx"]
+#: ``tiles`` rows: ``idx`` (the record's place in the slide's TFRecord) is None for a tile QC dropped
+TILE_COLUMNS = ["col", "row", "tissue_fraction", "idx", *QC_COLUMNS]
 
 
 @dataclass
@@ -116,20 +137,101 @@ class SlideTilingResult:
     path: str
     status: str  # ok | error | no_tissue
     error: str | None = None
-    records: list[tuple[int, int, float, int]] = field(default_factory=list)  # TILE_COLUMNS
+    records: list[tuple] = field(default_factory=list)  # TILE_COLUMNS
     info: dict = field(default_factory=dict)
     seconds: float = 0.0
+    stain: dict | None = None  # the slide's ``stain`` row (stain.slide_stain_row), None when not tiled
+
+    def key(self) -> dict:
+        """``cohort`` and ``slide_id``, as table rows carry them."""
+        return {"cohort": self.cohort, "slide_id": self.slide_id}
+
+    @property
+    def n_kept(self) -> int:
+        """Tiles in the TFRecord."""
+        return sum(1 for r in self.records if r[3] is not None)
+
+    @property
+    def n_qc_dropped(self) -> int:
+        """Tissue tiles QC dropped (rows without ``idx``)."""
+        return len(self.records) - self.n_kept
 
     @property
     def tiles(self):
         """The ``tiles`` rows as a DataFrame (``TILE_COLUMNS``)."""
         import pandas as pd
 
-        return pd.DataFrame(self.records, columns=TILE_COLUMNS)
+        return pd.DataFrame(self.records, columns=TILE_COLUMNS).astype({"idx": "Int64"})
 
     @tiles.setter
     def tiles(self, frame) -> None:
         self.records = list(frame[TILE_COLUMNS].itertuples(index=False, name=None))
+
+
+class Finished(NamedTuple):
+    """A tissue tile after :class:`TileFinisher`: its JPEG (None when QC dropped it) and QC measures."""
+
+    jpeg: bytes | None
+    pen: float | None = None
+    blur: float | None = None
+    blurred: bool | None = None
+    dark: float | None = None
+    qc: str | None = None
+
+
+class TileFinisher:
+    """What happens to a tissue tile's pixels once it passed the tissue rule, on the thread that decoded it:
+    QC measures (:func:`pathomch_assets.qc.tile_qc`), then for a kept tile optional stain normalisation and
+    the JPEG encode, and a pixel sample for the slide's stain statistics (every ``tile_px / 32``-th pixel,
+    from the middle of the first step: not the corners of JPEG blocks) of every ``every``-th grid cell
+    (``row * cols + col``; a memory bound on large slides).
+
+    ``encode=False``: nothing is encoded (the stain pre-pass).  Samples are keyed by grid position, so the
+    slide's sample does not depend on the order threads finish in.
+    """
+
+    def __init__(self, params: TilingParams, normalize=None, encode: bool = True, every: int = 1, cols: int = 1):
+        self.params, self.normalize, self.encode = params, normalize, encode
+        self.step = max(1, params.tile_px // 32)
+        self.every, self.cols = max(1, every), cols
+        self.samples: dict[tuple[int, int], np.ndarray] = {}
+
+    def __call__(self, pixels: np.ndarray, col: int, row: int) -> Finished:
+        """``pixels``: the tile, ``px x px x 3`` RGB or C-contiguous ``px x px x 4`` RGBX (X = 255)."""
+        import imagecodecs
+
+        p = self.params
+        measures: tuple = (None, None, None, None, None)
+        if p.qc is not None:
+            measures = tile_qc(pixels, p.qc, p.background_threshold)
+            if measures[4] is not None:
+                return Finished(None, *measures)
+        if (row * self.cols + col) % self.every == 0:
+            first = self.step // 2
+            self.samples[(col, row)] = np.array(pixels[first :: self.step, first :: self.step, :3])
+        if not self.encode:
+            return Finished(None, *measures)
+        if self.normalize is not None:
+            pixels = self.normalize(pixels)
+        if pixels.shape[-1] == 4:
+            # the encoder reads RGBX as it reads RGB (the same bytes: test_tiling), so X is never copied away
+            jpeg = imagecodecs.jpeg8_encode(
+                pixels, level=p.jpeg_quality, colorspace=imagecodecs.JPEG8.CS.EXT_RGBX,
+                outcolorspace=imagecodecs.JPEG8.CS.YCbCr,
+            )  # fmt: skip
+        else:
+            jpeg = imagecodecs.jpeg8_encode(np.ascontiguousarray(pixels), level=p.jpeg_quality)
+        return Finished(bytes(jpeg), *measures)
+
+    def sample(self, max_tiles: int = STAIN_SAMPLE_TILES) -> tuple[np.ndarray, int]:
+        """The pixels sampled (``(N, 3)`` uint8) from at most ``max_tiles`` tiles evenly spread over the grid
+        order, and from how many tiles."""
+        keys = sorted(self.samples)
+        if not keys:
+            return np.zeros((0, 3), np.uint8), 0
+        if len(keys) > max_tiles:
+            keys = [keys[i] for i in np.linspace(0, len(keys) - 1, max_tiles).round().astype(int)]
+        return np.concatenate([self.samples[k].reshape(-1, 3) for k in keys]), len(keys)
 
 
 def tissue_fraction(rgb: np.ndarray, threshold: int = 220) -> np.ndarray | float:
@@ -603,18 +705,20 @@ def _tile_row(
     row: int,
     cols: np.ndarray,
     reader: TiffLevelReader | None = None,
+    finish: TileFinisher | None = None,
 ):
-    """Tissue tiles of one grid row: ``[(col, fraction, jpeg bytes), ...]``."""
-    import imagecodecs
+    """Tissue tiles of one grid row: ``[(col, fraction, Finished), ...]`` (``finish``: default
+    ``TileFinisher(params)``)."""
     from PIL import Image
 
+    finish = finish if finish is not None else TileFinisher(params)
     s = choice.read_px
     out = []
     for start, length in _runs(cols):
         for c0 in range(start, start + length, BAND_TILES):
             n = min(BAND_TILES, start + length - c0)
             if reader is not None and reader.aligned(s):
-                out.extend(_scaled_cells(reader, choice, params, path, row, c0, n))
+                out.extend(_scaled_cells(reader, choice, params, path, row, c0, n, finish))
                 continue
             band = _read_band(slide, reader, info, choice, path, c0 * s, row * s, n * s, s)
             px = band.shape[0]  # read_px, or tile_px when the reader decoded the level's JPEG tiles scaled
@@ -632,12 +736,20 @@ def _tile_row(
                 )
             fracs = np.asarray(tissue_fraction(tiles, params.background_threshold))  # one per tile
             for k in np.flatnonzero(fracs >= 1.0 - params.max_background_fraction):
-                jpeg = imagecodecs.jpeg8_encode(np.ascontiguousarray(tiles[k]), level=params.jpeg_quality)
-                out.append((c0 + int(k), float(fracs[k]), bytes(jpeg)))
+                out.append((c0 + int(k), float(fracs[k]), finish(tiles[k], c0 + int(k), row)))
     return out
 
 
-def _scaled_cells(reader: TiffLevelReader, choice: LevelChoice, params: TilingParams, path, row: int, c0: int, n: int):
+def _scaled_cells(
+    reader: TiffLevelReader,
+    choice: LevelChoice,
+    params: TilingParams,
+    path,
+    row: int,
+    c0: int,
+    n: int,
+    finish: TileFinisher | None = None,
+):
     """Tissue tiles of ``n`` cells from column ``c0`` through :meth:`TiffLevelReader.read_cell`, one cell at a
     time: decoded, counted and encoded while it is in cache, in a buffer this thread reuses.
 
@@ -647,11 +759,9 @@ def _scaled_cells(reader: TiffLevelReader, choice: LevelChoice, params: TilingPa
     and counted one by one: once the background counted so far fails the tissue rule, the cell is dropped
     without decoding the rest (exact: the same rule on pixels already decoded, and background only grows).
     """
-    import imagecodecs
-
+    finish = finish if finish is not None else TileFinisher(params)
     s, px = choice.read_px, params.tile_px
     cell = _scratch("cell", (px, px, 4))
-    rgbx, ycbcr = imagecodecs.JPEG8.CS.EXT_RGBX, imagecodecs.JPEG8.CS.YCbCr
     min_fraction, area, threshold = 1.0 - params.max_background_fraction, px * px, params.background_threshold
     out = []
     for c in range(n):
@@ -676,9 +786,7 @@ def _scaled_cells(reader: TiffLevelReader, choice: LevelChoice, params: TilingPa
             background[0] = rgbx_background(cell, threshold)
         fraction = 1.0 - background[0] / area
         if fraction >= min_fraction:
-            # the encoder reads RGBX as it reads RGB (the same bytes: test_tiling), so X is never copied away
-            jpeg = imagecodecs.jpeg8_encode(cell, level=params.jpeg_quality, colorspace=rgbx, outcolorspace=ycbcr)
-            out.append((c0 + c, float(fraction), bytes(jpeg)))
+            out.append((c0 + c, float(fraction), finish(cell, c0 + c, row)))
     return out
 
 
@@ -691,20 +799,24 @@ def iter_tiles(
     thumb=None,
     threads: int = 1,
     reader: TiffLevelReader | None = None,
+    finish: TileFinisher | None = None,
+    cells: np.ndarray | None = None,
 ):
-    """Yield ``(col, row, tissue_fraction, jpeg bytes)`` for tissue tiles, row by row.
+    """Yield ``(col, row, tissue_fraction, Finished)`` for tissue tiles, row by row (``Finished.jpeg`` is
+    None for a tile QC dropped).
 
     Rows are read on ``threads`` threads (OpenSlide and the JPEG codecs release the GIL) and
     yielded in order; a thread holds a row band of at most ``BAND_TILES`` tiles, or one cell on the
-    DCT-scaled path.
+    DCT-scaled path.  ``cells``: the grid cells to look at (rows x cols bool; default the candidate cells).
     """
     from concurrent.futures import ThreadPoolExecutor
 
     n_cols, n_rows = grid_shape(info, choice)
-    keep = candidate_cells(thumb, info, choice, params)
+    keep = cells if cells is not None else candidate_cells(thumb, info, choice, params)
+    finish = finish if finish is not None else TileFinisher(params)
     rows = [(r, keep[r] if keep is not None else np.ones(n_cols, bool)) for r in range(n_rows)]
     rows = [(r, cols) for r, cols in rows if cols.any()]
-    work = lambda rc: (rc[0], _tile_row(slide, info, choice, params, path, rc[0], rc[1], reader))  # noqa: E731
+    work = lambda rc: (rc[0], _tile_row(slide, info, choice, params, path, rc[0], rc[1], reader, finish))  # noqa: E731
     if threads <= 1:
         results = map(work, rows)
         for row, tiles in results:
@@ -774,23 +886,41 @@ def tile_slide(
             reader.hint_tissue(thumb, params.background_threshold)  # blank-first decoding at tissue borders
         res.info["reader"] = "tifffile" if reader is not None else "openslide"
         res.info["decode_scale"] = 1 / reader.factor if reader is not None else 1.0
-        records: list[tuple[int, int, float, int]] = []
+        cells = candidate_cells(thumb, info, choice, params)
+        n_cols, n_rows = grid_shape(info, choice)
+        every = -(-int(cells.sum() if cells is not None else n_cols * n_rows) // STAIN_SAMPLE_TILES)
+        finish = TileFinisher(params, every=every, cols=n_cols)
+        if params.stain_normalize != "none":
+            finish, res.stain = stain_prepass(slide, info, choice, params, path, thumb, reader)
+        records: list[tuple] = []
+        kept = 0
         with TileWriter(out_file, params.jpeg_quality) as writer:
-            for col, row, frac, jpeg in iter_tiles(slide, info, choice, params, path, thumb, params.threads, reader):
-                writer.write_jpeg(jpeg, col, row)
-                records.append((col, row, frac, len(records)))
-            if not records:
+            for col, row, frac, done in iter_tiles(
+                slide, info, choice, params, path, thumb, params.threads, reader, finish, cells
+            ):
+                if done.jpeg is not None:
+                    writer.write_jpeg(done.jpeg, col, row)
+                records.append((col, row, frac, kept if done.jpeg is not None else None, *done[1:]))
+                kept += done.jpeg is not None
+            if not kept:
                 writer.abort()
         res.records = records
-        res.info["tiles_digest"] = writer.digest if records else None
-        if not records:
+        res.info["tiles_digest"] = writer.digest if kept else None
+        if res.stain is None and kept:
+            from .stain import slide_stain_row
+
+            res.stain = slide_stain_row(*finish.sample())
+        if not kept:
+            res.stain = None
             res.status, res.error = (
                 "no_tissue",
-                f"{path}: no tile with at least {1 - params.max_background_fraction:.0%} tissue",
+                f"{path}: no tile with at least {1 - params.max_background_fraction:.0%} tissue"
+                + (f" that passed QC ({len(records)} dropped by QC)" if records else ""),
             )
     except Exception as err:  # SlideError, and anything else (OSError writing tiles, codec errors): this slide only
         res.status, res.error = "error", str(err) if isinstance(err, SlideError) else f"{path}: {_describe(err)}"
         res.records = []
+        res.stain = getattr(err, "stain", None) if isinstance(err, StainFailed) else None
         from .files import as_path
 
         with contextlib.suppress(OSError):
@@ -802,6 +932,48 @@ def tile_slide(
             reader.close()
     res.seconds = time.perf_counter() - t0
     return res
+
+
+class StainFailed(SlideError):
+    """Normalisation was asked for and this slide's stain estimate failed: the slide is not tiled."""
+
+    stain: dict | None = None  # the slide's ``stain`` row, saying why
+
+
+def stain_prepass(slide, info, choice: LevelChoice, params: TilingParams, path, thumb, reader):
+    """The finisher that normalises this slide's tiles (``stain.normalize``) and the slide's ``stain`` row.
+
+    The slide's stain is estimated from up to ``stain_sample_tiles`` candidate cells spread evenly over the
+    grid, read, tissue-ruled and QC'd as in tiling, before any tile is written.  When it fails the slide
+    raises :class:`StainFailed` (reported with its ``stain`` row; never normalised with a guess).
+    """
+    from .stain import StainError, normalizer, slide_stain_row
+
+    n_cols, n_rows = grid_shape(info, choice)
+    keep = candidate_cells(thumb, info, choice, params)
+    keep = keep if keep is not None else np.ones((n_rows, n_cols), bool)
+    flat = np.flatnonzero(keep)
+    chosen = flat[np.linspace(0, len(flat) - 1, min(len(flat), params.stain_sample_tiles)).round().astype(int)]
+    cells = np.zeros(keep.size, bool)
+    cells[chosen] = True
+    probe = TileFinisher(params, encode=False)
+    for _ in iter_tiles(
+        slide, info, choice, params, path, thumb, params.threads, reader, probe, cells.reshape(keep.shape)
+    ):
+        pass
+    sample, n = probe.sample()
+    row = slide_stain_row(sample, n, params.stain_normalize, params.stain_target)
+    try:
+        if row["status"] != "ok":  # either method: a slide whose H&E cannot be told apart is not normalised
+            raise StainError(row["error"])
+        norm = normalizer(params.stain_normalize, params.stain_target, sample, params.background_threshold)
+    except StainError as err:
+        row = {**row, "status": "failed", "error": str(err)}
+        failed = StainFailed(path, f"stain.normalize {params.stain_normalize}: the slide's stain estimate failed "
+                             f"({err}); it is not tiled rather than normalised with a guess")  # fmt: skip
+        failed.stain = row
+        raise failed from None
+    return TileFinisher(params, norm), row
 
 
 def readable(path) -> None:

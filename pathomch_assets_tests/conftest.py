@@ -165,6 +165,8 @@ FILE_ORDER = (
     "test_reliability.py",
     "test_reliability3.py",
     "test_harder_family.py",
+    "test_stain.py",
+    "test_qc.py",
 )
 
 

@@ -57,7 +57,7 @@ def test_geojson_squares_cover_the_pixels_each_tile_was_read_from(tmp_path):
     slide = open_slide(path)
     sinfo = slide_info(slide, path, None)
     choice = choose_level(sinfo.base_magnification, sinfo.level_downsamples, 20.0, TILE, params.magnification_tolerance)
-    tiles = {(c, r): imagecodecs.jpeg8_decode(jpeg) for c, r, _, jpeg in iter_tiles(slide, sinfo, choice, params)}
+    tiles = {(c, r): imagecodecs.jpeg8_decode(t.jpeg) for c, r, _, t in iter_tiles(slide, sinfo, choice, params)}
     slide.close()
     assert len(tiles) == 24
     for (c, r), tile in tiles.items():

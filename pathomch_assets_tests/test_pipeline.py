@@ -226,7 +226,12 @@ def test_trait_validity_and_site_effects_on_the_demo_cohort(foundation):
     site = store.query("select * from site_effects")
     assert len(site) == len(v) and site.p_value.between(0, 1).all() and site.n_sites.eq(5).all()
     assert not site.site_dependent.any()  # the demo draws expression whatever the site
-    assert (site.n_unseen_slides == 0).all() and site.note.str.contains("no stain table").all()
+    assert (site.n_unseen_slides == 0).all()
+    # every usable slide has its stain statistics, from which the site report predicts the site
+    stain = store.query("select s.* from stain s join slides d using (cohort, slide_id) where d.status = 'ok'")
+    assert len(stain) == store.query("select count(*) n from slides where status = 'ok'").n[0]
+    assert (stain.status == "ok").all() and site.site_from_stain_bacc.between(0, 1).all()
+    assert not site.note.fillna("").str.contains("stain").any()
 
 
 def test_survival_table_and_no_training_patient(foundation):

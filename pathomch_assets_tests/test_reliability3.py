@@ -39,7 +39,8 @@ def tissue(seed: int, rows: int, cols: int, px: int = 64) -> np.ndarray:
 
 @pytest.fixture
 def deployment(tmp_path):
-    """A one-cohort configuration tiling 64 px tiles at 20x, its slides folder and its table store."""
+    """A one-cohort configuration tiling 64 px tiles at 20x (artifact QC off), its slides folder and its table
+    store."""
     slides = tmp_path / "slides"
     slides.mkdir()
     (tmp_path / "mrna.tsv").write_text("gene_id\n")
@@ -48,6 +49,8 @@ def deployment(tmp_path):
     config.write_text(
         "data_dir: out\nduckdb_path: out/p.duckdb\n"
         "tiling: {magnification: 20, tile_px: 64, workers: 1}\ntraining: {input_px: 16}\n"
+        # colour noise is no H&E (QC reads it as ink): these tests are about a slide's identity, not QC
+        "qc: {enabled: false}\n"
         "cohorts:\n  brca:\n    slides_dir: slides\n    mrna: mrna.tsv\n    mirna: mirna.csv\n"
         "    traits: [MKI67, miR-17-5p]\n"
     )

@@ -17,6 +17,7 @@ from pathomch_assets.site_effects import (
     site_effect_rows,
     site_predictability,
     site_warning,
+    stain_features,
 )
 
 from .test_validity import cohort_frames, gated  # noqa: F401  (the fixture of a gated deployment)
@@ -165,9 +166,12 @@ def test_stain_statistics_predict_the_site_when_a_stain_table_exists():
     sids = ensemble["slide_id"].to_numpy()
     site_code = np.array([SITES.index(s[5:7]) for s in sids])
     stain = pd.DataFrame(
-        {"cohort": "brca", "slide_id": sids, "h_od_r": 0.6 + 0.05 * site_code + rng.normal(0, 0.01, len(sids))}
+        {"cohort": "brca", "slide_id": sids, "h_r": 0.6 + 0.05 * site_code + rng.normal(0, 0.01, len(sids))}
     )
-    stain["method"] = "macenko"  # a text column is not a feature
+    stain["status"], stain["normalize"] = "ok", "none"  # text columns are not features
+    stain["n_pixels"] = 1000 * site_code  # a count follows the slide's size, not its stain: not a feature
+    assert list(stain_features(stain).columns) == ["slide_id", "h_r"]
+    assert stain_features(stain.assign(status="failed")) is None  # failed estimates are not stain
     rows = site_effect_rows(["planted"], labels, splits, rounds, ensemble, stain, 0.01, seed=1)
     assert rows["site_from_stain_bacc"].iloc[0] > 0.8 and rows["site_from_stain_chance"].iloc[0] == 0.2
     assert "stain" not in (rows["note"].iloc[0] or "")

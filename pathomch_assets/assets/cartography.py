@@ -34,6 +34,7 @@ from ..heterogeneity import (
 )
 from ..partitions import ALL, SLIDES, configured_by_cohort
 from ..plots import pyplot
+from ..qc import dropped_tiles
 from ..reporting import figure_file, md_table
 from ..resources import PathomchResource
 from ..slides import patient_id
@@ -173,7 +174,9 @@ def build(cfg: PathomchConfig, slide_predictions_asset, trait_model_asset, ensem
                     context.log.warning(n)
                     notes.append(n)
             slides = store.read("slides", "cohort = ?", [cohort]).set_index("slide_id")
+            qc_dropped = dropped_tiles(store.read("tiles", "cohort = ?", [cohort]))  # shown on the maps (issue 28)
             for sid in sids:
+                drop = qc_dropped[qc_dropped["slide_id"] == sid]
                 g = slide_calls(cfg, cohort, sid)
                 g = None if g is None or not traits else g[g["trait"].isin(traits)]
                 if g is None:
@@ -188,12 +191,12 @@ def build(cfg: PathomchConfig, slide_predictions_asset, trait_model_asset, ensem
                 shown = carto.subset(gate.feeds)
                 # the level and read size the tiler used (older rows: the settings' estimate)
                 geometry = TileGeometry.recorded(slides.loc[sid], cfg.tiling.tile_px, cfg.tiling.magnification)
-                write_geojson(shown, layout.cartography_file(cfg, cohort, sid, "geojson"), geometry, sid)
+                write_geojson(shown, layout.cartography_file(cfg, cohort, sid, "geojson"), geometry, sid, drop)
                 soft, threshold = soft_calls(cfg, g, carto)
                 if not sets:  # no trait set with usable ensembles: the map of the usable traits, no HTI
                     for table in ("hti", "hti_stats", "hti_combinations"):
                         store.delete(table, f"{cohort}/{sid}")
-                    heterogeneity_png(shown, layout.cartography_file(cfg, cohort, sid, "png"), title=sid)
+                    heterogeneity_png(shown, layout.cartography_file(cfg, cohort, sid, "png"), title=sid, dropped=drop)
                     continue
                 rows, stats, combos = [], [], []
                 for tset in sets:
@@ -204,13 +207,16 @@ def build(cfg: PathomchConfig, slide_predictions_asset, trait_model_asset, ensem
                     rows.append({**h, **gate.flags(tset)})
                     stats.append(st)
                     combos.append(cb)
-                store.write("hti", f"{cohort}/{sid}", pd.DataFrame(rows))
+                store.write("hti", f"{cohort}/{sid}", pd.DataFrame(rows).assign(n_tiles_qc_dropped=len(drop)))
                 store.write("hti_stats", f"{cohort}/{sid}", pd.DataFrame(stats))
                 store.write("hti_combinations", f"{cohort}/{sid}", pd.concat(combos, ignore_index=True))
                 stats_all.extend(stats)
                 first = Cartography(sets[0], carto.tensor[[traits.index(t) for t in sets[0]]], carto.mask)
                 heterogeneity_png(
-                    first, layout.cartography_file(cfg, cohort, sid, "png"), title=f"{sid}  HTI {rows[0]['hti']:.2f}"
+                    first,
+                    layout.cartography_file(cfg, cohort, sid, "png"),
+                    title=f"{sid}  HTI {rows[0]['hti']:.2f}",
+                    dropped=drop,
                 )
                 rows_all.extend(rows)
                 if len(gallery) < 6:

@@ -23,6 +23,7 @@ from ..files import atomic_path, local_copy
 from ..partitions import ALL, FAILS_ALONE, cohorts, target_rounds, targets
 from ..plots import plot_score_boxes, plot_training_curve
 from ..predictions import prediction_frame
+from ..qc import kept_tiles
 from ..reporting import figure_file, md_table
 from ..resources import AcceleratorResource, PathomchResource
 from ..tables import read_parquet
@@ -42,7 +43,8 @@ def slide_set(cfg, cohort: str, frame: pd.DataFrame) -> SlideSet:
 
 
 def tile_positions(store, cohort: str) -> dict[str, pd.DataFrame]:
-    tiles = store.read("tiles", "cohort = ?", [cohort]).sort_values(["slide_id", "idx"])
+    """Per slide, the grid positions of the tiles in its tile file, in file order (QC-dropped tiles left out)."""
+    tiles = kept_tiles(store.read("tiles", "cohort = ?", [cohort]))
     return {sid: g[["col", "row"]].reset_index(drop=True) for sid, g in tiles.groupby("slide_id")}
 
 
