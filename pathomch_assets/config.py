@@ -109,7 +109,11 @@ class AugmentConfig(_Strict):
 class TrainingConfig(_Strict):
     """SPEC 3.4.  The demo shrinks input size and steps; the code path is the same."""
 
-    architecture: Literal["inception_v3", "small_cnn"] = "inception_v3"
+    architecture: Literal["inception_v3", "small_cnn", "compact_cnn"] = Field(
+        "inception_v3",
+        description="inception_v3 (the paper); small_cnn: four strided 3x3 convolutions (the demo); compact_cnn: "
+        "small_cnn with a full-resolution convolution before each strided one (docs/learning-small-cohorts.md)",
+    )
     input_px: int = Field(512, ge=16, le=1024, description="tiles are resized to this before the network")
     batch_size: int = Field(
         32,
