@@ -64,6 +64,15 @@ EXPERIMENTS: dict[str, dict] = {
         "input_px": 64,
         "augment": {"stain": "hed", "hed_sigma": 0.2, "hed_bias": 0.05},
     },
+    # full resolution at 10x (1 um/px: the 3 um stripes resolved), at most 32 tiles per slide per epoch
+    "tiles_10x_128": {"tiling": (10.0, 128), "input_px": 128, "max_tiles_per_slide": 32},
+    "tiles_10x_128_hed": {
+        "tiling": (10.0, 128),
+        "input_px": 128,
+        "max_tiles_per_slide": 32,
+        "augment": {"stain": "hed", "hed_sigma": 0.2, "hed_bias": 0.05},
+    },
+    "tiles_20x_128": {"tiling": (20.0, 128), "input_px": 128, "max_tiles_per_slide": 32},
     "profile": {
         "tiling": (10.0, 128),
         "input_px": 64,

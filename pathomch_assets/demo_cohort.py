@@ -872,10 +872,11 @@ def artifact_truth(plan: TcgaSlidePlan) -> list[tuple]:
     """Per grid cell (512 px at 20x) of a slide: planted tissue, share of the cell under pen ink, blurred or not."""
     ink = pen_mask(plan).reshape(plan.rows, SOURCE_PX, plan.cols, SOURCE_PX).mean(axis=(1, 3)) if plan.pen else None
     kept = np.asarray(plan.tissue, bool) & (np.asarray(plan.edge_white) < 0.5)
+    r0, c0, r1, c1 = plan.blur[:4] if plan.blur else (0, 0, 0, 0)
     out = []
     for r in range(plan.rows):
         for c in range(plan.cols):
-            blurred = bool(plan.blur) and plan.blur[0] <= r < plan.blur[2] and plan.blur[1] <= c < plan.blur[3]
+            blurred = r0 <= r < r1 and c0 <= c < c1
             pen = float(ink[r, c]) if ink is not None else 0.0
             out.append((plan.cohort, plan.slide_id, c, r, int(kept[r, c]), round(pen, 4), int(blurred and kept[r, c])))
     return out
