@@ -216,5 +216,5 @@ def test_shipped_small_cohort_profile_is_valid():
         32,
         256,
     )
-    assert (cfg.training.augment.stain, cfg.training.augment.hed_sigma) == ("hed", 0.05)
+    assert cfg.training.augment.stain == "none"  # HED jitter: no gain measured on the TCGA-like family
     assert cfg.labels == load_config(DEMO_CONFIG, check_files=False).labels  # the paper's 20/80 labels
