@@ -180,3 +180,21 @@ def test_the_config_it_writes_loads(built):
 def test_too_few_sources_for_the_sites_is_a_clear_error():
     with pytest.raises(ValueError, match="each site needs its own"):
         site_sources(TCGA_LIKE_COHORT, ["a", "b"], SEED)
+
+
+def test_the_command_builds_it_and_needs_a_folder(tmp_path, capsys, monkeypatch):
+    import json
+
+    from pathomch_assets.cli import main
+
+    monkeypatch.setenv("PATHOMCH_CONFIG", "")  # the command sets it: restored after the test
+    monkeypatch.delenv("PATHOMCH_CONFIG")
+    assert main(["demo", "--family", "tcga_like", "--no-materialize"]) == 2
+    assert "needs --dir" in capsys.readouterr().err
+    out = tmp_path / "family"
+    args = ["demo", "--family", "tcga_like", "--dir", str(out), "--patients", "4", "--no-materialize"]
+    assert main(args) == 0
+    assert json.loads((out / "demo.json").read_text())["family"] == "tcga_like"
+    assert (out / "pathomch.yaml").exists() and (out / "ground_truth_artifacts.csv").exists()
+    assert main(args) == 0
+    assert "already built" in capsys.readouterr().out
