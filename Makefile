@@ -27,7 +27,7 @@ demo: venv                       ## build the demo cohorts and materialize every
 	PATHOMCH_FIGURES_URL=$(PATHOMCH_FIGURES_URL) $(BIN)/pathomch demo
 
 #: science modules whose docstring examples run as tests
-DOCTESTS := $(addprefix pathomch_assets/,ensemble.py evaluation.py heterogeneity.py layout.py labels.py sites.py slides.py splits.py training.py)
+DOCTESTS := $(addprefix pathomch_assets/,augment.py ensemble.py evaluation.py heterogeneity.py layout.py labels.py sites.py slides.py splits.py training.py)
 
 test: venv                       ## every test, slow end-to-end ones included, and the docstring examples
 	$(BIN)/pytest -n $(PYTEST_WORKERS) --dist loadfile --no-loadscope-reorder --durations=15 --doctest-modules pathomch_assets_tests $(DOCTESTS)

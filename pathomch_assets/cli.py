@@ -76,10 +76,22 @@ def cmd_demo(args) -> int:
     out = config.parent if args.dir else demo_dir(cfg)
     stamp = out / "demo.json"
     built = stamp.exists() and json.loads(stamp.read_text()).get("seed") == cfg.seed and config.exists()
+    family = getattr(args, "family", "demo")
+    if built and json.loads(stamp.read_text()).get("family", "demo") != family:
+        built = False  # another family was built there: rebuild
+    if family != "demo":
+        if not args.dir:
+            print(f"pathomch demo: --family {family} needs --dir (a folder for its slides and config)", file=sys.stderr)
+            return 2
     if args.rebuild or not built:
-        print(f"building the demo cohorts in {out} (seed {cfg.seed}) ...")
+        print(f"building the {family} cohorts in {out} (seed {cfg.seed}) ...")
         try:
-            build_demo(out, seed=cfg.seed, workers=cfg.tiling.workers, write_config=bool(args.dir))
+            if family == "tcga_like":
+                from .demo_cohort import build_tcga_like
+
+                build_tcga_like(out, n_patients=args.patients, seed=cfg.seed, workers=cfg.tiling.workers)
+            else:
+                build_demo(out, seed=cfg.seed, workers=cfg.tiling.workers, write_config=bool(args.dir))
         except (FileNotFoundError, FileExistsError) as err:
             print(f"pathomch demo: {err}", file=sys.stderr)
             return 2
@@ -221,6 +233,14 @@ def main(argv: list[str] | None = None) -> int:
         help="build the demo cohorts, their config (pathomch.yaml) and outputs in this folder "
         "(default: data/demo and data/output of the source checkout)",
     )
+    p.add_argument(
+        "--family",
+        choices=("demo", "tcga_like"),
+        default="demo",
+        help="demo: the demo cohorts; tcga_like: one cohort with tissue source sites, per-site stain, a site-only "
+        "trait, pen marks, blur, DX2 slides and 40x slides (docs/tcga-like-family.md; needs --dir)",
+    )
+    p.add_argument("--patients", type=int, default=100, help="patients with slides (--family tcga_like)")
     p.set_defaults(func=cmd_demo)
     p = sub.add_parser("materialize", help="materialize assets for every partition")
     p.add_argument("--config", help=f"YAML configuration (default: ${ENV_VAR} or the demo)")

@@ -156,10 +156,33 @@ class SplitConfig(_Strict):
 MAX_BATCH = 4096
 
 
+class AugmentConfig(_Strict):
+    """Training-only augmentation beyond the paper's random flips (issue 28): stain jitter in HED space."""
+
+    stain: Literal["none", "hed"] = Field(
+        "none",
+        description="none: flips only (the paper); hed: per-tile random scale and shift of the haematoxylin, eosin "
+        "and DAB concentrations (Tellez et al. 2019), then the flips; scoring never sees it",
+    )
+    hed_sigma: float = Field(
+        0.05, ge=0, le=0.5, description="stain scale drawn from U(1 - hed_sigma, 1 + hed_sigma) (HED-light 0.05)"
+    )
+    hed_bias: float = Field(
+        0.05,
+        ge=0,
+        le=0.5,
+        description="stain shift drawn from U(-hed_bias, hed_bias), in optical density (HED-light: 0.05)",
+    )
+
+
 class TrainingConfig(_Strict):
     """SPEC 3.4.  The demo shrinks input size and steps; the code path is the same."""
 
-    architecture: Literal["inception_v3", "small_cnn"] = "inception_v3"
+    architecture: Literal["inception_v3", "small_cnn", "compact_cnn"] = Field(
+        "inception_v3",
+        description="inception_v3 (the paper); small_cnn: four strided 3x3 convolutions (the demo); compact_cnn: "
+        "small_cnn with a full-resolution convolution before each strided one (docs/learning-small-cohorts.md)",
+    )
     input_px: int = Field(512, ge=16, le=1024, description="tiles are resized to this before the network")
     batch_size: int = Field(
         32,
@@ -194,6 +217,7 @@ class TrainingConfig(_Strict):
     deterministic: bool = Field(
         False, description="reproducible training (TensorFlow op determinism, ordered input); slower, notably on GPUs"
     )
+    augment: AugmentConfig = Field(default_factory=AugmentConfig, description="training-only augmentation")
 
 
 class EnsembleConfig(_Strict):

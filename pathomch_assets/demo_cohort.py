@@ -24,6 +24,7 @@ beside the data (per tile and trait: planted on/off; per slide: planted shares a
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import string
@@ -129,6 +130,16 @@ TEXTURE_CELL_PX = 8
 TEXTURE_DARKEN = 0.65
 
 
+#: nuclear_atypia: nuclei (tissue darker than NUCLEUS_LUM) grown by NUCLEUS_GROW_PX source pixels (1 um at 20x) and
+#: darkened (hyperchromatic, enlarged nuclei); stroma_texture: diagonal stripes of STRIPE_PERIOD_PX (3 um at 20x)
+#: darkening half of the lighter, eosin-rich tissue (a fine striated stroma)
+NUCLEUS_LUM = 150
+NUCLEUS_GROW_PX = 2
+NUCLEUS_DARKEN = 0.72
+STRIPE_PERIOD_PX = 6
+STRIPE_DARKEN = 0.86
+
+
 # --------------------------------------------------------------------------- planted effects
 def _tissue_mask(rgb: np.ndarray) -> np.ndarray:
     return ~np.all(rgb > 220, axis=-1)
@@ -160,9 +171,19 @@ def apply_effect(rgb: np.ndarray, effect: str) -> np.ndarray:
         yy, xx = np.indices(rgb.shape[:2])
         checker = ((yy // TEXTURE_CELL_PX + xx // TEXTURE_CELL_PX) % 2).astype(bool)
         img *= np.where(tissue & (lum < 175) & checker, np.float32(TEXTURE_DARKEN), one)[..., None]
+    elif effect == "nuclear_atypia":
+        from scipy.ndimage import binary_dilation
+
+        nuclei = binary_dilation(tissue & (lum < NUCLEUS_LUM), iterations=NUCLEUS_GROW_PX)
+        img *= np.where(nuclei, np.float32(NUCLEUS_DARKEN), one)[..., None]
+    elif effect == "stroma_texture":
+        yy, xx = np.indices(rgb.shape[:2])
+        stripes = ((yy + xx) % STRIPE_PERIOD_PX) < STRIPE_PERIOD_PX // 2
+        img *= np.where(tissue & (lum >= NUCLEUS_LUM) & stripes, np.float32(STRIPE_DARKEN), one)[..., None]
     else:
         raise ValueError(
-            f"unknown planted effect {effect!r}; expected dark_nuclei, blue_tint, pale_eosin, fine_texture or none"
+            f"unknown planted effect {effect!r}; expected dark_nuclei, blue_tint, pale_eosin, fine_texture, "
+            "nuclear_atypia, stroma_texture or none"
         )
     return np.clip(img, 0, 255).astype(np.uint8)
 
@@ -239,19 +260,25 @@ class SlidePlan:
 _VARIANTS: dict = {}
 
 
-def _variant(sources, source: str, index: int, effects: tuple[str, ...]) -> np.ndarray:
-    """A source tile with planted effects applied, cached (effects are pixel-wise)."""
-    key = (source, index, effects)
+def _variant(sources, source: str, index: int, effects: tuple[str, ...], stain: tuple | None = None) -> np.ndarray:
+    """A source tile with planted effects applied, then its site's stain (HED scales), cached (both pixel-wise)."""
+    key = (source, index, effects, stain)
     if key not in _VARIANTS:
         t = sources[source][index]
         for effect in effects:
             t = apply_effect(t, effect)
+        if stain is not None:
+            from .augment import restain
+
+            t = restain(t, stain)
         _VARIANTS[key] = t
     return _VARIANTS[key]
 
 
-def compose_slide(plan: SlidePlan, sources: dict[str, list[np.ndarray]], scale: int = 1) -> np.ndarray:
-    """The level-0 RGB image of a planned slide (``scale`` = 2 for a 40x base)."""
+def compose_slide(
+    plan: SlidePlan, sources: dict[str, list[np.ndarray]], scale: int = 1, stain: tuple | None = None
+) -> np.ndarray:
+    """The level-0 RGB image of a planned slide (``scale`` = 2 for a 40x base; ``stain``: HED scales of its site)."""
     from PIL import Image
 
     rng = np.random.default_rng(plan.seed)
@@ -266,7 +293,7 @@ def compose_slide(plan: SlidePlan, sources: dict[str, list[np.ndarray]], scale: 
             if not tissue[r, c]:
                 continue
             effects = tuple(e for t, e in plan.effects.items() if on[t][r, c])
-            t = _variant(sources, plan.source, int(rng.integers(n_tiles)), effects)
+            t = _variant(sources, plan.source, int(rng.integers(n_tiles)), effects, stain)
             t = np.rot90(t, int(rng.integers(4)))
             if rng.random() < 0.5:
                 t = t[:, ::-1]
@@ -649,4 +676,319 @@ def build_demo(
             "# written by pathomch_assets.demo_cohort.build_demo\n" + yaml.safe_dump(config, sort_keys=False)
         )
     (out_dir / "demo.json").write_text(json.dumps({"seed": seed, "cohorts": [asdict(c) for c in cohorts]}, indent=1))
+    return cfg_path
+
+
+# --------------------------------------------------------------------------- the TCGA-like family (issue 28)
+@dataclass(frozen=True)
+class TcgaLikeSpec(DemoCohortSpec):
+    """A cohort with TCGA's site structure and artefacts (issue 28 item 6, issue 29).
+
+    Every tissue source site (``tss``) has its own source slides among the real tiles (disjoint between
+    sites) and its own stain (per-site scales of the H, E and D concentrations, :func:`augment.restain`).
+    Trait effects as in :class:`DemoCohortSpec`, plus ``site``: expression that follows the patient's site
+    (a site mean plus noise) and is planted in no tissue.  ``pen_share`` of the slides carry a marker
+    stroke (green, blue or black) over or next to the tissue, ``blur_share`` a blurred block of tissue;
+    ``share_40x`` of the slides are 40x pyramids with 10x and 2.5x levels (no 20x level).
+    """
+
+    pen_share: float = 0.15
+    blur_share: float = 0.15
+    share_40x: float = 0.35
+    share_generic: float = 0.1
+    #: per-site stain: the H and E scales are drawn from [1 - stain_spread, 1 + stain_spread]
+    stain_spread: float = 0.25
+    #: standard deviation of the site-only trait's share around its site's mean
+    site_noise: float = 0.08
+
+
+#: the TCGA-like family: a nuclear change and a fine stroma texture (the survival pair), a site-only trait and a
+#: negative control; five sites, a DX2 slide for a third of the patients
+TCGA_LIKE_COHORT = TcgaLikeSpec(
+    "tcga",
+    ("A7", "AR", "BH", "D8", "E2"),
+    {"MKI67": "nuclear_atypia", "FOXC1": "stroma_texture", "ESR1": "site", "EGFR": "none"},
+    ("MKI67", "FOXC1"),
+    n_patients=100,
+    second_slide_share=1 / 3,
+)
+
+PEN_COLOURS = {"green": (40, 150, 70), "blue": (40, 70, 180), "black": (35, 35, 45)}
+UNPLANTED = ("none", "site")
+
+
+@dataclass
+class TcgaSlidePlan(SlidePlan):
+    site: str = ""
+    stain: tuple = (1.0, 1.0, 1.0)  # H, E, D scales of the site
+    pen: dict | None = None  # colour, points [(x, y)] at 20x level-0 pixels, width
+    blur: list | None = None  # [row0, col0, row1, col1] (grid cells, end exclusive), sigma in 20x pixels
+
+
+def site_sources(spec: DemoCohortSpec, sources: list[str], seed: int) -> dict[str, list[str]]:
+    """Each site's own source slides: the sources shuffled by ``seed`` and cut into ``len(spec.tss)`` disjoint parts.
+
+    Raises ``ValueError`` when there are fewer source slides than sites.
+    """
+    if len(sources) < len(spec.tss):
+        raise ValueError(
+            f"{len(sources)} source slides for {len(spec.tss)} sites: each site needs its own; use fewer sites "
+            f"or more source tiles ({TILES_ENV})"
+        )
+    order = list(sorted(sources))
+    np.random.default_rng([seed, 28]).shuffle(order)
+    return {
+        site: [str(x) for x in part] for site, part in zip(spec.tss, np.array_split(np.array(order), len(spec.tss)))
+    }
+
+
+def plan_tcga_like(spec: TcgaLikeSpec, seed: int, sources: list[str]):
+    """Patients, slides (with site, stain, pen and blur), planted maps and shares of a TCGA-like cohort (no I/O)."""
+    rng = np.random.default_rng([seed, 28, sum(map(ord, spec.name))])
+    own = site_sources(spec, sources, seed)
+    stains = {
+        s: (
+            float(rng.uniform(1 - spec.stain_spread, 1 + spec.stain_spread)),
+            float(rng.uniform(1 - spec.stain_spread, 1 + spec.stain_spread)),
+            float(rng.uniform(0.9, 1.1)),
+        )
+        for s in spec.tss
+    }
+    site_mean = dict(zip(spec.tss, rng.permutation(np.linspace(0.1, 0.9, len(spec.tss)))))
+    ids: set[str] = set()
+    while len(ids) < int(spec.n_patients * 1.15):  # ~15% extra patients have expression but no slide
+        ids.add(f"TCGA-{rng.choice(list(spec.tss))}-{_random_id(rng)}")
+    patients = sorted(ids)
+    rng.shuffle(patients)
+    with_slides, without = sorted(patients[: spec.n_patients]), sorted(patients[spec.n_patients :])
+    planted = [t for t, e in spec.traits.items() if e not in UNPLANTED]
+    shares: dict[str, dict[str, float]] = {t: {} for t in spec.traits}
+    for pid in patients:  # the site-only traits: every patient, with a slide or not
+        for t, e in spec.traits.items():
+            if e == "site":
+                mean = site_mean[pid.split("-")[1]]
+                shares[t][pid] = float(np.clip(mean + rng.normal(0, spec.site_noise), 0, 1))
+    mixing, plans = {}, []
+    for pid in with_slides:
+        site = pid.split("-")[1]
+        for t in planted + [t for t, e in spec.traits.items() if e == "none"]:
+            shares[t][pid] = float(rng.uniform(0.0, 1.0))
+        mixing[pid] = float(rng.uniform(0.0, 1.0))
+        n_slides = 2 if rng.random() < spec.second_slide_share else 1
+        for dx in range(1, n_slides + 1):
+            base = _plan_slide(spec, rng, pid, f"DX{dx}", own[site], shares, mixing[pid], planted)
+            u = rng.random()
+            style = (
+                "aperio40_power"
+                if u < spec.share_40x
+                else ("generic_mpp" if u < spec.share_40x + spec.share_generic else "aperio20")
+            )
+            file = base.file.replace(".tif", ".svs") if style != "generic_mpp" else base.file.replace(".svs", ".tif")
+            plan = TcgaSlidePlan(**{**asdict(base), "style": style, "file": file}, site=site, stain=stains[site])
+            kept = np.asarray(plan.tissue, bool) & (np.asarray(plan.edge_white) < 0.5)
+            if rng.random() < spec.pen_share:
+                plan.pen = _pen_stroke(rng, kept)
+            if rng.random() < spec.blur_share:
+                plan.blur = _blur_block(rng, kept)
+            plans.append(plan)
+    return patients, with_slides, without, shares, mixing, plans
+
+
+def _pen_stroke(rng: np.random.Generator, kept: np.ndarray) -> dict:
+    """A marker stroke: a slightly bent line through the tissue, or beside it on the background."""
+    rows, cols = kept.shape
+    colour = str(rng.choice(list(PEN_COLOURS)))
+    over = bool(rng.random() < 0.5)
+    if over:  # across the tissue, through a tissue cell
+        r, c = np.argwhere(kept)[int(rng.integers(kept.sum()))]
+        cy, cx = (r + 0.5) * SOURCE_PX, (c + 0.5) * SOURCE_PX
+    else:  # beside it: in the background margin, along the nearest edge
+        side = int(rng.integers(4))
+        cy = rows * SOURCE_PX * (0.06 if side == 0 else 0.94 if side == 1 else rng.uniform(0.3, 0.7))
+        cx = cols * SOURCE_PX * (0.06 if side == 2 else 0.94 if side == 3 else rng.uniform(0.3, 0.7))
+    angle = (
+        rng.uniform(0, np.pi)
+        if over
+        else (0.0 if cy < rows * SOURCE_PX * 0.1 or cy > rows * SOURCE_PX * 0.9 else np.pi / 2)
+    )
+    half = rng.uniform(0.8, 1.6) * SOURCE_PX
+    bend = rng.uniform(-0.25, 0.25) * SOURCE_PX
+    pts = []
+    for s in np.linspace(-1, 1, 9):
+        off = bend * (1 - s * s)
+        x = cx + s * half * np.cos(angle) - off * np.sin(angle)
+        y = cy + s * half * np.sin(angle) + off * np.cos(angle)
+        pts.append((float(x), float(y)))
+    return {"colour": colour, "over_tissue": over, "points": pts, "width": float(rng.uniform(40, 90))}
+
+
+def _blur_block(rng: np.random.Generator, kept: np.ndarray) -> list:
+    """A block of 2x2 grid cells holding tissue, blurred (a region out of focus)."""
+    rows, cols = kept.shape
+    r, c = np.argwhere(kept[: rows - 1, : cols - 1])[int(rng.integers(kept[: rows - 1, : cols - 1].sum()))]
+    return [int(r), int(c), int(r) + 2, int(c) + 2, float(rng.uniform(3.0, 5.0))]
+
+
+def pen_mask(plan: TcgaSlidePlan, scale: int = 1) -> np.ndarray:
+    """Level-0 boolean mask of the slide's pen stroke (all False without one)."""
+    from PIL import Image, ImageDraw
+
+    h, w = plan.rows * SOURCE_PX * scale, plan.cols * SOURCE_PX * scale
+    img = Image.new("L", (w, h), 0)
+    if plan.pen:
+        pts = [(x * scale, y * scale) for x, y in plan.pen["points"]]
+        ImageDraw.Draw(img).line(pts, fill=255, width=int(round(plan.pen["width"] * scale)), joint="curve")
+    return np.asarray(img) > 0
+
+
+def add_artifacts(canvas: np.ndarray, plan: TcgaSlidePlan, scale: int = 1) -> np.ndarray:
+    """The slide's blurred block (Gaussian, on the level-0 pixels) and pen stroke (ink multiplied over the pixels)."""
+    from PIL import Image, ImageFilter
+
+    if plan.blur:
+        r0, c0, r1, c1, sigma = plan.blur
+        px = SOURCE_PX * scale
+        block = canvas[r0 * px : r1 * px, c0 * px : c1 * px]
+        blurred = Image.fromarray(block).filter(ImageFilter.GaussianBlur(sigma * scale))
+        canvas[r0 * px : r1 * px, c0 * px : c1 * px] = np.asarray(blurred)
+    if plan.pen:
+        mask = pen_mask(plan, scale)
+        ink = np.asarray(PEN_COLOURS[plan.pen["colour"]], np.float32) / 255
+        canvas[mask] = np.clip(canvas[mask].astype(np.float32) * ink * 1.05, 0, 255).astype(np.uint8)
+    return canvas
+
+
+def _build_tcga_slide(args) -> str:
+    plan_dict, slides_dir, tiles_dir = args
+    plan = TcgaSlidePlan(**{**plan_dict, "stain": tuple(plan_dict["stain"])})
+    sources = _SOURCES_CACHE.get(tiles_dir) or _SOURCES_CACHE.setdefault(tiles_dir, load_source_tiles(tiles_dir))
+    scale = 2 if plan.style == "aperio40_power" else 1
+    base = add_artifacts(compose_slide(plan, sources, scale, plan.stain), plan, scale)
+    write_pyramid(Path(slides_dir) / plan.file, base, plan.style)
+    return plan.slide_id
+
+
+def artifact_truth(plan: TcgaSlidePlan) -> list[tuple]:
+    """Per grid cell (512 px at 20x) of a slide: planted tissue, share of the cell under pen ink, blurred or not."""
+    ink = pen_mask(plan).reshape(plan.rows, SOURCE_PX, plan.cols, SOURCE_PX).mean(axis=(1, 3)) if plan.pen else None
+    kept = np.asarray(plan.tissue, bool) & (np.asarray(plan.edge_white) < 0.5)
+    r0, c0, r1, c1 = plan.blur[:4] if plan.blur else (0, 0, 0, 0)
+    out = []
+    for r in range(plan.rows):
+        for c in range(plan.cols):
+            blurred = r0 <= r < r1 and c0 <= c < c1
+            pen = float(ink[r, c]) if ink is not None else 0.0
+            out.append((plan.cohort, plan.slide_id, c, r, int(kept[r, c]), round(pen, 4), int(blurred and kept[r, c])))
+    return out
+
+
+def build_tcga_like(
+    out_dir: str | Path,
+    n_patients: int = 100,
+    seed: int = 2020,
+    spec: TcgaLikeSpec = TCGA_LIKE_COHORT,
+    workers: int = 2,
+    tiles_dir: str | Path | None = None,
+    progress=print,
+    overrides: dict | None = None,
+) -> Path:
+    """Build the TCGA-like family (:class:`TcgaLikeSpec`) under ``out_dir`` in the demo's formats; returns the path
+    of its ``pathomch.yaml`` (the demo's settings, this cohort).
+
+    Beside the slides and tables: ``ground_truth_slides.csv`` (planted shares and HTI, site, stain, pen colour,
+    blurred cells), ``ground_truth_tiles.csv`` (per tissue cell and trait: planted on/off) and
+    ``ground_truth_artifacts.csv`` (per grid cell of 512 px at 20x: tissue, share under pen ink, blurred).
+    The same seed, spec and source tiles give the same bytes.
+
+    Examples
+    --------
+    ``pathomch demo --family tcga_like --dir /tmp/tcga --patients 100 --no-materialize``
+    """
+    from .config import DEMO_CONFIG
+
+    out_dir = Path(out_dir)
+    if out_dir.exists() and any(out_dir.iterdir()) and not (out_dir / "demo.json").exists():
+        raise FileExistsError(f"{out_dir}: not empty and not a demo build (no demo.json); choose an empty folder")
+    tiles_dir = Path(tiles_dir) if tiles_dir is not None else demo_tiles_dir()
+    sources = sorted(load_source_tiles(tiles_dir))
+    spec = dataclasses.replace(spec, n_patients=n_patients)
+    if (out_dir / spec.name).exists():
+        import shutil
+
+        shutil.rmtree(out_dir / spec.name)
+    cdir = out_dir / spec.name
+    patients, with_slides, without, shares, mixing, plans = plan_tcga_like(spec, seed, sources)
+    pair = spec.survival_pair
+    planted_hti, truth_slides, truth_tiles, artifacts = {}, [], [], []
+    for p in plans:
+        kept = np.asarray(p.tissue, bool) & (np.asarray(p.edge_white) < 0.5)
+        on = np.stack([np.asarray(p.on[t], bool) for t in pair], axis=-1) if all(t in p.on for t in pair) else None
+        h = float(hti_from_calls(on[kept])) if on is not None else 0.0
+        pid = patient_id(p.slide_id)
+        if "-DX1." in p.slide_id:
+            planted_hti[pid] = h
+        truth_slides.append(
+            {
+                "cohort": spec.name,
+                "slide_id": p.slide_id,
+                "patient_id": pid,
+                "site": p.site,
+                "traits": "+".join(pair),
+                "planted_hti": h,
+                "style": p.style,
+                "source_slide": p.source,
+                "stain_h": round(p.stain[0], 4),
+                "stain_e": round(p.stain[1], 4),
+                "pen": p.pen["colour"] if p.pen else "",
+                "pen_over_tissue": bool(p.pen and p.pen["over_tissue"]),
+                "blurred_cells": int(sum(a[-1] for a in artifact_truth(p))) if p.blur else 0,
+                "n_tissue_positions": int(kept.sum()),
+                **{f"share_{t}": shares[t][pid] for t in spec.traits},
+            }
+        )
+        for r, c in zip(*np.nonzero(kept)):
+            for t in spec.traits:
+                truth_tiles.append((spec.name, p.slide_id, int(c), int(r), t, int(t in p.on and bool(p.on[t][r][c]))))
+        artifacts.extend(artifact_truth(p))
+    mrna, mirna = expression_tables(spec, seed, patients, with_slides, shares)
+    write_mrna(mrna, cdir / "EBPlusPlusAdjustPANCAN_IlluminaHiSeq_RNASeqV2.geneExp.tsv")
+    write_mirna(mirna, cdir / "pancanMiRs_EBadjOnProtocolPlatformWithoutRepsWithUnCorrectMiRs_08_04_16.csv")
+    write_clinical(clinical_table(spec, seed, with_slides, planted_hti, shares), cdir / "data_clinical_patient.txt")
+    jobs = [(asdict(p), str(cdir / "slides"), str(tiles_dir)) for p in plans]
+    progress(f"writing {len(jobs)} TCGA-like slides to {out_dir} ...")
+    if workers > 1:
+        with ProcessPoolExecutor(workers, mp_context=get_context("spawn")) as pool:
+            list(pool.map(_build_tcga_slide, jobs, chunksize=4))
+    else:
+        for job in jobs:
+            _build_tcga_slide(job)
+    write_manifest(plans, cdir / "slides", cdir / "gdc_manifest.txt")
+    pd.DataFrame(truth_tiles, columns=["cohort", "slide_id", "col", "row", "trait", "planted_on"]).to_csv(
+        out_dir / "ground_truth_tiles.csv", index=False
+    )
+    pd.DataFrame(truth_slides).to_csv(out_dir / "ground_truth_slides.csv", index=False)
+    pd.DataFrame(artifacts, columns=["cohort", "slide_id", "col", "row", "tissue", "pen", "blurred"]).to_csv(
+        out_dir / "ground_truth_artifacts.csv", index=False
+    )
+    shipped = yaml.safe_load(DEMO_CONFIG.read_text())
+    settings = {k: v for k, v in shipped.items() if k not in ("cohorts", "data_dir", "duckdb_path", "seed")}
+    for section, values in (overrides or {}).items():
+        settings[section] = {**settings.get(section, {}), **values} if isinstance(values, dict) else values
+    config = {"data_dir": "output", "duckdb_path": "output/pathomch.duckdb", "seed": seed, **settings}
+    config["cohorts"] = {
+        spec.name: {
+            "slides_dir": f"{spec.name}/slides",
+            "mrna": f"{spec.name}/EBPlusPlusAdjustPANCAN_IlluminaHiSeq_RNASeqV2.geneExp.tsv",
+            "mirna": f"{spec.name}/pancanMiRs_EBadjOnProtocolPlatformWithoutRepsWithUnCorrectMiRs_08_04_16.csv",
+            "clinical": f"{spec.name}/data_clinical_patient.txt",
+            "traits": list(spec.traits),
+            "survival_pairs": [list(pair)],
+        }
+    }
+    cfg_path = out_dir / "pathomch.yaml"
+    cfg_path.write_text(
+        "# written by pathomch_assets.demo_cohort.build_tcga_like\n" + yaml.safe_dump(config, sort_keys=False)
+    )
+    stamp = {"seed": seed, "family": "tcga_like", "cohorts": [asdict(spec)]}
+    (out_dir / "demo.json").write_text(json.dumps(stamp, indent=1))
     return cfg_path

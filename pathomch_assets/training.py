@@ -87,8 +87,15 @@ def build_model(
         for filters in (16, 32, 64, 64):
             x = keras.layers.Conv2D(filters, 3, strides=2, padding="same", activation="relu")(x)
         x = keras.layers.GlobalAveragePooling2D()(x)
+    elif architecture == "compact_cnn":
+        # small_cnn's depth doubled: a full-resolution 3x3 convolution before each strided one sees fine texture
+        # (nuclear outlines, stroma fibres) before it is subsampled; no batch normalisation, as small_cnn
+        for filters in (24, 48, 96, 96):
+            x = keras.layers.Conv2D(filters, 3, padding="same", activation="relu")(x)
+            x = keras.layers.Conv2D(filters, 3, strides=2, padding="same", activation="relu")(x)
+        x = keras.layers.GlobalAveragePooling2D()(x)
     else:
-        raise ValueError(f"unknown architecture {architecture!r}; expected inception_v3 or small_cnn")
+        raise ValueError(f"unknown architecture {architecture!r}; expected inception_v3, small_cnn or compact_cnn")
     outputs = keras.layers.Dense(1, activation="sigmoid", dtype="float32", name="p_high")(x)
     model = keras.Model(inputs, outputs, name=f"pathomch_{architecture}")
     accumulate = {"gradient_accumulation_steps": accumulation_steps} if accumulation_steps > 1 else {}
@@ -126,8 +133,14 @@ def train_dataset(
     cache: bool = False,
     max_tiles_per_slide: int | None = None,
     deterministic: bool = False,
+    augment=None,
 ):
-    """Shuffled, augmented, endless batches of (tile, slide label); tiles read in parallel."""
+    """Shuffled, augmented, endless batches of (tile, slide label); tiles read in parallel.
+
+    ``augment`` (``training.augment``; None or ``stain: none``: the paper's random flips) with
+    ``stain: hed`` jitters each tile's stain in HED space before the flips (:func:`augment.tf_augment`,
+    seeded by ``seed`` and the tile's position in the stream).
+    """
     import tensorflow as tf
 
     files = tf.data.Dataset.from_tensor_slices((slides.files, np.asarray(slides.labels, np.float32)))
@@ -145,13 +158,15 @@ def train_dataset(
     ds = ds.map(lambda r, y: (decode(r), y), num_parallel_calls=AUTOTUNE)
     if cache:
         ds = ds.cache()
-    return (
-        ds.shuffle(4096, seed=seed, reshuffle_each_iteration=True)
-        .repeat()
-        .map(_augment, num_parallel_calls=AUTOTUNE)
-        .batch(batch_size)
-        .prefetch(AUTOTUNE)
-    )
+    ds = ds.shuffle(4096, seed=seed, reshuffle_each_iteration=True).repeat()
+    if augment is not None and augment.stain != "none":
+        from .augment import tf_augment
+
+        jitter = tf_augment(augment.stain, augment.hed_sigma, augment.hed_bias, seed)
+        ds = ds.enumerate().map(jitter, num_parallel_calls=AUTOTUNE, deterministic=deterministic or None)
+    else:
+        ds = ds.map(_augment, num_parallel_calls=AUTOTUNE)
+    return ds.batch(batch_size).prefetch(AUTOTUNE)
 
 
 def count_tiles(files: list[str]) -> list[int]:
@@ -455,7 +470,14 @@ def train_model(
         )
     # one pass feeds pass_batch tiles (MirroredStrategy splits them over the replicas); `accumulation` passes a step
     ds = train_dataset(
-        train, tcfg.input_px, plan.pass_batch, seed, tcfg.cache_decoded, tcfg.max_tiles_per_slide, tcfg.deterministic
+        train,
+        tcfg.input_px,
+        plan.pass_batch,
+        seed,
+        tcfg.cache_decoded,
+        tcfg.max_tiles_per_slide,
+        tcfg.deterministic,
+        tcfg.augment,
     )
     auc_cb = _slide_auc_callback(val, tcfg.input_px, None, threshold, log, tcfg.monitor)
     callbacks = [auc_cb, *schedule_callbacks(tcfg)]
@@ -463,7 +485,7 @@ def train_model(
         f"training {tcfg.architecture} at {tcfg.input_px} px on {len(train)} slides ({n_tiles} tiles), "
         f"validating on {len(val)} slides every {steps_per_eval} steps, at most {n_evals} evaluations; "
         f"batch {plan.global_batch} = {plan.per_replica} per replica x {plan.replicas} replicas x "
-        f"{plan.accumulation} accumulated passes; monitor {tcfg.monitor}"
+        f"{plan.accumulation} accumulated passes; monitor {tcfg.monitor}; stain augmentation {tcfg.augment.stain}"
     )
     # the dataset is shuffled by tf.data; shuffle=False only tells Keras not to try
     trainer.fit(

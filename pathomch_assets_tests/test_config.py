@@ -200,3 +200,21 @@ def test_a_demo_folder_without_its_config_is_rebuilt_and_a_bad_rebuild_changes_n
     assert "building the demo cohorts" in out.out and "already built" not in out.out and TILES_ENV in out.err
     assert (demo / "brca" / "slides").is_dir() and json.loads((demo / "demo.json").read_text())["seed"] is not None
     assert ENV_VAR not in os.environ
+
+
+def test_shipped_small_cohort_profile_is_valid():
+    """configs/small_cohort.yaml (docs/learning-small-cohorts.md) loads, validates and differs from the paper only
+    where the profile says so; paths resolve into data/tcga_like, where ``pathomch demo --family tcga_like`` builds."""
+    from pathomch_assets.config import PACKAGE_DIR
+
+    cfg = load_config(PACKAGE_DIR / "configs" / "small_cohort.yaml", check_files=False)
+    assert list(cfg.cohorts) == ["tcga"]
+    assert cfg.cohorts["tcga"].slides_dir == PACKAGE_DIR.parent / "data" / "tcga_like" / "tcga" / "slides"
+    assert (cfg.tiling.magnification, cfg.tiling.tile_px) == (10, 128)
+    assert (cfg.training.architecture, cfg.training.input_px, cfg.training.max_tiles_per_slide) == (
+        "small_cnn",
+        32,
+        256,
+    )
+    assert cfg.training.augment.stain == "none"  # HED jitter: no gain measured on the TCGA-like family
+    assert cfg.labels == load_config(DEMO_CONFIG, check_files=False).labels  # the paper's 20/80 labels

@@ -209,3 +209,12 @@ def test_reused_trainer_equals_a_fresh_model(tmp_path, cache_decoded):
     assert not all(np.array_equal(a, b) for a, b in zip(first.get_weights(), other.get_weights()))
     pd.testing.assert_frame_equal(res1.history, res2.history)
     assert first is not again  # each caller gets a model of its own
+
+
+def test_compact_cnn_scores_tiles_and_unknown_architectures_are_named():
+    model = build_model("compact_cnn", 32, seed=0)
+    p = model(np.zeros((2, 32, 32, 3), np.float32), training=False)
+    assert tuple(p.shape) == (2, 1) and np.all((np.asarray(p) > 0) & (np.asarray(p) < 1))
+    assert len(model.layers) > len(build_model("small_cnn", 32, seed=0).layers)  # deeper than small_cnn
+    with pytest.raises(ValueError, match="compact_cnn"):
+        build_model("resnet", 32)
