@@ -49,3 +49,27 @@ def test_every_test_the_reliability_table_names_is_a_test():
                 continue
             pattern = re.escape(name).replace(r"\*", ".*").replace(r"\.\.\.", ".*")
             assert any(re.fullmatch(pattern, d) for d in defined[module]), f"{module}::{name} is not a test"
+
+
+def test_the_readme_table_list_is_the_schema():
+    """Every table and column the README lists is the one `tables.SCHEMAS` writes, in its order."""
+    from pathomch_assets.tables import SCHEMAS
+
+    listed = {
+        m[1]: [re.sub(r"\s*\(.*\)$", "", c).strip() for c in re.split(r",\s*(?![^(]*\))", m[2])]
+        for m in re.finditer(r"^\| `([a-z_]+)` \| (.+) \|$", README, re.M)
+        if m[1] in SCHEMAS or "," in m[2]
+    }
+    assert listed == {t: list(cols) for t, cols in SCHEMAS.items()}
+
+
+def test_the_configuration_page_is_generated_from_the_current_settings():
+    """docs/configuration.md is what `python docs/make_configuration.py` prints now (regenerate it when a setting
+    changes)."""
+    import subprocess
+    import sys
+
+    out = subprocess.run(
+        [sys.executable, str(ROOT / "docs" / "make_configuration.py")], capture_output=True, text=True, check=True
+    ).stdout
+    assert out == (ROOT / "docs" / "configuration.md").read_text()
