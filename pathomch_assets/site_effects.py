@@ -249,7 +249,7 @@ def site_predictability(features, sites, seed: int = 0, permutations: int = PERM
     from sklearn.preprocessing import StandardScaler
 
     x = np.asarray(features, float)
-    x = x.reshape(len(x), -1)
+    x = x.reshape(len(x), -1) if len(x) else np.empty((0, 1))  # no slide (e.g. a trait without an ensemble)
     s = pd.Series(list(sites), dtype=object)
     ok = s.notna().to_numpy() & np.isfinite(x).all(axis=1)
     x, s = x[ok], s[ok]

@@ -212,3 +212,13 @@ def test_site_effects_asset_writes_its_table_warning_and_figure(gated):  # noqa:
     # labels drawn whatever the site: no warning, and every row says the stain table is not there
     assert "warning" not in meta or not rows["site_dependent"].all()
     assert rows["note"].str.contains("no stain table").all()
+
+
+def test_a_trait_without_scores_is_reported_not_an_error():
+    """A trait whose ensemble failed (no slide scores) gets its labels-by-site test and NaN predictability with
+    a note, instead of stopping the cohort's site report."""
+    labels, splits, rounds, ensemble = frames_with_site_trait()
+    rows = site_effect_rows(["planted"], labels, splits, rounds.iloc[0:0], ensemble.iloc[0:0], None, 0.01, seed=1)
+    r = rows.iloc[0]
+    assert np.isfinite(r["p_value"]) and np.isnan(r["site_from_scores_bacc"]) and r["n_scored_slides"] == 0
+    assert "fewer than two sites" in r["note"]
