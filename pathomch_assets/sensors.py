@@ -30,7 +30,7 @@ from dagster._core.storage.tags import PARTITION_NAME_TAG, RUN_FAILURE_REASON_TA
 
 from .config import PathomchConfig
 from .partitions import SLIDES, SLIDES_NAME
-from .slides import SlideRef, discover_cohort, slide_files
+from .slides import SLIDE_TAG, SlideRef, discover_cohort, ref_tag, slide_files
 
 #: failed runs looked at per tick (the others on the next ticks)
 FAILED_RUNS_PER_TICK = 200
@@ -233,19 +233,29 @@ def evaluate(
             retry.pop(k)  # the partition was deleted
     due = sorted(k for k, (_, at, _) in retry.items() if at <= now)
 
+    def slide(k: str) -> dict[str, str]:
+        """The slide found in this tick, handed to the run (``slides.ref_tag``): the run need not list the folder."""
+        ref = files.get(k)
+        if ref is None or not ref.usable:
+            return {}
+        try:
+            return {SLIDE_TAG: ref_tag(ref)}
+        except OSError:  # gone since it was listed: the run looks it up by id
+            return {}
+
     def request(k: str, kind: str) -> dg.RunRequest | None:
         old = old_fp.get(hashes[k])
         if kind == "changed":
             why = "slide changed (new manifest MD5)" if files[k].md5 else "slide changed (new size/mtime)"
             if old == REMOVED:
                 why, old = "slide file back after removal", "removed"
-            return dg.RunRequest(partition_key=k, run_key=f"{k}@{old}->{fps[k]}", tags={REASON_TAG: why})
+            return dg.RunRequest(partition_key=k, run_key=f"{k}@{old}->{fps[k]}", tags={REASON_TAG: why, **slide(k)})
         if kind == "removed":
             return dg.RunRequest(
                 partition_key=k, run_key=f"{k}@{old}->removed", tags={REASON_TAG: "slide file removed"}
             )
         if kind == "new":
-            return dg.RunRequest(partition_key=k, run_key=f"{k}@{fps[k]}", tags={REASON_TAG: "new slide"})
+            return dg.RunRequest(partition_key=k, run_key=f"{k}@{fps[k]}", tags={REASON_TAG: "new slide", **slide(k)})
         attempt, _, run_id = retry[k]
         latest = _latest_run(instance, job_name, k)
         if latest is None or latest.run_id != run_id:  # run again by someone else meanwhile
@@ -254,7 +264,11 @@ def evaluate(
         return dg.RunRequest(
             partition_key=k,
             run_key=f"{k}@retry{attempt}:{run_id}",
-            tags={REASON_TAG: f"retry {attempt} of {max_retries}: run {run_id} failed", ATTEMPT_TAG: str(attempt)},
+            tags={
+                REASON_TAG: f"retry {attempt} of {max_retries}: run {run_id} failed",
+                ATTEMPT_TAG: str(attempt),
+                **slide(k),
+            },
         )
 
     # changed, removed and failed slides first, then new ones; a slide processed again needs no retry

@@ -172,7 +172,9 @@ def build(cfg: PathomchConfig, slide_predictions_asset, trait_model_asset, ensem
                 if n:
                     context.log.warning(n)
                     notes.append(n)
-            slides = store.read("slides", "cohort = ?", [cohort]).set_index("slide_id")
+            slides = store.read("slides", "cohort = ?", [cohort], partitions=[f"{cohort}/{s}" for s in sids]).set_index(
+                "slide_id"
+            )
             for sid in sids:
                 g = slide_calls(cfg, cohort, sid)
                 g = None if g is None or not traits else g[g["trait"].isin(traits)]
