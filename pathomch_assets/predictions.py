@@ -44,7 +44,9 @@ def write_member(cfg: PathomchConfig, cohort: str, trait: str, model: str, preds
     remove_member(cfg, cohort, trait, model, keep=kept)
 
 
-def remove_member(cfg: PathomchConfig, cohort: str, trait: str, model: str, keep: set[str] = frozenset()) -> None:
+def remove_member(
+    cfg: PathomchConfig, cohort: str, trait: str, model: str, keep: frozenset[str] | set[str] = frozenset()
+) -> None:
     """Remove one model's stored tile probabilities (the per-slide files but ``keep``, and the single file)."""
     folder = layout.member_predictions_dir(cfg, cohort, trait, model)
     if folder.exists():

@@ -1,0 +1,174 @@
+"""A one-slide run reads that slide only: the sensor's slide reference (checked again, refused outside the
+allowed folders), a lookup by id without it, and the slide's own partition and prediction files."""
+
+import json
+import shutil
+
+import dagster as dg
+import duckdb
+import numpy as np
+import pandas as pd
+import pytest
+
+from bench.performance import make_bench_slide
+from pathomch_assets import ingest, layout, sensors, slides
+from pathomch_assets.assets.models import tile_positions
+from pathomch_assets.config import CohortConfig, PathomchConfig
+from pathomch_assets.files import partition_filename
+from pathomch_assets.partitions import SLIDES
+from pathomch_assets.predictions import MemberModels, read_member, write_member
+from pathomch_assets.slides import SLIDE_TAG, ref_from_tag, ref_tag
+from pathomch_assets.tables import TableStore
+
+NEW = "TCGA-ZZ-ZZZZ-01Z-00-DX1"
+OTHERS = [f"TCGA-A1-{i:04d}-01Z-00-DX1" for i in range(4)]
+MEMBERS = ["round_0", "round_1"]
+
+
+class Log:
+    def __init__(self):
+        self.lines = []
+
+    def info(self, msg):
+        self.lines.append(msg)
+
+    warning = error = info
+
+
+@pytest.fixture(scope="module")
+def bench_slide(tmp_path_factory):
+    d = tmp_path_factory.mktemp("slide")
+    return make_bench_slide(d / "new.svs", 2048, seed=5, tissue_share=0.6, pyramid="svs20x")
+
+
+@pytest.fixture
+def cohort(tmp_path, bench_slide):
+    """A processed cohort whose other slides' files are all unreadable garbage, and a new slide: (cfg, store)."""
+    (tmp_path / "slides").mkdir()
+    (tmp_path / "m.tsv").touch()
+    cfg = PathomchConfig(
+        data_dir=tmp_path / "out",
+        duckdb_path=tmp_path / "out" / "p.duckdb",
+        cohorts={"brca": CohortConfig(slides_dir=tmp_path / "slides", mrna=tmp_path / "m.tsv", traits=["MKI67"])},
+    )
+    store = TableStore(cfg.tables_dir, cfg.duckdb_path)
+    store.ensure_views()  # written once by the deployment, before the garbage (creating a view reads the files)
+    for s in OTHERS:  # any read of another slide's file fails
+        (tmp_path / "slides" / f"{s}.svs").write_bytes(b"not a slide")
+        for table in ("slides", "tiles"):
+            (store.tables_dir / table / f"{partition_filename(f'brca/{s}')}.parquet").write_bytes(b"not parquet")
+        for m in MEMBERS:
+            f = layout.member_predictions_file(cfg, "brca", "MKI67", m, s)
+            f.parent.mkdir(parents=True, exist_ok=True)
+            f.write_bytes(b"not parquet")
+    layout.ensemble_file(cfg, "brca", "MKI67").parent.mkdir(parents=True, exist_ok=True)
+    layout.ensemble_file(cfg, "brca", "MKI67").write_text(json.dumps({"members": MEMBERS}))
+    shutil.copy(bench_slide, tmp_path / "slides" / f"{NEW}.svs")
+    return cfg, store
+
+
+@pytest.fixture
+def no_listing(monkeypatch):
+    def refuse(*a, **k):
+        raise AssertionError("the cohort's folder was listed")
+
+    monkeypatch.setattr(ingest, "discover_cohort", refuse)
+    monkeypatch.setattr(slides, "discover_cohort", refuse)
+
+
+def tick_tag(cfg) -> str:
+    """The sensor's run request for the new slide carries the slide it found."""
+
+    @dg.job(name="process_slides", partitions_def=SLIDES)
+    def job():
+        pass
+
+    with dg.instance_for_test() as instance:
+        instance.add_dynamic_partitions(SLIDES.name, [f"brca/{s}" for s in OTHERS])
+        result = sensors.build(cfg, job)(dg.build_sensor_context(instance=instance))
+    (req,) = result.run_requests
+    assert req.partition_key == f"brca/{NEW}"
+    return req.tags[SLIDE_TAG]
+
+
+def test_a_one_slide_run_with_the_sensor_tag_reads_no_other_slide_s_files(cohort, no_listing):
+    cfg, store = cohort
+    tag = tick_tag(cfg)
+    assert json.loads(tag)["path"] == str(cfg.cohorts["brca"].slides_dir / f"{NEW}.svs")
+    out = ingest.tile_partitions(cfg, store, [f"brca/{NEW}"], Log(), slide_tag=tag)
+    row = out.rows[f"brca/{NEW}"]
+    assert row["status"] == "ok" and row["n_tiles"] > 0
+    # what slide_predictions and slide_cartography read of the tables and the members' predictions
+    got = store.read("slides", "cohort = ?", ["brca"], partitions=[f"brca/{NEW}"])
+    assert got["slide_id"].tolist() == [NEW]
+    assert len(tile_positions(store, "brca", [NEW])[NEW]) == row["n_tiles"]
+    members = MemberModels(cfg, "brca", [NEW])
+    assert members.traits == ["MKI67"] and all(v == {} for v in members.stored.values())  # new: nothing stored
+    with pytest.raises(duckdb.Error):  # the garbage is there: a whole-cohort read fails on it
+        store.read("tiles", "cohort = ?", ["brca"])
+
+
+def test_without_the_tag_the_slide_is_looked_up_by_id_not_by_listing_the_folder(cohort, no_listing):
+    cfg, store = cohort
+    log = Log()
+    out = ingest.tile_partitions(cfg, store, [f"brca/{NEW}"], log)
+    assert out.rows[f"brca/{NEW}"]["status"] == "ok"
+    assert not log.lines
+
+
+def test_without_the_tag_a_slide_in_a_gdc_folder_is_found_by_listing(cohort):
+    cfg, _ = cohort
+    d = cfg.cohorts["brca"].slides_dir
+    (d / "0a1b-uuid").mkdir()
+    (d / f"{NEW}.svs").rename(d / "0a1b-uuid" / f"{NEW}.svs")
+    ref = ingest.slide_refs(cfg, [f"brca/{NEW}"])[f"brca/{NEW}"]
+    assert ref is not None and ref.usable and ref.path == d / "0a1b-uuid" / f"{NEW}.svs"
+
+
+def test_a_tag_outside_the_allowed_folders_is_refused_and_the_slide_looked_up_inside(cohort, tmp_path, no_listing):
+    cfg, _ = cohort
+    outside = tmp_path / "elsewhere"
+    outside.mkdir()
+    shutil.copy(cfg.cohorts["brca"].slides_dir / f"{NEW}.svs", outside / f"{NEW}.svs")
+    forged = ref_tag(slides.SlideRef("brca", NEW, outside / f"{NEW}.svs"))
+    ref, why = ref_from_tag("brca", cfg.cohorts["brca"], NEW, forged)
+    assert ref is None and "outside" in why
+    log = Log()
+    ref = ingest.slide_refs(cfg, [f"brca/{NEW}"], forged, log)[f"brca/{NEW}"]
+    assert ref.path == cfg.cohorts["brca"].slides_dir / f"{NEW}.svs" and ref.usable
+    assert "outside" in log.lines[0] and "looked up by id" in log.lines[0]
+    # a link inside slides_dir to the file outside is refused too (its real path is checked)
+    link = cfg.cohorts["brca"].slides_dir / "TCGA-A2-0001-01Z-00-DX1.svs"
+    link.symlink_to(outside / f"{NEW}.svs")
+    ref, why = ref_from_tag("brca", cfg.cohorts["brca"], link.stem, ref_tag(slides.SlideRef("brca", link.stem, link)))
+    assert ref is None and "outside" in why
+    assert not slides.find_slide("brca", cfg.cohorts["brca"], link.stem).usable
+
+
+def test_a_tag_of_a_slide_changed_since_the_tick_is_not_trusted(cohort, no_listing):
+    cfg, _ = cohort
+    tag = tick_tag(cfg)
+    path = cfg.cohorts["brca"].slides_dir / f"{NEW}.svs"
+    with open(path, "ab") as fh:
+        fh.write(b"\0")
+    ref, why = ref_from_tag("brca", cfg.cohorts["brca"], NEW, tag)
+    assert ref is None and "changed" in why
+    assert ref_from_tag("brca", cfg.cohorts["brca"], OTHERS[0], tag)[1].endswith(f"not slide {OTHERS[0]}")
+
+
+def test_member_predictions_are_stored_and_read_per_slide(cohort):
+    cfg, _ = cohort
+    preds = pd.DataFrame(
+        {"col": [0, 1, 0], "row": 0, "slide_id": ["b", "b", "a"], "p": [0.1, 0.2, 0.3], "tiles_digest": "d"}
+    )
+    write_member(cfg, "brca", "MKI67", "round_0", preds)
+    assert read_member(cfg, "brca", "MKI67", "round_0", ["a"])["p"].tolist() == [0.3]
+    assert read_member(cfg, "brca", "MKI67", "round_0")["slide_id"].tolist() == ["a", "b", "b"]
+    write_member(cfg, "brca", "MKI67", "round_0", preds[preds.slide_id == "b"])  # slide a no longer scored
+    assert read_member(cfg, "brca", "MKI67", "round_0", ["a"]).empty
+    # a single file of an earlier version is read where no per-slide files are
+    layout.predictions_file(cfg, "brca", "MKI67", "round_1").parent.mkdir(parents=True, exist_ok=True)
+    shutil.rmtree(layout.member_predictions_dir(cfg, "brca", "MKI67", "round_1"))
+    preds.to_parquet(layout.predictions_file(cfg, "brca", "MKI67", "round_1"), index=False)
+    got = read_member(cfg, "brca", "MKI67", "round_1", ["b"])
+    assert np.allclose(got["p"], [0.1, 0.2])
