@@ -5,10 +5,12 @@ mapped (cartography, HTI) in one run, without retraining and without touching sp
 does bounded work whatever the cohort size: a slide's fingerprint is its GDC manifest MD5 when
 the manifest lists it, else the size and modification time of its files (every ``.dcm`` of a
 DICOM folder, the ``.mrxs`` and its data folder); no slide file is opened in the tick, content is
-verified in the run.  At most ``max_per_tick`` runs are requested per tick, the rest on the next
-ticks.  A changed slide is processed again, a removed one once more so that its rows are
-withdrawn (status `missing`).  A slide whose latest run failed (after Dagster's own run retries)
-is requested again with exponential backoff, up to ``max_retries`` times; then its run is tagged
+verified in the run.  Each run request carries the slide the tick found (run tag ``pathomch/slide``,
+``slides.ref_tag``), so that the run reads that slide without listing the folder again.  At most
+``max_per_tick`` runs are requested per tick, the rest on the next ticks.  A changed slide is
+processed again, a removed one once more so that its rows are withdrawn (status `missing`).  A
+slide whose latest run failed (after Dagster's own run retries) is requested again with
+exponential backoff, up to ``max_retries`` times; then its run is tagged
 ``pathomch/retries=exhausted`` (:func:`unprocessed_slides`) and the tick logs it.
 
 The cursor is JSON: ``fp`` maps a 12-hex hash of each partition key to a 10-hex hash of the

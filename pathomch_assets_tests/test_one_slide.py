@@ -12,17 +12,28 @@ import pytest
 
 from bench.performance import make_bench_slide
 from pathomch_assets import ingest, layout, sensors, slides
+from pathomch_assets.assets.ingest import slide_tiles
 from pathomch_assets.assets.models import tile_positions
-from pathomch_assets.config import CohortConfig, PathomchConfig
+from pathomch_assets.config import load_config
 from pathomch_assets.files import partition_filename
 from pathomch_assets.partitions import SLIDES
 from pathomch_assets.predictions import MemberModels, read_member, write_member
+from pathomch_assets.resources import PathomchResource
 from pathomch_assets.slides import SLIDE_TAG, ref_from_tag, ref_tag
 from pathomch_assets.tables import TableStore
 
 NEW = "TCGA-ZZ-ZZZZ-01Z-00-DX1"
 OTHERS = [f"TCGA-A1-{i:04d}-01Z-00-DX1" for i in range(4)]
 MEMBERS = ["round_0", "round_1"]
+CONFIG = """\
+data_dir: out
+duckdb_path: out/p.duckdb
+cohorts:
+  brca:
+    slides_dir: slides
+    mrna: m.tsv
+    traits: [MKI67]
+"""
 
 
 class Log:
@@ -46,11 +57,8 @@ def cohort(tmp_path, bench_slide):
     """A processed cohort whose other slides' files are all unreadable garbage, and a new slide: (cfg, store)."""
     (tmp_path / "slides").mkdir()
     (tmp_path / "m.tsv").touch()
-    cfg = PathomchConfig(
-        data_dir=tmp_path / "out",
-        duckdb_path=tmp_path / "out" / "p.duckdb",
-        cohorts={"brca": CohortConfig(slides_dir=tmp_path / "slides", mrna=tmp_path / "m.tsv", traits=["MKI67"])},
-    )
+    (tmp_path / "pathomch.yaml").write_text(CONFIG)
+    cfg = load_config(tmp_path / "pathomch.yaml")
     store = TableStore(cfg.tables_dir, cfg.duckdb_path)
     store.ensure_views()  # written once by the deployment, before the garbage (creating a view reads the files)
     for s in OTHERS:  # any read of another slide's file fails
@@ -106,6 +114,25 @@ def test_a_one_slide_run_with_the_sensor_tag_reads_no_other_slide_s_files(cohort
     assert members.traits == ["MKI67"] and all(v == {} for v in members.stored.values())  # new: nothing stored
     with pytest.raises(duckdb.Error):  # the garbage is there: a whole-cohort read fails on it
         store.read("tiles", "cohort = ?", ["brca"])
+
+
+def test_the_slide_tiles_step_takes_the_slide_from_the_run_s_tag(cohort, no_listing, monkeypatch):
+    cfg, store = cohort
+    tag = tick_tag(cfg)
+    monkeypatch.setattr(ingest, "find_slide", lambda *a: pytest.fail("looked up by id: the run's tag was not used"))
+    with dg.instance_for_test() as instance:
+        instance.add_dynamic_partitions(SLIDES.name, [f"brca/{NEW}"])
+        result = dg.materialize(
+            [slide_tiles],
+            partition_key=f"brca/{NEW}",
+            instance=instance,
+            resources={"pathomch": PathomchResource(config_path=str(cfg.source))},
+            tags={SLIDE_TAG: tag},
+        )
+        assert result.success
+        (mat,) = result.asset_materializations_for_node("slide_tiles")
+    assert mat.metadata["status"].value == "ok" and mat.metadata["n_tiles"].value > 0
+    assert store.read("slides", partitions=[f"brca/{NEW}"])["path"].tolist() == [json.loads(tag)["path"]]
 
 
 def test_without_the_tag_the_slide_is_looked_up_by_id_not_by_listing_the_folder(cohort, no_listing):
