@@ -199,3 +199,30 @@ def test_member_predictions_are_stored_and_read_per_slide(cohort):
     preds.to_parquet(layout.predictions_file(cfg, "brca", "MKI67", "round_1"), index=False)
     got = read_member(cfg, "brca", "MKI67", "round_1", ["b"])
     assert np.allclose(got["p"], [0.1, 0.2])
+
+
+def test_with_a_manifest_a_slide_is_looked_up_by_its_own_lines_only(tmp_path):
+    """Without the tag, a manifest cohort's slide comes from its manifest lines (MD5 and size kept, checked in the
+    run); other lines' files are not looked at, and a slide the manifest does not list is not found."""
+    from pathomch_assets.config import CohortConfig
+
+    d = tmp_path / "slides"
+    (d / "uuid-1").mkdir(parents=True)
+    (d / "uuid-1" / f"{NEW}.svs").write_bytes(b"slide")
+    manifest = tmp_path / "manifest.tsv"
+    manifest.write_text(
+        "id\tfilename\tmd5\tsize\tstate\n"
+        f"uuid-1\t{NEW}.svs\t{'a' * 32}\t5\treleased\n"
+        f"uuid-2\t{OTHERS[0]}.svs\t{'b' * 32}\t7\treleased\n"  # not on disk: would be a missing slide
+        f"../up\t{OTHERS[1]}.svs\t{'c' * 32}\t7\treleased\n"  # not a plain name: would be an error
+    )
+    c = CohortConfig(slides_dir=d, mrna=tmp_path / "m.tsv", traits=["MKI67"], manifest=manifest)
+    ref = slides.find_slide("brca", c, NEW)
+    assert ref.usable and ref.path == d / "uuid-1" / f"{NEW}.svs" and (ref.md5, ref.size) == ("a" * 32, 5)
+    assert ref.listed_in == f"{manifest}:2"
+    assert slides.find_slide("brca", c, OTHERS[0]).missing
+    assert "not a plain name" in slides.find_slide("brca", c, OTHERS[1]).error
+    assert slides.find_slide("brca", c, "TCGA-A1-9999-01Z-00-DX1") is None
+    # the same refs as listing the whole cohort
+    listed = {r.slide_id: r for r in slides.discover_cohort("brca", c)}
+    assert all(slides.find_slide("brca", c, s) == listed[s] for s in listed)
