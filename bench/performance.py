@@ -14,7 +14,8 @@ Each measurement runs in a fresh process (its peak RSS its own), the methods int
 round, medians reported: the machine may be shared, and ratios within a round see the same load.
 Also: a tiling worker's start-up and peak RSS (no TensorFlow), slides per hour with the worker
 pool (1 vs 2 workers) on a sample of the demo cohort and on TCGA-shaped slides, and the input
-pipeline (``tf.data`` from the tile store) against training.
+pipeline (``tf.data`` from the tile store) against training, and one new slide's sensor run against the
+cohort size (:mod:`bench.one_slide`).
 """
 
 from __future__ import annotations
@@ -726,6 +727,11 @@ def main() -> None:
     # Inception v3 at 512 px per accelerator setting; on a CPU that takes hours in mixed precision
     # (emulated), so only a GPU machine runs it (tests run the same code on the CPU, small)
     accelerators = bench_accelerators() if tf.config.list_physical_devices("GPU") else []
+    from bench.one_slide import bench_one_slide  # alone: python -m bench.one_slide
+
+    one_slide = bench_one_slide(
+        SLIDE_DIR / "one_slide", (100, 1_000) if quick else (100, 1_000, 10_000), 1 if quick else 3
+    )
     results = {
         "machine": {
             "platform": platform.platform(),
@@ -739,6 +745,7 @@ def main() -> None:
         "throughput": throughput,
         "input_pipeline": inputs,
         "accelerators": accelerators,
+        "one_slide_run": one_slide,
     }
     (SLIDE_DIR / "results.quick.json" if quick else BENCH_DIR / "results.json").write_text(
         json.dumps(results, indent=1)

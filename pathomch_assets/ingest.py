@@ -26,7 +26,16 @@ import pandas as pd
 from . import layout
 from .config import PathomchConfig
 from .sites import site_lookup
-from .slides import SlideRef, SlideState, discover_cohort, is_diagnostic, patient_id, slide_state
+from .slides import (
+    SlideRef,
+    SlideState,
+    discover_cohort,
+    find_slide,
+    is_diagnostic,
+    patient_id,
+    ref_from_tag,
+    slide_state,
+)
 from .tiling import TilingParams, tile_slides
 
 #: results kept when the file and settings are unchanged.  ``error`` is not among them: an error may be
@@ -77,14 +86,40 @@ def by_cohort(keys) -> dict[str, list[str]]:
     return out
 
 
-def slide_refs(cfg: PathomchConfig, keys: list[str]) -> dict[str, SlideRef | None]:
-    """Partition key -> SlideRef (``None`` when the slide is no longer on disk)."""
+#: partitions a run looks up one by one (:func:`~pathomch_assets.slides.find_slide`); more are found by
+#: listing the cohort's folder once
+LOOKUP_ONE_BY_ONE = 8
+
+
+def slide_refs(
+    cfg: PathomchConfig, keys: list[str], slide_tag: str | None = None, log: Log | None = None
+) -> dict[str, SlideRef | None]:
+    """Partition key -> SlideRef (``None`` when the slide is no longer on disk).
+
+    A one-slide run launched by the sensor carries the slide the tick found (``slide_tag``,
+    :func:`~pathomch_assets.slides.ref_tag`): it is used when it still holds (same file, size and mtime,
+    inside the allowed folders), so the run does not list the cohort's folder again.  Without it (a run
+    from the UI) a few slides are looked up by id (:func:`~pathomch_assets.slides.find_slide`); a backfill
+    lists each cohort's folder once.
+    """
     out: dict[str, SlideRef | None] = {}
     for cohort, sids in by_cohort(keys).items():
         c = cfg.cohorts.get(cohort)
-        found = {r.slide_id: r for r in discover_cohort(cohort, c)} if c else {}
-        for sid in sids:
-            out[f"{cohort}/{sid}"] = found.get(sid)
+        if c is None:
+            out.update({f"{cohort}/{sid}": None for sid in sids})
+            continue
+        if len(sids) == 1 and len(keys) == 1 and slide_tag:
+            ref, why = ref_from_tag(cohort, c, sids[0], slide_tag)
+            if ref is not None:
+                out[keys[0]] = ref
+                continue
+            if log is not None:
+                log.warning(f"{keys[0]}: the sensor's slide reference is not used: {why}; the slide is looked up by id")
+        if len(sids) <= LOOKUP_ONE_BY_ONE:
+            out.update({f"{cohort}/{sid}": find_slide(cohort, c, sid) for sid in sids})
+            continue
+        found = {r.slide_id: r for r in discover_cohort(cohort, c)}
+        out.update({f"{cohort}/{sid}": found.get(sid) for sid in sids})
     return out
 
 
@@ -158,19 +193,22 @@ class TilingOutcome:
     unrecorded: dict[str, str] = field(default_factory=dict)  # key -> why no row could be written
 
 
-def tile_partitions(cfg: PathomchConfig, store, keys: list[str], log: Log, progress=None) -> TilingOutcome:
+def tile_partitions(
+    cfg: PathomchConfig, store, keys: list[str], log: Log, progress=None, slide_tag: str | None = None
+) -> TilingOutcome:
     """Tile the slides of partition ``keys`` (``cohort/slide_id``) and write their ``slides`` and ``tiles`` rows.
 
-    ``progress(done, total, result)`` is passed to :func:`~pathomch_assets.tiling.tile_slides`.
+    ``progress(done, total, result)`` is passed to :func:`~pathomch_assets.tiling.tile_slides`;
+    ``slide_tag`` is the sensor's reference to a one-slide run's slide (:func:`slide_refs`).
     """
     workers, threads = run_parallelism(cfg, log)
     params = dataclasses.replace(TilingParams.from_config(cfg), threads=threads)
-    refs = slide_refs(cfg, keys)
+    refs = slide_refs(cfg, keys, slide_tag, log)
     digest = params.digest()
     site_of = site_lookup({name: c.site_file for name, c in cfg.cohorts.items()})  # slides.site (sites.py)
     previous = {}
-    for cohort in by_cohort(keys):
-        prev = store.read("slides", "cohort = ?", [cohort])
+    for cohort, sids in by_cohort(keys).items():
+        prev = store.read("slides", "cohort = ?", [cohort], partitions=[f"{cohort}/{s}" for s in sids])
         previous.update({f"{cohort}/{r['slide_id']}": r for r in prev.to_dict("records")})
     out = TilingOutcome()
     jobs, before = [], {}

@@ -88,8 +88,20 @@ def ensemble_file(cfg, cohort: str, trait: str) -> Path:
 
 
 def predictions_file(cfg, cohort: str, trait: str, model: str) -> Path:
-    """Every tile's probability by one model (``slide_id, col, row, p``)."""
+    """Every tile's probability by one model in one file (``slide_id, col, row, p``), as stored before
+    :func:`member_predictions_dir`: still read where no per-slide files are."""
     return cfg.output_root / "predictions" / cohort / trait / f"{model}.parquet"
+
+
+def member_predictions_dir(cfg, cohort: str, trait: str, model: str) -> Path:
+    """One model's tile probabilities, one file per slide (``<slide_id>.parquet``: ``slide_id, col, row, p,
+    tiles_digest``), so that scoring one slide reads one file per member (``predictions.read_member``)."""
+    return cfg.output_root / "predictions" / cohort / trait / model
+
+
+def member_predictions_file(cfg, cohort: str, trait: str, model: str, slide_id: str) -> Path:
+    """One slide's file in :func:`member_predictions_dir`."""
+    return member_predictions_dir(cfg, cohort, trait, model) / f"{safe_stem(slide_id)}.parquet"
 
 
 def slide_calls_file(cfg, cohort: str, slide_id: str) -> Path:

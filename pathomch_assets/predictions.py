@@ -17,7 +17,7 @@ import pandas as pd
 from . import layout
 from .config import PathomchConfig
 from .ensemble import members_of
-from .files import local_copy
+from .files import atomic_path, local_copy
 from .tables import read_parquet
 
 
@@ -31,12 +31,59 @@ def prediction_frame(positions: dict[str, pd.DataFrame], slides: pd.DataFrame, p
     )
 
 
+def write_member(cfg: PathomchConfig, cohort: str, trait: str, model: str, preds: pd.DataFrame) -> None:
+    """Store one model's tile probabilities (:func:`prediction_frame`), one file per slide
+    (:func:`~pathomch_assets.layout.member_predictions_file`, each written atomically); files of slides no
+    longer in ``preds`` and the single file of earlier versions are removed."""
+    kept = set()
+    for sid, g in preds.groupby("slide_id", sort=False):
+        path = layout.member_predictions_file(cfg, cohort, trait, model, str(sid))
+        kept.add(path.name)
+        with atomic_path(path) as tmp:
+            g.reset_index(drop=True).to_parquet(tmp, index=False)
+    remove_member(cfg, cohort, trait, model, keep=kept)
+
+
+def remove_member(
+    cfg: PathomchConfig, cohort: str, trait: str, model: str, keep: frozenset[str] | set[str] = frozenset()
+) -> None:
+    """Remove one model's stored tile probabilities (the per-slide files but ``keep``, and the single file)."""
+    folder = layout.member_predictions_dir(cfg, cohort, trait, model)
+    if folder.exists():
+        for f in folder.glob("*.parquet"):
+            if f.name not in keep:
+                f.unlink(missing_ok=True)
+    layout.predictions_file(cfg, cohort, trait, model).unlink(missing_ok=True)
+
+
+def read_member(
+    cfg: PathomchConfig, cohort: str, trait: str, model: str, slide_ids: list[str] | None = None
+) -> pd.DataFrame:
+    """One model's stored tile probabilities, of ``slide_ids`` only when given (one file opened per slide;
+    a slide without a file has no rows), sorted by slide id.  Where no per-slide files exist, the single
+    file of earlier versions is read (filtered on ``slide_id``)."""
+    folder = layout.member_predictions_dir(cfg, cohort, trait, model)
+    if folder.exists():
+        if slide_ids is None:
+            files = sorted(folder.glob("*.parquet"), key=lambda f: f.name)
+        else:
+            files = [layout.member_predictions_file(cfg, cohort, trait, model, s) for s in sorted(set(slide_ids))]
+            files = [f for f in files if f.exists()]
+        frames = [read_parquet(f) for f in files]
+        if frames:
+            return pd.concat(frames, ignore_index=True).sort_values("slide_id", kind="stable", ignore_index=True)
+        return pd.DataFrame(columns=["slide_id", "col", "row", "p", "tiles_digest"])
+    df = read_parquet(layout.predictions_file(cfg, cohort, trait, model))
+    return df if slide_ids is None else df[df["slide_id"].isin(slide_ids)].reset_index(drop=True)
+
+
 class MemberModels:
     """Ensemble members of each trait with a usable ensemble (``traits``; the others are in ``missing``):
     their stored tile predictions with the tile file digest they were made on, and the models themselves
     (loaded only for slides whose tiles the members never scored: slides that arrived later or changed)."""
 
-    def __init__(self, cfg: PathomchConfig, cohort: str):
+    def __init__(self, cfg: PathomchConfig, cohort: str, slide_ids: list[str] | None = None):
+        """``slide_ids``: the slides to be scored (their stored predictions only are read); ``None``: all."""
         self.cfg, self.cohort = cfg, cohort
         self._models: dict[tuple[str, str], Any] = {}  # (trait, member): its Keras model, loaded when needed
         self.members: dict[str, list[str]] = {}
@@ -50,7 +97,7 @@ class MemberModels:
                 continue
             self.members[trait] = members
             for m in members:
-                df = read_parquet(layout.predictions_file(cfg, cohort, trait, m))
+                df = read_member(cfg, cohort, trait, m, slide_ids)
                 if "tiles_digest" not in df:
                     df = df.assign(tiles_digest=None)  # stored before digests were kept: never reused
                 self.stored[(trait, m)] = {

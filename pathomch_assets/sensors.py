@@ -5,10 +5,12 @@ mapped (cartography, HTI) in one run, without retraining and without touching sp
 does bounded work whatever the cohort size: a slide's fingerprint is its GDC manifest MD5 when
 the manifest lists it, else the size and modification time of its files (every ``.dcm`` of a
 DICOM folder, the ``.mrxs`` and its data folder); no slide file is opened in the tick, content is
-verified in the run.  At most ``max_per_tick`` runs are requested per tick, the rest on the next
-ticks.  A changed slide is processed again, a removed one once more so that its rows are
-withdrawn (status `missing`).  A slide whose latest run failed (after Dagster's own run retries)
-is requested again with exponential backoff, up to ``max_retries`` times; then its run is tagged
+verified in the run.  Each run request carries the slide the tick found (run tag ``pathomch/slide``,
+``slides.ref_tag``), so that the run reads that slide without listing the folder again.  At most
+``max_per_tick`` runs are requested per tick, the rest on the next ticks.  A changed slide is
+processed again, a removed one once more so that its rows are withdrawn (status `missing`).  A
+slide whose latest run failed (after Dagster's own run retries) is requested again with
+exponential backoff, up to ``max_retries`` times; then its run is tagged
 ``pathomch/retries=exhausted`` (:func:`unprocessed_slides`) and the tick logs it.
 
 The cursor is JSON: ``fp`` maps a 12-hex hash of each partition key to a 10-hex hash of the
@@ -30,7 +32,7 @@ from dagster._core.storage.tags import PARTITION_NAME_TAG, RUN_FAILURE_REASON_TA
 
 from .config import PathomchConfig
 from .partitions import SLIDES, SLIDES_NAME
-from .slides import SlideRef, discover_cohort, slide_files
+from .slides import SLIDE_TAG, SlideRef, discover_cohort, ref_tag, slide_files
 
 #: failed runs looked at per tick (the others on the next ticks)
 FAILED_RUNS_PER_TICK = 200
@@ -233,19 +235,29 @@ def evaluate(
             retry.pop(k)  # the partition was deleted
     due = sorted(k for k, (_, at, _) in retry.items() if at <= now)
 
+    def slide(k: str) -> dict[str, str]:
+        """The slide found in this tick, handed to the run (``slides.ref_tag``): the run need not list the folder."""
+        ref = files.get(k)
+        if ref is None or not ref.usable:
+            return {}
+        try:
+            return {SLIDE_TAG: ref_tag(ref)}
+        except OSError:  # gone since it was listed: the run looks it up by id
+            return {}
+
     def request(k: str, kind: str) -> dg.RunRequest | None:
         old = old_fp.get(hashes[k])
         if kind == "changed":
             why = "slide changed (new manifest MD5)" if files[k].md5 else "slide changed (new size/mtime)"
             if old == REMOVED:
                 why, old = "slide file back after removal", "removed"
-            return dg.RunRequest(partition_key=k, run_key=f"{k}@{old}->{fps[k]}", tags={REASON_TAG: why})
+            return dg.RunRequest(partition_key=k, run_key=f"{k}@{old}->{fps[k]}", tags={REASON_TAG: why, **slide(k)})
         if kind == "removed":
             return dg.RunRequest(
                 partition_key=k, run_key=f"{k}@{old}->removed", tags={REASON_TAG: "slide file removed"}
             )
         if kind == "new":
-            return dg.RunRequest(partition_key=k, run_key=f"{k}@{fps[k]}", tags={REASON_TAG: "new slide"})
+            return dg.RunRequest(partition_key=k, run_key=f"{k}@{fps[k]}", tags={REASON_TAG: "new slide", **slide(k)})
         attempt, _, run_id = retry[k]
         latest = _latest_run(instance, job_name, k)
         if latest is None or latest.run_id != run_id:  # run again by someone else meanwhile
@@ -254,7 +266,11 @@ def evaluate(
         return dg.RunRequest(
             partition_key=k,
             run_key=f"{k}@retry{attempt}:{run_id}",
-            tags={REASON_TAG: f"retry {attempt} of {max_retries}: run {run_id} failed", ATTEMPT_TAG: str(attempt)},
+            tags={
+                REASON_TAG: f"retry {attempt} of {max_retries}: run {run_id} failed",
+                ATTEMPT_TAG: str(attempt),
+                **slide(k),
+            },
         )
 
     # changed, removed and failed slides first, then new ones; a slide processed again needs no retry

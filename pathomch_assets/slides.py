@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import csv
 import hashlib
+import json
 import math
 import os
 import re
@@ -251,6 +252,83 @@ def discover_cohort(name: str, cohort) -> list[SlideRef]:
     return discover_slides(name, cohort.slides_dir, cohort.manifest, getattr(cohort, "allowed_dirs", ()) or ())
 
 
+def find_slide(name: str, cohort, slide_id: str) -> SlideRef | None:
+    """One slide of a cohort's config looked up by id, without listing ``slides_dir`` (``None``: not found).
+
+    With a manifest: the manifest's lines of that id (their files are checked, the others' are not).
+    Without: the files ``slides_dir/<id><suffix>`` (any slide suffix, any case) and a DICOM folder
+    ``slides_dir/<id>/``; when exactly one is there it is the slide (path policy checked, as
+    :func:`discover_slides` does).  Otherwise (a ``gdc-client`` ``<uuid>/<file>`` layout, a name found
+    twice) the whole folder is listed, so that a duplicate id is reported as :func:`discover_slides` does.
+    """
+    slides_dir = Path(cohort.slides_dir)
+    roots = _roots(slides_dir, getattr(cohort, "allowed_dirs", ()) or ())
+    if cohort.manifest is not None:
+        found = _from_manifest(name, slides_dir, Path(cohort.manifest), roots, only=slide_id)
+        return found[0] if found else None
+    suffixes = {v for s in SLIDE_SUFFIXES if s != ".dcm" for v in (s, s.upper())}
+    candidates = [p for s in sorted(suffixes) if os.path.lexists(p := slides_dir / f"{slide_id}{s}")]
+    folder = slides_dir / slide_id
+    if folder.is_dir():
+        dcm = sorted(p for p in folder.iterdir() if p.suffix.lower() == ".dcm" and not p.name.startswith("."))
+        candidates += dcm[:1]
+    if len(candidates) == 1 and slide_id_from_path(candidates[0]) == slide_id:
+        problem = path_problem(candidates[0], roots, dicom_folder_ok=False)
+        return (
+            SlideRef(name, slide_id, candidates[0], True, error=f"{candidates[0]}: {problem}")
+            if problem
+            else (SlideRef(name, slide_id, candidates[0]))
+        )
+    return next((r for r in discover_cohort(name, cohort) if r.slide_id == slide_id), None)
+
+
+#: run tag carrying the slide the sensor found (:func:`ref_tag`), read by the run's ``slide_tiles`` step
+SLIDE_TAG = "pathomch/slide"
+
+
+def ref_tag(ref: SlideRef) -> str:
+    """A found slide as a run tag value (JSON: path, size and mtime on disk, manifest MD5/size/line), so that
+    the run reads that slide without listing the folder again (:func:`ref_from_tag`)."""
+    st = os.stat(ref.path)
+    return json.dumps(
+        {
+            "path": str(ref.path),
+            "bytes": st.st_size,
+            "mtime_ns": st.st_mtime_ns,
+            "md5": ref.md5,
+            "size": ref.size,
+            "listed_in": ref.listed_in,
+        },  # fmt: skip
+        sort_keys=True,
+    )
+
+
+def ref_from_tag(name: str, cohort, slide_id: str, tag: str | None) -> tuple[SlideRef | None, str | None]:
+    """The slide a run tag (:func:`ref_tag`) names, checked again: ``(ref, None)`` when the file is still
+    there with the same size and mtime, is the slide ``slide_id`` and lies inside the cohort's
+    ``slides_dir``/``allowed_dirs``; else ``(None, why)``, and the caller looks the slide up by id
+    (:func:`find_slide`).  A tag is a hint, never a permission: a path outside the allowed folders is refused."""
+    if not tag:
+        return None, None
+    try:
+        d = json.loads(tag)
+        path, size, mtime = Path(d["path"]), int(d["bytes"]), int(d["mtime_ns"])
+    except (ValueError, KeyError, TypeError) as err:
+        return None, f"slide tag {tag[:200]!r} unreadable ({err})"
+    if slide_id_from_path(path) != slide_id:
+        return None, f"slide tag names {path}, not slide {slide_id}"
+    roots = _roots(Path(cohort.slides_dir), getattr(cohort, "allowed_dirs", ()) or ())
+    if not os.path.lexists(path):
+        return None, f"{path} (slide tag) is no longer there"
+    problem = path_problem(path, roots, dicom_folder_ok=False)
+    if problem:
+        return None, f"{path} (slide tag): {problem}"
+    st = os.stat(path)
+    if (st.st_size, st.st_mtime_ns) != (size, mtime):
+        return None, f"{path} (slide tag) changed since the sensor saw it"
+    return SlideRef(name, slide_id, path, md5=d.get("md5"), size=d.get("size"), listed_in=d.get("listed_in")), None
+
+
 def _roots(slides_dir: Path, allowed_dirs) -> list[str]:
     return [os.path.realpath(d) for d in (slides_dir, *allowed_dirs)]
 
@@ -284,14 +362,18 @@ def _plain_name(value: str) -> bool:
     return bool(value) and value not in (".", "..") and not re.search(r"[\\/]|^[A-Za-z]:|\x00", value)
 
 
-def _from_manifest(cohort: str, slides_dir: Path, manifest: Path, roots: list[str]) -> list[SlideRef]:
+def _from_manifest(
+    cohort: str, slides_dir: Path, manifest: Path, roots: list[str], only: str | None = None
+) -> list[SlideRef]:
     by_id: dict[str, list[tuple[str, SlideRef]]] = {}  # slide id: (manifest line, ref) for each listing
     table = read_gdc_manifest(manifest)
     for line, rec in zip(table.attrs["lines"], table.itertuples()):
         where = f"{manifest}:{line}"
+        sid = slide_id_from_path(os.path.basename(rec.filename.replace("\\", "/")) or rec.filename)
+        if only is not None and sid != only:
+            continue  # one slide looked up (find_slide): the other lines' files are not looked at
         md5 = rec.md5.strip().lower() or None
         size = int(rec.size) if rec.size.strip() else None
-        sid = slide_id_from_path(os.path.basename(rec.filename.replace("\\", "/")) or rec.filename)
         bad = next(((k, v) for k, v in (("id", rec.id), ("filename", rec.filename)) if not _plain_name(v)), None)
         if bad is not None:
             ref = SlideRef(

@@ -424,14 +424,23 @@ class TableStore:
 
                 self.conform(table, pd.DataFrame(columns=list(SCHEMAS[table]))).to_parquet(tmp, index=False)
 
-    def read(self, table: str, where: str | None = None, params: list | None = None) -> pd.DataFrame:
+    def read(
+        self, table: str, where: str | None = None, params: list | None = None, partitions: list[str] | None = None
+    ) -> pd.DataFrame:
         """Rows of ``table`` (optionally filtered by a SQL ``where`` clause with ``?`` params).
+
+        With ``partitions`` (partition keys, e.g. ``cohort/slide_id`` of a per-slide table), only those
+        partitions' files are opened: a one-slide run reads one file, whatever the number of slides
+        (``docs/scale-out.md``).  The ``where`` clause still applies; a partition without a file has no rows.
 
         A local table's reads are cached in the process until its folder changes (every write renames
         a file into it, which moves the folder's mtime): per-slide tables are hundreds of files, and
         one run reads the same ones several times.
         """
         self.ensure_schema_file(table)
+        if partitions is not None:
+            files = [self._dir(table) / f"{partition_filename(k)}.parquet" for k in dict.fromkeys(partitions)]
+            return self._read_files(table, [f for f in files if f.exists()], where, params)
         sql = f"SELECT * FROM read_parquet({self._glob(table)}, union_by_name=true)"
         if where:
             sql += f" WHERE {where}"
@@ -448,6 +457,24 @@ class TableStore:
             while len(_READS) > _READS_MAX:
                 _READS.popitem(last=False)
         return df
+
+    def _read_files(self, table: str, files: list, where: str | None, params: list | None) -> pd.DataFrame:
+        """Rows of ``files`` (partition files of ``table``), read with the table's empty schema file so that
+        columns and types are those of a whole-table read; a file replaced while it was read is read again
+        (each file is whole: it was renamed into place)."""
+        import duckdb
+
+        files = [self._dir(table) / "_schema.parquet", *files]
+        listed = ", ".join(sql_string(glob_escape(str(f))) for f in files)
+        sql = f"SELECT * FROM read_parquet([{listed}], union_by_name=true)" + (f" WHERE {where}" if where else "")
+        for attempt in range(3):
+            try:
+                with self._connect() as con:
+                    return con.execute(sql, params or []).df()
+            except duckdb.Error as err:
+                if attempt == 2 or not replaced_during_read(err):
+                    raise
+        raise AssertionError("unreachable")
 
     def _read_consistent(self, table: str, sql: str, params: list | None) -> pd.DataFrame:
         """Run ``sql`` (a read of ``table``'s glob); when a partition file was replaced during the read

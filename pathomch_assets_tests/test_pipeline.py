@@ -1,6 +1,7 @@
 """End to end on a small demo cohort through Dagster: slides -> tiles -> labels and splits ->
 models -> ensembles -> cartography and HTI -> survival."""
 
+import json
 import shutil
 
 import numpy as np
@@ -12,6 +13,7 @@ from PIL import Image
 from pathomch_assets.config import load_config
 from pathomch_assets.definitions import build_definitions
 from pathomch_assets.runner import materialize_all
+from pathomch_assets.slides import SLIDE_TAG
 from pathomch_assets.tables import TableStore
 
 from .conftest import OPENSLIDE, planted_slide_plan
@@ -306,13 +308,14 @@ def test_new_slide_is_scored_mapped_without_retraining(foundation):
         assert [r.partition_key for r in tick.run_requests] == [f"brca/{sid}"]
         instance.add_dynamic_partitions("slides", tick.dynamic_partitions_requests[0].partition_keys)
         job = defs.resolve_job_def("process_slides")
-        assert job.execute_in_process(partition_key=f"brca/{sid}", instance=instance).success
+        # with the tick's tags, as the daemon launches it: the slide the tick found is handed over (no folder listing)
+        assert json.loads(tick.run_requests[0].tags[SLIDE_TAG])["path"] == str(path)
+        run = job.execute_in_process(partition_key=f"brca/{sid}", instance=instance, tags=tick.run_requests[0].tags)
+        assert run.success
         assert store.query(f"select count(*) n from tiles where slide_id = '{sid}'").n[0] == 20
         scores = store.query(f"select * from slide_scores where slide_id = '{sid}' and model = 'ensemble'")
         assert set(scores.trait) == set(cfg.cohorts["brca"].traits)
         # the calls are the existing ensemble's: an independent 2-of-3 vote of the member models from disk
-        import json
-
         import keras
 
         from pathomch_assets.layout import tile_path as tile_file

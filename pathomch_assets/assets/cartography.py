@@ -173,8 +173,9 @@ def build(cfg: PathomchConfig, slide_predictions_asset, trait_model_asset, ensem
                 if n:
                     context.log.warning(n)
                     notes.append(n)
-            slides = store.read("slides", "cohort = ?", [cohort]).set_index("slide_id")
-            qc_dropped = dropped_tiles(store.read("tiles", "cohort = ?", [cohort]))  # shown on the maps (issue 28)
+            keys = [f"{cohort}/{s}" for s in sids]  # these slides' partition files only
+            slides = store.read("slides", "cohort = ?", [cohort], partitions=keys).set_index("slide_id")
+            qc_dropped = dropped_tiles(store.read("tiles", "cohort = ?", [cohort], partitions=keys))  # on the maps
             for sid in sids:
                 drop = qc_dropped[qc_dropped["slide_id"] == sid]
                 g = slide_calls(cfg, cohort, sid)

@@ -11,6 +11,7 @@ from ..ingest import tile_partitions
 from ..partitions import SLIDES
 from ..reporting import md_table
 from ..resources import PathomchResource
+from ..slides import SLIDE_TAG
 
 if TYPE_CHECKING:  # Dagster's type of a metadata value (ints, strings, MetadataValue); not exported by `dagster`
     from dagster._core.definitions.metadata import RawMetadataValue
@@ -39,7 +40,9 @@ def slide_tiles(context: dg.AssetExecutionContext, pathomch: PathomchResource) -
         if done == total or done % max(1, total // 20) == 0:
             context.log.info(f"tiled {done}/{total} slides")
 
-    out = tile_partitions(cfg, pathomch.get_store(), list(context.partition_keys), context.log, progress)
+    keys = list(context.partition_keys)
+    tag = context.run.tags.get(SLIDE_TAG) if len(keys) == 1 else None  # the sensor's slide: no folder listing
+    out = tile_partitions(cfg, pathomch.get_store(), keys, context.log, progress, slide_tag=tag)
     rows = out.rows
     status = Counter(r["status"] for r in rows.values())
     table = pd.DataFrame(list(rows.values()), columns=["slide_id", "status", "error"])

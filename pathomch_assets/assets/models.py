@@ -22,11 +22,10 @@ from ..evaluation import ROUNDS_MEAN, correlation_rows, evaluation_sets, metrics
 from ..files import atomic_path, local_copy
 from ..partitions import ALL, FAILS_ALONE, cohorts, target_rounds, targets
 from ..plots import plot_score_boxes, plot_training_curve
-from ..predictions import prediction_frame
+from ..predictions import prediction_frame, read_member, remove_member, write_member
 from ..qc import kept_tiles
 from ..reporting import figure_file, md_table
 from ..resources import AcceleratorResource, PathomchResource
-from ..tables import read_parquet
 from ..training import SlideSet, predict_files, save_model, train_model
 from ..versions import code_version, data_version, file_version, refresh_on_new_slides
 from .molecular import training_slides
@@ -42,9 +41,11 @@ def slide_set(cfg, cohort: str, frame: pd.DataFrame) -> SlideSet:
     )
 
 
-def tile_positions(store, cohort: str) -> dict[str, pd.DataFrame]:
-    """Per slide, the grid positions of the tiles in its tile file, in file order (QC-dropped tiles left out)."""
-    tiles = kept_tiles(store.read("tiles", "cohort = ?", [cohort]))
+def tile_positions(store, cohort: str, slide_ids: list[str] | None = None) -> dict[str, pd.DataFrame]:
+    """Per slide, the grid positions of the tiles in its tile file, in file order (QC-dropped tiles left out); of
+    ``slide_ids`` only when given (their partition files only are read)."""
+    keys = None if slide_ids is None else [f"{cohort}/{s}" for s in slide_ids]
+    tiles = kept_tiles(store.read("tiles", "cohort = ?", [cohort], partitions=keys))
     return {sid: g[["col", "row"]].reset_index(drop=True) for sid, g in tiles.groupby("slide_id")}
 
 
@@ -92,7 +93,7 @@ def build(cfg: PathomchConfig, labels_asset, splits_asset):
             context.log.warning(message)
             for table in ("slide_scores", "model_metrics"):  # no stale rows of an earlier training
                 store.delete(table, part)
-            layout.predictions_file(cfg, cohort, trait, round_name).unlink(missing_ok=True)
+            remove_member(cfg, cohort, trait, round_name)
             store.write(
                 "model_rounds",
                 part,
@@ -138,8 +139,7 @@ def build(cfg: PathomchConfig, labels_asset, splits_asset):
         probs = predict_files(model, files, cfg.training.input_px)
         pos = tile_positions(store, cohort)
         preds = prediction_frame(pos, slides, probs)
-        with atomic_path(layout.predictions_file(cfg, cohort, trait, round_name)) as tmp:
-            preds.to_parquet(tmp, index=False)
+        write_member(cfg, cohort, trait, round_name, preds)
         scores = slide_score_rows(cohort, trait, round_name, preds, slides, cfg.ensemble.threshold)
         store.write("slide_scores", part, scores)
         metrics = metrics_rows(scores[["patient_id", "score"]], evaluation_sets(labels, splits, r))
@@ -226,7 +226,7 @@ def build(cfg: PathomchConfig, labels_asset, splits_asset):
         summary = rounds_summary(round_metrics)
         store.write("model_metrics", f"{target}/{ROUNDS_MEAN}", summary.assign(cohort=cohort, trait=trait))
         members = select_ensemble(val_auc, cfg.ensemble.size)
-        frames = [read_parquet(layout.predictions_file(cfg, cohort, trait, m)) for m in members]
+        frames = [read_member(cfg, cohort, trait, m) for m in members]
         base = frames[0][["slide_id", "col", "row"]]
         for f in frames[1:]:
             if not f[["slide_id", "col", "row"]].equals(base):

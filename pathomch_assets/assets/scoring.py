@@ -35,9 +35,11 @@ def build(cfg: PathomchConfig, trait_model_asset, ensemble_asset):
         scored, new, left_out = 0, 0, {}
         groups, skipped = configured_by_cohort(context.partition_keys, cfg, context.log.warning)
         for cohort, sids in groups.items():
-            slides = store.read("slides", "cohort = ?", [cohort]).set_index("slide_id")
-            tiles = tile_positions(store, cohort)
-            members = MemberModels(cfg, cohort)
+            # the run's slides only: their partition files of `slides` and `tiles`, their stored predictions
+            keys = [f"{cohort}/{s}" for s in sids]
+            slides = store.read("slides", "cohort = ?", [cohort], partitions=keys).set_index("slide_id")
+            tiles = tile_positions(store, cohort, sids)
+            members = MemberModels(cfg, cohort, sids)
             if members.missing:
                 left_out[cohort] = without_ensemble_note(cohort, members.missing)
                 context.log.warning(left_out[cohort])
