@@ -82,7 +82,7 @@ def build_cohort(root: Path, n: int, new_slide: Path) -> None:
     store.ensure_schema_file("slides")
     store.ensure_schema_file("tiles")
     t_slide, t_tiles = pa.Table.from_pandas(slide_row, preserve_index=False), pa.Table.from_pandas(tiles)
-    legacy = {m: [] for m in MEMBERS}
+    legacy: dict[str, list] = {m: [] for m in MEMBERS}
     for s in ids:
         key = partition_filename(f"brca/{s}")
         col = pa.array([s] * TILES_PER_SLIDE)
@@ -111,7 +111,7 @@ def sensor_tag(root: Path) -> str:
     import dagster as dg
 
     from pathomch_assets import sensors
-    from pathomch_assets.partitions import SLIDES
+    from pathomch_assets.partitions import SLIDES, SLIDES_NAME
     from pathomch_assets.slides import SLIDE_TAG
 
     cfg = config(root)
@@ -122,7 +122,7 @@ def sensor_tag(root: Path) -> str:
 
     with dg.instance_for_test() as instance:  # the cohort's slides are partitions already: the new one is new
         old = [f"brca/{p.stem}" for p in cfg.cohorts["brca"].slides_dir.iterdir() if p.stem != NEW]
-        instance.add_dynamic_partitions(SLIDES.name, old)
+        instance.add_dynamic_partitions(SLIDES_NAME, old)
         result = sensors.build(cfg, job)(dg.build_sensor_context(instance=instance))
     (req,) = [r for r in result.run_requests if r.partition_key == f"brca/{NEW}"]
     return req.tags[SLIDE_TAG]

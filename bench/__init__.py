@@ -1,0 +1,1 @@
+"""Benchmarks: `make bench`, `make bench-resolution` and the scripts named in docs/."""
