@@ -214,7 +214,7 @@ def gated(tmp_path, monkeypatch):
     sid = ens["slide_id"].iloc[0]
     store.write(
         "slides",
-        "brca",
+        f"brca/{sid}",  # one partition per slide, as slide_tiles writes it
         pd.DataFrame(
             [
                 {
