@@ -249,7 +249,8 @@ def site_predictability(features, sites, seed: int = 0, permutations: int = PERM
     from sklearn.preprocessing import StandardScaler
 
     x = np.asarray(features, float)
-    x = x.reshape(len(x), -1)
+    if x.ndim != 2:  # one feature per slide; no slides at all (a trait without an ensemble) keeps its shape
+        x = x.reshape(len(x), -1 if len(x) else 0)
     s = pd.Series(list(sites), dtype=object)
     ok = s.notna().to_numpy() & np.isfinite(x).all(axis=1)
     x, s = x[ok], s[ok]

@@ -160,6 +160,16 @@ def test_site_prediction_is_at_chance_on_site_independent_scores_and_above_it_on
     assert np.isnan(few.balanced_accuracy) and "fewer than two sites" in few.note
 
 
+def test_a_trait_without_ensemble_scores_gets_a_row_with_a_note_not_an_error():
+    labels, splits, rounds, ensemble = frames_with_site_trait()
+    empty = site_predictability(np.empty((0, 1)), [], seed=0)
+    assert np.isnan(empty.balanced_accuracy) and empty.n_slides == 0 and "fewer than two sites" in empty.note
+    # the trait's ensemble failed (too few usable rounds): no ensemble scores, the labels test still reported
+    rows = site_effect_rows(["planted"], labels, splits, rounds, ensemble.iloc[:0], None, 0.01, seed=1)
+    assert len(rows) == 1 and np.isnan(rows["site_from_scores_bacc"].iloc[0]) and rows["p_value"].notna().all()
+    assert "site from scores: fewer than two sites" in rows["note"].iloc[0]
+
+
 def test_stain_statistics_predict_the_site_when_a_stain_table_exists():
     labels, splits, rounds, ensemble = frames_with_site_trait()
     rng = np.random.default_rng(3)
