@@ -351,7 +351,9 @@ def site_effect_rows(
             ens[["score"]].to_numpy(float), patient_sites(ens["patient_id"], splits).to_numpy(), seed
         )
         notes = []
-        if seen["n_unseen_slides"] == 0:
+        if seen["n_unseen_slides"] == 0 and seen["n_seen_slides"] == 0:
+            notes.append("no held-out slide scored by a round model (no usable round)")
+        elif seen["n_unseen_slides"] == 0:
             notes.append("no held-out slide from a site outside its round's training sites (patient splits)")
         if pred.note:
             notes.append(f"site from scores: {pred.note}")

@@ -168,6 +168,10 @@ def test_a_trait_without_ensemble_scores_gets_a_row_with_a_note_not_an_error():
     rows = site_effect_rows(["planted"], labels, splits, rounds, ensemble.iloc[:0], None, 0.01, seed=1)
     assert len(rows) == 1 and np.isnan(rows["site_from_scores_bacc"].iloc[0]) and rows["p_value"].notna().all()
     assert "site from scores: fewer than two sites" in rows["note"].iloc[0]
+    # nor any round model (every round lacked a class): said so, not blamed on patient splits
+    rows = site_effect_rows(["planted"], labels, splits, rounds.iloc[:0], ensemble.iloc[:0], None, 0.01, seed=1)
+    assert "no held-out slide scored by a round model" in rows["note"].iloc[0]
+    assert "patient splits" not in rows["note"].iloc[0]
 
 
 def test_stain_statistics_predict_the_site_when_a_stain_table_exists():
