@@ -60,7 +60,7 @@ bench-resolution: venv           ## HTI error, slide AUC and cost against input 
 	$(BIN)/python bench/resolution.py --sizes 32 --grid-scale 2 4 --work /tmp/pathomch-resolution-slides \
 		--out bench/resolution_slides.json
 
-bench-tcga-like: venv            ## issue 28's QC and site tables on the TCGA-like family -> bench/tcga_like.json (~30 min)
+bench-tcga-like: venv            ## issue 28's QC and site tables on the TCGA-like family -> bench/tcga_like.json (~25 min)
 	$(BIN)/python -m bench.tcga_like --stain
 
 clean:

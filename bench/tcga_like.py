@@ -15,7 +15,7 @@ patients, seed and source tiles), then:
    small-cohort profile (``pathomch_assets/configs/small_cohort.yaml``: tiling, splits, training; QC at its default,
    on) under ``splits.method: patient`` and ``site_preserved``; per trait the ensemble's test / OOD AUCs
    (``model_metrics``), the ``site_effects`` row and the ``trait_validity`` decision.
-3. **Stain** (``--stain``): one more run, ``patient`` splits with ``stain.normalize: macenko``.
+3. **Stain** (``--stain``): the same two runs with ``stain.normalize: macenko``.
 
 ``maps.include_invalid`` is true in these runs so that every HTI is computed (and its error measurable); the
 gate's decision is still recorded (``trait_validity.valid``, ``hti.valid``).
@@ -42,6 +42,12 @@ TRUTH_PX_20X = 512  # ground_truth_*.csv cells: 512 px at 20x
 PEN_LEVEL = 0.05  # a cell is "inked" when at least this share of it is under pen ink (QC drops tiles at 0.02)
 TILINGS = {"family_5x_128": (5.0, 128), "profile_10x_128": (10.0, 128)}
 TRAITS = ("MKI67", "FOXC1", "ESR1", "EGFR")
+RUNS = {  # name: splits.method, stain.normalize (the macenko runs with --stain)
+    "patient": ("patient", "none"),
+    "site_preserved": ("site_preserved", "none"),
+    "patient_macenko": ("patient", "macenko"),
+    "site_preserved_macenko": ("site_preserved", "macenko"),
+}
 
 
 def cpu() -> float:
@@ -471,7 +477,8 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--tiles-dir", help="more source slides, laid out as data/tcga_tiles (default: the shipped tiles)")
     ap.add_argument("--work", default="/tmp/tcga_like_bench", help="family, tiles and runs (reused when present)")
     ap.add_argument("--only", choices=("qc", "sites"), help="one part only")
-    ap.add_argument("--stain", action="store_true", help="also the stain.normalize: macenko run")
+    ap.add_argument("--stain", action="store_true", help="also the stain.normalize: macenko runs")
+    ap.add_argument("--runs", nargs="+", choices=list(RUNS), help="these pipeline runs only (default: all)")
     ap.add_argument("--out", default=str(ROOT / "bench" / "tcga_like.json"))
     ap.add_argument("--tables", action="store_true", help="print the tables of --out as Markdown; run nothing")
     args = ap.parse_args(argv)
@@ -505,13 +512,11 @@ def main(argv: list[str] | None = None) -> None:
         save()
     if args.only in (None, "sites"):
         runs = result.setdefault("runs", {})
-        for name, method in (("patient", "patient"), ("site_preserved", "site_preserved")):
-            runs[name] = run_pipeline(family, work, name, method)
+        plan = [(name, *RUNS[name]) for name in args.runs or RUNS if args.stain or RUNS[name][1] == "none"]
+        for name, method, normalize in plan:
+            runs[name] = run_pipeline(family, work, name, method, normalize)
             save()
             print(json.dumps({name: runs[name]}, indent=1, default=_plain), flush=True)
-        if args.stain:
-            runs["patient_macenko"] = run_pipeline(family, work, "patient_macenko", "patient", "macenko")
-            save()
     save()
 
 
