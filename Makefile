@@ -8,7 +8,7 @@ export DAGSTER_HOME ?= $(CURDIR)/data/output/dagster_home
 # the daemon; files are handed out in conftest.FILE_ORDER (longest first)
 PYTEST_WORKERS ?= 4
 
-.PHONY: venv demo test test-fast lint ui bench bench-resolution check-defs screenshots clean
+.PHONY: venv demo test test-fast lint ui bench bench-resolution bench-tcga-like check-defs screenshots clean
 
 $(BIN)/pathomch: pyproject.toml
 	$(PY) -m venv $(VENV)
@@ -59,6 +59,9 @@ bench-resolution: venv           ## HTI error, slide AUC and cost against input 
 	$(BIN)/python bench/resolution.py
 	$(BIN)/python bench/resolution.py --sizes 32 --grid-scale 2 4 --work /tmp/pathomch-resolution-slides \
 		--out bench/resolution_slides.json
+
+bench-tcga-like: venv            ## issue 28's QC and site tables on the TCGA-like family -> bench/tcga_like.json (~25 min)
+	$(BIN)/python -m bench.tcga_like --stain
 
 clean:
 	rm -rf data/output data/demo

@@ -249,7 +249,8 @@ def site_predictability(features, sites, seed: int = 0, permutations: int = PERM
     from sklearn.preprocessing import StandardScaler
 
     x = np.asarray(features, float)
-    x = x.reshape(len(x), -1) if len(x) else np.empty((0, 1))  # no slide (e.g. a trait without an ensemble)
+    if x.ndim != 2:  # one feature per slide; no slides at all (a trait without an ensemble) keeps its shape
+        x = x.reshape(len(x), -1 if len(x) else 0)
     s = pd.Series(list(sites), dtype=object)
     ok = s.notna().to_numpy() & np.isfinite(x).all(axis=1)
     x, s = x[ok], s[ok]
@@ -350,7 +351,9 @@ def site_effect_rows(
             ens[["score"]].to_numpy(float), patient_sites(ens["patient_id"], splits).to_numpy(), seed
         )
         notes = []
-        if seen["n_unseen_slides"] == 0:
+        if seen["n_unseen_slides"] == 0 and seen["n_seen_slides"] == 0:
+            notes.append("no held-out slide scored by a round model (no usable round)")
+        elif seen["n_unseen_slides"] == 0:
             notes.append("no held-out slide from a site outside its round's training sites (patient splits)")
         if pred.note:
             notes.append(f"site from scores: {pred.note}")

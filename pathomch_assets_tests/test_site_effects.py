@@ -160,6 +160,20 @@ def test_site_prediction_is_at_chance_on_site_independent_scores_and_above_it_on
     assert np.isnan(few.balanced_accuracy) and "fewer than two sites" in few.note
 
 
+def test_a_trait_without_ensemble_scores_gets_a_row_with_a_note_not_an_error():
+    labels, splits, rounds, ensemble = frames_with_site_trait()
+    empty = site_predictability(np.empty((0, 1)), [], seed=0)
+    assert np.isnan(empty.balanced_accuracy) and empty.n_slides == 0 and "fewer than two sites" in empty.note
+    # the trait's ensemble failed (too few usable rounds): no ensemble scores, the labels test still reported
+    rows = site_effect_rows(["planted"], labels, splits, rounds, ensemble.iloc[:0], None, 0.01, seed=1)
+    assert len(rows) == 1 and np.isnan(rows["site_from_scores_bacc"].iloc[0]) and rows["p_value"].notna().all()
+    assert "site from scores: fewer than two sites" in rows["note"].iloc[0]
+    # nor any round model (every round lacked a class): said so, not blamed on patient splits
+    rows = site_effect_rows(["planted"], labels, splits, rounds.iloc[:0], ensemble.iloc[:0], None, 0.01, seed=1)
+    assert "no held-out slide scored by a round model" in rows["note"].iloc[0]
+    assert "patient splits" not in rows["note"].iloc[0]
+
+
 def test_stain_statistics_predict_the_site_when_a_stain_table_exists():
     labels, splits, rounds, ensemble = frames_with_site_trait()
     rng = np.random.default_rng(3)
@@ -212,13 +226,3 @@ def test_site_effects_asset_writes_its_table_warning_and_figure(gated):  # noqa:
     # labels drawn whatever the site: no warning, and every row says the stain table is not there
     assert "warning" not in meta or not rows["site_dependent"].all()
     assert rows["note"].str.contains("no stain table").all()
-
-
-def test_a_trait_without_scores_is_reported_not_an_error():
-    """A trait whose ensemble failed (no slide scores) gets its labels-by-site test and NaN predictability with
-    a note, instead of stopping the cohort's site report."""
-    labels, splits, rounds, ensemble = frames_with_site_trait()
-    rows = site_effect_rows(["planted"], labels, splits, rounds.iloc[0:0], ensemble.iloc[0:0], None, 0.01, seed=1)
-    r = rows.iloc[0]
-    assert np.isfinite(r["p_value"]) and np.isnan(r["site_from_scores_bacc"]) and r["n_scored_slides"] == 0
-    assert "fewer than two sites" in r["note"]
