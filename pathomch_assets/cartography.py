@@ -322,50 +322,37 @@ def to_geojson(
         geometry = TileGeometry(1, float(geometry))
     colours = combination_colours(len(carto.traits))
     names = combination_names(carto.traits)
+
+    def tile(col: int, row: int, classification: dict, measurements: dict, **extra) -> dict:
+        """One tile's square as a QuPath tile object."""
+        x0, y0, x1, y1 = geometry.square(col, row)
+        return {
+            "type": "Feature",
+            "geometry": {"type": "Polygon", "coordinates": [[[x0, y0], [x1, y0], [x1, y1], [x0, y1], [x0, y0]]]},
+            "properties": {
+                "objectType": "tile",
+                "name": f"{name} col {col} row {row}",
+                "classification": classification,
+                **extra,
+                "measurements": measurements,
+            },
+        }
+
     features = []
     rows, cols = np.nonzero(carto.mask)
     codes: np.ndarray | list[int] = combination_codes(carto.tensor[:, rows, cols].T.astype(bool)) if len(rows) else []
     for r, c, code in zip(rows, cols, codes):
-        x0, y0, x1, y1 = geometry.square(int(c), int(r))
         klass = (
             {"name": names[code - 1], "color": [int(v) for v in colours[code - 1]]}
             if code
             else {"name": "negative", "color": list(NEGATIVE_RGB)}
         )
-        features.append(
-            {
-                "type": "Feature",
-                "geometry": {
-                    "type": "Polygon",
-                    "coordinates": [[[x0, y0], [x1, y0], [x1, y1], [x0, y1], [x0, y0]]],
-                },
-                "properties": {
-                    "objectType": "tile",
-                    "name": f"{name} col {c} row {r}",
-                    "classification": klass,
-                    "measurements": {t: int(carto.tensor[k, r, c]) for k, t in enumerate(carto.traits)},
-                },
-            }
-        )
+        calls = {t: int(carto.tensor[k, r, c]) for k, t in enumerate(carto.traits)}
+        features.append(tile(int(c), int(r), klass, calls))
+    dropped_class = {"name": "QC dropped", "color": list(QC_DROPPED_RGB)}
     for t in dropped.itertuples(index=False) if dropped is not None else ():
-        x0, y0, x1, y1 = geometry.square(int(t.col), int(t.row))
         measures = {k: float(getattr(t, k)) for k in ("pen", "blur", "dark") if pd.notna(getattr(t, k, None))}
-        features.append(
-            {
-                "type": "Feature",
-                "geometry": {
-                    "type": "Polygon",
-                    "coordinates": [[[x0, y0], [x1, y0], [x1, y1], [x0, y1], [x0, y0]]],
-                },
-                "properties": {
-                    "objectType": "tile",
-                    "name": f"{name} col {int(t.col)} row {int(t.row)}",
-                    "classification": {"name": "QC dropped", "color": list(QC_DROPPED_RGB)},
-                    "qc": str(t.qc),
-                    "measurements": measures,
-                },
-            }
-        )
+        features.append(tile(int(t.col), int(t.row), dropped_class, measures, qc=str(t.qc)))
     return {"type": "FeatureCollection", "features": features}
 
 
