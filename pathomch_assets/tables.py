@@ -244,6 +244,7 @@ SCHEMAS: dict[str, dict[str, str]] = {
         "ood_near_ci_high": "DOUBLE",
         "n_ood_near_slides": "INTEGER",
         "ci_method": "VARCHAR",
+        "site_p_value": "DOUBLE",
     },
     "site_effects": {
         "cohort": "VARCHAR",

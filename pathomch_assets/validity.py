@@ -23,7 +23,10 @@ interval is at least ``maps.min_auc``
 and, when enough validation slides come from sites that are not training sites of their round (at
 least ``UNSEEN_MIN_PER_CLASS`` of each class: site-preserved splits give that, patient splits rarely
 do), the AUC on those slides is also at least ``min_auc`` (a trait learned through the site passes on
-seen sites and fails here).  A trait without a usable ensemble never feeds.  ``maps.include_invalid``
+seen sites and fails here).  When there are not enough such slides and the trait's labels follow the
+tissue source site (the ``site_effects`` test, p below ``site_effects.alpha``), the held-out AUC cannot tell
+the trait from the site, so the trait does not feed either: site-preserved splits can decide it.  A trait
+without a usable ensemble never feeds.  ``maps.include_invalid``
 keeps failing traits, and every ``hti`` row of a set containing one says so (``valid``,
 ``invalid_traits``).
 
@@ -40,7 +43,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import pandas as pd
 
-from .site_effects import held_out_rows
+from .site_effects import held_out_rows, label_site_test, patient_sites
 
 #: the unseen-site AUC decides only with at least this many validation slides of each class on unseen sites
 UNSEEN_MIN_PER_CLASS = 5
@@ -111,6 +114,7 @@ def validity_row(
     confidence: float = 0.95,
     n_boot: int = 2000,
     seed: int = 0,
+    site_alpha: float | None = None,
 ) -> dict:
     """The gate's decision for one trait with a usable ensemble (a ``trait_validity`` row without ``cohort``).
 
@@ -129,7 +133,13 @@ def validity_row(
         ``maps.min_auc``, ``maps.include_invalid``, ``maps.confidence``, ``maps.bootstrap``.
     seed: int, optional (default=0)
         Seeds the bootstrap.
+    site_alpha: float, optional (default=None)
+        ``site_effects.alpha``: labels (of the training and validation patients) that follow the site at this
+        level, with no decisive unseen-site AUC, fail the gate; None: the site is not asked.
     """
+    test = set(splits.loc[splits["split"] == "test", "patient_id"])  # never read, here either
+    labelled = labels[(labels["subset"] == "labeled") & ~labels["patient_id"].isin(test)].drop_duplicates("patient_id")
+    site_test = label_site_test(labelled["label"], patient_sites(labelled["patient_id"], splits).to_numpy(), seed)
     val = held_out_rows(labels, splits, round_scores, held_out=("val",))
     auc, lo, hi = bootstrap_auc(val["label"], val["score"], val["patient_id"], n_boot, confidence, seed, val["model"])
     rounds = sorted(val["model"].unique())
@@ -159,6 +169,15 @@ def validity_row(
         valid, why = False, f"AUC {auc:.2f}, lower {pct}% bound {lo:.2f} < maps.min_auc {min_auc:.2f}"
     elif decisive and u_auc < min_auc:
         valid, why = False, f"AUC {auc:.2f} but {u_auc:.2f} < maps.min_auc {min_auc:.2f} on sites not in training"
+    elif not decisive and site_alpha is not None and site_test.p_value < site_alpha:
+        valid, why = (
+            False,
+            (
+                f"AUC {auc:.2f}, but the labels follow the tissue source site ({site_test.test_name} p = "
+                f"{site_test.p_value:.2g}, Cramer's V {site_test.cramers_v:.2f}) and too few validation slides "
+                "come from sites unseen in training to tell the trait from the site: use splits.method: site_preserved"
+            ),
+        )
     else:
         valid, why = True, f"AUC {auc:.2f}, lower {pct}% bound {lo:.2f} >= maps.min_auc {min_auc:.2f}"
     feeds = valid or include_invalid
@@ -190,6 +209,7 @@ def validity_row(
         "ood_near_ci_high": o_hi,
         "n_ood_near_slides": len(ood),
         "ci_method": f"percentile bootstrap over patients, {n_boot} resamples, seed {seed}",
+        "site_p_value": site_test.p_value,
     }
 
 
@@ -214,10 +234,12 @@ def validity_rows(
     round_scores: pd.DataFrame,
     maps,
     seed: int = 0,
+    site_alpha: float | None = None,
 ) -> pd.DataFrame:
     """The ``trait_validity`` rows of one cohort (without ``cohort``): one per configured trait.
 
-    ``usable``: the traits with a usable ensemble (the others never feed); ``maps``: the ``maps`` settings.
+    ``usable``: the traits with a usable ensemble (the others never feed); ``maps``: the ``maps`` settings;
+    ``site_alpha``: ``site_effects.alpha`` (:func:`validity_row`).
     """
     rows = []
     for trait in traits:
@@ -244,6 +266,7 @@ def validity_rows(
                 maps.confidence,
                 maps.bootstrap,
                 seed,
+                site_alpha,
             )
         )
     return pd.DataFrame(rows)

@@ -133,20 +133,20 @@ def test_include_invalid_keeps_a_failing_trait_flagged():
 def test_the_gate_never_reads_the_test_set():
     labels, splits, scores = cohort_frames()
     args = (["learned", "shuffled"], ["learned", "shuffled"])
-    before = validity_rows(*args, labels, splits, scores, MapsConfig(), 1)
+    before = validity_rows(*args, labels, splits, scores, MapsConfig(), 1, site_alpha=0.01)
     test = set(splits.loc[splits["split"] == "test", "patient_id"])
     rng = np.random.default_rng(9)
     lab2 = labels.copy()
     lab2.loc[lab2["patient_id"].isin(test), "label"] = 1 - lab2.loc[lab2["patient_id"].isin(test), "label"]
     sc2 = scores.copy()
     sc2.loc[sc2["patient_id"].isin(test), "score"] = rng.uniform(0, 100, int(sc2["patient_id"].isin(test).sum()))
-    after = validity_rows(*args, lab2, splits, sc2, MapsConfig(), 1)
+    after = validity_rows(*args, lab2, splits, sc2, MapsConfig(), 1, site_alpha=0.01)
     pd.testing.assert_frame_equal(before, after)
     # while changing validation slides does change it (the comparison can see a difference)
     val0 = set(splits.loc[(splits["round"] == 0) & (splits["split"] == "val"), "patient_id"])
     sc3 = scores.copy()
     sc3.loc[sc3["patient_id"].isin(val0), "score"] = 0.0
-    assert not validity_rows(*args, labels, splits, sc3, MapsConfig(), 1).equals(before)
+    assert not validity_rows(*args, labels, splits, sc3, MapsConfig(), 1, site_alpha=0.01).equals(before)
 
 
 def test_a_trait_learned_through_the_site_fails_on_unseen_sites():
@@ -159,6 +159,24 @@ def test_a_trait_learned_through_the_site_fails_on_unseen_sites():
     r = validity_row("learned", labels, splits, scores, 0.6, False, seed=1)
     assert r["n_unseen_slides"] >= 10 and r["auc_unseen_sites"] == 0.5 and r["ci_low"] >= 0.6
     assert not r["valid"] and "on sites not in training" in r["reason"] and "decisive" in r["held_out"]
+
+
+def test_a_site_only_trait_under_patient_splits_fails_the_gate_on_its_labels_by_site():
+    """Labels that follow the tissue source site, and no validation site unseen in training (patient splits): a
+    high held-out AUC cannot tell the trait from the site, so it does not feed; a trait drawn whatever the site
+    passes, and without ``site_alpha`` the site is not asked (the AUC alone decides)."""
+    from .test_site_effects import frames_with_site_trait
+
+    labels, splits, rounds, _ = frames_with_site_trait()
+    site_only = labels[labels["trait"] == "site_only"]
+    scores = rounds[rounds["trait"] == "site_only"]
+    r = validity_row("site_only", site_only, splits, scores, 0.6, False, seed=1, site_alpha=0.01)
+    assert r["auc"] > 0.9 and r["site_p_value"] < 1e-6 and r["n_unseen_slides"] == 0
+    assert not r["valid"] and not r["feeds"] and "follow the tissue source site" in r["reason"]
+    assert validity_row("site_only", site_only, splits, scores, 0.6, False, seed=1)["valid"]
+    planted = labels[labels["trait"] == "planted"]
+    p = validity_row("planted", planted, splits, rounds[rounds["trait"] == "planted"], 0.6, False, 1, site_alpha=0.01)
+    assert p["valid"] and p["site_p_value"] > 0.01
 
 
 def test_a_trait_without_ensemble_never_feeds_and_undecided_traits_are_named():

@@ -65,6 +65,7 @@ def build(cfg: PathomchConfig, trait_model_asset, ensemble_asset):
             store.read("slide_scores", "cohort = ? AND model LIKE 'round_%'", [cohort]),
             cfg.maps,
             cfg.seed,
+            cfg.site_effects.alpha,
         ).assign(cohort=cohort)
         store.write("trait_validity", cohort, rows)
         store.ensure_views()
