@@ -279,7 +279,7 @@ def gate_warning(cohort: str, rows: pd.DataFrame) -> str | None:
         return None
     kept = bool(bad["feeds"].astype(bool).any())
     parts = [f"{r.trait} ({r.reason})" for r in bad.itertuples()]
-    return f"{cohort}: not learned on held-out validation slides: {'; '.join(parts)}. " + (
+    return f"{cohort}: failed the validity gate (see trait_validity): {'; '.join(parts)}. " + (
         "Kept in maps, HTI and survival by maps.include_invalid, flagged in every hti row (valid = false)"
         if kept
         else "Left out of maps, HTI and survival (maps.include_invalid: true keeps them, flagged)"
