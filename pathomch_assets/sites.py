@@ -102,17 +102,21 @@ def patient_sites(patient_ids, site_file: str | os.PathLike | None = None) -> pd
     {'TCGA-A2-A04N': 'A2', 'tcga-e2-a1b1': 'E2', 'case_001': None}
     """
     ids = list(dict.fromkeys(str(p) for p in patient_ids))
-    listed = read_site_file(site_file) if site_file is not None else pd.Series(dtype="object")
-    out = []
-    for pid in ids:
-        site = listed.get(patient_id(pid))
-        if site is None:
-            try:
-                site = tss_code(pid)
-            except ValueError:
-                site = None
-        out.append(site)
+    listed = read_site_file(site_file) if site_file is not None else None
+    out = [site_of(pid, listed) for pid in ids]
     return pd.Series(out, index=pd.Index(ids, name="patient_id"), name="site", dtype="object")
+
+
+def site_of(pid: str, listed: pd.Series | None = None) -> str | None:
+    """The site rule for one patient: its entry in ``listed`` (a read site file), else the TCGA barcode's
+    tissue source site, else ``None``."""
+    site = listed.get(patient_id(pid)) if listed is not None else None
+    if site is None:
+        try:
+            site = tss_code(pid)
+        except ValueError:
+            return None
+    return site
 
 
 def site_lookup(site_files: dict[str, str | os.PathLike | None]):
@@ -121,17 +125,7 @@ def site_lookup(site_files: dict[str, str | os.PathLike | None]):
     Every site file is read (and checked) here, once; a cohort not in ``site_files`` uses barcodes only.
     """
     listed = {c: read_site_file(f) for c, f in site_files.items() if f is not None}
-
-    def site_of(cohort: str, pid: str) -> str | None:
-        site = listed[cohort].get(patient_id(pid)) if cohort in listed else None
-        if site is None:
-            try:
-                site = tss_code(pid)
-            except ValueError:
-                return None
-        return site
-
-    return site_of
+    return lambda cohort, pid: site_of(pid, listed.get(cohort))
 
 
 def require_sites(sites: pd.Series, cohort: str) -> pd.Series:
