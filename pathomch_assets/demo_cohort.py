@@ -370,15 +370,21 @@ _SOURCES_CACHE: dict = {}
 
 
 # --------------------------------------------------------------------------- cohort
+def draw_patients(rng: np.random.Generator, tss, n_patients: int) -> tuple[list[str], list[str], list[str]]:
+    """Patient barcodes at sites ``tss``: all of them (in drawn order), the ``n_patients`` with slides and the ~15%
+    more that have expression but no slide (both sorted)."""
+    ids: set[str] = set()
+    while len(ids) < int(n_patients * 1.15):
+        ids.add(f"TCGA-{rng.choice(list(tss))}-{_random_id(rng)}")
+    patients = sorted(ids)
+    rng.shuffle(patients)
+    return patients, sorted(patients[:n_patients]), sorted(patients[n_patients:])
+
+
 def plan_cohort(spec: DemoCohortSpec, seed: int, sources: list[str]):
     """Patients, slides, planted maps and molecular values of one demo cohort (no I/O)."""
     rng = np.random.default_rng([seed, sum(map(ord, spec.name))])
-    ids: set[str] = set()
-    while len(ids) < int(spec.n_patients * 1.15):  # ~15% extra patients have expression but no slide
-        ids.add(f"TCGA-{rng.choice(list(spec.tss))}-{_random_id(rng)}")
-    patients = sorted(ids)
-    rng.shuffle(patients)
-    with_slides, without = sorted(patients[: spec.n_patients]), sorted(patients[spec.n_patients :])
+    patients, with_slides, without = draw_patients(rng, spec.tss, spec.n_patients)
     planted = [t for t, e in spec.traits.items() if e != "none"]
     shares: dict[str, dict[str, float]] = {t: {} for t in spec.traits}
     mixing = {}
@@ -755,12 +761,7 @@ def plan_tcga_like(spec: TcgaLikeSpec, seed: int, sources: list[str]):
         for s in spec.tss
     }
     site_mean = dict(zip(spec.tss, rng.permutation(np.linspace(0.1, 0.9, len(spec.tss)))))
-    ids: set[str] = set()
-    while len(ids) < int(spec.n_patients * 1.15):  # ~15% extra patients have expression but no slide
-        ids.add(f"TCGA-{rng.choice(list(spec.tss))}-{_random_id(rng)}")
-    patients = sorted(ids)
-    rng.shuffle(patients)
-    with_slides, without = sorted(patients[: spec.n_patients]), sorted(patients[spec.n_patients :])
+    patients, with_slides, without = draw_patients(rng, spec.tss, spec.n_patients)
     planted = [t for t, e in spec.traits.items() if e not in UNPLANTED]
     shares: dict[str, dict[str, float]] = {t: {} for t in spec.traits}
     for pid in patients:  # the site-only traits: every patient, with a slide or not
