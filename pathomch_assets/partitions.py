@@ -22,6 +22,12 @@ FAILS_ALONE_TAG = "pathomch/fails_alone"
 FAILS_ALONE = {FAILS_ALONE_TAG: "partition"}
 
 
+def model_deps(trait_model_asset, ensemble_asset) -> list[dg.AssetDep]:
+    """Direct dependencies on every model and ensemble (few partitions): a retrained model marks the
+    results it feeds stale at once (see ``versions``)."""
+    return [dg.AssetDep(trait_model_asset, partition_mapping=ALL), dg.AssetDep(ensemble_asset, partition_mapping=ALL)]
+
+
 def cohorts(cfg: PathomchConfig) -> dg.StaticPartitionsDefinition:
     return dg.StaticPartitionsDefinition(list(cfg.cohorts))
 

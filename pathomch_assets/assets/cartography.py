@@ -32,7 +32,7 @@ from ..heterogeneity import (
     hti_stats,
     robust_calls,
 )
-from ..partitions import ALL, SLIDES, configured_by_cohort
+from ..partitions import ALL, SLIDES, configured_by_cohort, model_deps
 from ..plots import pyplot
 from ..qc import dropped_tiles
 from ..reporting import figure_file, md_table
@@ -40,7 +40,6 @@ from ..resources import PathomchResource
 from ..slides import patient_id
 from ..tables import read_parquet
 from ..versions import code_version
-from .models import model_deps
 
 if TYPE_CHECKING:  # Dagster's type of a metadata value (ints, strings, MetadataValue); not exported by `dagster`
     from dagster._core.definitions.metadata import RawMetadataValue

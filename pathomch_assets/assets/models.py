@@ -20,7 +20,7 @@ from ..ensemble import (
 )
 from ..evaluation import ROUNDS_MEAN, correlation_rows, evaluation_sets, metrics_rows, rounds_summary, table_one
 from ..files import atomic_path, local_copy
-from ..partitions import ALL, FAILS_ALONE, cohorts, target_rounds, targets
+from ..partitions import ALL, FAILS_ALONE, cohorts, model_deps, target_rounds, targets
 from ..plots import plot_score_boxes, plot_training_curve
 from ..predictions import prediction_frame, read_member, remove_member, write_member
 from ..qc import kept_tiles
@@ -264,12 +264,6 @@ def build(cfg: PathomchConfig, labels_asset, splits_asset):
         )
 
     return trait_model, ensemble
-
-
-def model_deps(trait_model_asset, ensemble_asset) -> list[dg.AssetDep]:
-    """Direct dependencies on every model and ensemble (few partitions): a retrained model marks the
-    results it feeds stale at once (see ``versions``)."""
-    return [dg.AssetDep(trait_model_asset, partition_mapping=ALL), dg.AssetDep(ensemble_asset, partition_mapping=ALL)]
 
 
 def build_evaluation(cfg: PathomchConfig, slide_predictions_asset, trait_model_asset, ensemble_asset):

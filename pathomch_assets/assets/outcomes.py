@@ -8,7 +8,7 @@ import pandas as pd
 from .. import layout
 from ..cartography import trait_gate, trait_sets
 from ..config import PathomchConfig
-from ..partitions import ALL, cohorts
+from ..partitions import ALL, cohorts, model_deps
 from ..plots import pyplot
 from ..reporting import figure_file, md_table
 from ..resources import PathomchResource
@@ -23,7 +23,6 @@ from ..survival import (
 )
 from ..versions import code_version, refresh_on_new_slides
 from .cartography import analysis_settings, hti_settings
-from .models import model_deps
 
 if TYPE_CHECKING:  # Dagster's type of a metadata value (ints, strings, MetadataValue); not exported by `dagster`
     from dagster._core.definitions.metadata import RawMetadataValue

@@ -5,14 +5,13 @@ import dagster as dg
 from .. import layout
 from ..config import PathomchConfig
 from ..ensemble import usable_traits
-from ..partitions import ALL, cohorts
+from ..partitions import ALL, cohorts, model_deps
 from ..reporting import figure_file, md_table
 from ..resources import PathomchResource
 from ..site_effects import label_share_by_site, plot_label_share, site_effect_rows, site_warning
 from ..tables import SCHEMAS
 from ..validity import gate_warning, plot_validity, validity_rows
 from ..versions import code_version, data_version, refresh_on_new_slides
-from .models import model_deps
 
 #: the columns of `trait_validity` and `site_effects` shown on the asset pages
 VALIDITY_SHOWN = [
