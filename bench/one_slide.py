@@ -146,8 +146,7 @@ def run(root: Path, mode: str, tag: str) -> dict:
     """The new slide's run (``after`` or ``before``), in this process: seconds and bytes read."""
     import pandas as pd  # noqa: F401  (imports paid before the clock starts)
 
-    from pathomch_assets.assets.models import tile_positions
-    from pathomch_assets.ingest import tile_partitions
+    from pathomch_assets.ingest import tile_partitions, tile_positions
     from pathomch_assets.predictions import MemberModels
     from pathomch_assets.slides import discover_cohort
     from pathomch_assets.tables import TableStore

@@ -215,8 +215,8 @@ def other_estimates(cfg, store, family_dir: Path, cohort: str, pair: list[str], 
     import pandas as pd
 
     from pathomch_assets import layout
-    from pathomch_assets.ensemble import members_of
     from pathomch_assets.heterogeneity import combination_codes, hti_from_calls
+    from pathomch_assets.predictions import members_of
     from pathomch_assets.tables import read_parquet
 
     truth = pd.read_csv(family_dir / "ground_truth_tiles.csv")

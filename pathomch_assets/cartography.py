@@ -8,7 +8,7 @@ kept as small arrays (one cell per tile) and rendered small, never as full-resol
 from __future__ import annotations
 
 import json
-import logging
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -16,12 +16,10 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from .ensemble import usable_sets, usable_traits, without_ensemble_note
+from .ensemble import usable_sets, without_ensemble_note
 from .files import as_path, atomic_path, local_copy
-from .heterogeneity import combination_codes
-from .validity import Gate, apply_gate
-
-log = logging.getLogger(__name__)
+from .heterogeneity import combination_codes, hti_stats, robust_calls
+from .slides import patient_id
 
 
 @dataclass
@@ -61,33 +59,26 @@ class Cartography:
             return cls([str(t) for t in z["traits"]], z["tensor"], z["mask"])
 
 
-def trait_gate(cfg, cohort: str, store) -> Gate:
-    """The validity gate over the cohort's traits with a usable ensemble (``validity.apply_gate`` of the
-    cohort's ``trait_validity`` rows: one small table, read once per cohort and run)."""
-    return apply_gate(cohort, usable_traits(cfg, cohort), store.read("trait_validity", "cohort = ?", [cohort]))
-
-
-def trait_sets(cfg, cohort: str, store) -> tuple[list[list[str]], list[list[str]], str | None]:
+def hti_trait_sets(
+    cohort: str, c, usable: list[str], feeds: list[str], ensemble_test: pd.DataFrame
+) -> tuple[list[list[str]], list[list[str]], str | None]:
     """The cohort's trait sets for the HTI: (kept, dropped, note).
 
-    The survival pairs (default: the two traits that feed maps with the best ensemble test AUC), then any
-    configured larger sets.  A set with a trait that does not feed maps is dropped, and ``note`` names the
-    trait and the sets, so the maps and HTI of the other traits go on: a trait without a usable ensemble
-    (``ensemble.json`` missing: its ``ensemble`` partition failed or was not run), or one the validity gate
-    left out (``trait_validity``: not learned on held-out validation slides; ``maps.include_invalid`` keeps it).
+    The survival pairs (default: the two traits that feed maps with the best ensemble test AUC, from
+    ``ensemble_test``: the cohort's ``model_metrics`` rows of the ensemble on the test set), then any configured
+    larger sets (``c``: the cohort's configuration).  A set with a trait that does not feed maps (``feeds``, the
+    validity gate's) is dropped, and ``note`` names the trait and the sets, so the maps and HTI of the other
+    traits go on: a trait without a usable ensemble (not in ``usable``: its ``ensemble`` partition failed or was
+    not run), or one the validity gate left out (not learned on held-out validation slides;
+    ``maps.include_invalid`` keeps it).
     """
-    c = cfg.cohorts[cohort]
-    usable = usable_traits(cfg, cohort)
-    gate = trait_gate(cfg, cohort, store)
-    feeds = gate.feeds
     pairs = [list(p) for p in c.survival_pairs]
     if not pairs and len(c.traits) >= 2:
-        m = store.read("model_metrics", "cohort = ? AND model = 'ensemble' AND eval_set = 'test'", [cohort])
-        m = m[m["trait"].isin(feeds)]
+        m = ensemble_test[ensemble_test["trait"].isin(feeds)]
         best = m.sort_values(["auc", "trait"], ascending=[False, True])["trait"].tolist()[:2]
         pairs = [best] if len(best) == 2 else [(feeds + [t for t in c.traits if t not in feeds])[:2]]
     kept, dropped = usable_sets(pairs + [list(s) for s in c.hti_sets if list(s) not in pairs], feeds)
-    notes = []  # gate.note (traits without a decision yet) is the caller's to log: trait_gate
+    notes = []  # the gate's own note (traits without a decision yet) is the caller's to log
     if dropped:
         sets = ", ".join(map("+".join, dropped))
         missing = sorted({t for s in dropped for t in s} - set(usable))
@@ -101,14 +92,6 @@ def trait_sets(cfg, cohort: str, store) -> tuple[list[list[str]], list[list[str]
             )
         notes.append(f"no map or HTI of {sets}")
     return kept, dropped, "; ".join(notes) or None
-
-
-def analysis_sets(cfg, cohort: str, store) -> list[list[str]]:
-    """The trait sets of :func:`trait_sets` that get an HTI (every trait with a usable ensemble); logs the others."""
-    kept, _, note = trait_sets(cfg, cohort, store)
-    if note:
-        log.warning(note)
-    return kept
 
 
 def build_cartography(calls: pd.DataFrame, traits: list[str], shape: tuple[int, int] | None = None) -> Cartography:
@@ -136,6 +119,83 @@ def build_cartography(calls: pd.DataFrame, traits: list[str], shape: tuple[int, 
 def combination_names(traits: list[str]) -> list[str]:
     """Names of the 2^N - 1 positive combinations, indexed by code - 1 (bit k = trait k)."""
     return ["+".join(t for k, t in enumerate(traits) if code >> k & 1) for code in range(1, 2 ** len(traits))]
+
+
+def soft_calls(cfg, calls: pd.DataFrame, carto: Cartography) -> tuple[np.ndarray, float]:
+    """The ensemble's soft calls on the grid (traits x rows x cols) and the threshold that makes them calls.
+
+    The members' mean tile probability (``p``, written by ``slide_predictions`` for every slide, trained on
+    or arrived later) with ``ensemble.threshold``; slide calls from before ``p`` was stored give the hard
+    calls themselves (the robust HTI is then the HTI).
+    """
+    soft = carto.tensor.astype(float)
+    if "p" in calls.columns and calls["p"].notna().all():
+        for k, trait in enumerate(carto.traits):
+            t = calls[calls["trait"] == trait]
+            soft[k, t["row"].to_numpy(), t["col"].to_numpy()] = t["p"].to_numpy(float)
+        return soft, cfg.ensemble.threshold
+    return soft, 0.5
+
+
+#: the ``hti_stats`` columns taken from ``heterogeneity.hti_stats``
+STATS_KEYS = (
+    "hti",
+    "ci_low",
+    "ci_high",
+    "hti_robust",
+    "p_spatial",
+    "hta",
+    "hta_random",
+    "hti_present",
+    "n_combinations",
+    "region_side",
+)
+
+
+def set_results(
+    cohort: str, sid: str, tset: list[str], sub: Cartography, soft: np.ndarray, threshold
+) -> tuple[dict, dict, pd.DataFrame]:
+    """The ``hti``, ``hti_stats`` rows and the ``hti_combinations`` rows of one slide and trait set."""
+    c = sub.calls()
+    stats = hti_stats(sub.tensor, sub.mask, soft, threshold, seed=zlib.crc32(f"{sid}|{'+'.join(tset)}".encode()))
+    rc = robust_calls(soft, sub.mask, threshold)[:, sub.mask].T
+    key = {"cohort": cohort, "traits": "+".join(tset), "slide_id": sid, "patient_id": patient_id(sid)}
+    n_tiles = int(sub.mask.sum())
+    hti_row = {**key, "hti": stats["hti"], "n_tiles": n_tiles, "n_positive": int(c.any(axis=1).sum())}
+    stats_row = {**key, **{k: stats[k] for k in STATS_KEYS}, "n_tiles": n_tiles}
+    n_comb = 2 ** len(tset)
+    counts = np.bincount(combination_codes(c), minlength=n_comb) if len(c) else np.zeros(n_comb, int)
+    rcounts = np.bincount(combination_codes(rc), minlength=n_comb) if len(rc) else np.zeros(n_comb, int)
+    pos, rpos = counts[1:].sum(), rcounts[1:].sum()
+    names = ["none"] + combination_names(tset)
+    combos = pd.DataFrame(
+        {
+            **key,
+            "combination": names,
+            "n_tiles": counts,
+            "share": [np.nan] + [v / pos if pos else 0.0 for v in counts[1:]],
+            "tissue_share": counts / max(n_tiles, 1),
+            "share_robust": [np.nan] + [v / rpos if rpos else 0.0 for v in rcounts[1:]],
+        }
+    )
+    return hti_row, stats_row, combos
+
+
+def stats_summary(stats: pd.DataFrame) -> pd.DataFrame:
+    """Per cohort and trait set: mean HTI and robust HTI, median CI width, share of slides with spatial p < 0.05."""
+    if stats.empty:
+        return stats
+    return (
+        stats.groupby(["cohort", "traits"])
+        .agg(
+            slides=("slide_id", "size"),
+            hti_mean=("hti", "mean"),
+            hti_robust_mean=("hti_robust", "mean"),
+            ci_width_median=("ci_high", lambda s: float((s - stats.loc[s.index, "ci_low"]).median())),
+            spatial_p_below_005=("p_spatial", lambda s: float((s < 0.05).mean())),
+        )
+        .reset_index()
+    )
 
 
 def combination_colours(n_traits: int) -> np.ndarray:
@@ -246,6 +306,26 @@ def plot_heterogeneity_map(carto: Cartography, title: str = "", hti: float | Non
     ax.legend(handles=handles, fontsize=6, loc="upper left", bbox_to_anchor=(1.01, 1), frameon=False)
     ax.set_title(f"{title}" + (f"\nHTI {hti:.2f}" if hti is not None else ""), fontsize=8)
     return ax
+
+
+def maps_gallery(gallery: list[tuple[str, Cartography, dict]]):
+    """A figure of up to six slides' maps (2 x 3), each titled with its HTI, 95% CI, robust HTI and spatial p
+    (``gallery``: slide id, the cartography of its first trait set, its ``hti_stats`` row)."""
+    from .plots import pyplot
+
+    fig, axes = pyplot().subplots(2, 3, figsize=(11, 6))
+    for ax in axes.flat:
+        ax.axis("off")
+    for ax, (sid, carto, st) in zip(axes.flat, gallery):
+        plot_heterogeneity_map(
+            carto,
+            f"{sid[:23]}\n95% CI [{st['ci_low']:.2f}, {st['ci_high']:.2f}], robust "
+            f"{st['hti_robust']:.2f}, spatial p {st['p_spatial']:.2g}",
+            st["hti"],
+            ax=ax,
+        )
+    fig.tight_layout()
+    return fig
 
 
 @dataclass(frozen=True)

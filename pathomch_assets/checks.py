@@ -321,7 +321,7 @@ def build_cartography_checks(slide_cartography_asset):
 
 
 def build_survival_check(survival_asset, analysis_sets):
-    """``analysis_sets(cfg, cohort, store)``: the trait sets analysed (``assets.cartography.analysis_sets``)."""
+    """``analysis_sets(cfg, cohort, store)``: the trait sets analysed (``maps.analysis_sets``)."""
 
     @dg.asset_check(
         asset=survival_asset,

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import dagster as dg
 
-from . import checks, sensors
+from . import checks, maps, sensors
 from .assets import cartography, ingest, models, molecular, outcomes, scoring, validity
 from .config import PathomchConfig, load_config
 from .deployment import executor_from_env
@@ -57,7 +57,7 @@ def build_definitions(cfg: PathomchConfig | None = None, config_path: str | None
         *checks.build_slide_and_model_checks(ingest.slide_tiles, trait_model),
         checks.build_selection_check(ensemble),
         *checks.build_cartography_checks(slide_cartography),
-        checks.build_survival_check(survival_analysis, cartography.analysis_sets),
+        checks.build_survival_check(survival_analysis, maps.analysis_sets),
     ]
     slide_job = dg.define_asset_job(
         "process_slides",

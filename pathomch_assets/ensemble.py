@@ -9,7 +9,8 @@ r"""The ensemble of a trait (SPEC 3.5-3.6, paper Methods): which rounds may join
 - Slide score: the percentage of a slide's tiles called positive (:func:`slide_score`).
 
 The members of each trait are written to ``layout.ensemble_file``; a trait without that file has no
-usable ensemble, and every step after it leaves the trait out (:func:`usable_traits`, :func:`usable_sets`).
+usable ensemble, and every step after it leaves the trait out (``predictions.usable_traits`` reads which
+traits have one, :func:`usable_sets` keeps the trait sets they complete).  Nothing here reads or writes a file.
 """
 
 from __future__ import annotations
@@ -145,18 +146,6 @@ def ensemble_spec(members, val_auc, excluded, min_votes: int, threshold: float) 
         {"members": members, "val_auc": val_auc, "excluded": excluded, "min_votes": min_votes, "threshold": threshold},
         indent=1,
     )
-
-
-def members_of(cfg, cohort: str, trait: str) -> list[str] | None:
-    """The members of the trait's ensemble, or None when the trait has no usable ensemble."""
-    path = layout.ensemble_file(cfg, cohort, trait)
-    return json.loads(path.read_text())["members"] if path.exists() else None
-
-
-def usable_traits(cfg, cohort: str) -> list[str]:
-    """The cohort's traits (configuration order) that have a usable ensemble: the traits every step after
-    ``ensemble`` maps, scores and analyses."""
-    return [t for t in cfg.cohorts[cohort].traits if layout.ensemble_file(cfg, cohort, t).exists()]
 
 
 def usable_sets(sets: list[list[str]], usable: list[str]) -> tuple[list[list[str]], list[list[str]]]:

@@ -9,6 +9,10 @@ result is reused only when the file's content fingerprint, the settings and the 
 (:func:`reusable`); a ``touch`` alone re-tiles nothing.  Each slide's rows are written as it finishes
 (:func:`tile_partitions`' ``record``), so an interrupted run keeps the slides it finished.
 
+What the later steps read back of it lives here too: the usable slides (:func:`training_slides`), one slide per
+patient for survival (:func:`survival_slides`) and the grid position of each tile in a tile file
+(:func:`tile_positions`).
+
 Nothing here imports Dagster; ``log`` is any object with ``info``, ``warning`` and ``error``.
 """
 
@@ -25,6 +29,7 @@ import pandas as pd
 
 from . import layout
 from .config import PathomchConfig
+from .qc import kept_tiles
 from .sites import site_lookup
 from .slides import (
     SlideRef,
@@ -33,8 +38,10 @@ from .slides import (
     find_slide,
     is_diagnostic,
     patient_id,
+    primary_slides,
     ref_from_tag,
     slide_state,
+    usable_slides,
 )
 from .tiling import TilingParams, tile_slides
 
@@ -337,3 +344,23 @@ def tile_partitions(
         jobs = [j for j in jobs if f"{j[0]}/{j[1]}" in again]
     store.ensure_views()
     return out
+
+
+# ----------------------------------------------------------------------------- what later steps read back
+def training_slides(store, cohort: str) -> pd.DataFrame:
+    """Every usable slide of ``cohort`` (``slides.usable_slides``: status ok; non-diagnostic slides were skipped
+    at tiling): labels, training, scores and AUCs (SPEC 2)."""
+    return usable_slides(store.read("slides", "cohort = ?", [cohort]))
+
+
+def survival_slides(store, cohort: str) -> pd.DataFrame:
+    """One usable slide per patient of ``cohort``, the DX1 slide (else the lowest DX): survival only (SPEC 3.10)."""
+    return primary_slides(store.read("slides", "cohort = ?", [cohort]))
+
+
+def tile_positions(store, cohort: str, slide_ids: list[str] | None = None) -> dict[str, pd.DataFrame]:
+    """Per slide, the grid positions of the tiles in its tile file, in file order (QC-dropped tiles left out); of
+    ``slide_ids`` only when given (their partition files only are read)."""
+    keys = None if slide_ids is None else [f"{cohort}/{s}" for s in slide_ids]
+    tiles = kept_tiles(store.read("tiles", "cohort = ?", [cohort], partitions=keys))
+    return {sid: g[["col", "row"]].reset_index(drop=True) for sid, g in tiles.groupby("slide_id")}

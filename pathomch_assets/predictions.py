@@ -4,11 +4,13 @@
 of its bytes, :attr:`pathomch_assets.tilestore.TileWriter.digest`).  A slide's stored predictions are reused
 only while its ``slides`` row names the same digest: a slide re-tiled with other content (another file put
 in its place, other tiling settings) is scored again by the member models, even when its tile count is the
-same.  Nothing here imports Dagster.
+same.  Which traits have a usable ensemble, and its members, are read here too (:func:`usable_traits`,
+:func:`members_of`: ``ensemble.json``).  Nothing here imports Dagster.
 """
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 import numpy as np
@@ -16,9 +18,20 @@ import pandas as pd
 
 from . import layout
 from .config import PathomchConfig
-from .ensemble import members_of
 from .files import atomic_path, local_copy
 from .tables import read_parquet
+
+
+def members_of(cfg: PathomchConfig, cohort: str, trait: str) -> list[str] | None:
+    """The members of the trait's ensemble, or None when the trait has no usable ensemble."""
+    path = layout.ensemble_file(cfg, cohort, trait)
+    return json.loads(path.read_text())["members"] if path.exists() else None
+
+
+def usable_traits(cfg: PathomchConfig, cohort: str) -> list[str]:
+    """The cohort's traits (configuration order) that have a usable ensemble (``ensemble.json``): the traits every
+    step after ``ensemble`` maps, scores and analyses."""
+    return [t for t in cfg.cohorts[cohort].traits if layout.ensemble_file(cfg, cohort, t).exists()]
 
 
 def prediction_frame(positions: dict[str, pd.DataFrame], slides: pd.DataFrame, probs: list[np.ndarray]) -> pd.DataFrame:

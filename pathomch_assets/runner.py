@@ -497,7 +497,7 @@ class Outcomes:
     A partition run is blocked by a failed partition it maps to (Dagster's partition mappings), as a
     backfill skips it.  An asset tagged ``partitions.FAILS_ALONE`` (a trait's models and ensemble) blocks
     only the partitions that map to its failed one: a child reading all its partitions (``ALL``) runs on
-    while any of them succeeded, and leaves out what is missing (``ensemble.usable_traits``).
+    while any of them succeeded, and leaves out what is missing (``predictions.usable_traits``).
     """
 
     def __init__(self, graph: AssetGraph, instance: dg.DagsterInstance):

@@ -91,7 +91,7 @@ def test_png_map_with_legend(tmp_path):
 
 
 def test_set_results_shares_sum_to_one_and_soft_calls_from_probabilities():
-    from pathomch_assets.assets.cartography import set_results, soft_calls
+    from pathomch_assets.cartography import set_results, soft_calls
     from pathomch_assets.config import EnsembleConfig
 
     class Cfg:
@@ -182,7 +182,7 @@ def write_ensembles(cfg, traits):
 
 
 def test_trait_sets_leave_out_a_trait_without_an_ensemble(deployment):
-    from pathomch_assets.cartography import analysis_sets, trait_sets
+    from pathomch_assets.maps import analysis_sets, trait_sets
 
     cfg, _, store, _ = deployment
     write_ensembles(cfg, ["A", "B", "C"])

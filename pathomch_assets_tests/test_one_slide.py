@@ -13,9 +13,9 @@ import pytest
 from bench.performance import make_bench_slide
 from pathomch_assets import ingest, layout, sensors, slides
 from pathomch_assets.assets.ingest import slide_tiles
-from pathomch_assets.assets.models import tile_positions
 from pathomch_assets.config import load_config
 from pathomch_assets.files import partition_filename
+from pathomch_assets.ingest import tile_positions
 from pathomch_assets.partitions import SLIDES
 from pathomch_assets.predictions import MemberModels, read_member, write_member
 from pathomch_assets.resources import PathomchResource

@@ -173,7 +173,7 @@ def test_primary_slide_is_dx1():
 
 def test_every_diagnostic_slide_is_used_and_dx1_only_for_survival(tmp_path):
     """A patient with DX1 and DX2 slides: both are training/scoring slides, only DX1 is the survival slide."""
-    from pathomch_assets.assets.molecular import survival_slides, training_slides
+    from pathomch_assets.ingest import survival_slides, training_slides
     from pathomch_assets.tables import TableStore
 
     ids = [

@@ -134,7 +134,7 @@ def test_every_diagnostic_slide_trains_and_scores_and_dx1_alone_in_survival(smal
     m = store.query("select * from model_metrics where model like 'round_%' or model = 'ensemble'")
     assert (m.n_slides >= m.n_patients).all() and (m.n_slides > m.n_patients).any()
     # survival: one DX1 slide per patient
-    from pathomch_assets.assets.outcomes import read_survival_frame
+    from pathomch_assets.cohort_survival import read_survival_frame
 
     frame, _ = read_survival_frame(store, "brca", ["MKI67", "miR-17-5p"])
     assert len(frame) and frame.patient_id.is_unique and frame.slide_id.str.contains("-DX1").all()

@@ -289,7 +289,8 @@ def test_a_shuffled_trait_is_left_out_of_maps_and_hti_with_its_warning(gated):
     import json
 
     from pathomch_assets import layout
-    from pathomch_assets.cartography import Cartography, analysis_sets
+    from pathomch_assets.cartography import Cartography
+    from pathomch_assets.maps import analysis_sets
 
     cfg, path, store, sid = gated
     gate_meta, carto_meta = run_gate_and_map(path, sid)

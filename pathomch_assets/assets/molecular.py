@@ -5,23 +5,13 @@ import pandas as pd
 
 from ..config import PathomchConfig
 from ..expression import read_clinical, read_traits
+from ..ingest import training_slides
 from ..labels import label_counts, label_table
 from ..partitions import ALL, cohorts
 from ..reporting import md_table
 from ..resources import PathomchResource
-from ..slides import primary_slides, usable_slides
 from ..splits import SiteSplit, cohort_splits
 from .ingest import slide_tiles
-
-
-def training_slides(store, cohort: str) -> pd.DataFrame:
-    """Every usable (status ok, diagnostic) slide of ``cohort``: labels, training, scores and AUCs (SPEC 2)."""
-    return usable_slides(store.read("slides", "cohort = ?", [cohort]))
-
-
-def survival_slides(store, cohort: str) -> pd.DataFrame:
-    """One usable slide per patient of ``cohort``, the DX1 slide (else the lowest DX): survival only (SPEC 3.10)."""
-    return primary_slides(store.read("slides", "cohort = ?", [cohort]))
 
 
 def build(cfg: PathomchConfig):

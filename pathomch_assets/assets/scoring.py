@@ -7,12 +7,12 @@ from .. import layout
 from ..config import PathomchConfig
 from ..ensemble import member_vote, slide_score, without_ensemble_note
 from ..files import atomic_path
+from ..ingest import tile_positions
 from ..partitions import SLIDES, configured_by_cohort, model_deps
 from ..predictions import MemberModels
 from ..resources import AcceleratorResource, PathomchResource
 from ..versions import code_version
 from .ingest import slide_tiles
-from .models import tile_positions
 
 
 def build(cfg: PathomchConfig, trait_model_asset, ensemble_asset):

@@ -4,8 +4,8 @@ import dagster as dg
 
 from .. import layout
 from ..config import PathomchConfig
-from ..ensemble import usable_traits
 from ..partitions import ALL, cohorts, model_deps
+from ..predictions import usable_traits
 from ..reporting import figure_file, md_table
 from ..resources import PathomchResource
 from ..site_effects import label_share_by_site, plot_label_share, site_effect_rows, site_warning
