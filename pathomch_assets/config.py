@@ -461,6 +461,18 @@ def mirna_name(trait: str) -> str:
     return trait if trait.startswith("hsa-") else f"hsa-{trait}"
 
 
+def default(model: type[BaseModel], name: str) -> Any:
+    """The default of setting ``name`` of a settings model: the one home of a setting's default, read by the plain
+    parameter classes that mirror a section (``tiling.TilingParams``, ``qc.QcParams``).
+
+    Examples
+    --------
+    >>> default(TilingConfig, "tile_px")
+    512
+    """
+    return model.model_fields[name].default
+
+
 def target_key(cohort: str, trait: str) -> str:
     return f"{cohort}/{trait}"
 

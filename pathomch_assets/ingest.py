@@ -22,6 +22,7 @@ import contextlib
 import dataclasses
 import math
 import os
+from collections import Counter
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -198,6 +199,34 @@ class TilingOutcome:
     retiled: int = 0  # tilings repeated because the file changed while it was read
     tiles_total: int = 0
     unrecorded: dict[str, str] = field(default_factory=dict)  # key -> why no row could be written
+
+    def counts(self) -> dict[str, int]:
+        """Slides handled, reused, tiled, tiled again after a change, tiles written, and slides per status."""
+        status = Counter(r["status"] for r in self.rows.values())
+        return {
+            "slides": len(self.rows) + self.reused,
+            "slides_reused": self.reused,
+            "slides_tiled": self.tiled,
+            "slides_tiled_again_after_a_change": self.retiled,
+            "tiles_written": self.tiles_total,
+            **{f"status_{k}": v for k, v in sorted(status.items())},
+        }
+
+    def problems(self) -> pd.DataFrame:
+        """``slide_id, status, error`` of the slides not tiled ``ok``."""
+        table = pd.DataFrame(list(self.rows.values()), columns=["slide_id", "status", "error"])
+        return table[table["status"] != "ok"][["slide_id", "status", "error"]]
+
+    def not_written(self) -> pd.DataFrame:
+        """``slide, error``: the slides whose rows could not be written, and why."""
+        return pd.DataFrame({"slide": list(self.unrecorded), "error": list(self.unrecorded.values())})
+
+    def one_slide(self) -> dict:
+        """Of a run of one slide, its status, error, level, magnification and tile count (those it has)."""
+        if len(self.rows) != 1:
+            return {}
+        shown = ("status", "error", "level", "base_magnification", "magnification_source", "n_tiles")
+        return {k: v for k, v in next(iter(self.rows.values())).items() if k in shown and v is not None}
 
 
 def tile_partitions(

@@ -1,6 +1,10 @@
 """Where every output lives: one function per file kind, all under the configuration's ``data_dir``.
 
-Nothing else builds an output path.  Below ``data_dir`` (``output_root``):
+The folders right below ``data_dir`` are the configuration's (``PathomchConfig.tiles_dir``, ``models_dir``,
+``tables_dir``, ``maps_dir``); every file the assets write below them is named here, except three kinds named by
+the module that writes them: the files inside one model's folder (``model.keras``, ``history.csv``, ``model.json``:
+``training.save_model``), a table's partition files (``tables.TableStore``) and Dagster's own ``dagster_home``
+(``runner``).  Below ``data_dir`` (``output_root``):
 
 - ``tiles/<cohort>/<slide>.tfrecord``: the slide's tissue tiles (``slide_tiles``)
 - ``models/<cohort>/<trait>/round_<i>/``: one trained model with its history (``trait_model``)

@@ -4,13 +4,17 @@
 of its bytes, :attr:`pathomch_assets.tilestore.TileWriter.digest`).  A slide's stored predictions are reused
 only while its ``slides`` row names the same digest: a slide re-tiled with other content (another file put
 in its place, other tiling settings) is scored again by the member models, even when its tile count is the
-same.  Which traits have a usable ensemble, and its members, are read here too (:func:`usable_traits`,
-:func:`members_of`: ``ensemble.json``).  Nothing here imports Dagster.
+same.  :func:`score_slides` is the ``slide_predictions`` procedure: every slide's ensemble tile calls
+(``layout.slide_calls_file``) and ``ensemble`` rows of ``slide_scores``.  Which traits have a usable
+ensemble, and its members, are read here too (:func:`usable_traits`, :func:`members_of`: ``ensemble.json``).
+Nothing here imports Dagster.
 """
 
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -18,7 +22,9 @@ import pandas as pd
 
 from . import layout
 from .config import PathomchConfig
+from .ensemble import member_vote, slide_score, without_ensemble_note
 from .files import atomic_path, local_copy
+from .ingest import tile_positions
 from .tables import read_parquet
 
 
@@ -143,3 +149,81 @@ class MemberModels:
 
         f = local_copy(layout.tile_file(self.cfg, self.cohort, slide_id))
         return predict_files(model, [f], self.cfg.training.input_px)[0]
+
+
+@dataclass
+class ScoreRun:
+    """What one ``slide_predictions`` run did: slides scored, of them scored by running the models (not seen when
+    the members scored every slide), slides without tiles or usable ensembles, and per cohort the note on traits
+    left out (no usable ensemble)."""
+
+    scored: int = 0
+    ran_models: int = 0
+    skipped: int = 0
+    left_out: dict[str, str] = field(default_factory=dict)
+
+
+def score_slides(
+    cfg: PathomchConfig,
+    store,
+    groups: dict[str, list[str]],
+    warn: Callable[[str], object],
+    info: Callable[[str], object],
+) -> ScoreRun:
+    """Ensemble tile calls and ``slide_scores`` rows of the slides of ``groups`` (cohort -> slide ids): the run's
+    slides only (their partition files of ``slides`` and ``tiles``, their stored predictions)."""
+    run = ScoreRun()
+    for cohort, sids in groups.items():
+        keys = [f"{cohort}/{s}" for s in sids]
+        slides = store.read("slides", "cohort = ?", [cohort], partitions=keys).set_index("slide_id")
+        tiles = tile_positions(store, cohort, sids)
+        members = MemberModels(cfg, cohort, sids)
+        if members.missing:
+            run.left_out[cohort] = without_ensemble_note(cohort, members.missing)
+            warn(run.left_out[cohort])
+        for sid in sids:
+            key = f"{cohort}/{sid}"
+            ok = sid in slides.index and slides.loc[sid, "status"] == "ok" and sid in tiles
+            scored = score_slide(cfg, store, members, cohort, sid, tiles[sid], slides.loc[sid]) if ok else None
+            if scored is None:  # no tiles, or no trait of the cohort with a usable ensemble
+                store.delete("slide_scores", key)
+                layout.slide_calls_file(cfg, cohort, sid).unlink(missing_ok=True)
+                run.skipped += 1
+                continue
+            run.scored += 1
+            run.ran_models += scored
+            if scored:
+                info(f"{key}: scored with the existing ensemble models (not seen in training)")
+    store.ensure_views()
+    return run
+
+
+def score_slide(
+    cfg: PathomchConfig, store, members: MemberModels, cohort: str, sid: str, pos: pd.DataFrame, slide: pd.Series
+) -> bool | None:
+    """Write one slide's ensemble tile calls (every trait with a usable ensemble) and its ``slide_scores`` rows;
+    whether a model had to run, or None when no trait has a usable ensemble (nothing written)."""
+    frames, rows, ran_any = [], [], False
+    for trait in members.traits:
+        probs, ran = members.probabilities(trait, sid, len(pos), slide["tiles_digest"])
+        ran_any |= ran
+        calls, votes, p = member_vote(probs, cfg.ensemble.threshold, cfg.ensemble.min_votes)
+        frames.append(pos.assign(trait=trait, call=calls, votes=votes, p=p))  # p: the robust HTI's
+        rows.append(
+            {
+                "cohort": cohort,
+                "trait": trait,
+                "model": "ensemble",
+                "slide_id": sid,
+                "score": slide_score(calls),
+                "n_tiles": len(pos),
+                "patient_id": slide["patient_id"],
+                "tiles_digest": slide["tiles_digest"],  # the tiles these scores are of
+            }
+        )
+    if not frames:
+        return None
+    with atomic_path(layout.slide_calls_file(cfg, cohort, sid)) as tmp:
+        pd.concat(frames, ignore_index=True).to_parquet(tmp, index=False)
+    store.write("slide_scores", f"{cohort}/{sid}", pd.DataFrame(rows))
+    return ran_any

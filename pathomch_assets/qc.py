@@ -37,10 +37,12 @@ tile, 5% of the tiling CPU time (docs/qc-and-stain.md).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from functools import lru_cache
 
 import numpy as np
+
+from .config import QcConfig, default
 
 #: measures per tile, in the order of :func:`tile_qc`'s result (``tiles`` columns after the SPEC ones)
 QC_COLUMNS = ["pen", "blur", "blurred", "dark", "qc"]
@@ -51,22 +53,23 @@ MIN_BLUR_PX = 32
 
 @dataclass(frozen=True)
 class QcParams:
-    """Thresholds of :func:`tile_qc` (``qc.*`` in the configuration; see :mod:`pathomch_assets.qc`)."""
+    """Thresholds of :func:`tile_qc` (``qc.*`` in the configuration, whose defaults these are; see
+    :mod:`pathomch_assets.qc`)."""
 
-    max_pen: float = 0.02
-    min_blur: float = 150.0
-    max_dark: float = 0.3
-    dark_level: int = 80
-    black_level: int = 30
-    ink_saturation: float = 0.45
-    stride: int = 8
+    max_pen: float = default(QcConfig, "max_pen")
+    min_blur: float = default(QcConfig, "min_blur")
+    max_dark: float = default(QcConfig, "max_dark")
+    dark_level: int = default(QcConfig, "dark_level")
+    black_level: int = default(QcConfig, "black_level")
+    ink_saturation: float = default(QcConfig, "ink_saturation")
+    stride: int = default(QcConfig, "stride")
 
     @classmethod
     def from_config(cls, qc) -> QcParams | None:
-        """From ``cfg.qc`` (:class:`~pathomch_assets.config.QcConfig`); None when QC is off."""
+        """From ``cfg.qc`` (:class:`~pathomch_assets.config.QcConfig`), field by name; None when QC is off."""
         if not qc.enabled:
             return None
-        return cls(qc.max_pen, qc.min_blur, qc.max_dark, qc.dark_level, qc.black_level, qc.ink_saturation, qc.stride)
+        return cls(**{f.name: getattr(qc, f.name) for f in fields(cls)})
 
 
 def ink_mask(rgb: np.ndarray, params: QcParams = QcParams()) -> np.ndarray:

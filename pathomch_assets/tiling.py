@@ -17,13 +17,14 @@ import os
 import threading
 import time
 from concurrent.futures import ProcessPoolExecutor, as_completed
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from multiprocessing import get_context
 from pathlib import Path
 from typing import NamedTuple
 
 import numpy as np
 
+from .config import StainConfig, TilingConfig, default
 from .qc import QC_COLUMNS, QcParams, tile_qc
 from .slides import (
     LevelChoice,
@@ -70,19 +71,22 @@ def result_settings(settings: dict) -> dict:
 
 @dataclass(frozen=True)
 class TilingParams:
-    magnification: float = 20.0
-    tile_px: int = 512
-    background_threshold: int = 220
-    max_background_fraction: float = 0.5
-    jpeg_quality: int = 90
-    magnification_tolerance: float = 0.05
-    threads: int = 1  # per slide; not part of the digest (results do not depend on it)
-    reader: str = "auto"  # auto: a matching tiled TIFF page is decoded directly; openslide: always read_region
-    scaled_decode: bool = True  # JPEG tiles decoded at 1/2, 1/4, 1/8 in the DCT domain where the level allows it
+    """The tiling settings of one run: ``tiling.*``, ``qc.*`` and ``stain.*`` of the configuration, whose defaults
+    these are (:meth:`from_config`); built by hand (tools, tests), they read with one thread and without QC."""
+
+    magnification: float = default(TilingConfig, "magnification")
+    tile_px: int = default(TilingConfig, "tile_px")
+    background_threshold: int = default(TilingConfig, "background_threshold")
+    max_background_fraction: float = default(TilingConfig, "max_background_fraction")
+    jpeg_quality: int = default(TilingConfig, "jpeg_quality")
+    magnification_tolerance: float = default(TilingConfig, "magnification_tolerance")
+    threads: int = 1  # per slide (tiling.threads_per_slide); not part of the digest (results do not depend on it)
+    reader: str = default(TilingConfig, "reader")  # auto: a matching tiled TIFF page is decoded directly
+    scaled_decode: bool = default(TilingConfig, "scaled_decode")  # JPEG tiles decoded at 1/2, 1/4, 1/8 (DCT)
     qc: QcParams | None = None  # artifact QC (pen, blur, dark) per tile; None: every tissue tile is kept (qc.enabled)
-    stain_normalize: str = "none"  # none | macenko | reinhard, applied to each kept tile before encoding
+    stain_normalize: str = default(StainConfig, "normalize")  # none | macenko | reinhard, per kept tile
     stain_target: tuple[float, ...] = ()  # the normalisation target's numbers (stain.fit_target)
-    stain_sample_tiles: int = 64  # tiles sampled for a slide's stain estimate before normalising
+    stain_sample_tiles: int = default(StainConfig, "sample_tiles")  # tiles sampled for a slide's stain estimate
 
     def digest(self) -> str:
         """Short hash of the settings: tiles made with other settings are not reused."""
@@ -100,23 +104,18 @@ class TilingParams:
 
     @classmethod
     def from_config(cls, cfg) -> TilingParams:
+        """From the configuration: the ``tiling`` settings of the same name, ``threads_per_slide``, QC and stain."""
         from .stain import fit_target
 
         t = cfg.tiling
+        same = {f.name: getattr(t, f.name) for f in fields(cls) if f.name in TilingConfig.model_fields}
         return cls(
-            t.magnification,
-            t.tile_px,
-            t.background_threshold,
-            t.max_background_fraction,
-            t.jpeg_quality,
-            t.magnification_tolerance,
-            t.threads_per_slide,
-            t.reader,
-            t.scaled_decode,
-            QcParams.from_config(cfg.qc),
-            cfg.stain.normalize,
-            fit_target(cfg.stain.normalize, cfg.stain.reference),
-            cfg.stain.sample_tiles,
+            **same,
+            threads=t.threads_per_slide,
+            qc=QcParams.from_config(cfg.qc),
+            stain_normalize=cfg.stain.normalize,
+            stain_target=fit_target(cfg.stain.normalize, cfg.stain.reference),
+            stain_sample_tiles=cfg.stain.sample_tiles,
         )
 
 

@@ -5,8 +5,11 @@ or when a *direct* parent partition has a new data version; it does not follow s
 a parent it has not re-materialized yet, and it ignores a parent edge whose child partition has 100
 or more parent partitions (``SKIP_PARTITION_DATA_VERSION_DEPENDENCY_THRESHOLD``).  So:
 
-- each asset's code version is a hash of the settings it uses (``CODE_REVISION`` is bumped when
-  the code changes its results): a changed setting marks exactly the assets that use it stale;
+- each asset's code version is a hash of the settings its definition names (``CODE_REVISION`` is bumped
+  when the code changes its results): a changed setting marks the assets that name it stale, and their
+  children once those re-run with new data versions.  A setting an asset reads without naming it (a gate
+  decided upstream, ``maps.include_invalid`` read by the maps through ``trait_validity``) reaches it only
+  through its parent's data version;
 - of the tiling settings only those that change results count (``tiling.result_settings``, the rule
   ``TilingParams.digest`` also follows): they enter the code version of ``slide_tiles``, of ``trait_model``
   and of everything downstream of either (``with_tiling_version``), so a new ``tile_px`` marks the whole

@@ -1,10 +1,8 @@
 """Slides to labelled tiles: QC and tiling per slide (dynamic partitions)."""
 
-from collections import Counter
 from typing import TYPE_CHECKING
 
 import dagster as dg
-import pandas as pd
 
 from ..deployment import TILING_STEP
 from ..ingest import tile_partitions
@@ -43,34 +41,13 @@ def slide_tiles(context: dg.AssetExecutionContext, pathomch: PathomchResource) -
     keys = list(context.partition_keys)
     tag = context.run.tags.get(SLIDE_TAG) if len(keys) == 1 else None  # the sensor's slide: no folder listing
     out = tile_partitions(cfg, pathomch.get_store(), keys, context.log, progress, slide_tag=tag)
-    rows = out.rows
-    status = Counter(r["status"] for r in rows.values())
-    table = pd.DataFrame(list(rows.values()), columns=["slide_id", "status", "error"])
-    meta: dict[str, RawMetadataValue] = {
-        "slides": len(rows) + out.reused,
-        "slides_reused": out.reused,
-        "slides_tiled": out.tiled,
-        "slides_tiled_again_after_a_change": out.retiled,
-        "tiles_written": out.tiles_total,
-        **{f"status_{k}": v for k, v in sorted(status.items())},
-    }
+    meta: dict[str, RawMetadataValue] = {**out.counts()}
     if out.reused:
         context.log.info(f"{out.reused} slides already tiled with the same content and settings: reused")
-    bad = table[table["status"] != "ok"]
-    if not bad.empty:
-        meta["problems"] = md_table(bad[["slide_id", "status", "error"]])
+    problems = out.problems()
+    if not problems.empty:
+        meta["problems"] = md_table(problems)
     if out.unrecorded:
-        meta["rows_not_written"] = md_table(
-            pd.DataFrame({"slide": list(out.unrecorded), "error": list(out.unrecorded.values())})
-        )
-    if len(rows) == 1:
-        row = next(iter(rows.values()))
-        meta.update(
-            {
-                k: v
-                for k, v in row.items()
-                if k in ("status", "error", "level", "base_magnification", "magnification_source", "n_tiles")
-                and v is not None
-            }
-        )
+        meta["rows_not_written"] = md_table(out.not_written())
+    meta.update(out.one_slide())
     return dg.MaterializeResult(metadata=meta)
