@@ -224,3 +224,21 @@ def test_a_trait_without_an_ensemble_does_not_stop_the_maps_of_the_others(deploy
     assert hti["traits"].tolist() == ["A+C"] and hti["slide_id"].tolist() == [sid]
     assert Cartography.load(layout.cartography_file(cfg, "brca", sid)).traits == ["A", "C"]
     assert layout.cartography_file(cfg, "brca", sid, "png").exists()
+
+
+def test_hti_trait_sets_default_pair_is_the_best_two_that_feed_maps():
+    """No survival pairs configured: the two traits that feed maps with the best ensemble test AUC (ties by name);
+    a configured set with a gated or ensemble-less trait is dropped and named."""
+    from types import SimpleNamespace
+
+    from pathomch_assets.cartography import hti_trait_sets
+
+    c = SimpleNamespace(traits=["A", "B", "C", "D"], survival_pairs=[], hti_sets=[["A", "C"], ["B", "D"]])
+    test = pd.DataFrame({"trait": ["A", "B", "C", "D"], "auc": [0.7, 0.9, 0.95, 0.8]})
+    kept, dropped, note = hti_trait_sets("brca", c, ["A", "B", "C"], ["A", "B"], test)
+    assert kept == [["B", "A"]] and dropped == [["A", "C"], ["B", "D"]]
+    assert "D left out: no usable ensemble" in note and "C left out by the validity gate" in note
+    assert note.endswith("no map or HTI of A+C, B+D")
+    c.survival_pairs = [["A", "C"]]  # configured: taken as is, and not repeated from hti_sets
+    kept, dropped, note = hti_trait_sets("brca", c, ["A", "B", "C", "D"], ["A", "B", "C", "D"], test.iloc[0:0])
+    assert (kept, dropped, note) == ([["A", "C"], ["B", "D"]], [], None)

@@ -192,3 +192,38 @@ def test_tile_slide_drops_pen_marked_tiles_end_to_end(tmp_path, style):
     qc_records = tfrecord_payloads(tmp_path / "qc.tfrecord")
     assert len(qc_records) == 10 and set(qc_records) < set(all_records)
     assert with_qc.stain["status"] == "ok" and with_qc.stain["n_tiles_sampled"] == 10
+
+
+def test_qc_and_tiling_params_are_the_configuration_field_by_field():
+    """One home for each default (config.py), and each setting lands in the parameter of its own name."""
+    from dataclasses import fields
+
+    from pathomch_assets.config import StainConfig, TilingConfig
+
+    assert QcParams() == QcParams.from_config(QcConfig())
+    assert QcParams.from_config(QcConfig(enabled=False)) is None
+    changed = {"max_pen": 0.07, "min_blur": 90.0, "max_dark": 0.4, "dark_level": 70, "black_level": 20}
+    changed |= {"ink_saturation": 0.5, "stride": 4}
+    assert QcParams.from_config(QcConfig(**changed)) == QcParams(**changed)
+    shared = [f.name for f in fields(TilingParams) if f.name in TilingConfig.model_fields]
+    assert len(shared) == 8
+    assert {n: getattr(TilingParams(), n) for n in shared} == {n: getattr(TilingConfig(), n) for n in shared}
+    assert (TilingParams().stain_normalize, TilingParams().stain_sample_tiles) == (
+        StainConfig().normalize,
+        StainConfig().sample_tiles,
+    )
+    cfg = PathomchConfig.model_validate(
+        {
+            "data_dir": "/tmp/x",
+            "duckdb_path": "/tmp/x/d.duckdb",
+            "cohorts": {"c": {"slides_dir": "/tmp", "mrna": "/tmp/m.tsv", "traits": ["ESR1"]}},
+            "tiling": {"magnification": 10, "tile_px": 256, "background_threshold": 200, "jpeg_quality": 80,
+                       "max_background_fraction": 0.4, "magnification_tolerance": 0.1, "threads_per_slide": 3,
+                       "reader": "openslide", "scaled_decode": False},
+            "qc": {"max_pen": 0.07},
+        }
+    )  # fmt: skip
+    p = TilingParams.from_config(cfg)
+    assert (p.magnification, p.tile_px, p.background_threshold, p.jpeg_quality) == (10, 256, 200, 80)
+    assert (p.max_background_fraction, p.magnification_tolerance, p.threads) == (0.4, 0.1, 3)
+    assert (p.reader, p.scaled_decode, p.qc) == ("openslide", False, QcParams(max_pen=0.07))

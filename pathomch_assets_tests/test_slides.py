@@ -192,3 +192,24 @@ def test_every_diagnostic_slide_is_used_and_dx1_only_for_survival(tmp_path):
     store.write("slides", "c", df)
     assert training_slides(store, "c").slide_id.tolist() == sorted(ids[:3])
     assert survival_slides(store, "c").slide_id.tolist() == ["TCGA-AA-0001-01Z-00-DX1.y", "TCGA-AA-0002-01Z-00-DX1.z"]
+
+
+def test_tiling_outcome_counts_problems_and_one_slide_rows():
+    from pathomch_assets.ingest import TilingOutcome
+
+    ok = {"slide_id": "a", "status": "ok", "error": None, "level": 0, "n_tiles": 12, "read_px": 512}
+    bad = {"slide_id": "b", "status": "error", "error": "cannot open", "level": None}
+    out = TilingOutcome({"c/a": ok, "c/b": bad}, reused=3, tiled=2, tiles_total=12, unrecorded={"c/d": "disk full"})
+    assert out.counts() == {
+        "slides": 5,
+        "slides_reused": 3,
+        "slides_tiled": 2,
+        "slides_tiled_again_after_a_change": 0,
+        "tiles_written": 12,
+        "status_error": 1,
+        "status_ok": 1,
+    }
+    assert out.problems().to_dict("records") == [{"slide_id": "b", "status": "error", "error": "cannot open"}]
+    assert out.not_written().to_dict("records") == [{"slide": "c/d", "error": "disk full"}]
+    assert out.one_slide() == {}  # two slides: nothing of one slide's row
+    assert TilingOutcome({"c/a": ok}).one_slide() == {"status": "ok", "level": 0, "n_tiles": 12}
