@@ -76,3 +76,12 @@ def test_robust_hti_is_not_worse_than_the_papers_on_held_out_slides(store):
 def test_planted_survival_effect_is_found(store):
     sv = store.query("select * from survival where grouping = 'hti>0.5 vs <=0.5'")
     assert len(sv) == len(cfg.cohorts) and (sv.logrank_p < 0.05).all(), sv
+
+
+def test_tables_and_figures_are_the_stored_digests():
+    """Issue 32: every results table and figure of the demo is that of ``fixtures/demo_digest.json`` (after a change
+    meant to change results: ``python -m pathomch_assets_tests.demo_digest --write``, the reason in the commit)."""
+    from .demo_digest import STORED, differences, digest, load
+
+    diff = differences(load(), digest(cfg))
+    assert not diff, f"the demo's results are not those of {STORED.name}:\n" + "\n".join(diff)
