@@ -117,4 +117,4 @@ def test_a_figure_gone_resized_or_drawn_from_changed_data_is_a_difference():
 def test_the_stored_digest_covers_every_table_of_the_schema():
     stored = dd.load()
     assert set(stored["tables"]) == set(SCHEMAS) and stored["significant_digits"] == dd.SIGNIFICANT
-    assert {dd.figure_kind(name.split(" #")[0]) for name in stored["figures"]} == set(dd.FIGURE_DATA)
+    assert {dd.figure_kind(name) for name in stored["figures"]} == set(dd.FIGURE_DATA)
