@@ -7,9 +7,9 @@ results, with the reason in the commit).  ``test_demo_results.py`` runs the comp
 What is digested:
 
 - every results table (``tables.SCHEMAS``, the Parquet files under the config's ``tables_dir``): its columns, row
-  count, a per-column summary (min, mean, max), a hash of its rows per group of ``GROUPS`` (a slide, a model), and
-  for tables of at most ``FULL_ROWS`` rows the rows themselves.  Rows are sorted, floats rounded to
-  ``SIGNIFICANT`` significant digits, and the run-specific columns of ``RUN_SPECIFIC`` left out;
+  count, a hash per column, a per-column summary (min, mean, max), and either its rows themselves (at most
+  ``FULL_ROWS`` rows) or a hash per group of rows (``KEYS``/``GROUPS``: a slide, a model).  Rows are sorted,
+  floats rounded to ``SIGNIFICANT`` significant digits, and the run-specific columns of ``RUN_SPECIFIC`` left out;
 - the training histories the training curves draw (``models/<cohort>/<trait>/<round>/history.csv``);
 - the figures: which PNG files exist (run ids in names replaced by ``<run id>``), their pixel size, and for each
   kind of figure (``FIGURE_DATA``) the hash of the data it draws.  Pixels are not compared: a new matplotlib or
@@ -56,7 +56,8 @@ RUN_SPECIFIC: dict[str, dict[str, str]] = {
     },
 }
 
-#: each table's row identity; its first ``GROUP_DEPTH`` columns (default all but the last) name a group of rows
+#: each table's row identity (rows of the tables stored whole are matched on it); all but its last column name a
+#: group of rows, unless ``GROUPS`` says otherwise
 KEYS: dict[str, tuple[str, ...]] = {
     "slides": ("cohort", "slide_id"),
     "tiles": ("cohort", "slide_id", "col", "row"),
