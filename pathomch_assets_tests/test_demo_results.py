@@ -84,4 +84,5 @@ def test_tables_and_figures_are_the_stored_digests():
     from .demo_digest import STORED, differences, digest, load
 
     diff = differences(load(), digest(cfg))
-    assert not diff, f"the demo's results are not those of {STORED.name}:\n" + "\n".join(diff)
+    hint = "\n(a change meant to change them: `make demo-digest`, and say why in the commit)"
+    assert not diff, f"the demo's results are not those of {STORED.name}:\n" + "\n".join(diff) + hint
