@@ -554,9 +554,7 @@ def tolerant_table_differences(table: str, old: dict, new: dict, limit: int = 10
     for c, count in old.get("finite", {}).items():
         if c in new.get("finite", {}) and new["finite"][c] != count:
             out.append(f"  {c}: {count} -> {new['finite'][c]} finite values")
-    for c in old["summary"].keys() & new["summary"].keys():
-        if c in NO_MEAN:
-            continue
+    for c in [c for c in old["summary"] if c in new["summary"] and c not in NO_MEAN]:
         a, b = old["summary"][c][1], new["summary"][c][1]
         if abs(b - a) > MEAN_TOLERANCE * max(abs(a), MEAN_SCALE):
             out.append(f"  {c} mean {_how_much(a, b)}, beyond {MEAN_TOLERANCE:.0%} (of at least {MEAN_SCALE})")
