@@ -8,7 +8,7 @@ export DAGSTER_HOME ?= $(CURDIR)/data/output/dagster_home
 # the daemon; files are handed out in conftest.FILE_ORDER (longest first)
 PYTEST_WORKERS ?= 4
 
-.PHONY: venv demo test test-fast lint ui bench bench-resolution bench-tcga-like check-defs screenshots clean
+.PHONY: venv demo demo-digest test test-fast lint ui bench bench-resolution bench-tcga-like check-defs screenshots clean
 
 $(BIN)/pathomch: pyproject.toml
 	$(PY) -m venv $(VENV)
@@ -25,6 +25,9 @@ PATHOMCH_FIGURES_URL ?= http://127.0.0.1:$(FIGURES_PORT)
 
 demo: venv                       ## build the demo cohorts and materialize every asset
 	PATHOMCH_FIGURES_URL=$(PATHOMCH_FIGURES_URL) $(BIN)/pathomch demo
+
+demo-digest: venv                ## store the digest of the demo's tables and figures that test_demo_results compares with
+	$(BIN)/python -m pathomch_assets_tests.demo_digest --write
 
 #: science modules whose docstring examples run as tests
 DOCTESTS := $(addprefix pathomch_assets/,augment.py ensemble.py evaluation.py heterogeneity.py layout.py labels.py sites.py slides.py splits.py training.py)

@@ -1,13 +1,16 @@
 """Start `dagster dev` over the demo's instance and screenshot pages in headless Chromium.
 
 Used by test_ui.py and by `make screenshots` (``python -m pathomch_assets_tests.browser``),
-which writes docs/screenshots/*.png for the README.  Chromium comes from Debian's package
-(`apt-get install chromium`); without it the test is skipped.
+which writes docs/screenshots/*.png for the README and ``docs/screenshots/manifest.json``: each
+picture's page and the asset keys, groups, sensors and partition keys it shows, which test_docs.py
+compares with the definitions.  The pages are read from the definitions (``pages``).  Chromium comes
+from Debian's package (`apt-get install chromium`); without it the test is skipped.
 """
 
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import shutil
 import socket
@@ -19,13 +22,75 @@ import urllib.request
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
+SCREENSHOTS = ROOT / "docs" / "screenshots"
+MANIFEST = SCREENSHOTS / "manifest.json"
 
-PAGES = {
-    "asset_graph": "/asset-groups?expanded=cartography,models,molecular,slides,survival",
-    "survival_analysis": "/assets/survival_analysis?partition=brca",
-    "slide_cartography": "/assets/slide_cartography",
-    "model_evaluation": "/assets/model_evaluation?partition=brca",
-}
+#: the asset pages screenshot after the lineage, by the asset's name (its key's last part), for the first cohort
+ASSET_PAGES = ("survival_analysis", "model_evaluation", "slide_cartography")
+
+
+def asset_spec(specs, name: str, cohort: str):
+    """The asset named ``name``: keyed ``<cohort>/.../<name>`` where keys are per cohort, else ``name``."""
+    found = [s for s in specs if s.key.path[-1] == name]
+    if not found:
+        raise KeyError(f"no asset named {name!r} in the definitions: update browser.ASSET_PAGES")
+    return next((s for s in found if cohort in s.key.path), found[0])
+
+
+def sensors_of(repo, key, automated: bool) -> list[str]:
+    """The sensors an asset page lists: automation sensors over the asset when it has an automation condition,
+    and sensors of jobs that materialize it."""
+    names = []
+    for sensor in repo.sensor_defs:
+        if sensor.asset_selection is not None:
+            if automated and key in sensor.asset_selection.resolve(repo.asset_graph):
+                names.append(sensor.name)
+        elif any(key in repo.get_job(t.job_name).asset_layer.selected_asset_keys for t in sensor.targets):
+            names.append(sensor.name)
+    return sorted(names)
+
+
+def pages(defs, cohort: str) -> dict[str, dict]:
+    """Each screenshot's page (a path of the UI) and what it shows: asset keys, groups, sensors, partition keys.
+
+    The lineage with every group, then the ``ASSET_PAGES`` of ``cohort`` (their ``cohort`` partition where the
+    asset is partitioned by cohort)."""
+    import dagster as dg
+
+    repo = defs.get_repository_def()
+    specs = list(defs.resolve_all_asset_specs())
+    groups = sorted({s.group_name for s in specs})
+    out = {
+        "asset_graph": {
+            "page": "/asset-groups?expanded=" + ",".join(groups),
+            "asset_keys": [],
+            "groups": groups,
+            "sensors": [],
+            "partition_keys": [],
+        }
+    }
+    for name in ASSET_PAGES:
+        spec = asset_spec(specs, name, cohort)
+        key = spec.key.to_user_string()
+        parts = spec.partitions_def
+        by_cohort = isinstance(parts, dg.StaticPartitionsDefinition) and cohort in parts.get_partition_keys()
+        out[name] = {
+            "page": f"/assets/{key}" + (f"?partition={cohort}" if by_cohort else ""),
+            "asset_keys": [key],
+            "groups": [spec.group_name],
+            "sensors": sensors_of(repo, spec.key, spec.automation_condition is not None),
+            "partition_keys": [cohort] if by_cohort else [],
+        }
+    return out
+
+
+def demo_pages() -> dict[str, dict]:
+    """``pages`` of the demo's definitions, for its first cohort."""
+    from pathomch_assets.config import DEMO_CONFIG, load_config
+    from pathomch_assets.definitions import build_definitions
+
+    cfg = load_config(DEMO_CONFIG, check_files=False)
+    return pages(build_definitions(cfg), next(iter(cfg.cohorts)))
 
 
 def chromium() -> str | None:
@@ -104,9 +169,19 @@ def screenshot(url: str, out: Path, size=(1600, 1000), budget_ms: int = 20000) -
     return out
 
 
-def capture(dagster_home: Path, out_dir: Path, pages: dict[str, str] = PAGES) -> list[Path]:
+def capture(dagster_home: Path, out_dir: Path, shown: dict[str, dict]) -> list[Path]:
+    """Screenshots of ``shown``'s pages (``pages``) in ``out_dir``, and its ``manifest.json`` saying what each shows."""
+    from importlib.metadata import version
+
     with dagster_dev(dagster_home) as url:
-        return [screenshot(url + path, out_dir / f"{name}.png") for name, path in pages.items()]
+        shots = [screenshot(url + page["page"], out_dir / f"{name}.png") for name, page in shown.items()]
+    manifest = {
+        "about": "written by `make screenshots` (pathomch_assets_tests/browser.py); checked by test_docs.py",
+        "dagster": version("dagster"),
+        "screenshots": {f"{name}.png": page for name, page in shown.items()},
+    }
+    (out_dir / MANIFEST.name).write_text(json.dumps(manifest, indent=1) + "\n")
+    return shots
 
 
 if __name__ == "__main__":
@@ -116,5 +191,5 @@ if __name__ == "__main__":
     home = Path(os.environ.get("DAGSTER_HOME", cfg.data_dir / "dagster_home"))
     if not chromium():
         sys.exit("no chromium: apt-get install chromium")
-    for p in capture(home, ROOT / "docs" / "screenshots"):
+    for p in capture(home, SCREENSHOTS, demo_pages()):
         print(p)

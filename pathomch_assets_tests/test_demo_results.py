@@ -76,3 +76,21 @@ def test_robust_hti_is_not_worse_than_the_papers_on_held_out_slides(store):
 def test_planted_survival_effect_is_found(store):
     sv = store.query("select * from survival where grouping = 'hti>0.5 vs <=0.5'")
     assert len(sv) == len(cfg.cohorts) and (sv.logrank_p < 0.05).all(), sv
+
+
+def test_tables_and_figures_are_the_stored_digests():
+    """Issue 32: every results table and figure of the demo is that of ``fixtures/demo_digest.json`` (after a change
+    meant to change results: ``python -m pathomch_assets_tests.demo_digest --write``, the reason in the commit):
+    exactly on a machine of the stored signature, else the training-derived tables within the stated tolerances
+    (``demo_digest.compare``; the mode and its reason are printed, and warned about when not exact)."""
+    import warnings
+
+    from .demo_digest import STORED, compare, digest, load
+
+    result = compare(load(), digest(cfg))
+    print(result.header())
+    if result.mode != "exact":
+        warnings.warn(result.header(), stacklevel=1)
+    hint = "\n(a change meant to change them: `make demo-digest`, and say why in the commit)"
+    message = f"{result.header()}\nthe demo's results are not those of {STORED.name}:\n" + "\n".join(result.lines)
+    assert not result.lines, message + hint

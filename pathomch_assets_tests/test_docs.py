@@ -73,3 +73,72 @@ def test_the_configuration_page_is_generated_from_the_current_settings():
         [sys.executable, str(ROOT / "docs" / "make_configuration.py")], capture_output=True, text=True, check=True
     ).stdout
     assert out == (ROOT / "docs" / "configuration.md").read_text()
+
+
+def test_the_screenshots_show_what_the_definitions_have():
+    """Issue 32: every README screenshot has a manifest entry (written by `make screenshots`), and what it shows
+    (asset keys, groups, sensors, partition keys, the page) is what the demo's definitions have today; else
+    retake them with `make demo && make screenshots`."""
+    import json
+
+    import dagster as dg
+
+    from pathomch_assets.config import DEMO_CONFIG
+    from pathomch_assets.definitions import build_definitions
+
+    from .browser import MANIFEST, SCREENSHOTS, pages
+
+    manifest = json.loads(MANIFEST.read_text())["screenshots"]
+    shown = set(re.findall(r"docs/screenshots/([^)\s]+\.png)", README))
+    assert shown, "README.md shows no screenshot: update this test"
+    assert not shown - set(manifest), f"README screenshots without an entry in {MANIFEST.name}: {shown - set(manifest)}"
+    assert all((SCREENSHOTS / name).exists() for name in manifest), manifest
+    cfg = load_config(DEMO_CONFIG, check_files=False)
+    defs = build_definitions(cfg)
+    repo = defs.get_repository_def()
+    specs = {s.key.to_user_string(): s for s in defs.resolve_all_asset_specs()}
+    groups = {s.group_name for s in specs.values()}
+    sensors = {s.name for s in repo.sensor_defs}
+    for name, page in manifest.items():
+        stale = f"docs/screenshots/{name} is older than the UI (retake: make screenshots)"
+        assert set(page["asset_keys"]) <= set(specs), f"{stale}: assets {set(page['asset_keys']) - set(specs)} gone"
+        assert set(page["groups"]) <= groups, f"{stale}: groups {set(page['groups']) - groups} gone"
+        assert set(page["sensors"]) <= sensors, f"{stale}: sensors {set(page['sensors']) - sensors} gone"
+        for key in page["asset_keys"]:
+            parts = specs[key].partitions_def
+            known = set(parts.get_partition_keys()) if isinstance(parts, dg.StaticPartitionsDefinition) else set()
+            assert set(page["partition_keys"]) <= known, f"{stale}: {key} has no partitions {page['partition_keys']}"
+    today = pages(defs, next(iter(cfg.cohorts)))
+    for name, page in manifest.items():
+        now = today.get(name.removesuffix(".png"))
+        assert page == now, f"docs/screenshots/{name} shows {page}; `make screenshots` would show {now} today"
+
+
+def test_the_screenshot_pages_follow_per_cohort_asset_keys():
+    """The pages are read from the definitions: with keys per cohort (``brca/survival_analysis``) and groups named
+    after cohorts, the first cohort's asset pages and every group are screenshot."""
+    import dagster as dg
+
+    from .browser import ASSET_PAGES, pages
+
+    def asset(cohort, name):
+        auto = dg.AutomationCondition.eager() if name != ASSET_PAGES[-1] else None
+
+        @dg.asset(key=[cohort, name], group_name=cohort, automation_condition=auto)
+        def one():
+            return None
+
+        return one
+
+    assets = [asset(cohort, name) for cohort in ("luad", "brca") for name in ASSET_PAGES]
+    sensor = dg.AutomationConditionSensorDefinition("automation", target=dg.AssetSelection.all())
+    shown = pages(dg.Definitions(assets=assets, sensors=[sensor]), "brca")
+    assert shown["asset_graph"]["page"] == "/asset-groups?expanded=brca,luad"
+    assert shown["survival_analysis"] == {
+        "page": "/assets/brca/survival_analysis",
+        "asset_keys": ["brca/survival_analysis"],
+        "groups": ["brca"],
+        "sensors": ["automation"],
+        "partition_keys": [],
+    }
+    assert shown[ASSET_PAGES[-1]]["sensors"] == []

@@ -12,7 +12,7 @@ from PIL import Image
 
 from pathomch_assets.config import DEMO_CONFIG, load_config
 
-from .browser import PAGES, chromium, dagster_dev, screenshot
+from .browser import chromium, dagster_dev, demo_pages, screenshot
 
 cfg = load_config(DEMO_CONFIG, check_files=False)
 HOME = cfg.data_dir / "dagster_home"
@@ -47,7 +47,7 @@ def test_ui_serves_the_asset_graph_and_renders_pages(tmp_path):
         assert all(n["isPartitioned"] for n in nodes)
         assert by_name["trait_model"]["groupName"] == "models" and "tensorflow" in by_name["trait_model"]["kinds"]
         assert all(n["owners"] for n in nodes)
-        shots = [screenshot(url + path, tmp_path / f"{name}.png") for name, path in PAGES.items()]
+        shots = [screenshot(url + p["page"], tmp_path / f"{name}.png") for name, p in demo_pages().items()]
     for shot in shots:
         img = np.asarray(Image.open(shot).convert("L"), float)
         assert img.shape == (1000, 1600) and img.std() > 10  # a rendered page, not a blank one
