@@ -32,7 +32,7 @@ from ..heterogeneity import (
     hti_stats,
     robust_calls,
 )
-from ..partitions import ALL, SLIDES, configured_by_cohort, model_deps
+from ..partitions import ALL, configured_by_cohort, model_deps, slides
 from ..plots import pyplot
 from ..qc import dropped_tiles
 from ..reporting import figure_file, md_table
@@ -131,18 +131,25 @@ def set_results(
     return hti_row, stats_row, combos
 
 
-def analysis_settings(cfg: PathomchConfig) -> dict:
-    """The settings that decide which trait sets get an HTI (part of the cartography and survival code versions)."""
-    return {name: [c.traits, c.survival_pairs, c.hti_sets] for name, c in cfg.cohorts.items()}
+def analysis_settings(cfg: PathomchConfig, cohort: str) -> dict:
+    """The settings that decide which of ``cohort``'s trait sets get an HTI (part of its cartography and survival
+    code versions; another cohort's settings are not)."""
+    c = cfg.cohorts[cohort]
+    return {cohort: [c.traits, c.survival_pairs, c.hti_sets]}
 
 
-def build(cfg: PathomchConfig, slide_predictions_asset, trait_model_asset, ensemble_asset, trait_validity_asset):
+def build(
+    cfg: PathomchConfig, cohort: str, slide_predictions_asset, trait_model_asset, ensemble_asset, trait_validity_asset
+):
+    """``cohort``'s ``slide_cartography`` (key ``<cohort>/slide_cartography``)."""
+
     @dg.asset(
-        partitions_def=SLIDES,
+        partitions_def=slides(cohort),
         backfill_policy=dg.BackfillPolicy.single_run(),
-        group_name="cartography",
+        key_prefix=[cohort],
+        group_name=cohort,
         kinds={"numpy", "geojson"},
-        code_version=code_version(cfg.tiling.tile_px, analysis_settings(cfg), hti_settings(cfg)),
+        code_version=code_version(cfg.tiling.tile_px, analysis_settings(cfg, cohort), hti_settings(cfg)),
         deps=[
             slide_predictions_asset,
             dg.AssetDep(trait_validity_asset, partition_mapping=ALL),

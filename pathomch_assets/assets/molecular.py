@@ -11,7 +11,6 @@ from ..reporting import md_table
 from ..resources import PathomchResource
 from ..slides import primary_slides, usable_slides
 from ..splits import SiteSplit, cohort_splits
-from .ingest import slide_tiles
 
 
 def training_slides(store, cohort: str) -> pd.DataFrame:
@@ -24,12 +23,14 @@ def survival_slides(store, cohort: str) -> pd.DataFrame:
     return primary_slides(store.read("slides", "cohort = ?", [cohort]))
 
 
-def build(cfg: PathomchConfig):
-    part = cohorts(cfg)
+def build(cfg: PathomchConfig, cohort: str, slide_tiles):
+    """``cohort``'s expression, labels, splits and clinical assets (keys ``<cohort>/<name>``)."""
+    part = cohorts(cohort)
 
     @dg.asset(
         partitions_def=part,
-        group_name="molecular",
+        key_prefix=[cohort],
+        group_name=cohort,
         kinds={"pandas", "parquet"},
         deps=[dg.AssetDep(slide_tiles, partition_mapping=ALL)],
         description="Per-patient expression of each configured trait, streamed from the PanCanAtlas "
@@ -69,7 +70,8 @@ def build(cfg: PathomchConfig):
 
     @dg.asset(
         partitions_def=part,
-        group_name="molecular",
+        key_prefix=[cohort],
+        group_name=cohort,
         kinds={"pandas", "parquet"},
         deps=[expression],
         description="Labels per trait (SPEC 3.2): above the high percentile = 1, below the low = 0; "
@@ -96,7 +98,8 @@ def build(cfg: PathomchConfig):
 
     @dg.asset(
         partitions_def=part,
-        group_name="molecular",
+        key_prefix=[cohort],
+        group_name=cohort,
         kinds={"pandas", "parquet", "highs"},
         deps=[dg.AssetDep(slide_tiles, partition_mapping=ALL), labels],
         description="Subject-level splits (SPEC 3.1): a held-out test set shared by every trait and round, and "
@@ -141,7 +144,8 @@ def build(cfg: PathomchConfig):
 
     @dg.asset(
         partitions_def=part,
-        group_name="molecular",
+        key_prefix=[cohort],
+        group_name=cohort,
         kinds={"pandas", "parquet"},
         description="Overall survival, ER status and subtype per patient from the cBioPortal clinical "
         "patient table; rows with missing or negative times are left out and listed.",

@@ -7,19 +7,21 @@ from .. import layout
 from ..config import PathomchConfig
 from ..ensemble import member_vote, slide_score, without_ensemble_note
 from ..files import atomic_path
-from ..partitions import SLIDES, configured_by_cohort, model_deps
+from ..partitions import configured_by_cohort, model_deps, slides
 from ..predictions import MemberModels
 from ..resources import AcceleratorResource, PathomchResource
 from ..versions import code_version
-from .ingest import slide_tiles
 from .models import tile_positions
 
 
-def build(cfg: PathomchConfig, trait_model_asset, ensemble_asset):
+def build(cfg: PathomchConfig, cohort: str, slide_tiles, trait_model_asset, ensemble_asset):
+    """``cohort``'s ``slide_predictions`` (key ``<cohort>/slide_predictions``)."""
+
     @dg.asset(
-        partitions_def=SLIDES,
+        partitions_def=slides(cohort),
         backfill_policy=dg.BackfillPolicy.single_run(),
-        group_name="models",
+        key_prefix=[cohort],
+        group_name=cohort,
         kinds={"tensorflow", "parquet"},
         code_version=code_version(cfg.ensemble, cfg.training.input_px),
         deps=[*model_deps(trait_model_asset, ensemble_asset), slide_tiles],
