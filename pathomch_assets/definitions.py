@@ -42,9 +42,7 @@ def cohort_assets(cfg: PathomchConfig, cohort: str) -> tuple[list, list, dg.Unre
     trait_validity = validity.build(cfg, cohort, trait_model, ensemble)
     site_effects = validity.build_site_effects(cfg, cohort, slide_predictions, trait_model, ensemble)
     slide_cartography = cartography.build(cfg, cohort, slide_predictions, trait_model, ensemble, trait_validity)
-    survival_analysis = outcomes.build(
-        cfg, cohort, slide_cartography, clinical, trait_model, ensemble, trait_validity
-    )
+    survival_analysis = outcomes.build(cfg, cohort, slide_cartography, clinical, trait_model, ensemble, trait_validity)
     assets = [
         slide_tiles,
         *mol,

@@ -13,7 +13,6 @@ import dagster as dg
 from .config import PathomchConfig
 
 
-
 def slides_name(cohort: str) -> str:
     """The name of ``cohort``'s dynamic slide partitions (for the instance calls that take one): ``brca_slides``."""
     return f"{cohort}_slides"

@@ -577,7 +577,7 @@ def check_selection(graph, selection: str | None) -> None:
         return
     keys = graph.get_all_asset_keys()
     bare = sorted({k.path[-1] for k in keys})
-    names = sorted({k.to_user_string() for k in keys} | set(bare))
+    full = sorted(k.to_user_string() for k in keys)
     listing = f"assets: {', '.join(bare)}; of each cohort: {', '.join(sorted({k.path[0] for k in keys}))}"
     tokens = [selection] if ":" in selection else [t.strip() for t in selection.split(",") if t.strip()]
     for token in tokens or [selection]:
@@ -587,7 +587,8 @@ def check_selection(graph, selection: str | None) -> None:
             raise RequestError(f"--select {token!r}: {str(err).splitlines()[0]}") from None
         if not found:
             name = token.strip("+").removeprefix("key:").strip("+")
-            raise RequestError(f"--select {token!r} matches no asset{_close(name, names)} ({listing})")
+            near = _close(name, full if "/" in name else bare)
+            raise RequestError(f"--select {token!r} matches no asset{near} ({listing})")
 
 
 def check_partitions(defs: dg.Definitions, keys, instance: dg.DagsterInstance, partitions: list[str] | None) -> None:

@@ -372,8 +372,9 @@ def build(
         jobs=list(jobs.values()),
         minimum_interval_seconds=s.interval_s,
         default_status=dg.DefaultSensorStatus.STOPPED,
-        description=f"Watches every cohort's slide folder. New slides become partitions of their cohort's "
-        "slides (`<cohort>_slides`) and are tiled, scored with the existing ensembles and mapped; changed slides (new manifest MD5, else new "
+        description=f"Watches every cohort's slide folder. New slides become partitions of their "
+        "cohort's slides (`<cohort>_slides`) and are tiled, scored with the existing ensembles and mapped "
+        "(the cohort's `<cohort>_process_slides` job); changed slides (new manifest MD5, else new "
         "size/mtime of any of their files) are processed again; removed ones are withdrawn. A slide whose "
         f"latest run failed is requested again with backoff, up to {max_retries} times, then its run is "
         f"tagged {RETRIES_TAG}=exhausted. At most {max_per_tick} runs per tick; no slide is read in the "
@@ -381,7 +382,13 @@ def build(
     )
     def new_slides_sensor(context: dg.SensorEvaluationContext):
         return evaluate(
-            cfg, job_names, context, max_per_tick=max_per_tick, max_retries=max_retries, backoff_s=backoff_s, clock=clock
+            cfg,
+            job_names,
+            context,
+            max_per_tick=max_per_tick,
+            max_retries=max_retries,
+            backoff_s=backoff_s,
+            clock=clock,
         )
 
     return new_slides_sensor

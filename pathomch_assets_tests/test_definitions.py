@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 
 import dagster as dg
+import pytest
 
 from pathomch_assets.config import load_config
 from pathomch_assets.definitions import build_definitions
@@ -26,7 +27,8 @@ def test_asset_graph_has_partitions():
     assert pdefs["brca/labels"].get_partition_keys() == ["brca"]
     assert pdefs["luad/labels"].get_partition_keys() == ["luad"]
     assert all(k.startswith("brca/") for k in pdefs["brca/ensemble"].get_partition_keys())
-    assert all(k.endswith("|luad/" + k.split("/")[-1]) for k in map(str, pdefs["luad/trait_model"].get_partition_keys()))
+    models = [str(k) for k in pdefs["luad/trait_model"].get_partition_keys()]
+    assert models and all(k.split("|")[1].startswith("luad/") for k in models)
     assert {f"{c}/{n}" for c in ("brca", "luad") for n in ("expression", "labels", "splits", "clinical")} <= set(pdefs)
     assert {graph.get(k).group_name for k in graph.get_all_asset_keys()} == {"brca", "luad"}
 
@@ -106,3 +108,21 @@ def test_loading_the_definitions_imports_neither_tensorflow_nor_matplotlib():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     loaded = set(json.loads(out.strip().splitlines()[-1]))
     assert "dagster" in loaded and not loaded & {"matplotlib", "tensorflow", "keras"}
+
+
+def test_a_bare_asset_name_selects_it_in_every_cohort_and_a_prefixed_one_in_its_cohort():
+    from pathomch_assets.runner import RequestError, check_selection, parse_selection
+
+    graph = build_definitions().resolve_asset_graph()
+
+    def keys(text):
+        return sorted(k.to_user_string() for k in parse_selection(text).resolve(graph))
+
+    assert keys("trait_model") == ["brca/trait_model", "luad/trait_model"]
+    assert keys("labels,brca/clinical") == ["brca/clinical", "brca/labels", "luad/labels"]
+    down = keys("brca/trait_model+")
+    assert "brca/ensemble" in down and all(k.startswith("brca/") for k in down)
+    assert keys("key:luad/ensemble") == ["luad/ensemble"]
+    check_selection(graph, "trait_model,brca/ensemble")  # names something: no error
+    with pytest.raises(RequestError, match="did you mean 'luad/ensemble'"):
+        check_selection(graph, "luad/ensembel")

@@ -77,9 +77,10 @@ def small(tmp_path_factory):
 
 
 def latest_metadata(asset: str, partition: str) -> dict:
+    """The metadata of brca's ``asset`` last materialized for ``partition``."""
     instance = dg.DagsterInstance.get()
     (record,) = instance.fetch_materializations(
-        dg.AssetRecordsFilter(asset_key=dg.AssetKey(asset), asset_partitions=[partition]), limit=1
+        dg.AssetRecordsFilter(asset_key=dg.AssetKey(["brca", asset]), asset_partitions=[partition]), limit=1
     ).records
     return {k: v.value for k, v in record.asset_materialization.metadata.items()}
 
