@@ -578,7 +578,7 @@ def check_selection(graph, selection: str | None) -> None:
     keys = graph.get_all_asset_keys()
     bare = sorted({k.path[-1] for k in keys})
     full = sorted(k.to_user_string() for k in keys)
-    listing = f"assets: {', '.join(bare)}; of each cohort: {', '.join(sorted({k.path[0] for k in keys}))}"
+    listing = f"assets of each cohort: {', '.join(bare)}; cohorts: {', '.join(sorted({k.path[0] for k in keys}))}"
     tokens = [selection] if ":" in selection else [t.strip() for t in selection.split(",") if t.strip()]
     for token in tokens or [selection]:
         try:

@@ -16,7 +16,9 @@ or more parent partitions (``SKIP_PARTITION_DATA_VERSION_DEPENDENCY_THRESHOLD``)
   HTI, evaluation, survival) depends on them directly, through few partitions (targets x rounds:
   75 at the paper's scale), so a retrained model marks all of them stale at once;
 - cohort-level results read every slide (more than 100 partitions), an edge Dagster does not
-  version; new slides reach them through eager automation instead (``AutomationCondition.eager``).
+  version; new slides reach them through eager automation instead (``AutomationCondition.eager``);
+- every asset is built per cohort, with its cohort's partitions (``partitions``), so all of the above
+  stays within a cohort: a retrained brca model marks no luad result stale.
 """
 
 from __future__ import annotations
