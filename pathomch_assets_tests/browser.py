@@ -21,10 +21,10 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 
 PAGES = {
-    "asset_graph": "/asset-groups?expanded=cartography,models,molecular,slides,survival",
-    "survival_analysis": "/assets/survival_analysis?partition=brca",
-    "slide_cartography": "/assets/slide_cartography",
-    "model_evaluation": "/assets/model_evaluation?partition=brca",
+    "asset_graph": "/asset-groups?expanded=brca,luad",
+    "survival_analysis": "/assets/brca/survival_analysis?partition=brca",
+    "slide_cartography": "/assets/brca/slide_cartography",
+    "model_evaluation": "/assets/brca/model_evaluation?partition=brca",
 }
 
 
