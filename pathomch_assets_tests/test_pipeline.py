@@ -288,6 +288,9 @@ def test_rematerializing_one_model_touches_only_its_rows(foundation):
 
 ASSET_STALENESS = "{ assetNodes { assetKey { path } partitionKeys staleStatusByPartition } }"
 
+ROOT_CAUSES = """query($key: AssetKeyInput!, $p: [String!]) { assetNodeOrError(assetKey: $key) {
+  ... on AssetNode { staleCausesByPartition(partitions: $p) { key { path } partitionKey category reason } } } }"""
+
 
 def test_a_retrained_model_of_one_cohort_stales_nothing_of_another(foundation, monkeypatch):
     """In `dagster dev`, driven over its GraphQL API as the UI is: brca's model round_0|brca/MKI67 is retrained
@@ -296,7 +299,7 @@ def test_a_retrained_model_of_one_cohort_stales_nothing_of_another(foundation, m
     import dagster as dg
 
     from .browser import dagster_dev
-    from .test_living import STALE_CAUSES, backfill, gql
+    from .test_living import backfill, gql
 
     cfg, _, _ = foundation
     monkeypatch.setenv("PATHOMCH_CONFIG", str(cfg.source))  # the code location dagster dev loads
@@ -309,17 +312,17 @@ def test_a_retrained_model_of_one_cohort_stales_nothing_of_another(foundation, m
             for n in gql(url, ASSET_STALENESS)["assetNodes"]
         }
 
-        def causes(asset: str, partition: str) -> set[tuple[str, str]]:
-            node = gql(url, STALE_CAUSES, key={"path": asset.split("/")}, p=[partition])["assetNodeOrError"]
+        def causes(asset: str, partition: str) -> set[tuple[str, str, str]]:
+            """The root causes the UI shows ("DATA: trait_model round_0|brca/MKI67 has a new data version")."""
+            node = gql(url, ROOT_CAUSES, key={"path": asset.split("/")}, p=[partition])["assetNodeOrError"]
             return {
-                ("/".join(c["dependency"]["path"]), c["dependencyPartitionKey"])
+                ("/".join(c["key"]["path"]), c["partitionKey"], c["category"])
                 for c in node["staleCausesByPartition"][0]
-                if c["dependency"]
             }
 
-        assert causes("brca/ensemble", "brca/MKI67") == {("brca/trait_model", model)}
+        assert causes("brca/ensemble", "brca/MKI67") == {("brca/trait_model", model, "DATA")}
         some_slide = next(iter(status["brca/slide_predictions"]))
-        assert ("brca/trait_model", model) in causes("brca/slide_predictions", some_slide)
+        assert ("brca/trait_model", model, "DATA") in causes("brca/slide_predictions", some_slide)
     luad = {a: st for a, st in status.items() if a.startswith("luad/")}
     assert len(luad) == 13 and sum(map(len, luad.values())) > 100
     assert {a: {k: v for k, v in st.items() if v != "FRESH"} for a, st in luad.items()} == dict.fromkeys(luad, {})
