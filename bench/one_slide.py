@@ -111,19 +111,19 @@ def sensor_tag(root: Path) -> str:
     import dagster as dg
 
     from pathomch_assets import sensors
-    from pathomch_assets.partitions import SLIDES, SLIDES_NAME
+    from pathomch_assets.partitions import slide_job_name, slides, slides_name
     from pathomch_assets.slides import SLIDE_TAG
 
     cfg = config(root)
 
-    @dg.job(name="process_slides", partitions_def=SLIDES)
+    @dg.job(name=slide_job_name("brca"), partitions_def=slides("brca"))
     def job():
         pass
 
     with dg.instance_for_test() as instance:  # the cohort's slides are partitions already: the new one is new
         old = [f"brca/{p.stem}" for p in cfg.cohorts["brca"].slides_dir.iterdir() if p.stem != NEW]
-        instance.add_dynamic_partitions(SLIDES_NAME, old)
-        result = sensors.build(cfg, job)(dg.build_sensor_context(instance=instance))
+        instance.add_dynamic_partitions(slides_name("brca"), old)
+        result = sensors.build(cfg, {"brca": job})(dg.build_sensor_context(instance=instance))
     (req,) = [r for r in result.run_requests if r.partition_key == f"brca/{NEW}"]
     return req.tags[SLIDE_TAG]
 

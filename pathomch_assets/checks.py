@@ -1,5 +1,6 @@
 """Asset checks, all of them: leakage and balance guards that block downstream assets when they fail, and
-sanity checks of tiles, models and heterogeneity (warnings)."""
+sanity checks of tiles, models and heterogeneity (warnings).  Built per cohort, on that cohort's assets; each
+reads its cohort's rows only."""
 
 import dagster as dg
 import pandas as pd
@@ -11,16 +12,8 @@ from .splits import balance_deviation, leakage
 from .survival import leaked_patients, survival_set
 
 
-def _cohort_of(context) -> str | None:
-    return context.run.tags.get("dagster/partition") if context.run else None
-
-
-def _read(pathomch: PathomchResource, table: str, context) -> pd.DataFrame:
-    cohort = _cohort_of(context)
-    store = pathomch.get_store()
-    if cohort and "/" not in cohort and "|" not in cohort:
-        return store.read(table, "cohort = ?", [cohort])
-    return store.read(table)
+def _read(pathomch: PathomchResource, table: str, cohort: str) -> pd.DataFrame:
+    return pathomch.get_store().read(table, "cohort = ?", [cohort])
 
 
 def split_leakage(splits: pd.DataFrame) -> dg.AssetCheckResult:
@@ -155,14 +148,14 @@ def site_separation(splits: pd.DataFrame, counts: pd.DataFrame) -> dg.AssetCheck
     )
 
 
-def build(splits_asset):
+def build(cohort: str, splits_asset):
     @dg.asset_check(asset=splits_asset, blocking=True, description="No patient appears in two splits of one round.")
     def no_patient_in_two_splits(context, pathomch: PathomchResource) -> dg.AssetCheckResult:
-        return split_leakage(_read(pathomch, "splits", context))
+        return split_leakage(_read(pathomch, "splits", cohort))
 
     @dg.asset_check(asset=splits_asset, blocking=True, description="The held-out test set is the same in every round.")
     def test_set_same_every_round(context, pathomch: PathomchResource) -> dg.AssetCheckResult:
-        return same_test_set(_read(pathomch, "splits", context))
+        return same_test_set(_read(pathomch, "splits", cohort))
 
     @dg.asset_check(
         asset=splits_asset,
@@ -172,7 +165,7 @@ def build(splits_asset):
         "shares per split against the targets.",
     )
     def sites_kept_whole(context, pathomch: PathomchResource) -> dg.AssetCheckResult:
-        return site_separation(_read(pathomch, "splits", context), _read(pathomch, "split_counts", context))
+        return site_separation(_read(pathomch, "splits", cohort), _read(pathomch, "split_counts", cohort))
 
     @dg.asset_check(
         asset=splits_asset,
@@ -183,7 +176,7 @@ def build(splits_asset):
     )
     def label_classes_present(context, pathomch: PathomchResource) -> dg.AssetCheckResult:
         return label_balance(
-            _read(pathomch, "labels", context), _read(pathomch, "splits", context), pathomch.get_config().ensemble.size
+            _read(pathomch, "labels", cohort), _read(pathomch, "splits", cohort), pathomch.get_config().ensemble.size
         )
 
     return [no_patient_in_two_splits, test_set_same_every_round, sites_kept_whole, label_classes_present]
@@ -227,7 +220,7 @@ def better_than_chance(metrics: pd.DataFrame, excluded: pd.DataFrame | None = No
     )
 
 
-def build_slide_and_model_checks(slide_tiles_asset, trait_model_asset):
+def build_slide_and_model_checks(cohort: str, slide_tiles_asset, trait_model_asset):
     @dg.asset_check(
         asset=slide_tiles_asset,
         description="Every usable slide has at least tiling.min_tiles_per_slide "
@@ -235,7 +228,7 @@ def build_slide_and_model_checks(slide_tiles_asset, trait_model_asset):
     )
     def minimum_tiles_per_slide(context, pathomch: PathomchResource) -> dg.AssetCheckResult:
         cfg = pathomch.get_config()
-        return min_tiles(pathomch.get_store().read("slides"), cfg.tiling.min_tiles_per_slide)
+        return min_tiles(_read(pathomch, "slides", cohort), cfg.tiling.min_tiles_per_slide)
 
     @dg.asset_check(
         asset=trait_model_asset,
@@ -255,7 +248,7 @@ def build_slide_and_model_checks(slide_tiles_asset, trait_model_asset):
                 [cohort, trait, round_name],
             )
             return better_than_chance(m, excluded)
-        return better_than_chance(store.read("model_metrics", f"model LIKE '{ROUND_PREFIX}%'"))
+        return better_than_chance(store.read("model_metrics", f"cohort = ? AND model LIKE '{ROUND_PREFIX}%'", [cohort]))
 
     return [minimum_tiles_per_slide, model_better_than_chance]
 
@@ -272,7 +265,7 @@ def selection_leakage(splits: pd.DataFrame) -> dg.AssetCheckResult:
     )
 
 
-def build_selection_check(ensemble_asset):
+def build_selection_check(cohort: str, ensemble_asset):
     @dg.asset_check(
         asset=ensemble_asset,
         blocking=True,
@@ -280,7 +273,7 @@ def build_selection_check(ensemble_asset):
         "is in any round's validation set.",
     )
     def selection_without_test_patients(context, pathomch: PathomchResource) -> dg.AssetCheckResult:
-        return selection_leakage(pathomch.get_store().read("splits"))
+        return selection_leakage(_read(pathomch, "splits", cohort))
 
     return selection_without_test_patients
 
@@ -300,10 +293,10 @@ def shares_and_intervals(sums: pd.DataFrame, stats: pd.DataFrame) -> dg.AssetChe
     )
 
 
-def build_cartography_checks(slide_cartography_asset):
+def build_cartography_checks(cohort: str, slide_cartography_asset):
     @dg.asset_check(asset=slide_cartography_asset, description="Every HTI lies in [0, 1].")
     def hti_within_unit_interval(pathomch: PathomchResource) -> dg.AssetCheckResult:
-        return hti_in_unit_interval(pathomch.get_store().read("hti"))
+        return hti_in_unit_interval(_read(pathomch, "hti", cohort))
 
     @dg.asset_check(
         asset=slide_cartography_asset,
@@ -313,14 +306,16 @@ def build_cartography_checks(slide_cartography_asset):
     def hti_shares_and_intervals(pathomch: PathomchResource) -> dg.AssetCheckResult:
         store = pathomch.get_store()
         sums = store.query(
-            "SELECT cohort, traits, slide_id, sum(share) s, sum(tissue_share) t FROM hti_combinations GROUP BY ALL"
+            "SELECT cohort, traits, slide_id, sum(share) s, sum(tissue_share) t FROM hti_combinations "
+            "WHERE cohort = ? GROUP BY ALL",
+            [cohort],
         )
-        return shares_and_intervals(sums, store.read("hti_stats"))
+        return shares_and_intervals(sums, _read(pathomch, "hti_stats", cohort))
 
     return [hti_within_unit_interval, hti_shares_and_intervals]
 
 
-def build_survival_check(survival_asset, analysis_sets):
+def build_survival_check(cohort: str, survival_asset, analysis_sets):
     """``analysis_sets(cfg, cohort, store)``: the trait sets analysed (``maps.analysis_sets``)."""
 
     @dg.asset_check(
@@ -331,16 +326,11 @@ def build_survival_check(survival_asset, analysis_sets):
     def survival_set_never_trained_on(context, pathomch: PathomchResource) -> dg.AssetCheckResult:
         store = pathomch.get_store()
         leaks = []
-        for cohort in pathomch.get_config().cohorts:
-            labels = store.read("labels", "cohort = ?", [cohort])
-            splits = store.read("splits", "cohort = ?", [cohort])
-            if labels.empty or splits.empty:
-                continue
-            for pair in analysis_sets(pathomch.get_config(), cohort, store):
-                patients = survival_set(labels, splits[splits["round"] == 0], pair)
-                leaks += [
-                    f"{cohort} {'+'.join(pair)} {p}" for p in sorted(leaked_patients(patients, labels, splits, pair))
-                ]
+        labels = store.read("labels", "cohort = ?", [cohort])
+        splits = store.read("splits", "cohort = ?", [cohort])
+        for pair in analysis_sets(pathomch.get_config(), cohort, store) if len(labels) and len(splits) else []:
+            patients = survival_set(labels, splits[splits["round"] == 0], pair)
+            leaks += [f"{cohort} {'+'.join(pair)} {p}" for p in sorted(leaked_patients(patients, labels, splits, pair))]
         return dg.AssetCheckResult(
             passed=not leaks, metadata={"leaked": len(leaks)}, description="; ".join(leaks[:10]) or None
         )

@@ -244,7 +244,11 @@ def main(argv: list[str] | None = None) -> int:
     p.set_defaults(func=cmd_demo)
     p = sub.add_parser("materialize", help="materialize assets for every partition")
     p.add_argument("--config", help=f"YAML configuration (default: ${ENV_VAR} or the demo)")
-    p.add_argument("--select", help="Dagster asset selection, e.g. 'slide_tiles' or 'key:labels+'")
+    p.add_argument(
+        "--select",
+        help="assets: a name selects it in every cohort ('slide_tiles'), cohort/name in one ('brca/trait_model+'); "
+        "or Dagster's selection syntax ('key:brca/labels+', 'group:luad')",
+    )
     p.add_argument("--partition", help="only these partition keys (comma separated)")
     p.add_argument(
         "--missing", action="store_true", help="only partitions not materialized yet (resume after an interrupted run)"

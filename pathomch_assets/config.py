@@ -23,6 +23,7 @@ DEMO_CONFIG = PACKAGE_DIR / "configs" / "demo.yaml"
 ENV_VAR = "PATHOMCH_CONFIG"
 
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+_COHORT = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_]*$")
 
 
 class _Strict(BaseModel):
@@ -383,8 +384,8 @@ class PathomchConfig(_Strict):
     @classmethod
     def _cohort_names(cls, cohorts: dict[str, CohortConfig]) -> dict[str, CohortConfig]:
         for name in cohorts:
-            if not _NAME.match(name) or "/" in name:
-                raise ValueError(f"cohort name {name!r} may only hold letters, digits, '_', '.', '-'")
+            if not _COHORT.match(name):  # a Dagster name: the prefix of its asset keys, its group and its jobs
+                raise ValueError(f"cohort name {name!r} may only hold letters, digits and '_' (e.g. brca, tcga_luad)")
         return cohorts
 
     @field_validator("data_dir", mode="before")

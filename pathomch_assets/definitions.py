@@ -8,6 +8,7 @@ from . import checks, maps, sensors
 from .assets import cartography, ingest, models, molecular, outcomes, scoring, validity
 from .config import PathomchConfig, load_config
 from .deployment import executor_from_env
+from .partitions import slide_job_name
 from .resources import AcceleratorResource, PathomchResource
 from .versions import with_tiling_version
 
@@ -28,20 +29,22 @@ def automation_sensor() -> dg.AutomationConditionSensorDefinition:
     )
 
 
-def build_definitions(cfg: PathomchConfig | None = None, config_path: str | None = None) -> dg.Definitions:
-    cfg = cfg or load_config(config_path, check_files=False)
-    path = config_path or (str(cfg.source) if cfg.source else None)
-    mol = molecular.build(cfg)
+def cohort_assets(cfg: PathomchConfig, cohort: str) -> tuple[list, list, dg.UnresolvedAssetJobDefinition]:
+    """Every asset of ``cohort`` (keys ``<cohort>/<name>``, group ``<cohort>``, its own partitions), its asset
+    checks and its one-slide job.  Each cohort's graph stands alone: no dependency crosses cohorts, so a
+    retrained model of one cohort marks nothing of another stale."""
+    slide_tiles = ingest.build(cohort)
+    mol = molecular.build(cfg, cohort, slide_tiles)
     expression, labels, splits, clinical = mol
-    trait_model, ensemble = models.build(cfg, labels, splits)
-    slide_predictions = scoring.build(cfg, trait_model, ensemble)
-    model_evaluation = models.build_evaluation(cfg, slide_predictions, trait_model, ensemble)
-    trait_validity = validity.build(cfg, trait_model, ensemble)
-    site_effects = validity.build_site_effects(cfg, slide_predictions, trait_model, ensemble)
-    slide_cartography = cartography.build(cfg, slide_predictions, trait_model, ensemble, trait_validity)
-    survival_analysis = outcomes.build(cfg, slide_cartography, clinical, trait_model, ensemble, trait_validity)
+    trait_model, ensemble = models.build(cfg, cohort, labels, splits)
+    slide_predictions = scoring.build(cfg, cohort, slide_tiles, trait_model, ensemble)
+    model_evaluation = models.build_evaluation(cfg, cohort, slide_predictions, trait_model, ensemble)
+    trait_validity = validity.build(cfg, cohort, trait_model, ensemble)
+    site_effects = validity.build_site_effects(cfg, cohort, slide_predictions, trait_model, ensemble)
+    slide_cartography = cartography.build(cfg, cohort, slide_predictions, trait_model, ensemble, trait_validity)
+    survival_analysis = outcomes.build(cfg, cohort, slide_cartography, clinical, trait_model, ensemble, trait_validity)
     assets = [
-        ingest.slide_tiles,
+        slide_tiles,
         *mol,
         trait_model,
         ensemble,
@@ -53,24 +56,37 @@ def build_definitions(cfg: PathomchConfig | None = None, config_path: str | None
         survival_analysis,
     ]
     asset_checks = [
-        *checks.build(splits),
-        *checks.build_slide_and_model_checks(ingest.slide_tiles, trait_model),
-        checks.build_selection_check(ensemble),
-        *checks.build_cartography_checks(slide_cartography),
-        checks.build_survival_check(survival_analysis, maps.analysis_sets),
+        *checks.build(cohort, splits),
+        *checks.build_slide_and_model_checks(cohort, slide_tiles, trait_model),
+        checks.build_selection_check(cohort, ensemble),
+        *checks.build_cartography_checks(cohort, slide_cartography),
+        checks.build_survival_check(cohort, survival_analysis, maps.analysis_sets),
     ]
     slide_job = dg.define_asset_job(
-        "process_slides",
-        selection=[ingest.slide_tiles, slide_predictions, slide_cartography],
-        description="Tile a slide, score it with the existing ensembles, map it and compute its HTI.",
+        slide_job_name(cohort),
+        selection=[slide_tiles, slide_predictions, slide_cartography],
+        description=f"Tile a slide of {cohort}, score it with the existing ensembles, map it and compute its HTI.",
     )
+    return assets, asset_checks, slide_job
+
+
+def build_definitions(cfg: PathomchConfig | None = None, config_path: str | None = None) -> dg.Definitions:
+    cfg = cfg or load_config(config_path, check_files=False)
+    path = config_path or (str(cfg.source) if cfg.source else None)
+    assets: list = []
+    asset_checks: list = []
+    slide_jobs = {}
+    for cohort in cfg.cohorts:
+        cohort_defs, cohort_checks, slide_jobs[cohort] = cohort_assets(cfg, cohort)
+        assets += cohort_defs
+        asset_checks += cohort_checks
     return dg.Definitions(
         assets=dg.map_asset_specs(
             lambda spec: spec.replace_attributes(owners=OWNERS), with_tiling_version(assets, cfg)
         ),
         asset_checks=asset_checks,
-        jobs=[slide_job],
-        sensors=[sensors.build(cfg, slide_job), automation_sensor()],
+        jobs=list(slide_jobs.values()),
+        sensors=[sensors.build(cfg, slide_jobs), automation_sensor()],
         # one configuration per run: the resource refuses a file that no longer says what built this graph
         resources={"pathomch": PathomchResource.pinned(cfg, path), "accelerator": AcceleratorResource()},
         executor=executor_from_env(),

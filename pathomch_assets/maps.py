@@ -56,9 +56,11 @@ def hti_settings(cfg: PathomchConfig) -> dict:
     }
 
 
-def analysis_settings(cfg: PathomchConfig) -> dict:
-    """The settings that decide which trait sets get an HTI (part of the cartography and survival code versions)."""
-    return {name: [c.traits, c.survival_pairs, c.hti_sets] for name, c in cfg.cohorts.items()}
+def analysis_settings(cfg: PathomchConfig, cohort: str) -> dict:
+    """The settings that decide which of ``cohort``'s trait sets get an HTI (part of its cartography and survival
+    code versions; another cohort's settings are not)."""
+    c = cfg.cohorts[cohort]
+    return {cohort: [c.traits, c.survival_pairs, c.hti_sets]}
 
 
 def trait_gate(cfg: PathomchConfig, cohort: str, store) -> Gate:

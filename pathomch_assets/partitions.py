@@ -1,6 +1,10 @@
-"""Partitions.  Slides arrive over time (dynamic); cohorts, ``cohort/trait`` targets and
-training rounds come from the configuration (static).  Dagster's multi-partitions take exactly
-two dimensions, so a model partition is ``target`` x ``round``."""
+"""Partitions, per cohort.  Every asset is built once per cohort (asset keys ``<cohort>/<name>``, see
+``definitions``), each with its cohort's partitions: slides arrive over time (a dynamic set per cohort,
+:func:`slides_name`); the cohort itself, its ``cohort/trait`` targets and the training rounds come from the
+configuration (static).  Dagster's multi-partitions take exactly two dimensions, so a model partition is
+``target`` x ``round``.  The partition keys name their cohort as they always did (``brca/TCGA-...``,
+``brca``, ``brca/MKI67``, ``round_0|brca/MKI67``); a mapping that reads every partition of a parent
+(:data:`ALL`) reads every partition of its own cohort only, so staleness never crosses cohorts."""
 
 from __future__ import annotations
 
@@ -8,11 +12,28 @@ import dagster as dg
 
 from .config import PathomchConfig
 
-#: the slides' dynamic partitions (a name, for the instance calls that take one)
-SLIDES_NAME = "slides"
-SLIDES = dg.DynamicPartitionsDefinition(name=SLIDES_NAME)
 
-#: a child partition reads every partition of the parent (a cohort's models, every slide)
+def slides_name(cohort: str) -> str:
+    """The name of ``cohort``'s dynamic slide partitions (for the instance calls that take one): ``brca_slides``."""
+    return f"{cohort}_slides"
+
+
+def slides(cohort: str) -> dg.DynamicPartitionsDefinition:
+    """``cohort``'s slides, partition keys ``cohort/slide_id`` (added by the sensor and ``pathomch materialize``)."""
+    return dg.DynamicPartitionsDefinition(name=slides_name(cohort))
+
+
+def slide_job_name(cohort: str) -> str:
+    """The job that tiles, scores and maps one new slide of ``cohort`` (requested by the sensor)."""
+    return f"{cohort}_process_slides"
+
+
+def cohort_of(partition_key: str) -> str:
+    """The cohort a slide, cohort, target or model partition key names (``round_0|brca/MKI67`` -> ``brca``)."""
+    return partition_key.rpartition("|")[2].partition("/")[0]
+
+
+#: a child partition reads every partition of the parent of its cohort (its models, every slide)
 ALL = dg.AllPartitionMapping()
 
 #: tags of an asset whose failed partition stops only the partitions that map to it: an asset that reads
@@ -28,17 +49,20 @@ def model_deps(trait_model_asset, ensemble_asset) -> list[dg.AssetDep]:
     return [dg.AssetDep(trait_model_asset, partition_mapping=ALL), dg.AssetDep(ensemble_asset, partition_mapping=ALL)]
 
 
-def cohorts(cfg: PathomchConfig) -> dg.StaticPartitionsDefinition:
-    return dg.StaticPartitionsDefinition(list(cfg.cohorts))
+def cohorts(cohort: str) -> dg.StaticPartitionsDefinition:
+    """The one partition ``cohort`` of a cohort-level asset."""
+    return dg.StaticPartitionsDefinition([cohort])
 
 
-def targets(cfg: PathomchConfig) -> dg.StaticPartitionsDefinition:
-    return dg.StaticPartitionsDefinition(cfg.targets())
+def targets(cfg: PathomchConfig, cohort: str) -> dg.StaticPartitionsDefinition:
+    """``cohort``'s targets ``cohort/trait``."""
+    return dg.StaticPartitionsDefinition([t for t in cfg.targets() if cohort_of(t) == cohort])
 
 
-def target_rounds(cfg: PathomchConfig) -> dg.MultiPartitionsDefinition:
+def target_rounds(cfg: PathomchConfig, cohort: str) -> dg.MultiPartitionsDefinition:
+    """``cohort``'s models: its targets x the training rounds."""
     return dg.MultiPartitionsDefinition(
-        {"target": targets(cfg), "round": dg.StaticPartitionsDefinition(cfg.round_names())}
+        {"target": targets(cfg, cohort), "round": dg.StaticPartitionsDefinition(cfg.round_names())}
     )
 
 

@@ -52,7 +52,7 @@ from typing import TYPE_CHECKING
 import dagster as dg
 
 from .config import ConfigError, PathomchConfig
-from .partitions import FAILS_ALONE_TAG, SLIDES_NAME
+from .partitions import FAILS_ALONE_TAG, by_cohort, slides_name
 from .sensors import discover_all
 from .tiling import exit_with_parent
 
@@ -253,18 +253,22 @@ def clean_dead_runs(instance: dg.DagsterInstance, log: Callable[[str], object] =
 
 
 def sync_slide_partitions(cfg: PathomchConfig, instance: dg.DagsterInstance) -> list[str]:
-    """Add every slide on disk as a partition (what the sensor does on a tick)."""
-    known = set(instance.get_dynamic_partitions(SLIDES_NAME))
-    new = [k for k in discover_all(cfg) if k not in known]
-    if new:
-        instance.add_dynamic_partitions(SLIDES_NAME, new)
-    return new
+    """Add every slide on disk as a partition of its cohort's slides (what the sensor does on a tick)."""
+    added: list[str] = []
+    for cohort, sids in by_cohort(discover_all(cfg)).items():
+        known = set(instance.get_dynamic_partitions(slides_name(cohort)))
+        new = [k for k in (f"{cohort}/{s}" for s in sids) if k not in known]
+        if new:
+            instance.add_dynamic_partitions(slides_name(cohort), new)
+        added += new
+    return added
 
 
 def plan_batches(
     defs: dg.Definitions, selection: AbstractSet[dg.AssetKey] | None = None
 ) -> list[tuple[dg.PartitionsDefinition | None, list[dg.AssetKey]]]:
-    """Topological batches of asset keys that share a partitions definition."""
+    """Topological batches of asset keys that share a partitions definition (so one cohort's, each cohort's
+    partitions being its own)."""
     graph = defs.resolve_asset_graph()
     keys = set(graph.get_all_asset_keys()) if selection is None else set(selection)
     parents = {k: {p for p in graph.get(k).parent_keys if p in keys} for k in keys}
@@ -548,7 +552,8 @@ class Outcomes:
 
 
 def parse_selection(text: str) -> dg.AssetSelection:
-    """Dagster's selection syntax (``key:labels+``), or plain comma-separated names (``labels,splits+``)."""
+    """Dagster's selection syntax (``key:brca/labels+``), or plain comma-separated names (``labels,splits+``): a
+    bare asset name selects that asset of every cohort, ``brca/labels`` that of one cohort."""
     if ":" not in text:
         text = " or ".join(_key_clause(t.strip()) for t in text.split(",") if t.strip())
     return dg.AssetSelection.from_string(text)
@@ -570,7 +575,10 @@ def check_selection(graph, selection: str | None) -> None:
     with the closest asset names."""
     if not selection:
         return
-    names = sorted(k.to_user_string() for k in graph.get_all_asset_keys())
+    keys = graph.get_all_asset_keys()
+    bare = sorted({k.path[-1] for k in keys})
+    full = sorted(k.to_user_string() for k in keys)
+    listing = f"assets of each cohort: {', '.join(bare)}; cohorts: {', '.join(sorted({k.path[0] for k in keys}))}"
     tokens = [selection] if ":" in selection else [t.strip() for t in selection.split(",") if t.strip()]
     for token in tokens or [selection]:
         try:
@@ -579,7 +587,8 @@ def check_selection(graph, selection: str | None) -> None:
             raise RequestError(f"--select {token!r}: {str(err).splitlines()[0]}") from None
         if not found:
             name = token.strip("+").removeprefix("key:").strip("+")
-            raise RequestError(f"--select {token!r} matches no asset{_close(name, names)} (assets: {', '.join(names)})")
+            near = _close(name, full if "/" in name else bare)
+            raise RequestError(f"--select {token!r} matches no asset{near} ({listing})")
 
 
 def check_partitions(defs: dg.Definitions, keys, instance: dg.DagsterInstance, partitions: list[str] | None) -> None:
@@ -606,9 +615,11 @@ def check_partitions(defs: dg.Definitions, keys, instance: dg.DagsterInstance, p
 
 
 def _key_clause(token: str) -> str:
+    """``name``: that asset of every cohort (``key:*/name``); ``cohort/name``: one; ``+`` kept on either side."""
     up = "+" if token.startswith("+") else ""
     down = "+" if token.endswith("+") else ""
-    return f"{up}key:{token.strip('+')}{down}"
+    name = token.strip("+")
+    return f"{up}key:{name if '/' in name else '*/' + name}{down}"
 
 
 def _partition_runs(

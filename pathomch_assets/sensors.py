@@ -1,7 +1,8 @@
 """Sensors: slide folders are watched; new, changed, removed and failed slides are processed.
 
-A new slide becomes a `slides` partition and is tiled, scored with the existing ensembles and
-mapped (cartography, HTI) in one run, without retraining and without touching splits.  A tick
+A new slide becomes a partition of its cohort's slides (``partitions.slides_name``: ``brca_slides``) and
+is tiled, scored with the existing ensembles and mapped (cartography, HTI) in one run of its cohort's job
+(``partitions.slide_job_name``: ``brca_process_slides``), without retraining and without touching splits.  A tick
 does bounded work whatever the cohort size: a slide's fingerprint is its GDC manifest MD5 when
 the manifest lists it, else the size and modification time of its files (every ``.dcm`` of a
 DICOM folder, the ``.mrxs`` and its data folder); no slide file is opened in the tick, content is
@@ -31,7 +32,7 @@ import dagster as dg
 from dagster._core.storage.tags import PARTITION_NAME_TAG, RUN_FAILURE_REASON_TAG, WILL_RETRY_TAG
 
 from .config import PathomchConfig
-from .partitions import SLIDES, SLIDES_NAME
+from .partitions import by_cohort, cohort_of, slides, slides_name
 from .slides import SLIDE_TAG, SlideRef, discover_cohort, ref_tag, slide_files
 
 #: failed runs looked at per tick (the others on the next ticks)
@@ -108,6 +109,11 @@ def _latest_run(instance: dg.DagsterInstance, job_name: str, key: str):
     return runs[0] if runs else None
 
 
+def known_slides(instance: dg.DagsterInstance, cohorts) -> set[str]:
+    """The slide partition keys of ``cohorts`` the instance holds."""
+    return {k for c in cohorts for k in instance.get_dynamic_partitions(slides_name(c))}
+
+
 def _ts(value: datetime) -> float:
     return (value if value.tzinfo else value.replace(tzinfo=UTC)).timestamp()
 
@@ -126,13 +132,14 @@ def _first_error(instance: dg.DagsterInstance, run_id: str) -> str:
 
 
 def collect_failures(
-    instance: dg.DagsterInstance, job_name: str, state: dict, max_retries: int, backoff_s: float, log
+    instance: dg.DagsterInstance, job_names: dict[str, str], state: dict, max_retries: int, backoff_s: float, log
 ) -> None:
-    """Look at the failed runs of ``job_name`` updated since the cursor's ``failed_after`` (at most
-    FAILED_RUNS_PER_TICK); schedule a retry for a slide whose latest run it is, or give up on it."""
+    """Look at the failed runs updated since the cursor's ``failed_after`` (at most FAILED_RUNS_PER_TICK); for a
+    run of a cohort's slide job (``job_names``: cohort -> job name), schedule a retry for a slide whose latest
+    run it is, or give up on it."""
     after = datetime.fromtimestamp(state["failed_after"], tz=UTC)
     records = instance.get_run_records(
-        dg.RunsFilter(job_name=job_name, statuses=[dg.DagsterRunStatus.FAILURE], updated_after=after),
+        dg.RunsFilter(statuses=[dg.DagsterRunStatus.FAILURE], updated_after=after),
         limit=FAILED_RUNS_PER_TICK,
         order_by="update_timestamp",
         ascending=True,
@@ -145,12 +152,13 @@ def collect_failures(
         key = run.tags.get(PARTITION_NAME_TAG)
         if (
             key is None
+            or job_names.get(cohort_of(key)) != run.job_name
             or run.tags.get(WILL_RETRY_TAG) == "true"
             or run.tags.get(RETRIES_TAG) == "exhausted"
             or (state["retry"].get(key) or [None] * 3)[2] == run.run_id
         ):
             continue  # not a slide run, retried by Dagster itself, already given up on or already scheduled
-        latest = _latest_run(instance, job_name, key)
+        latest = _latest_run(instance, run.job_name, key)
         if latest is None or latest.run_id != run.run_id:
             continue  # a later run of the slide exists: its outcome counts
         attempt = int(run.tags.get(ATTEMPT_TAG, "0"))
@@ -173,13 +181,13 @@ def collect_failures(
         state["failed_after"] = max(state["failed_after"], _ts(records[-1].update_timestamp))
 
 
-def unprocessed_slides(instance: dg.DagsterInstance, job_name: str = "process_slides") -> list[dict]:
+def unprocessed_slides(instance: dg.DagsterInstance) -> list[dict]:
     """Slides the sensor gave up on: ``partition_key, run_id, reason, error`` for each whose latest
-    run is still the failed run tagged ``pathomch/retries=exhausted``."""
+    run (of its cohort's slide job) is still the failed run tagged ``pathomch/retries=exhausted``."""
     out: list[dict] = []
-    for run in instance.get_runs(dg.RunsFilter(job_name=job_name, tags={RETRIES_TAG: "exhausted"})):
+    for run in instance.get_runs(dg.RunsFilter(tags={RETRIES_TAG: "exhausted"})):
         key = run.tags.get(PARTITION_NAME_TAG)
-        latest = _latest_run(instance, job_name, key) if key else None
+        latest = _latest_run(instance, run.job_name, key) if key else None
         if latest is not None and latest.run_id == run.run_id and key not in {o["partition_key"] for o in out}:
             out.append(
                 {
@@ -194,7 +202,7 @@ def unprocessed_slides(instance: dg.DagsterInstance, job_name: str = "process_sl
 
 def evaluate(
     cfg: PathomchConfig,
-    job_name: str,
+    job_names: dict[str, str],
     context: dg.SensorEvaluationContext,
     *,
     max_per_tick: int,
@@ -202,11 +210,12 @@ def evaluate(
     backoff_s: float,
     clock,
 ) -> dg.SensorResult:
-    """One tick: the run requests and partitions to add, and the next cursor."""
-    files = discover_refs(cfg)
+    """One tick: the run requests (of each slide's cohort's job, ``job_names``: cohort -> job name) and the
+    partitions to add to each cohort's slides, and the next cursor."""
+    files = {k: r for k, r in discover_refs(cfg).items() if cohort_of(k) in job_names}
     state = load_cursor(context.cursor, files)
     instance = context.instance
-    known = set(instance.get_dynamic_partitions(SLIDES_NAME))
+    known = known_slides(instance, job_names)
     fps = {k: fp_hash(f"error:{r.error}" if r.error else fingerprint(r.path, r.md5)) for k, r in files.items()}
     old_fp = state["fp"]
     hashes = {k: key_hash(k) for k in files.keys() | known}
@@ -214,10 +223,12 @@ def evaluate(
     live = set(hashes.values())
     new_fp = {h: v for h, v in old_fp.items() if h in live}
 
-    changed, removed, new = [], [], []
+    changed, removed, new, readded = [], [], [], []
     for k, fp in fps.items():
         old = old_fp.get(hashes[k])
         if old == fp:
+            if k not in known:  # seen, but no partition of its cohort's (deleted, or from before per-cohort keys)
+                readded.append(k)
             continue
         if old is None and k in known:
             new_fp[hashes[k]] = fp  # known to the instance before the sensor saw it: seen, not new
@@ -227,7 +238,7 @@ def evaluate(
             changed.append(k)
     removed = [k for k in known if k not in files and old_fp.get(hashes[k], REMOVED) != REMOVED]
 
-    collect_failures(instance, job_name, state, max_retries, backoff_s, context.log)
+    collect_failures(instance, job_names, state, max_retries, backoff_s, context.log)
     now = clock()
     retry = state["retry"]
     for k in list(retry):
@@ -251,19 +262,40 @@ def evaluate(
             why = "slide changed (new manifest MD5)" if files[k].md5 else "slide changed (new size/mtime)"
             if old == REMOVED:
                 why, old = "slide file back after removal", "removed"
-            return dg.RunRequest(partition_key=k, run_key=f"{k}@{old}->{fps[k]}", tags={REASON_TAG: why, **slide(k)})
+            return dg.RunRequest(
+                job_name=job_names[cohort_of(k)],
+                partition_key=k,
+                run_key=f"{k}@{old}->{fps[k]}",
+                tags={REASON_TAG: why, **slide(k)},
+            )
         if kind == "removed":
             return dg.RunRequest(
-                partition_key=k, run_key=f"{k}@{old}->removed", tags={REASON_TAG: "slide file removed"}
+                job_name=job_names[cohort_of(k)],
+                partition_key=k,
+                run_key=f"{k}@{old}->removed",
+                tags={REASON_TAG: "slide file removed"},
             )
         if kind == "new":
-            return dg.RunRequest(partition_key=k, run_key=f"{k}@{fps[k]}", tags={REASON_TAG: "new slide", **slide(k)})
+            return dg.RunRequest(
+                job_name=job_names[cohort_of(k)],
+                partition_key=k,
+                run_key=f"{k}@{fps[k]}",
+                tags={REASON_TAG: "new slide", **slide(k)},
+            )
+        if kind == "readded":
+            return dg.RunRequest(
+                job_name=job_names[cohort_of(k)],
+                partition_key=k,
+                run_key=f"{k}@{fps[k]}:partition@{now:.0f}",
+                tags={REASON_TAG: "seen slide without a partition", **slide(k)},
+            )
         attempt, _, run_id = retry[k]
-        latest = _latest_run(instance, job_name, k)
+        latest = _latest_run(instance, job_names[cohort_of(k)], k)
         if latest is None or latest.run_id != run_id:  # run again by someone else meanwhile
             retry.pop(k)
             return None
         return dg.RunRequest(
+            job_name=job_names[cohort_of(k)],
             partition_key=k,
             run_key=f"{k}@retry{attempt}:{run_id}",
             tags={
@@ -280,6 +312,7 @@ def evaluate(
         *((k, "removed") for k in sorted(removed)),
         *((k, "retry") for k in due if k not in again),
         *((k, "new") for k in sorted(new)),
+        *((k, "readded") for k in sorted(readded)),
     ]
     requests: list[dg.RunRequest] = []
     looked_at = 0
@@ -307,35 +340,41 @@ def evaluate(
         return dg.SensorResult(
             skip_reason=dg.SkipReason(f"no new, changed, removed or failed slides{waiting}"), cursor=cursor
         )
-    added = [str(r.partition_key) for r in requests if r.partition_key not in known]
+    added = by_cohort(str(r.partition_key) for r in requests if r.partition_key not in known)
     return dg.SensorResult(
         run_requests=requests,
-        dynamic_partitions_requests=[SLIDES.build_add_request(added)] if added else [],
+        dynamic_partitions_requests=[
+            slides(c).build_add_request([f"{c}/{s}" for s in sids]) for c, sids in sorted(added.items())
+        ],
         cursor=cursor,
     )
 
 
 def build(
     cfg: PathomchConfig,
-    job,
+    jobs: dict,
     *,
     max_per_tick: int | None = None,
     max_retries: int | None = None,
     backoff_s: float | None = None,
     clock=time.time,
 ):
-    """The sensor, with the ``sensor`` section of the configuration (arguments override it)."""
+    """The sensor of every cohort's slides, ``jobs``: cohort -> its slide job; with the ``sensor`` section of the
+    configuration (arguments override it)."""
     s = cfg.sensor
     max_per_tick = s.max_runs_per_tick if max_per_tick is None else max_per_tick
     max_retries = s.max_retries if max_retries is None else max_retries
     backoff_s = s.retry_backoff_s if backoff_s is None else backoff_s
 
+    job_names = {c: j.name for c, j in jobs.items()}
+
     @dg.sensor(
-        job=job,
+        jobs=list(jobs.values()),
         minimum_interval_seconds=s.interval_s,
         default_status=dg.DefaultSensorStatus.STOPPED,
-        description=f"Watches every cohort's slide folder. New slides become `slides` partitions and are "
-        "tiled, scored with the existing ensembles and mapped; changed slides (new manifest MD5, else new "
+        description=f"Watches every cohort's slide folder. New slides become partitions of their "
+        "cohort's slides (`<cohort>_slides`) and are tiled, scored with the existing ensembles and mapped "
+        "(the cohort's `<cohort>_process_slides` job); changed slides (new manifest MD5, else new "
         "size/mtime of any of their files) are processed again; removed ones are withdrawn. A slide whose "
         f"latest run failed is requested again with backoff, up to {max_retries} times, then its run is "
         f"tagged {RETRIES_TAG}=exhausted. At most {max_per_tick} runs per tick; no slide is read in the "
@@ -343,7 +382,13 @@ def build(
     )
     def new_slides_sensor(context: dg.SensorEvaluationContext):
         return evaluate(
-            cfg, job.name, context, max_per_tick=max_per_tick, max_retries=max_retries, backoff_s=backoff_s, clock=clock
+            cfg,
+            job_names,
+            context,
+            max_per_tick=max_per_tick,
+            max_retries=max_retries,
+            backoff_s=backoff_s,
+            clock=clock,
         )
 
     return new_slides_sensor

@@ -19,7 +19,9 @@ or more parent partitions (``SKIP_PARTITION_DATA_VERSION_DEPENDENCY_THRESHOLD``)
   HTI, evaluation, survival) depends on them directly, through few partitions (targets x rounds:
   75 at the paper's scale), so a retrained model marks all of them stale at once;
 - cohort-level results read every slide (more than 100 partitions), an edge Dagster does not
-  version; new slides reach them through eager automation instead (``AutomationCondition.eager``).
+  version; new slides reach them through eager automation instead (``AutomationCondition.eager``);
+- every asset is built per cohort, with its cohort's partitions (``partitions``), so all of the above
+  stays within a cohort: a retrained brca model marks no luad result stale.
 """
 
 from __future__ import annotations
@@ -47,14 +49,16 @@ def tiling_version(cfg) -> dict:
     return result_settings(cfg.tiling.model_dump(mode="json"))
 
 
-#: the assets that read tiles: these, and everything downstream of them, carry ``tiling_version`` in their code version
+#: the assets that read tiles (in every cohort): these, and everything downstream of them, carry ``tiling_version`` in
+#: their code version
 TILE_READERS = ("slide_tiles", "trait_model")
 
 
 def with_tiling_version(assets: list, cfg) -> list:
     """``assets`` with ``tiling_version(cfg)`` folded into the code version of :data:`TILE_READERS` and of every
     asset downstream of them (the others unchanged)."""
-    readers = dg.AssetSelection.assets(*TILE_READERS).downstream().resolve(assets)
+    tile_readers = [k for a in assets for k in a.keys if k.path[-1] in TILE_READERS]  # of every cohort
+    readers = dg.AssetSelection.assets(*tile_readers).downstream().resolve(assets)
     tiling = tiling_version(cfg)
 
     def fold(spec: dg.AssetSpec) -> dg.AssetSpec:
@@ -84,10 +88,12 @@ def file_version(path) -> dg.DataVersion:
     return dg.DataVersion(h.hexdigest()[:16])
 
 
-def refresh_on_new_slides() -> dg.AutomationCondition:
-    """Eager refresh of a cohort-level result when its slides' results update, not when a model is retrained.
+def refresh_on_new_slides(cohort: str) -> dg.AutomationCondition:
+    """Eager refresh of a cohort-level result of ``cohort`` when its slides' results update, not when a model is
+    retrained.
 
     A retraining is deliberate and reaches every result through staleness; refreshing evaluation and
     survival as soon as one model finished would compute them with a stale ensemble, once per model.
     """
-    return dg.AutomationCondition.eager().ignore(dg.AssetSelection.assets("trait_model", "ensemble"))
+    models = dg.AssetSelection.assets(dg.AssetKey([cohort, "trait_model"]), dg.AssetKey([cohort, "ensemble"]))
+    return dg.AutomationCondition.eager().ignore(models)

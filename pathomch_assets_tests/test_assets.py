@@ -18,7 +18,7 @@ import pytest
 from pathomch_assets import layout
 from pathomch_assets.config import load_config
 from pathomch_assets.definitions import build_definitions
-from pathomch_assets.partitions import SLIDES
+from pathomch_assets.partitions import slides_name
 from pathomch_assets.reporting import EMBED_MAX_BYTES
 from pathomch_assets.resources import PathomchResource
 from pathomch_assets.tables import TableStore
@@ -60,8 +60,8 @@ def tiny(tmp_path, monkeypatch):
 
 
 def asset(defs, name) -> dg.AssetsDefinition:
-    """The asset as defined (resources not bound)."""
-    return next(a for a in defs.assets if dg.AssetKey(name) in a.keys)
+    """The asset of cohort brca as defined (resources not bound)."""
+    return next(a for a in defs.assets if dg.AssetKey(["brca", name]) in a.keys)
 
 
 def auc_by_pairs(labels, scores) -> float:
@@ -76,7 +76,7 @@ def test_slide_tiles_tiles_a_slide_once_and_reuses_it(tiny):
     cfg, pathomch, store, defs = tiny
     shutil.copy(OPENSLIDE / "small.svs", cfg.cohorts["brca"].slides_dir / "small.svs")
     with dg.instance_for_test() as instance:
-        instance.add_dynamic_partitions(SLIDES.name, ["brca/small"])
+        instance.add_dynamic_partitions(slides_name("brca"), ["brca/small"])
 
         def run():
             result = dg.materialize(
@@ -86,7 +86,7 @@ def test_slide_tiles_tiles_a_slide_once_and_reuses_it(tiny):
                 resources={"pathomch": pathomch},
             )
             assert result.success
-            (event,) = result.asset_materializations_for_node("slide_tiles")
+            (event,) = result.asset_materializations_for_node("brca__slide_tiles")
             return {k: v.value for k, v in event.metadata.items()}
 
         first = run()

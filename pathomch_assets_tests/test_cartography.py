@@ -201,15 +201,15 @@ def test_a_trait_without_an_ensemble_does_not_stop_the_maps_of_the_others(deploy
 
     from pathomch_assets import layout
     from pathomch_assets.definitions import build_definitions
-    from pathomch_assets.partitions import SLIDES
+    from pathomch_assets.partitions import slides_name
     from pathomch_assets.resources import PathomchResource
 
     cfg, path, store, sid = deployment
     write_ensembles(cfg, ["A", "C"])
     defs = build_definitions(cfg)
-    carto_asset = next(a for a in defs.assets if dg.AssetKey("slide_cartography") in a.keys)
+    carto_asset = next(a for a in defs.assets if dg.AssetKey(["brca", "slide_cartography"]) in a.keys)
     with dg.instance_for_test() as instance:
-        instance.add_dynamic_partitions(SLIDES.name, [f"brca/{sid}"])
+        instance.add_dynamic_partitions(slides_name("brca"), [f"brca/{sid}"])
         result = dg.materialize(
             [carto_asset],
             partition_key=f"brca/{sid}",

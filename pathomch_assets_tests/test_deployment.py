@@ -106,13 +106,14 @@ def test_training_pods_ask_for_a_gpu_and_tiling_pods_for_cpus(monkeypatch):
     from pathomch_assets.definitions import build_definitions
 
     defs = build_definitions()
-    model = get_user_defined_k8s_config(defs.resolve_assets_def("trait_model").op.tags)  # validates the tag
+    model_asset = defs.resolve_assets_def(dg.AssetKey(["brca", "trait_model"]))
+    model = get_user_defined_k8s_config(model_asset.op.tags)  # validates the tag
     assert model.container_config["resources"]["limits"]["nvidia.com/gpu"] == 1
-    tiling = get_user_defined_k8s_config(defs.resolve_assets_def("slide_tiles").op.tags)
+    tiling = get_user_defined_k8s_config(defs.resolve_assets_def(dg.AssetKey(["luad", "slide_tiles"])).op.tags)
     cpus = int(tiling.container_config["resources"]["requests"]["cpu"])
     paper = load_config(DEPLOY / "pathomch.tcga.yaml", check_files=False)
     assert cpus == paper.tiling.workers
-    assert K8S_TAG not in defs.resolve_assets_def("labels").op.tags
+    assert K8S_TAG not in defs.resolve_assets_def(dg.AssetKey(["brca", "labels"])).op.tags
 
 
 def test_paper_config_and_helm_values_agree_with_the_repository():

@@ -198,8 +198,8 @@ def test_kill_during_training_does_not_block_the_next_run(tiny, clean):
     # the second model is training: the first is done and the gpu pool slot is held
     wait_for(
         lambda: (
-            log.read_text().count("materializing trait_model") == 2
-            and "training small_cnn" in log.read_text().split("materializing trait_model")[-1]
+            log.read_text().count("materializing brca/trait_model") == 2
+            and "training small_cnn" in log.read_text().split("materializing brca/trait_model")[-1]
         ),
         proc,
         log,

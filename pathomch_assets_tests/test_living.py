@@ -123,7 +123,8 @@ BACKFILL_STATUS = """query($id: String!) { partitionBackfillOrError(backfillId: 
 FAILED_RUNS = """query($after: Float) { runsOrError(filter: {statuses: [FAILURE, CANCELED], createdAfter: $after}) {
   ... on Runs { results { runId jobName } } } }"""
 
-SLIDE_RUNS = """query($after: Float) { runsOrError(filter: {pipelineName: "process_slides", createdAfter: $after}) {
+SLIDE_RUNS = """query($after: Float) {
+  runsOrError(filter: {pipelineName: "brca_process_slides", createdAfter: $after}) {
   ... on Runs { results { runId status } } } }"""
 
 ACTIVE_RUNS = """{ runsOrError(filter: {statuses: [QUEUED, NOT_STARTED, STARTING, STARTED, CANCELING]}) {
@@ -142,7 +143,8 @@ SENSOR_STATE = """query($s: SensorSelector!) { sensorOrError(sensorSelector: $s)
 
 
 def stale_partitions(url: str, asset: str) -> dict[str, str]:
-    node = gql(url, STALE, key={"path": [asset]})["assetNodeOrError"]
+    """``asset`` (``cohort/name``): its partitions' stale status."""
+    node = gql(url, STALE, key={"path": asset.split("/")})["assetNodeOrError"]
     return dict(zip(node["partitionKeys"], node["staleStatusByPartition"]))
 
 
@@ -150,7 +152,7 @@ def backfill(url: str, partitions_by_asset: dict[str, list[str]], timeout: float
     """Launch one backfill of these asset partitions, as the UI's launch dialog does, and wait for it."""
     params = {
         "partitionsByAssets": [
-            {"assetKey": {"path": [asset]}, "partitions": {"ranges": [{"start": k, "end": k} for k in keys]}}
+            {"assetKey": {"path": asset.split("/")}, "partitions": {"ranges": [{"start": k, "end": k} for k in keys]}}
             for asset, keys in partitions_by_asset.items()
         ]
     }
@@ -169,7 +171,7 @@ def backfill(url: str, partitions_by_asset: dict[str, list[str]], timeout: float
 
 
 def last_materialization(url: str, asset: str, partition: str) -> float:
-    rows = gql(url, LAST_MATERIALIZATION, key={"path": [asset]}, p=[partition])["assetNodeOrError"]
+    rows = gql(url, LAST_MATERIALIZATION, key={"path": asset.split("/")}, p=[partition])["assetNodeOrError"]
     rows = rows["assetMaterializations"]
     return float(rows[0]["timestamp"]) / 1000 if rows else 0.0
 
@@ -208,29 +210,34 @@ def test_stale_backfill_sensor_and_automation_under_a_reader(deployment, tmp_pat
             sensor = {"repositoryName": repo["name"], "repositoryLocationName": repo["location"]["name"]}
             # 1. retrain one model, as "Materialize" on one trait_model partition does
             model = str(dg.MultiPartitionKey({"target": "brca/MKI67", "round": "round_0"}))
-            backfill(url, {"trait_model": [model]})
+            backfill(url, {"brca/trait_model": [model]})
             stale = {
                 a: stale_partitions(url, a)
                 for a in (
-                    "trait_model",
-                    "ensemble",
-                    "slide_predictions",
-                    "slide_cartography",
-                    "model_evaluation",
-                    "survival_analysis",
+                    "brca/trait_model",
+                    "brca/ensemble",
+                    "brca/slide_predictions",
+                    "brca/slide_cartography",
+                    "brca/model_evaluation",
+                    "brca/survival_analysis",
                 )
             }
-            assert stale["trait_model"][model] == "FRESH"
-            assert stale["ensemble"]["brca/MKI67"] == "STALE"
-            assert stale["ensemble"]["brca/ESR1"] == "FRESH"  # other traits' ensembles do not use that model
-            for asset in ("slide_predictions", "slide_cartography", "model_evaluation", "survival_analysis"):
+            assert stale["brca/trait_model"][model] == "FRESH"
+            assert stale["brca/ensemble"]["brca/MKI67"] == "STALE"
+            assert stale["brca/ensemble"]["brca/ESR1"] == "FRESH"  # other traits' ensembles do not use that model
+            for asset in (
+                "brca/slide_predictions",
+                "brca/slide_cartography",
+                "brca/model_evaluation",
+                "brca/survival_analysis",
+            ):
                 assert set(stale[asset].values()) == {"STALE"}, (asset, stale[asset])
             # 2. "Materialize stale": one backfill of every stale partition; afterwards all fresh, as the clean run
             todo = {a: [k for k, s in st.items() if s == "STALE"] for a, st in stale.items()}
             backfill(url, {a: keys for a, keys in todo.items() if keys})
             for asset in stale:
                 now = {k: v for k, v in stale_partitions(url, asset).items() if v != "FRESH"}
-                causes = gql(url, STALE_CAUSES, key={"path": [asset]}, p=list(now)[:3]) if now else None
+                causes = gql(url, STALE_CAUSES, key={"path": asset.split("/")}, p=list(now)[:3]) if now else None
                 assert not now, (asset, now, causes)
             for name, frame in tables(store).items():  # deterministic training: the same model again
                 pd.testing.assert_frame_equal(frame, clean[name], obj=name)
@@ -238,7 +245,7 @@ def test_stale_backfill_sensor_and_automation_under_a_reader(deployment, tmp_pat
             sid = "TCGA-ZZ-9999-01Z-00-DX1.NEW"
             drop_slide(cfg, sid)
             dropped = time.time()
-            evaluated_before = last_materialization(url, "model_evaluation", "brca")
+            evaluated_before = last_materialization(url, "brca/model_evaluation", "brca")
             out = gql(url, START_SENSOR, s={**sensor, "sensorName": "new_slides_sensor"})["startSensor"]
             assert out["__typename"] == "Sensor", out
             wait_for(
@@ -251,8 +258,8 @@ def test_stale_backfill_sensor_and_automation_under_a_reader(deployment, tmp_pat
             assert auto["sensorState"]["status"] == "RUNNING"
             wait_for(
                 lambda: (
-                    last_materialization(url, "model_evaluation", "brca") > max(dropped, evaluated_before)
-                    and last_materialization(url, "survival_analysis", "brca") > dropped
+                    last_materialization(url, "brca/model_evaluation", "brca") > max(dropped, evaluated_before)
+                    and last_materialization(url, "brca/survival_analysis", "brca") > dropped
                 ),
                 600,
                 "automation to refresh model_evaluation and survival_analysis",
@@ -301,7 +308,7 @@ def test_a_slide_whose_run_failed_is_retried_without_anyone_rerunning_it(deploym
                 lambda: gql(url, FAILED_RUNS, after=started)["runsOrError"]["results"], 600, "the run to fail"
             )
             # the slide's run fails; the automation run for the cohort's evaluation it triggers does not
-            assert {r["jobName"] for r in failed} == {"process_slides"}, failed
+            assert {r["jobName"] for r in failed} == {"brca_process_slides"}, failed
             assert store.query("select * from hti where slide_id = ?", [sid]).empty
             status = subprocess.run(
                 [sys.executable, "-m", "pathomch_assets.cli", "status"], capture_output=True, text=True, timeout=300
@@ -324,7 +331,7 @@ def test_a_slide_whose_run_failed_is_retried_without_anyone_rerunning_it(deploym
                 "the retried slide's run to end",
             )  # newest first
             failed_now = gql(url, FAILED_RUNS, after=started)["runsOrError"]["results"]
-            assert {r["jobName"] for r in failed_now} == {"process_slides"}, failed_now
+            assert {r["jobName"] for r in failed_now} == {"brca_process_slides"}, failed_now
             assert runs[0]["status"] == "SUCCESS" and len(runs) == len(failed_now) + 1, runs
     finally:
         subprocess.run(["umount", "-l", str(maps)], check=False)

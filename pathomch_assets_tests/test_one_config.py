@@ -41,7 +41,7 @@ def test_a_run_uses_the_configuration_its_definitions_were_built_from(config):
     defs = build_definitions(config_path=str(config))
     resource = defs.resources["pathomch"]
     graph = defs.resolve_asset_graph()
-    assert graph.get(dg.AssetKey("ensemble")).partitions_def.get_partition_keys() == ["c/A", "c/B"]
+    assert graph.get(dg.AssetKey(["c", "ensemble"])).partitions_def.get_partition_keys() == ["c/A", "c/B"]
     result = run(resource)
     assert result.success and seen(result) == {"seed": 3, "traits": "A,B"}
     # edited under the loaded definitions (as under a running `dagster dev`): a new trait the graph does not have
@@ -57,7 +57,7 @@ def test_a_run_uses_the_configuration_its_definitions_were_built_from(config):
     reloaded = build_definitions(config_path=str(config))
     result = run(reloaded.resources["pathomch"])
     assert result.success and seen(result) == {"seed": 4, "traits": "A,B,C"}
-    keys = reloaded.resolve_asset_graph().get(dg.AssetKey("ensemble")).partitions_def.get_partition_keys()
+    keys = reloaded.resolve_asset_graph().get(dg.AssetKey(["c", "ensemble"])).partitions_def.get_partition_keys()
     assert keys == ["c/A", "c/B", "c/C"]
 
 

@@ -12,11 +12,12 @@ import pytest
 
 from bench.performance import make_bench_slide
 from pathomch_assets import ingest, layout, sensors, slides
-from pathomch_assets.assets.ingest import slide_tiles
+from pathomch_assets.assets.ingest import build as slide_tiles_of
 from pathomch_assets.config import load_config
 from pathomch_assets.files import partition_filename
 from pathomch_assets.ingest import tile_positions
-from pathomch_assets.partitions import SLIDES
+from pathomch_assets.partitions import slide_job_name, slides_name
+from pathomch_assets.partitions import slides as slide_partitions
 from pathomch_assets.predictions import MemberModels, read_member, write_member
 from pathomch_assets.resources import PathomchResource
 from pathomch_assets.slides import SLIDE_TAG, ref_from_tag, ref_tag
@@ -87,13 +88,13 @@ def no_listing(monkeypatch):
 def tick_tag(cfg) -> str:
     """The sensor's run request for the new slide carries the slide it found."""
 
-    @dg.job(name="process_slides", partitions_def=SLIDES)
+    @dg.job(name=slide_job_name("brca"), partitions_def=slide_partitions("brca"))
     def job():
         pass
 
     with dg.instance_for_test() as instance:
-        instance.add_dynamic_partitions(SLIDES.name, [f"brca/{s}" for s in OTHERS])
-        result = sensors.build(cfg, job)(dg.build_sensor_context(instance=instance))
+        instance.add_dynamic_partitions(slides_name("brca"), [f"brca/{s}" for s in OTHERS])
+        result = sensors.build(cfg, {"brca": job})(dg.build_sensor_context(instance=instance))
     (req,) = result.run_requests
     assert req.partition_key == f"brca/{NEW}"
     return req.tags[SLIDE_TAG]
@@ -121,16 +122,16 @@ def test_the_slide_tiles_step_takes_the_slide_from_the_run_s_tag(cohort, no_list
     tag = tick_tag(cfg)
     monkeypatch.setattr(ingest, "find_slide", lambda *a: pytest.fail("looked up by id: the run's tag was not used"))
     with dg.instance_for_test() as instance:
-        instance.add_dynamic_partitions(SLIDES.name, [f"brca/{NEW}"])
+        instance.add_dynamic_partitions(slides_name("brca"), [f"brca/{NEW}"])
         result = dg.materialize(
-            [slide_tiles],
+            [slide_tiles_of("brca")],
             partition_key=f"brca/{NEW}",
             instance=instance,
             resources={"pathomch": PathomchResource(config_path=str(cfg.source))},
             tags={SLIDE_TAG: tag},
         )
         assert result.success
-        (mat,) = result.asset_materializations_for_node("slide_tiles")
+        (mat,) = result.asset_materializations_for_node("brca__slide_tiles")
     assert mat.metadata["status"].value == "ok" and mat.metadata["n_tiles"].value > 0
     assert store.read("slides", partitions=[f"brca/{NEW}"])["path"].tolist() == [json.loads(tag)["path"]]
 

@@ -2,7 +2,9 @@
 models -> ensembles -> cartography and HTI -> survival."""
 
 import json
+import os
 import shutil
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -266,7 +268,7 @@ def test_rematerializing_one_model_touches_only_its_rows(foundation):
     instance = dg.DagsterInstance.get()
     result = dg.materialize(
         [a for a in defs.assets],
-        selection=["trait_model"],
+        selection=[dg.AssetKey(["brca", "trait_model"])],
         instance=instance,
         partition_key=model_key("brca/MKI67", "round_2"),
         resources=defs.resources,
@@ -282,6 +284,57 @@ def test_rematerializing_one_model_touches_only_its_rows(foundation):
         return d[~((d.trait == "MKI67") & (d.cohort == "brca") & (d.model == "round_2"))].reset_index(drop=True)
 
     pd.testing.assert_frame_equal(other(before), other(after))
+
+
+ASSET_STALENESS = "{ assetNodes { assetKey { path } partitionKeys staleStatusByPartition } }"
+
+ROOT_CAUSES = """query($key: AssetKeyInput!, $p: [String!]) { assetNodeOrError(assetKey: $key) {
+  ... on AssetNode { staleCausesByPartition(partitions: $p) { key { path } partitionKey category reason } } } }"""
+
+
+def test_a_retrained_model_of_one_cohort_stales_nothing_of_another(foundation, monkeypatch):
+    """In `dagster dev`, driven over its GraphQL API as the UI is: brca's model round_0|brca/MKI67 is retrained
+    (a backfill of that one partition, under the daemon); every partition of every luad asset stays fresh, and
+    what the model feeds in brca is stale, because of that model."""
+    import dagster as dg
+
+    from .browser import dagster_dev
+    from .test_living import backfill, gql
+
+    cfg, _, _ = foundation
+    monkeypatch.setenv("PATHOMCH_CONFIG", str(cfg.source))  # the code location dagster dev loads
+    monkeypatch.setenv("PATHOMCH_EXECUTOR", "in_process")
+    model = str(dg.MultiPartitionKey({"target": "brca/MKI67", "round": "round_0"}))
+    with dagster_dev(Path(os.environ["DAGSTER_HOME"]), timeout=300) as url:
+        backfill(url, {"brca/trait_model": [model]})
+        status = {
+            "/".join(n["assetKey"]["path"]): dict(zip(n["partitionKeys"], n["staleStatusByPartition"]))
+            for n in gql(url, ASSET_STALENESS)["assetNodes"]
+        }
+
+        def causes(asset: str, partition: str) -> set[tuple[str, str, str]]:
+            """The root causes the UI shows ("DATA: trait_model round_0|brca/MKI67 has a new data version")."""
+            node = gql(url, ROOT_CAUSES, key={"path": asset.split("/")}, p=[partition])["assetNodeOrError"]
+            return {
+                ("/".join(c["key"]["path"]), c["partitionKey"], c["category"])
+                for c in node["staleCausesByPartition"][0]
+            }
+
+        ensemble_causes = causes("brca/ensemble", "brca/MKI67")  # (an earlier test may have retrained round_2)
+        assert ("brca/trait_model", model, "DATA") in ensemble_causes
+        assert {(k, p.split("|")[1]) for k, p, _ in ensemble_causes} == {("brca/trait_model", "brca/MKI67")}
+        some_slide = next(iter(status["brca/slide_predictions"]))
+        assert ("brca/trait_model", model, "DATA") in causes("brca/slide_predictions", some_slide)
+    luad = {a: st for a, st in status.items() if a.startswith("luad/")}
+    assert len(luad) == 13 and sum(map(len, luad.values())) > 100
+    assert {a: {k: v for k, v in st.items() if v != "FRESH"} for a, st in luad.items()} == dict.fromkeys(luad, {})
+    assert status["brca/trait_model"][model] == "FRESH"
+    assert status["brca/ensemble"]["brca/MKI67"] == "STALE" and status["brca/ensemble"]["brca/ESR1"] == "FRESH"
+    fed = ("slide_predictions", "slide_cartography", "model_evaluation", "trait_validity", "site_effects")
+    for name in (*fed, "survival_analysis"):
+        assert set(status[f"brca/{name}"].values()) == {"STALE"}, (name, status[f"brca/{name}"])
+    for name in ("slide_tiles", "expression", "labels", "splits", "clinical"):  # upstream of the model: untouched
+        assert set(status[f"brca/{name}"].values()) == {"FRESH"}, name
 
 
 def test_new_slide_is_scored_mapped_without_retraining(foundation):
@@ -306,8 +359,10 @@ def test_new_slide_is_scored_mapped_without_retraining(foundation):
     try:
         tick = sensor(dg.build_sensor_context(instance=instance, cursor=first.cursor))
         assert [r.partition_key for r in tick.run_requests] == [f"brca/{sid}"]
-        instance.add_dynamic_partitions("slides", tick.dynamic_partitions_requests[0].partition_keys)
-        job = defs.resolve_job_def("process_slides")
+        (add,) = tick.dynamic_partitions_requests
+        assert (add.partitions_def_name, tick.run_requests[0].job_name) == ("brca_slides", "brca_process_slides")
+        instance.add_dynamic_partitions(add.partitions_def_name, add.partition_keys)
+        job = defs.resolve_job_def("brca_process_slides")
         # with the tick's tags, as the daemon launches it: the slide the tick found is handed over (no folder listing)
         assert json.loads(tick.run_requests[0].tags[SLIDE_TAG])["path"] == str(path)
         run = job.execute_in_process(partition_key=f"brca/{sid}", instance=instance, tags=tick.run_requests[0].tags)

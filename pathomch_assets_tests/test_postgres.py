@@ -139,7 +139,7 @@ def training_steps(instance) -> list[tuple[float, float, str]]:
     for kind in (dg.DagsterEventType.STEP_START, dg.DagsterEventType.STEP_SUCCESS):
         for rec in instance.get_event_records(dg.EventRecordsFilter(event_type=kind), limit=1000):
             entry = rec.event_log_entry
-            if entry.step_key == "trait_model":
+            if entry.step_key == "brca__trait_model":
                 spans.setdefault(entry.run_id, {})[kind] = entry.timestamp
     return sorted((s[dg.DagsterEventType.STEP_START], s[dg.DagsterEventType.STEP_SUCCESS], r) for r, s in spans.items())
 
@@ -165,7 +165,7 @@ def test_backfill_under_the_daemon_on_postgres_keeps_the_gpu_pool(tiny, tmp_path
         )
         assert not summary.failed and not summary.skipped
         with dagster_dev(home, timeout=300) as url:
-            backfill(url, {"trait_model": MODELS}, timeout=900)
+            backfill(url, {"brca/trait_model": MODELS}, timeout=900)
         with dg.DagsterInstance.get() as instance:
             runs = [r for r in instance.get_run_records() if r.dagster_run.tags.get("dagster/backfill")]
             assert len(runs) == len(MODELS) and all(r.dagster_run.status == dg.DagsterRunStatus.SUCCESS for r in runs)
@@ -188,7 +188,7 @@ def test_backfill_under_the_daemon_on_postgres_keeps_the_gpu_pool(tiny, tmp_path
         job = defs.resolve_implicit_global_asset_job_def()
         for key in MODELS[:1]:
             assert job.execute_in_process(
-                instance=instance, partition_key=key, asset_selection=[dg.AssetKey("trait_model")]
+                instance=instance, partition_key=key, asset_selection=[dg.AssetKey(["brca", "trait_model"])]
             ).success
     store = TableStore(cfg.tables_dir, cfg.duckdb_path)
     first = MODELS[0].split("|")[0]

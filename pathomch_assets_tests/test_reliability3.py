@@ -427,6 +427,8 @@ def test_views_dropped_through_attach_repair_themselves(tables):
         (["--select", "slide_tile"], "--select 'slide_tile' matches no asset; did you mean 'slide_tiles'?"),
         (["--select", "labels,slide_tile"], "--select 'slide_tile' matches no asset; did you mean 'slide_tiles'?"),
         (["--select", "key:slide_tile+"], "--select 'key:slide_tile+' matches no asset; did you mean 'slide_tiles'?"),
+        (["--select", "brca/slide_tile"], "--select 'brca/slide_tile' matches no asset; did you mean "
+         "'brca/slide_tiles'"),
         (["--select", "labels", "--partition", "brca/NOPE"], "--partition 'brca/NOPE' is no partition"),
         (["--select", "labels", "--partition", "bcra"], "--partition 'bcra' is no partition of the selected assets; "
          "did you mean 'brca'?"),

@@ -16,7 +16,7 @@ from dagster._core.storage.tags import PARTITION_NAME_TAG, WILL_RETRY_TAG
 
 from pathomch_assets import sensors
 from pathomch_assets.config import CohortConfig, PathomchConfig
-from pathomch_assets.partitions import SLIDES
+from pathomch_assets.partitions import slide_job_name, slides, slides_name
 
 from .conftest import OPENSLIDE
 
@@ -40,9 +40,12 @@ def process(context: dg.OpExecutionContext):
         raise RuntimeError(f"{context.partition_key}: injected fault")
 
 
-@dg.job(name="process_slides", partitions_def=SLIDES)
+@dg.job(name=slide_job_name("brca"), partitions_def=slides("brca"))
 def process_slides():
     process()
+
+
+JOBS = {"brca": process_slides}
 
 
 class Ticker:
@@ -87,7 +90,7 @@ def test_ten_thousand_slides_are_added_in_bounded_ticks_without_opening_a_file(t
         os.close(fd)
     roots, seen = opened
     roots.append(cfg.cohorts["brca"].slides_dir)
-    tick = Ticker(sensors.build(cfg, process_slides, max_per_tick=per_tick), dg.DagsterInstance.ephemeral())
+    tick = Ticker(sensors.build(cfg, JOBS, max_per_tick=per_tick), dg.DagsterInstance.ephemeral())
     requested, times = [], []
     while True:
         t0 = time.perf_counter()
@@ -100,7 +103,7 @@ def test_ten_thousand_slides_are_added_in_bounded_ticks_without_opening_a_file(t
     print(f"\n{n} slides: {len(times)} ticks, max {max(times):.2f} s, mean {sum(times) / len(times):.2f} s per tick")
     assert len(times) - 1 == math.ceil(n / per_tick)
     assert len(requested) == len(set(requested)) == n  # every slide once
-    assert set(tick.instance.get_dynamic_partitions(SLIDES.name)) == set(requested)
+    assert set(tick.instance.get_dynamic_partitions(slides_name("brca"))) == set(requested)
     assert seen == []  # no slide file opened, let alone hashed
     assert max(times) < 30
     assert len(tick.cursor) < 40 * n  # a short hash per slide, not its path
@@ -118,7 +121,7 @@ def test_a_manifest_slide_is_fingerprinted_by_the_manifest_md5_without_reading_i
     roots, seen = opened
     roots.append(slide)
     assert sensors.fingerprint(slide, sensors.discover_refs(cfg)[key].md5) == "md5:" + "0" * 32
-    tick = Ticker(sensors.build(cfg, process_slides), dg.DagsterInstance.ephemeral())
+    tick = Ticker(sensors.build(cfg, JOBS), dg.DagsterInstance.ephemeral())
     assert [(r.partition_key, r.tags["pathomch/reason"]) for r in tick()] == [(key, "new slide")]
     with open(slide, "ab") as fh:  # the file changes, its manifest entry does not: content is checked in the run
         fh.write(b"x")
@@ -133,7 +136,7 @@ def test_changed_slides_run_again_and_removed_ones_once(tmp_path):
     cfg = config(tmp_path)
     slide = cfg.cohorts["brca"].slides_dir / "TCGA-AA-0001-01Z-00-DX1.svs"
     shutil.copy(OPENSLIDE / "small.svs", slide)
-    tick = Ticker(sensors.build(cfg, process_slides), dg.DagsterInstance.ephemeral())
+    tick = Ticker(sensors.build(cfg, JOBS), dg.DagsterInstance.ephemeral())
     first = tick()
     assert [r.tags["pathomch/reason"] for r in first] == ["new slide"] and tick() == []
     st = slide.stat()
@@ -175,7 +178,7 @@ def test_a_multi_file_slide_changes_when_any_of_its_files_does(tmp_path):
         (data / f"Data000{i}.dat").write_bytes(b"J" * 50)
     assert len(sensors.slide_files(dicom / "level_0.dcm")) == 3
     assert len(sensors.slide_files(root / "TCGA-AA-0003-01Z-00-DX1.mrxs")) == 4
-    tick = Ticker(sensors.build(cfg, process_slides), dg.DagsterInstance.ephemeral())
+    tick = Ticker(sensors.build(cfg, JOBS), dg.DagsterInstance.ephemeral())
     assert sorted(r.partition_key for r in tick()) == ["brca/TCGA-AA-0002-01Z-00-DX1", "brca/TCGA-AA-0003-01Z-00-DX1"]
     for path, key in [
         (dicom / "level_2.dcm", "brca/TCGA-AA-0002-01Z-00-DX1"),  # not the file discovery names
@@ -197,9 +200,7 @@ def test_a_failed_slide_is_retried_with_backoff_up_to_the_cap(tmp_path):
     bad, good, flaky = (f"brca/TCGA-AA-000{i}-01Z-00-DX1" for i in (1, 2, 3))
     offset = [0.0]
     backoff, cap = 100, 3
-    sensor = sensors.build(
-        cfg, process_slides, max_retries=cap, backoff_s=backoff, clock=lambda: time.time() + offset[0]
-    )
+    sensor = sensors.build(cfg, JOBS, max_retries=cap, backoff_s=backoff, clock=lambda: time.time() + offset[0])
     instance = dg.DagsterInstance.ephemeral()
     tick = Ticker(sensor, instance)
 
@@ -234,7 +235,7 @@ def test_a_failed_slide_is_retried_with_backoff_up_to_the_cap(tmp_path):
         FAILING.clear()
     (gave_up,) = sensors.unprocessed_slides(instance)
     assert gave_up["partition_key"] == bad and "injected fault" in gave_up["error"]
-    latest = instance.get_runs(dg.RunsFilter(job_name="process_slides", tags={PARTITION_NAME_TAG: bad}), limit=1)[0]
+    latest = instance.get_runs(dg.RunsFilter(job_name=process_slides.name, tags={PARTITION_NAME_TAG: bad}), limit=1)[0]
     assert latest.run_id == gave_up["run_id"] and latest.tags["pathomch/attempt"] == str(cap)
     assert len(instance.get_runs(dg.RunsFilter(tags={PARTITION_NAME_TAG: bad}))) == 1 + cap
     assert len(instance.get_runs(dg.RunsFilter(tags={PARTITION_NAME_TAG: good}))) == 1
@@ -247,7 +248,7 @@ def test_a_failure_that_dagster_retries_itself_is_left_to_dagster(tmp_path):
     cfg = config(tmp_path)
     shutil.copy(OPENSLIDE / "small.svs", cfg.cohorts["brca"].slides_dir / "TCGA-AA-0001-01Z-00-DX1.svs")
     instance = dg.DagsterInstance.ephemeral()
-    tick = Ticker(sensors.build(cfg, process_slides, backoff_s=0), instance)
+    tick = Ticker(sensors.build(cfg, JOBS, backoff_s=0), instance)
     (req,) = tick()
     FAILING.add(req.partition_key)
     try:
@@ -264,8 +265,26 @@ def test_the_sensor_section_of_the_config_sets_interval_retries_and_backoff(tmp_
     from pathomch_assets.config import SensorConfig
 
     cfg = config(tmp_path).model_copy(update={"sensor": SensorConfig(interval_s=7, max_retries=1, retry_backoff_s=9)})
-    sensor = sensors.build(cfg, process_slides)
+    sensor = sensors.build(cfg, JOBS)
     assert sensor.minimum_interval_seconds == 7
     assert "up to 1 times" in sensor.description
     with pytest.raises(ValueError, match="interval_s"):
         SensorConfig(interval_s=0)
+
+
+def test_a_seen_slide_without_a_partition_of_its_cohort_is_added_again(tmp_path):
+    """An instance from before per-cohort slide partitions (or a deleted partition): the cursor knows the
+    slide, its cohort's partitions do not; the tick adds it to them and processes it (finished tiles are reused)."""
+    cfg = config(tmp_path)
+    shutil.copy(OPENSLIDE / "small.svs", cfg.cohorts["brca"].slides_dir / "TCGA-AA-0001-01Z-00-DX1.svs")
+    key = "brca/TCGA-AA-0001-01Z-00-DX1"
+    tick = Ticker(sensors.build(cfg, JOBS), dg.DagsterInstance.ephemeral())
+    assert [r.partition_key for r in tick()] == [key] and tick() == []
+    tick.instance.delete_dynamic_partition(slides_name("brca"), key)
+    (req,) = tick()
+    assert (req.partition_key, req.job_name, req.tags["pathomch/reason"]) == (
+        key,
+        "brca_process_slides",
+        "seen slide without a partition",
+    )
+    assert tick.instance.get_dynamic_partitions(slides_name("brca")) == [key] and tick() == []

@@ -215,7 +215,7 @@ def test_site_effects_asset_writes_its_table_warning_and_figure(gated):  # noqa:
 
     cfg, path, store, _ = gated
     defs = build_definitions(load_config(path))
-    asset = next(a for a in defs.assets if dg.AssetKey("site_effects") in a.keys)
+    asset = next(a for a in defs.assets if dg.AssetKey(["brca", "site_effects"]) in a.keys)
     meta = asset(
         context=dg.build_asset_context(partition_key="brca"), pathomch=PathomchResource(config_path=str(path))
     ).metadata

@@ -214,7 +214,7 @@ def test_splits_asset_writes_sites_counts_and_keeps_old_sites(tmp_path, small):
     store = TableStore(cfg.tables_dir, cfg.duckdb_path)
     pathomch = PathomchResource(config_path=str(tmp_path / "pathomch.yaml"))
     defs = build_definitions(cfg)
-    splits = next(a for a in defs.assets if dg.AssetKey("splits") in a.keys)
+    splits = next(a for a in defs.assets if dg.AssetKey(["brca", "splits"]) in a.keys)
 
     def write_slides(patients):
         rows = slides_of(patients).assign(cohort="brca", path="x", status="ok", error=None)
@@ -241,7 +241,7 @@ def test_slide_tiles_writes_each_slides_site(tmp_path):
     """A TCGA slide gets its barcode's site, another its site file's (real OpenSlide slides, tiled)."""
     import shutil
 
-    from pathomch_assets.partitions import SLIDES
+    from pathomch_assets.partitions import slides_name
 
     from .conftest import OPENSLIDE
 
@@ -255,9 +255,9 @@ def test_slide_tiles_writes_each_slides_site(tmp_path):
     (tmp_path / "pathomch.yaml").write_text(config)
     cfg = load_config(tmp_path / "pathomch.yaml")
     keys = ["brca/TCGA-a2-A04N-01Z-00-DX1", "brca/case_001-01"]
-    tiles = next(a for a in build_definitions(cfg).assets if dg.AssetKey("slide_tiles") in a.keys)
+    tiles = next(a for a in build_definitions(cfg).assets if dg.AssetKey(["brca", "slide_tiles"]) in a.keys)
     with dg.instance_for_test() as instance:
-        instance.add_dynamic_partitions(SLIDES.name, keys)
+        instance.add_dynamic_partitions(slides_name("brca"), keys)
         result = dg.materialize(
             [tiles],
             instance=instance,

@@ -77,9 +77,10 @@ def small(tmp_path_factory):
 
 
 def latest_metadata(asset: str, partition: str) -> dict:
+    """The metadata of brca's ``asset`` last materialized for ``partition``."""
     instance = dg.DagsterInstance.get()
     (record,) = instance.fetch_materializations(
-        dg.AssetRecordsFilter(asset_key=dg.AssetKey(asset), asset_partitions=[partition]), limit=1
+        dg.AssetRecordsFilter(asset_key=dg.AssetKey(["brca", asset]), asset_partitions=[partition]), limit=1
     ).records
     return {k: v.value for k, v in record.asset_materialization.metadata.items()}
 
@@ -161,7 +162,7 @@ def test_a_trait_with_too_few_usable_rounds_fails_alone(small, capsys, monkeypat
     printed = capsys.readouterr()
     text = printed.out + printed.err
     # the command line names the failed partition, prints its message, and skips nothing
-    assert text.count("FAILED:") == 1 and f"FAILED: ensemble [brca/{trait}]" in text
+    assert text.count("FAILED:") == 1 and f"FAILED: brca/ensemble [brca/{trait}]" in text
     assert f"brca/{trait}: only 3 usable rounds" in text and "ensemble.size is 4" in text
     assert all(f"round_{r}" in text for r in rounds) and "other traits are not affected" in text
     assert "skipped (upstream failed)" not in text and "skipping" not in text

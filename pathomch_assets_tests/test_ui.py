@@ -45,7 +45,8 @@ def test_ui_serves_the_asset_graph_and_renders_pages(tmp_path):
             "survival_analysis",
         } <= set(by_name)
         assert all(n["isPartitioned"] for n in nodes)
-        assert by_name["trait_model"]["groupName"] == "models" and "tensorflow" in by_name["trait_model"]["kinds"]
+        assert {n["assetKey"]["path"][0] for n in nodes} == set(cfg.cohorts)  # every asset once per cohort
+        assert by_name["trait_model"]["groupName"] in cfg.cohorts and "tensorflow" in by_name["trait_model"]["kinds"]
         assert all(n["owners"] for n in nodes)
         shots = [screenshot(url + p["page"], tmp_path / f"{name}.png") for name, p in demo_pages().items()]
     for shot in shots:

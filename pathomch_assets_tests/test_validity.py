@@ -268,16 +268,16 @@ def run_gate_and_map(path, sid):
     """``trait_validity`` of brca, then ``slide_cartography`` of one slide; their metadata."""
     from pathomch_assets.config import load_config
     from pathomch_assets.definitions import build_definitions
-    from pathomch_assets.partitions import SLIDES
+    from pathomch_assets.partitions import slides_name
     from pathomch_assets.resources import PathomchResource
 
     defs = build_definitions(load_config(path))
     pathomch = PathomchResource(config_path=str(path))
-    gate = next(a for a in defs.assets if dg.AssetKey("trait_validity") in a.keys)
+    gate = next(a for a in defs.assets if dg.AssetKey(["brca", "trait_validity"]) in a.keys)
     gate_meta = gate(context=dg.build_asset_context(partition_key="brca"), pathomch=pathomch).metadata
-    carto = next(a for a in defs.assets if dg.AssetKey("slide_cartography") in a.keys)
+    carto = next(a for a in defs.assets if dg.AssetKey(["brca", "slide_cartography"]) in a.keys)
     with dg.instance_for_test() as instance:
-        instance.add_dynamic_partitions(SLIDES.name, [f"brca/{sid}"])
+        instance.add_dynamic_partitions(slides_name("brca"), [f"brca/{sid}"])
         result = dg.materialize(
             [carto], partition_key=f"brca/{sid}", resources={"pathomch": pathomch}, instance=instance
         )

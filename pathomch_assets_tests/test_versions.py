@@ -43,12 +43,24 @@ def test_tile_size_changes_the_tiles_and_everything_downstream(demo):
     cfg, before = demo
     after = code_versions(with_tiling(cfg, tile_px=256))
     graph = build_definitions(cfg).resolve_asset_graph()
-    downstream = {k.to_user_string() for k in dg.AssetSelection.assets(*TILE_READERS).downstream().resolve(graph)}
-    assert {"slide_tiles", "trait_model", "ensemble", "slide_predictions", "slide_cartography"} <= downstream
-    assert {"model_evaluation", "survival_analysis"} <= downstream
+    readers = [k for k in graph.get_all_asset_keys() if k.path[-1] in TILE_READERS]
+    downstream = {k.to_user_string() for k in dg.AssetSelection.assets(*readers).downstream().resolve(graph)}
+    for cohort in ("brca", "luad"):
+        names = ("slide_tiles", "trait_model", "ensemble", "slide_predictions", "slide_cartography")
+        assert {f"{cohort}/{n}" for n in (*names, "model_evaluation", "survival_analysis")} <= downstream
     changed = {k for k in before if before[k] != after[k]}
     assert changed == downstream, changed ^ downstream
-    assert "clinical" not in changed  # reads no tiles
+    assert not {"brca/clinical", "luad/clinical"} & changed  # reads no tiles
+
+
+def test_a_cohorts_analysis_settings_change_only_its_own_code_versions(demo):
+    """Trait sets are set per cohort: a new HTI set of luad marks luad's maps and survival stale, not brca's."""
+    cfg, before = demo
+    luad = cfg.cohorts["luad"]
+    extra = [luad.traits[:2]]
+    cohorts = {**cfg.cohorts, "luad": luad.model_copy(update={"hti_sets": [*luad.hti_sets, *extra]})}
+    after = code_versions(cfg.model_copy(update={"cohorts": cohorts}))
+    assert {k for k in before if before[k] != after[k]} == {"luad/slide_cartography", "luad/survival_analysis"}
 
 
 def test_one_rule_for_tile_reuse_and_code_versions():

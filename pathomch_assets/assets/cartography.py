@@ -9,7 +9,7 @@ from .. import layout
 from ..cartography import maps_gallery, stats_summary
 from ..config import PathomchConfig
 from ..maps import analysis_settings, hti_settings, map_slides
-from ..partitions import ALL, SLIDES, configured_by_cohort, model_deps
+from ..partitions import ALL, configured_by_cohort, model_deps, slides
 from ..reporting import figure_file, md_table
 from ..resources import PathomchResource
 from ..versions import code_version
@@ -18,13 +18,18 @@ if TYPE_CHECKING:  # Dagster's type of a metadata value (ints, strings, Metadata
     from dagster._core.definitions.metadata import RawMetadataValue
 
 
-def build(cfg: PathomchConfig, slide_predictions_asset, trait_model_asset, ensemble_asset, trait_validity_asset):
+def build(
+    cfg: PathomchConfig, cohort: str, slide_predictions_asset, trait_model_asset, ensemble_asset, trait_validity_asset
+):
+    """``cohort``'s ``slide_cartography`` (key ``<cohort>/slide_cartography``)."""
+
     @dg.asset(
-        partitions_def=SLIDES,
+        partitions_def=slides(cohort),
         backfill_policy=dg.BackfillPolicy.single_run(),
-        group_name="cartography",
+        key_prefix=[cohort],
+        group_name=cohort,
         kinds={"numpy", "geojson"},
-        code_version=code_version(cfg.tiling.tile_px, analysis_settings(cfg), hti_settings(cfg)),
+        code_version=code_version(cfg.tiling.tile_px, analysis_settings(cfg, cohort), hti_settings(cfg)),
         deps=[
             slide_predictions_asset,
             dg.AssetDep(trait_validity_asset, partition_mapping=ALL),

@@ -6,7 +6,7 @@ import dagster as dg
 
 from ..deployment import TILING_STEP
 from ..ingest import tile_partitions
-from ..partitions import SLIDES
+from ..partitions import slides
 from ..reporting import md_table
 from ..resources import PathomchResource
 from ..slides import SLIDE_TAG
@@ -15,20 +15,26 @@ if TYPE_CHECKING:  # Dagster's type of a metadata value (ints, strings, Metadata
     from dagster._core.definitions.metadata import RawMetadataValue
 
 
-@dg.asset(
-    partitions_def=SLIDES,
-    backfill_policy=dg.BackfillPolicy.single_run(),
-    group_name="slides",
-    kinds={"openslide", "tensorflow"},
-    op_tags=TILING_STEP,
-    description="QC and tiling of each slide (SPEC 3.3): non-overlapping tiles at the target "
-    "magnification from the closest pyramid level, background tiles dropped, JPEG tiles in a "
-    "TFRecord per slide. A slide OpenSlide cannot open or read is recorded in `slides` with its "
-    "error and skipped (and tried again on the next run). A slide whose file changes while it is read is "
-    "tiled again; an earlier result is reused only for the same content (fingerprint) and settings. Each "
-    "slide's rows of the `slides` and `tiles` tables are written as it finishes, so an interrupted run keeps "
-    "the slides it finished.",
-)
+def build(cohort: str):
+    """``cohort``'s ``slide_tiles`` (key ``<cohort>/slide_tiles``)."""
+    return dg.asset(
+        name="slide_tiles",
+        key_prefix=[cohort],
+        partitions_def=slides(cohort),
+        backfill_policy=dg.BackfillPolicy.single_run(),
+        group_name=cohort,
+        kinds={"openslide", "tensorflow"},
+        op_tags=TILING_STEP,
+        description="QC and tiling of each slide (SPEC 3.3): non-overlapping tiles at the target "
+        "magnification from the closest pyramid level, background tiles dropped, JPEG tiles in a "
+        "TFRecord per slide. A slide OpenSlide cannot open or read is recorded in `slides` with its "
+        "error and skipped (and tried again on the next run). A slide whose file changes while it is read is "
+        "tiled again; an earlier result is reused only for the same content (fingerprint) and settings. Each "
+        "slide's rows of the `slides` and `tiles` tables are written as it finishes, so an interrupted run keeps "
+        "the slides it finished.",
+    )(slide_tiles)
+
+
 def slide_tiles(context: dg.AssetExecutionContext, pathomch: PathomchResource) -> dg.MaterializeResult:
     cfg = pathomch.get_config()
 

@@ -18,12 +18,14 @@ from ..rounds import train_round
 from ..versions import code_version, data_version, file_version, refresh_on_new_slides
 
 
-def build(cfg: PathomchConfig, labels_asset, splits_asset):
-    multi = target_rounds(cfg)
+def build(cfg: PathomchConfig, cohort: str, labels_asset, splits_asset):
+    """``cohort``'s ``trait_model`` and ``ensemble`` (keys ``<cohort>/<name>``)."""
+    multi = target_rounds(cfg, cohort)
 
     @dg.asset(
         partitions_def=multi,
-        group_name="models",
+        key_prefix=[cohort],
+        group_name=cohort,
         kinds={"tensorflow", "keras"},
         pool="gpu",
         op_tags=GPU_STEP,
@@ -79,8 +81,9 @@ def build(cfg: PathomchConfig, labels_asset, splits_asset):
         )
 
     @dg.asset(
-        partitions_def=targets(cfg),
-        group_name="models",
+        partitions_def=targets(cfg, cohort),
+        key_prefix=[cohort],
+        group_name=cohort,
         kinds={"pandas", "parquet"},
         tags=FAILS_ALONE,
         code_version=code_version(cfg.ensemble),
@@ -121,17 +124,18 @@ def build(cfg: PathomchConfig, labels_asset, splits_asset):
     return trait_model, ensemble
 
 
-def build_evaluation(cfg: PathomchConfig, slide_predictions_asset, trait_model_asset, ensemble_asset):
+def build_evaluation(cfg: PathomchConfig, cohort: str, slide_predictions_asset, trait_model_asset, ensemble_asset):
     @dg.asset(
-        partitions_def=cohorts(cfg),
-        group_name="models",
+        partitions_def=cohorts(cohort),
+        key_prefix=[cohort],
+        group_name=cohort,
         kinds={"pandas", "parquet"},
         code_version=code_version(cfg.labels, cfg.ensemble),
         deps=[
             dg.AssetDep(slide_predictions_asset, partition_mapping=ALL),
             *model_deps(trait_model_asset, ensemble_asset),
         ],
-        automation_condition=refresh_on_new_slides(),
+        automation_condition=refresh_on_new_slides(cohort),
         description="Per cohort: the paper's Table 1 (slide-level AUC: test mean of the trained rounds with its "
         "min-max range, test ensemble, OOD-near and OOD-all ensemble; rounds excluded for a missing class are "
         "named), Figure 2 (ensemble scores by label), and Spearman correlations of ensemble scores with "

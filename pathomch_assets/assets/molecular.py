@@ -11,15 +11,16 @@ from ..partitions import ALL, cohorts
 from ..reporting import md_table
 from ..resources import PathomchResource
 from ..splits import SiteSplit, cohort_splits
-from .ingest import slide_tiles
 
 
-def build(cfg: PathomchConfig):
-    part = cohorts(cfg)
+def build(cfg: PathomchConfig, cohort: str, slide_tiles):
+    """``cohort``'s expression, labels, splits and clinical assets (keys ``<cohort>/<name>``)."""
+    part = cohorts(cohort)
 
     @dg.asset(
         partitions_def=part,
-        group_name="molecular",
+        key_prefix=[cohort],
+        group_name=cohort,
         kinds={"pandas", "parquet"},
         deps=[dg.AssetDep(slide_tiles, partition_mapping=ALL)],
         description="Per-patient expression of each configured trait, streamed from the PanCanAtlas "
@@ -59,7 +60,8 @@ def build(cfg: PathomchConfig):
 
     @dg.asset(
         partitions_def=part,
-        group_name="molecular",
+        key_prefix=[cohort],
+        group_name=cohort,
         kinds={"pandas", "parquet"},
         deps=[expression],
         description="Labels per trait (SPEC 3.2): above the high percentile = 1, below the low = 0; "
@@ -86,7 +88,8 @@ def build(cfg: PathomchConfig):
 
     @dg.asset(
         partitions_def=part,
-        group_name="molecular",
+        key_prefix=[cohort],
+        group_name=cohort,
         kinds={"pandas", "parquet", "highs"},
         deps=[dg.AssetDep(slide_tiles, partition_mapping=ALL), labels],
         description="Subject-level splits (SPEC 3.1): a held-out test set shared by every trait and round, and "
@@ -131,7 +134,8 @@ def build(cfg: PathomchConfig):
 
     @dg.asset(
         partitions_def=part,
-        group_name="molecular",
+        key_prefix=[cohort],
+        group_name=cohort,
         kinds={"pandas", "parquet"},
         description="Overall survival, ER status and subtype per patient from the cBioPortal clinical "
         "patient table; rows with missing or negative times are left out and listed.",

@@ -11,19 +11,28 @@ from ..resources import PathomchResource
 from ..versions import code_version, refresh_on_new_slides
 
 
-def build(cfg: PathomchConfig, cartography_asset, clinical_asset, trait_model_asset, ensemble_asset, validity_asset):
+def build(
+    cfg: PathomchConfig,
+    cohort: str,
+    cartography_asset,
+    clinical_asset,
+    trait_model_asset,
+    ensemble_asset,
+    validity_asset,
+):
     @dg.asset(
-        partitions_def=cohorts(cfg),
-        group_name="survival",
+        partitions_def=cohorts(cohort),
+        key_prefix=[cohort],
+        group_name=cohort,
         kinds={"lifelines"},
-        code_version=code_version(cfg.survival, analysis_settings(cfg), hti_settings(cfg)),
+        code_version=code_version(cfg.survival, analysis_settings(cfg, cohort), hti_settings(cfg)),
         deps=[
             dg.AssetDep(cartography_asset, partition_mapping=ALL),
             clinical_asset,
             dg.AssetDep(validity_asset, partition_mapping=ALL),
             *model_deps(trait_model_asset, ensemble_asset),
         ],
-        automation_condition=refresh_on_new_slides(),
+        automation_condition=refresh_on_new_slides(cohort),
         description="Per cohort and trait pair: the survival set (test patients plus patients OOD for both "
         "traits, one DX1 slide each), Kaplan-Meier curves with 95% CI and log-rank tests for HTI > 0.5 vs "
         "<= 0.5 and > 0.7 vs <= 0.3, the bulk-expression baseline per trait, a Cox model with HTI as a "

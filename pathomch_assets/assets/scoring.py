@@ -3,18 +3,20 @@
 import dagster as dg
 
 from ..config import PathomchConfig
-from ..partitions import SLIDES, configured_by_cohort, model_deps
+from ..partitions import configured_by_cohort, model_deps, slides
 from ..predictions import score_slides
 from ..resources import AcceleratorResource, PathomchResource
 from ..versions import code_version
-from .ingest import slide_tiles
 
 
-def build(cfg: PathomchConfig, trait_model_asset, ensemble_asset):
+def build(cfg: PathomchConfig, cohort: str, slide_tiles, trait_model_asset, ensemble_asset):
+    """``cohort``'s ``slide_predictions`` (key ``<cohort>/slide_predictions``)."""
+
     @dg.asset(
-        partitions_def=SLIDES,
+        partitions_def=slides(cohort),
         backfill_policy=dg.BackfillPolicy.single_run(),
-        group_name="models",
+        key_prefix=[cohort],
+        group_name=cohort,
         kinds={"tensorflow", "parquet"},
         code_version=code_version(cfg.ensemble, cfg.training.input_px),
         deps=[*model_deps(trait_model_asset, ensemble_asset), slide_tiles],

@@ -40,10 +40,11 @@ SITES_SHOWN = [
 ]
 
 
-def build(cfg: PathomchConfig, trait_model_asset, ensemble_asset):
+def build(cfg: PathomchConfig, cohort: str, trait_model_asset, ensemble_asset):
     @dg.asset(
-        partitions_def=cohorts(cfg),
-        group_name="models",
+        partitions_def=cohorts(cohort),
+        key_prefix=[cohort],
+        group_name=cohort,
         kinds={"pandas", "parquet"},
         code_version=code_version(cfg.maps, cfg.seed),
         deps=model_deps(trait_model_asset, ensemble_asset),
@@ -84,17 +85,18 @@ def build(cfg: PathomchConfig, trait_model_asset, ensemble_asset):
     return trait_validity
 
 
-def build_site_effects(cfg: PathomchConfig, slide_predictions_asset, trait_model_asset, ensemble_asset):
+def build_site_effects(cfg: PathomchConfig, cohort: str, slide_predictions_asset, trait_model_asset, ensemble_asset):
     @dg.asset(
-        partitions_def=cohorts(cfg),
-        group_name="models",
+        partitions_def=cohorts(cohort),
+        key_prefix=[cohort],
+        group_name=cohort,
         kinds={"pandas", "parquet"},
         code_version=code_version(cfg.site_effects, cfg.seed),
         deps=[
             dg.AssetDep(slide_predictions_asset, partition_mapping=ALL),
             *model_deps(trait_model_asset, ensemble_asset),
         ],
-        automation_condition=refresh_on_new_slides(),
+        automation_condition=refresh_on_new_slides(cohort),
         description="Per cohort and trait, whatever the split method (issue 28): labels by tissue source site "
         "(chi-square, Fisher or Monte Carlo chi-square, Cramer's V; `site_dependent` when p < site_effects.alpha, "
         "with a warning), the held-out AUC on sites seen in training and on sites never seen, and how well the "
