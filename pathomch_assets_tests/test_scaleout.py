@@ -2,8 +2,6 @@
 runs in parallel and every output on object storage (S3 protocol) gives the same tables, table for
 table, as the in-process run on a local folder."""
 
-import dataclasses
-
 import dagster as dg
 import pandas as pd
 import pytest
@@ -14,33 +12,27 @@ from pathomch_assets.definitions import build_definitions
 from pathomch_assets.runner import materialize_all
 from pathomch_assets.tables import SCHEMAS, TableStore
 
-from .conftest import UNGATED, balanced_seed
-
 pytestmark = pytest.mark.slow
 
-SPLITS = {"test_fraction": 0.3, "val_fraction": 0.3, "rounds": 3}
 #: columns that say when or how long, not what
 VOLATILE = {"slides": ["seconds"]}
 
 
 @pytest.fixture(scope="module")
-def tiny_demo(tmp_path_factory):
-    """One cohort, two planted traits, 3 training rounds: every asset, kept small."""
-    from pathomch_assets.demo_cohort import DEFAULT_COHORTS, build_demo
-
-    brca = DEFAULT_COHORTS[0]
-    spec = dataclasses.replace(brca, n_patients=44, traits={t: brca.traits[t] for t in brca.survival_pair})
-    seed = balanced_seed((spec,), SPLITS)
-    out = tmp_path_factory.mktemp("tiny")
-    return build_demo(
-        out,
-        seed=seed,
-        cohorts=(spec,),
-        workers=1,
-        progress=lambda *a: None,
-        # short training: what is compared is the tables of two executions of the same work, not model quality
-        overrides={**UNGATED, "splits": SPLITS, "tiling": {"workers": 1}, "training": {"max_epochs": 2}},
-    )
+def tiny_demo(tiny_deployment, tmp_path_factory):
+    """One cohort, two planted traits, 3 short training rounds (``conftest.tiny_deployment``), already
+    materialized by the in-process runner: its config, in a folder of this module's, with absolute paths to the
+    shared build's inputs and outputs, which this module reads and never writes."""
+    shared = tiny_deployment / "demo"
+    raw = yaml.safe_load((shared / "pathomch.yaml").read_text())
+    for key in ("data_dir", "duckdb_path"):
+        raw[key] = str(shared / raw[key])
+    for cohort in raw["cohorts"].values():
+        for key in ("slides_dir", "mrna", "mirna", "clinical"):
+            cohort[key] = str(shared / cohort[key])
+    path = tmp_path_factory.mktemp("tiny") / "pathomch.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    return path
 
 
 def _run(config_path, home, monkeypatch, **kwargs):
@@ -50,6 +42,11 @@ def _run(config_path, home, monkeypatch, **kwargs):
     summary = materialize_all(build_definitions(cfg), cfg, log=lambda *a: None, **kwargs)
     assert not summary.failed and not summary.skipped, (summary.failed, summary.skipped)
     return cfg, TableStore(cfg.tables_dir, cfg.duckdb_path)
+
+
+def _reference(config_path):
+    cfg = load_config(config_path)
+    return TableStore(cfg.tables_dir, cfg.duckdb_path)
 
 
 def _table(store, table):
@@ -72,7 +69,7 @@ def test_multiprocess_parallel_run_on_object_storage_equals_in_process_run(tiny_
         )
     )
     monkeypatch.setenv("PATHOMCH_CACHE_DIR", str(tmp_path / "cache"))
-    _, local = _run(local_cfg, tmp_path / "home_local", monkeypatch)
+    local = _reference(local_cfg)  # the in-process run on a local folder: conftest.tiny_deployment
     cfg, remote = _run(remote_cfg, tmp_path / "home_remote", monkeypatch, executor="multiprocess", parallel=2)
 
     # table for table, row for row
