@@ -52,7 +52,7 @@ def balanced_seed(cohorts, splits=SMALL_SPLITS, seeds=range(1, 200)) -> int:
 UNGATED = {"maps": {"include_invalid": True}}
 
 
-def built_once(request, tmp_path_factory, name: str, build) -> Path:
+def built_once(request, tmp_path_factory, name: str, build, marker: str = ".built") -> Path:
     """``build(folder)`` run once for the whole test run, into a folder every xdist worker reads: the first worker
     to ask builds it under a file lock, the others wait for it (pytest-xdist's recipe for session fixtures).
     Treat the folder as read-only; copy it (:func:`copy_built`) to change anything in it."""
@@ -66,11 +66,11 @@ def built_once(request, tmp_path_factory, name: str, build) -> Path:
         shared = tmp_path_factory.getbasetemp().parent / "shared" / name
     shared.parent.mkdir(parents=True, exist_ok=True)
     with FileLock(str(shared) + ".lock"):
-        if not (shared / ".built").exists():  # built in place (tables hold absolute slide paths), stamped when done
+        if not (shared / marker).exists():  # built in place (tables hold absolute slide paths), stamped when done
             shutil.rmtree(shared, ignore_errors=True)  # a build a killed worker left
             shared.mkdir()
             build(shared)
-            (shared / ".built").touch()
+            (shared / marker).touch()
     return shared
 
 
@@ -83,7 +83,7 @@ def copy_built(shared: Path, out: Path) -> Path:
     from pathomch_assets.config import load_config
     from pathomch_assets.tables import TableStore
 
-    shutil.copytree(shared, out, dirs_exist_ok=True, ignore=shutil.ignore_patterns(".built"))
+    shutil.copytree(shared, out, dirs_exist_ok=True, ignore=shutil.ignore_patterns(".built", ".inputs"))
     for config in out.rglob("pathomch.yaml"):
         cfg = load_config(config)
         if cfg.tables_dir.exists():
@@ -118,23 +118,19 @@ TINY_SPLITS = {**SMALL_SPLITS, "rounds": 3}
 
 
 @pytest.fixture(scope="session")
-def tiny_deployment(tmp_path_factory, request) -> Path:
-    """One cohort (brca, 44 patients), its two planted survival traits, 3 short training rounds, materialized
-    whole by the command line's runner in process: ``demo/pathomch.yaml`` and its instance ``dagster_home``.
+def tiny_inputs(tmp_path_factory, request) -> Path:
+    """One cohort (brca, 44 patients), its two planted survival traits, 3 short training rounds: the generated
+    cohort and ``demo/pathomch.yaml``, nothing materialized yet, built once per test run; :func:`materialize_tiny`
+    materializes it in place (``tiny_deployment``).
 
-    Built once per test run and shared, read-only, by test_scaleout (the in-process reference run),
-    test_living and test_postgres (each on a copy: :func:`copy_built`).  The sensor looks every 5 s and
-    retries a failed slide after 5 s (defaults 60 s and 120 s) for test_living; those settings change no
-    result and no code version."""
-    from pathomch_assets.config import load_config
-    from pathomch_assets.definitions import build_definitions
+    The sensor looks every 5 s and retries a failed slide after 5 s (defaults 60 s and 120 s) for test_living;
+    those settings change no result and no code version."""
     from pathomch_assets.demo_cohort import DEFAULT_COHORTS, build_demo
-    from pathomch_assets.runner import materialize_all
 
     def build(root: Path) -> None:
         brca = DEFAULT_COHORTS[0]
         spec = dataclasses.replace(brca, n_patients=44, traits={t: brca.traits[t] for t in brca.survival_pair})
-        config = build_demo(
+        build_demo(
             root / "demo",
             seed=balanced_seed((spec,), TINY_SPLITS),
             cohorts=(spec,),
@@ -149,17 +145,47 @@ def tiny_deployment(tmp_path_factory, request) -> Path:
                 "sensor": {"interval_s": 5, "retry_backoff_s": 5},
             },
         )
-        mp = pytest.MonkeyPatch()
-        try:
-            mp.setenv("PATHOMCH_CONFIG", str(config))
-            mp.setenv("DAGSTER_HOME", str(root / "dagster_home"))
-            cfg = load_config(config)
-            summary = materialize_all(build_definitions(cfg), cfg, log=lambda *a: None)
-            assert not summary.failed and not summary.skipped, (summary.failed, summary.skipped)
-        finally:
-            mp.undo()
 
-    return built_once(request, tmp_path_factory, "tiny_deployment", build)
+    return built_once(request, tmp_path_factory, "tiny_deployment", build, marker=".inputs")
+
+
+def materialize_tiny(root: Path) -> Path:
+    """The :func:`tiny_inputs` folder ``root`` materialized whole, in place, by the command line's runner in process
+    (``demo/output`` and its instance ``dagster_home``), once per test run: the first caller does it under a lock
+    of its own, later ones wait for it.  A function as well as a fixture (``tiny_deployment``): test_scaleout needs
+    it only after its own run, so another worker can build it meanwhile."""
+    import shutil
+
+    from filelock import FileLock
+
+    from pathomch_assets.config import load_config
+    from pathomch_assets.definitions import build_definitions
+    from pathomch_assets.runner import materialize_all
+
+    with FileLock(str(root) + ".materialized.lock"):
+        if not (root / ".built").exists():
+            shutil.rmtree(root / "dagster_home", ignore_errors=True)  # what a killed worker left
+            shutil.rmtree(root / "demo" / "output", ignore_errors=True)
+            config = root / "demo" / "pathomch.yaml"
+            mp = pytest.MonkeyPatch()
+            try:
+                mp.setenv("PATHOMCH_CONFIG", str(config))
+                mp.setenv("DAGSTER_HOME", str(root / "dagster_home"))
+                cfg = load_config(config)
+                summary = materialize_all(build_definitions(cfg), cfg, log=lambda *a: None)
+                assert not summary.failed and not summary.skipped, (summary.failed, summary.skipped)
+            finally:
+                mp.undo()
+            (root / ".built").touch()
+    return root
+
+
+@pytest.fixture(scope="session")
+def tiny_deployment(tiny_inputs) -> Path:
+    """``tiny_inputs`` materialized whole (:func:`materialize_tiny`): ``demo/pathomch.yaml``, its outputs and its
+    instance ``dagster_home``.  Shared, read-only, by test_scaleout (the in-process reference run), test_living
+    and test_postgres (each on a copy: :func:`copy_built`)."""
+    return materialize_tiny(tiny_inputs)
 
 
 @pytest.fixture(scope="session")

@@ -2,6 +2,8 @@
 runs in parallel and every output on object storage (S3 protocol) gives the same tables, table for
 table, as the in-process run on a local folder."""
 
+from pathlib import Path
+
 import dagster as dg
 import pandas as pd
 import pytest
@@ -12,6 +14,8 @@ from pathomch_assets.definitions import build_definitions
 from pathomch_assets.runner import materialize_all
 from pathomch_assets.tables import SCHEMAS, TableStore
 
+from .conftest import materialize_tiny
+
 pytestmark = pytest.mark.slow
 
 #: columns that say when or how long, not what
@@ -19,11 +23,11 @@ VOLATILE = {"slides": ["seconds"]}
 
 
 @pytest.fixture(scope="module")
-def tiny_demo(tiny_deployment, tmp_path_factory):
-    """One cohort, two planted traits, 3 short training rounds (``conftest.tiny_deployment``), already
-    materialized by the in-process runner: its config, in a folder of this module's, with absolute paths to the
-    shared build's inputs and outputs, which this module reads and never writes."""
-    shared = tiny_deployment / "demo"
+def tiny_demo(tiny_inputs, tmp_path_factory):
+    """One cohort, two planted traits, 3 short training rounds (``conftest.tiny_inputs``): its config, in a
+    folder of this module's, with absolute paths to the shared build's inputs and outputs, which this module reads
+    and never writes (the outputs: ``conftest.tiny_deployment``, the in-process run, see ``_reference``)."""
+    shared = tiny_inputs / "demo"
     raw = yaml.safe_load((shared / "pathomch.yaml").read_text())
     for key in ("data_dir", "duckdb_path"):
         raw[key] = str(shared / raw[key])
@@ -45,7 +49,10 @@ def _run(config_path, home, monkeypatch, **kwargs):
 
 
 def _reference(config_path):
+    """The in-process run on a local folder (``conftest.tiny_deployment``), made now or waited for: after this
+    test's own run, so that under xdist another worker (test_living's) makes it meanwhile."""
     cfg = load_config(config_path)
+    materialize_tiny(Path(cfg.data_dir).parents[1])  # <tiny_inputs>/demo/output
     return TableStore(cfg.tables_dir, cfg.duckdb_path)
 
 
@@ -69,8 +76,8 @@ def test_multiprocess_parallel_run_on_object_storage_equals_in_process_run(tiny_
         )
     )
     monkeypatch.setenv("PATHOMCH_CACHE_DIR", str(tmp_path / "cache"))
-    local = _reference(local_cfg)  # the in-process run on a local folder: conftest.tiny_deployment
     cfg, remote = _run(remote_cfg, tmp_path / "home_remote", monkeypatch, executor="multiprocess", parallel=2)
+    local = _reference(local_cfg)  # the in-process run on a local folder: conftest.tiny_deployment
 
     # table for table, row for row
     for table in SCHEMAS:
