@@ -249,9 +249,9 @@ def planted_slide_plan(sid: str):
 #: the order in which xdist workers are handed test files (``--dist loadfile --no-loadscope-reorder``; by default
 #: xdist hands out files with the most tests first, so the long two-test files of `dagster dev` and whole
 #: pipelines started last and made the suite's tail).  Each of `make test`'s 4 workers starts with two files: the
-#: four longest (minutes each; test_scaleout, the longest, first, so that its worker builds ``tiny_deployment``,
-#: which test_living and test_postgres copy), then four quick ones to pair with them; then the other long ones,
-#: longest first, as workers free up, then the rest.
+#: four longest (minutes each; test_scaleout, the longest, first: its worker builds ``tiny_inputs`` and starts its
+#: own run while test_living's materializes ``tiny_deployment``), then four quick ones to pair with them; then the
+#: other long ones, longest first, as workers free up, then the rest.
 FILE_ORDER = (
     "test_scaleout.py",
     "test_pipeline.py",
