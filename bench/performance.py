@@ -648,7 +648,7 @@ def bench_accelerators(
 
                     def run(steps):
                         if phase == "training":
-                            model.fit(data, steps_per_epoch=steps, epochs=1, verbose=0)
+                            model.fit(data, steps_per_epoch=steps, epochs=1, verbose=0, shuffle=False)  # tf.data
                         else:
                             model.predict(data.map(lambda a, b: a), steps=steps, verbose=0)
 

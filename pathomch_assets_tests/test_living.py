@@ -7,7 +7,6 @@ again and equal to the clean run; a slide dropped into the cohort folder is pick
 ends with its HTI row; eager automation refreshes the cohort's evaluation and survival; no run fails.
 """
 
-import dataclasses
 import json
 import subprocess
 import sys
@@ -19,12 +18,10 @@ import pandas as pd
 import pytest
 
 from pathomch_assets.config import load_config
-from pathomch_assets.definitions import build_definitions
-from pathomch_assets.runner import materialize_all
 from pathomch_assets.tables import TableStore
 
 from .browser import dagster_dev
-from .conftest import SMALL_SPLITS, UNGATED, balanced_seed, planted_slide_plan
+from .conftest import copy_built, planted_slide_plan
 
 pytestmark = pytest.mark.slow
 
@@ -53,36 +50,16 @@ RESULT_TABLES = (
 
 
 @pytest.fixture(scope="module")
-def deployment(tmp_path_factory):
-    """One small cohort, materialized whole by the command line's runner (the clean run)."""
-    from pathomch_assets.demo_cohort import DEFAULT_COHORTS, build_demo
-
-    cohorts = (dataclasses.replace(DEFAULT_COHORTS[0], n_patients=60),)
-    seed = balanced_seed(cohorts)
-    root = tmp_path_factory.mktemp("living")
-    config = build_demo(
-        root / "demo",
-        seed=seed,
-        cohorts=cohorts,
-        workers=1,
-        progress=lambda *a: None,
-        # the sensor looks every 5 s and retries a failed slide after 5 s (defaults 60 s and 120 s); short
-        # training: this is about staleness, backfills, the sensor and readers, not model quality
-        overrides={
-            **UNGATED,
-            "splits": {**SMALL_SPLITS, "rounds": 3},
-            "sensor": {"interval_s": 5, "retry_backoff_s": 5},
-            "training": {"max_epochs": 2},
-        },
-    )
+def deployment(tiny_deployment, tmp_path_factory):
+    """One small cohort, materialized whole by the command line's runner (the clean run): a copy of
+    ``conftest.tiny_deployment``, its instance included, for this module to change."""
+    root = copy_built(tiny_deployment, tmp_path_factory.mktemp("living"))
+    config = root / "demo" / "pathomch.yaml"
     mp = pytest.MonkeyPatch()
     mp.setenv("PATHOMCH_CONFIG", str(config))
     mp.setenv("PATHOMCH_EXECUTOR", "in_process")  # steps in the run's process: the same runs, less start-up
     mp.setenv("DAGSTER_HOME", str(root / "dagster_home"))
-    cfg = load_config(config)
-    summary = materialize_all(build_definitions(cfg), cfg, log=lambda *a: None)
-    assert not summary.failed
-    yield cfg, root
+    yield load_config(config), root
     mp.undo()
 
 
@@ -224,7 +201,7 @@ def test_stale_backfill_sensor_and_automation_under_a_reader(deployment, tmp_pat
             }
             assert stale["brca/trait_model"][model] == "FRESH"
             assert stale["brca/ensemble"]["brca/MKI67"] == "STALE"
-            assert stale["brca/ensemble"]["brca/ESR1"] == "FRESH"  # other traits' ensembles do not use that model
+            assert stale["brca/ensemble"]["brca/miR-17-5p"] == "FRESH"  # other traits' ensembles do not use that model
             for asset in (
                 "brca/slide_predictions",
                 "brca/slide_cartography",

@@ -7,7 +7,6 @@ rows equal a run of the same partition on the local SQLite instance, row for row
 """
 
 import contextlib
-import dataclasses
 import os
 import shutil
 import socket
@@ -26,13 +25,12 @@ from pathomch_assets.runner import materialize_all
 from pathomch_assets.tables import TableStore
 
 from .browser import dagster_dev
-from .conftest import UNGATED, balanced_seed
+from .conftest import copy_built
 from .test_living import backfill
 
 pytestmark = pytest.mark.slow
 
 ROOT = Path(__file__).resolve().parent.parent
-SPLITS = {"test_fraction": 0.3, "val_fraction": 0.3, "rounds": 3}
 MODELS = [str(dg.MultiPartitionKey({"target": "brca/MKI67", "round": f"round_{r}"})) for r in range(3)]
 MODEL_TABLES = ("slide_scores", "model_metrics", "model_rounds")
 
@@ -111,21 +109,10 @@ def deploy_instance(home: Path, port: int) -> dict:
 
 
 @pytest.fixture(scope="module")
-def tiny(tmp_path_factory):
-    """One cohort, two planted traits, 3 training rounds (as test_scaleout's), tiled and labelled."""
-    from pathomch_assets.demo_cohort import DEFAULT_COHORTS, build_demo
-
-    brca = DEFAULT_COHORTS[0]
-    spec = dataclasses.replace(brca, n_patients=44, traits={t: brca.traits[t] for t in brca.survival_pair})
-    out = tmp_path_factory.mktemp("pg")
-    return build_demo(
-        out / "demo",
-        seed=balanced_seed((spec,), SPLITS),
-        cohorts=(spec,),
-        workers=1,
-        progress=lambda *a: None,
-        overrides={**UNGATED, "splits": SPLITS, "tiling": {"workers": 1}, "training": {"max_epochs": 2}},
-    )
+def tiny(tiny_deployment, tmp_path_factory):
+    """One cohort, two planted traits, 3 training rounds (``conftest.tiny_deployment``, as test_scaleout's): a
+    copy of the materialized deployment, without its SQLite instance."""
+    return copy_built(tiny_deployment / "demo", tmp_path_factory.mktemp("pg")) / "pathomch.yaml"
 
 
 def rows(store: TableStore, table: str) -> pd.DataFrame:
@@ -136,8 +123,9 @@ def rows(store: TableStore, table: str) -> pd.DataFrame:
 def training_steps(instance) -> list[tuple[float, float, str]]:
     """(start, end, run id) of every trait_model step, from the event log."""
     spans = {}
+    runs = [r.dagster_run.run_id for r in instance.get_run_records()]
     for kind in (dg.DagsterEventType.STEP_START, dg.DagsterEventType.STEP_SUCCESS):
-        for rec in instance.get_event_records(dg.EventRecordsFilter(event_type=kind), limit=1000):
+        for rec in (rec for run in runs for rec in instance.get_records_for_run(run, of_type=kind).records):
             entry = rec.event_log_entry
             if entry.step_key == "brca__trait_model":
                 spans.setdefault(entry.run_id, {})[kind] = entry.timestamp

@@ -15,7 +15,7 @@ from pathomch_assets.ingest import MAX_TILING_TRIES, tile_partitions
 from pathomch_assets.slides import content_fingerprint
 from pathomch_assets.tables import TableStore
 
-from .test_assets import tiny  # noqa: F401 (a fixture)
+from .test_assets import SEPARABLE, tiny  # noqa: F401 (a fixture)
 
 SID = "TCGA-AA-0001-01Z-00-DX1"
 KEY = f"brca/{SID}"
@@ -297,6 +297,7 @@ def survival_table(store, clinical_update: dict | None = None):
     store.ensure_views()
 
 
+@SEPARABLE
 @pytest.mark.parametrize(
     "update,reason",
     [
@@ -324,6 +325,7 @@ def test_degenerate_survival_data_is_stated_and_earlier_results_do_not_stand(tin
     assert after[["logrank_p", "hazard_ratio", "c_index"]].isna().all().all()  # nothing of the earlier file
 
 
+@SEPARABLE
 def test_survival_rows_of_a_cohort_are_cleared_before_they_are_computed_again(tiny, monkeypatch):  # noqa: F811
     """A survival run that fails leaves no rows of earlier inputs standing as current."""
     import dagster as dg

@@ -2,7 +2,7 @@
 runs in parallel and every output on object storage (S3 protocol) gives the same tables, table for
 table, as the in-process run on a local folder."""
 
-import dataclasses
+from pathlib import Path
 
 import dagster as dg
 import pandas as pd
@@ -14,33 +14,29 @@ from pathomch_assets.definitions import build_definitions
 from pathomch_assets.runner import materialize_all
 from pathomch_assets.tables import SCHEMAS, TableStore
 
-from .conftest import UNGATED, balanced_seed
+from .conftest import materialize_tiny
 
 pytestmark = pytest.mark.slow
 
-SPLITS = {"test_fraction": 0.3, "val_fraction": 0.3, "rounds": 3}
 #: columns that say when or how long, not what
 VOLATILE = {"slides": ["seconds"]}
 
 
 @pytest.fixture(scope="module")
-def tiny_demo(tmp_path_factory):
-    """One cohort, two planted traits, 3 training rounds: every asset, kept small."""
-    from pathomch_assets.demo_cohort import DEFAULT_COHORTS, build_demo
-
-    brca = DEFAULT_COHORTS[0]
-    spec = dataclasses.replace(brca, n_patients=44, traits={t: brca.traits[t] for t in brca.survival_pair})
-    seed = balanced_seed((spec,), SPLITS)
-    out = tmp_path_factory.mktemp("tiny")
-    return build_demo(
-        out,
-        seed=seed,
-        cohorts=(spec,),
-        workers=1,
-        progress=lambda *a: None,
-        # short training: what is compared is the tables of two executions of the same work, not model quality
-        overrides={**UNGATED, "splits": SPLITS, "tiling": {"workers": 1}, "training": {"max_epochs": 2}},
-    )
+def tiny_demo(tiny_inputs, tmp_path_factory):
+    """One cohort, two planted traits, 3 short training rounds (``conftest.tiny_inputs``): its config, in a
+    folder of this module's, with absolute paths to the shared build's inputs and outputs, which this module reads
+    and never writes (the outputs: ``conftest.tiny_deployment``, the in-process run, see ``_reference``)."""
+    shared = tiny_inputs / "demo"
+    raw = yaml.safe_load((shared / "pathomch.yaml").read_text())
+    for key in ("data_dir", "duckdb_path"):
+        raw[key] = str(shared / raw[key])
+    for cohort in raw["cohorts"].values():
+        for key in ("slides_dir", "mrna", "mirna", "clinical"):
+            cohort[key] = str(shared / cohort[key])
+    path = tmp_path_factory.mktemp("tiny") / "pathomch.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    return path
 
 
 def _run(config_path, home, monkeypatch, **kwargs):
@@ -50,6 +46,14 @@ def _run(config_path, home, monkeypatch, **kwargs):
     summary = materialize_all(build_definitions(cfg), cfg, log=lambda *a: None, **kwargs)
     assert not summary.failed and not summary.skipped, (summary.failed, summary.skipped)
     return cfg, TableStore(cfg.tables_dir, cfg.duckdb_path)
+
+
+def _reference(config_path):
+    """The in-process run on a local folder (``conftest.tiny_deployment``), made now or waited for: after this
+    test's own run, so that under xdist another worker (test_living's) makes it meanwhile."""
+    cfg = load_config(config_path)
+    materialize_tiny(Path(cfg.data_dir).parents[1])  # <tiny_inputs>/demo/output
+    return TableStore(cfg.tables_dir, cfg.duckdb_path)
 
 
 def _table(store, table):
@@ -72,8 +76,8 @@ def test_multiprocess_parallel_run_on_object_storage_equals_in_process_run(tiny_
         )
     )
     monkeypatch.setenv("PATHOMCH_CACHE_DIR", str(tmp_path / "cache"))
-    _, local = _run(local_cfg, tmp_path / "home_local", monkeypatch)
     cfg, remote = _run(remote_cfg, tmp_path / "home_remote", monkeypatch, executor="multiprocess", parallel=2)
+    local = _reference(local_cfg)  # the in-process run on a local folder: conftest.tiny_deployment
 
     # table for table, row for row
     for table in SCHEMAS:

@@ -63,6 +63,7 @@ def independent_count(path, page, factor, px, threshold=220, max_bg=0.5):
         ("aperio20", TilingParams(20, 512), 0, 1, 512),  # paper settings, 20x slide: level 0 as is
         ("aperio40_power", TilingParams(20, 512), 0, 2, 512),  # 40x slide, no 20x level: 1024 px resized
         ("aperio20", TilingParams(5, 128), 1, 1, 128),  # demo settings: the 5x level, not level 0
+        ("aperio40_power", TilingParams(5, 128), 1, 2, 128),  # demo settings, 40x slide: its 10x level halved
         ("generic_mpp", TilingParams(5, 128), 1, 1, 128),
     ],
 )
