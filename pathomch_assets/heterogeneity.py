@@ -114,7 +114,7 @@ def hti_present(calls: np.ndarray) -> float:
     combinations evenly mixed scores as high as one with all 3).
     """
     counts = combination_counts(calls)[1:]
-    return float(min(max(normalised_entropy(counts, int((counts > 0).sum())), 0.0), 1.0))
+    return min(max(float(normalised_entropy(counts, int((counts > 0).sum()))), 0.0), 1.0)
 
 
 def _grid_codes(tensor: np.ndarray, mask: np.ndarray) -> np.ndarray:
