@@ -52,8 +52,8 @@ def family_spec(name: str, n_patients: int, grid_scale: int = 1):
 def build_family(work: Path, name: str, n_patients: int, grid_scale: int = 1) -> Path:
     """Slides, tables and ground truth of one family under ``work/name`` (``name_g2`` for larger slides; built
     once)."""
+    from bench.cohorts import UNGATED, balanced_seed
     from pathomch_assets.demo_cohort import build_demo
-    from pathomch_assets_tests.conftest import UNGATED, balanced_seed
 
     out = work / (name if grid_scale == 1 else f"{name}_g{grid_scale}")
     if (out / "pathomch.yaml").exists():
