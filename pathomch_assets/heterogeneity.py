@@ -73,7 +73,8 @@ def hti_from_calls(calls: np.ndarray) -> float:
     n_traits = calls.shape[1]
     if n_traits < 1:
         raise ValueError("calls needs at least one trait column")
-    value = float(normalised_entropy(combination_counts(calls)[1:], 2**n_traits - 1))
+    counts = combination_counts(calls)[1:]
+    value = float(normalised_entropy(counts[counts > 0], 2**n_traits - 1))  # the combinations present: 0 log 0 = 0
     return min(max(value, 0.0), 1.0) + 0.0  # never -0.0
 
 
@@ -114,7 +115,8 @@ def hti_present(calls: np.ndarray) -> float:
     combinations evenly mixed scores as high as one with all 3).
     """
     counts = combination_counts(calls)[1:]
-    return min(max(float(normalised_entropy(counts, int((counts > 0).sum()))), 0.0), 1.0)
+    present = counts[counts > 0]
+    return min(max(float(normalised_entropy(present, present.size)), 0.0), 1.0)
 
 
 def _grid_codes(tensor: np.ndarray, mask: np.ndarray) -> np.ndarray:
