@@ -52,8 +52,8 @@ def family_spec(name: str, n_patients: int, grid_scale: int = 1):
 def build_family(work: Path, name: str, n_patients: int, grid_scale: int = 1) -> Path:
     """Slides, tables and ground truth of one family under ``work/name`` (``name_g2`` for larger slides; built
     once)."""
+    from bench.cohorts import UNGATED, balanced_seed
     from pathomch_assets.demo_cohort import build_demo
-    from pathomch_assets_tests.conftest import UNGATED, balanced_seed
 
     out = work / (name if grid_scale == 1 else f"{name}_g{grid_scale}")
     if (out / "pathomch.yaml").exists():
@@ -215,7 +215,7 @@ def other_estimates(cfg, store, family_dir: Path, cohort: str, pair: list[str], 
     import pandas as pd
 
     from pathomch_assets import layout
-    from pathomch_assets.heterogeneity import combination_codes, hti_from_calls
+    from pathomch_assets.heterogeneity import combination_codes, combination_counts, hti_from_calls
     from pathomch_assets.predictions import members_of
     from pathomch_assets.tables import read_parquet
 
@@ -247,7 +247,7 @@ def other_estimates(cfg, store, family_dir: Path, cohort: str, pair: list[str], 
     rows = []
     for sid in slides.loc[slides["patient_id"].isin(held), "slide_id"]:
         calls, p, t, mask = tiles(sid)
-        shares = em_shares(np.bincount(combination_codes(calls), minlength=n_codes), confusion)[1:]
+        shares = em_shares(combination_counts(calls), confusion)[1:]
         shares = shares / shares.sum() if shares.sum() > 0 else shares
         nz = shares[shares > 1e-12]
         h = float(-(nz * np.log(nz)).sum() / np.log(n_codes - 1)) if n_codes > 2 else 0.0

@@ -18,7 +18,7 @@ import pandas as pd
 
 from .ensemble import usable_sets, without_ensemble_note
 from .files import as_path, atomic_path, local_copy
-from .heterogeneity import combination_codes, hti_stats, robust_calls
+from .heterogeneity import combination_codes, combination_counts, combination_shares, hti_stats, robust_calls
 from .slides import patient_id
 
 
@@ -157,25 +157,24 @@ def set_results(
 ) -> tuple[dict, dict, pd.DataFrame]:
     """The ``hti``, ``hti_stats`` rows and the ``hti_combinations`` rows of one slide and trait set."""
     c = sub.calls()
-    stats = hti_stats(sub.tensor, sub.mask, soft, threshold, seed=zlib.crc32(f"{sid}|{'+'.join(tset)}".encode()))
-    rc = robust_calls(soft, sub.mask, threshold)[:, sub.mask].T
+    robust = robust_calls(soft, sub.mask, threshold)  # once: for hti_robust and share_robust
+    seed = zlib.crc32(f"{sid}|{'+'.join(tset)}".encode())
+    stats = hti_stats(sub.tensor, sub.mask, soft, threshold, seed=seed, robust=robust)
+    rc = robust[:, sub.mask].T
     key = {"cohort": cohort, "traits": "+".join(tset), "slide_id": sid, "patient_id": patient_id(sid)}
     n_tiles = int(sub.mask.sum())
     hti_row = {**key, "hti": stats["hti"], "n_tiles": n_tiles, "n_positive": int(c.any(axis=1).sum())}
     stats_row = {**key, **{k: stats[k] for k in STATS_KEYS}, "n_tiles": n_tiles}
-    n_comb = 2 ** len(tset)
-    counts = np.bincount(combination_codes(c), minlength=n_comb) if len(c) else np.zeros(n_comb, int)
-    rcounts = np.bincount(combination_codes(rc), minlength=n_comb) if len(rc) else np.zeros(n_comb, int)
-    pos, rpos = counts[1:].sum(), rcounts[1:].sum()
+    counts = combination_counts(c)
     names = ["none"] + combination_names(tset)
     combos = pd.DataFrame(
         {
             **key,
             "combination": names,
             "n_tiles": counts,
-            "share": [np.nan] + [v / pos if pos else 0.0 for v in counts[1:]],
+            "share": np.r_[np.nan, combination_shares(c)],
             "tissue_share": counts / max(n_tiles, 1),
-            "share_robust": [np.nan] + [v / rpos if rpos else 0.0 for v in rcounts[1:]],
+            "share_robust": np.r_[np.nan, combination_shares(rc)],
         }
     )
     return hti_row, stats_row, combos

@@ -85,10 +85,18 @@ def member_vote(probs, threshold: float = 0.5, min_votes: int = 2) -> tuple[np.n
     return votes >= min_votes, votes, probs.mean(axis=0)
 
 
+def ensemble_votes(positions: pd.DataFrame, probs, threshold: float = 0.5, min_votes: int = 2) -> pd.DataFrame:
+    """The ensemble's tile calls: ``positions`` (one row per tile, in the order of ``probs``' columns) with the
+    members' vote (:func:`member_vote`): ``call``, ``votes`` and their mean probability ``p``."""
+    calls, votes, p = member_vote(probs, threshold, min_votes)
+    return positions.assign(call=calls, votes=votes, p=p)
+
+
 def slide_score_rows(cohort, trait, model, preds: pd.DataFrame, slides: pd.DataFrame, threshold: float) -> pd.DataFrame:
-    """``slide_scores`` rows from one model's tile probabilities (``slide_id, p``) or the ensemble's tile calls
-    (``slide_id, call``); ``slides`` gives each slide's ``patient_id``."""
-    col = "p" if "p" in preds.columns else "call"
+    """``slide_scores`` rows from the ensemble's tile calls (``slide_id, call``: :func:`ensemble_votes`, scored by
+    :func:`slide_score`) or one model's tile probabilities (``slide_id, p``, without ``call``: scored at
+    ``threshold``); ``slides`` gives each slide's ``patient_id``.  The one place a slide score is made."""
+    col = "call" if "call" in preds.columns else "p"
     score = (lambda v: slide_scores_from_tiles(v, threshold)) if col == "p" else slide_score
     agg = preds.groupby("slide_id")[col].agg(score=score, n_tiles="size").reset_index()
     agg = agg.merge(slides[["slide_id", "patient_id"]], on="slide_id")

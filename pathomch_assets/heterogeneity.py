@@ -25,6 +25,28 @@ def combination_codes(calls: np.ndarray) -> np.ndarray:
     return (calls.astype(np.int64) << np.arange(calls.shape[1], dtype=np.int64)).sum(axis=1)
 
 
+def combination_counts(calls: np.ndarray) -> np.ndarray:
+    """Tiles of each combination code 0..2^N-1 (index 0: the tiles negative for every trait)."""
+    calls = np.asarray(calls, bool)
+    return np.bincount(combination_codes(calls), minlength=2 ** calls.shape[-1])
+
+
+def normalised_entropy(counts: np.ndarray, base: int) -> np.ndarray:
+    r"""Entropy of the shares of ``counts`` along the last axis, log base ``base``.
+
+    :math:`-\sum_i p_i \log_{base} p_i` with :math:`p_i` = ``counts`` over their sum and :math:`0 \log 0 = 0`;
+    0 where the counts sum to 0 or ``base`` <= 1.  Every HTI and index of this module is this entropy of
+    combination counts, in the base of the combinations possible (the paper's) or present (``hta``'s).
+    """
+    counts = np.asarray(counts, float)
+    total = counts.sum(axis=-1, keepdims=True)
+    if base <= 1:
+        return np.zeros(total.shape[:-1])
+    with np.errstate(divide="ignore", invalid="ignore"):
+        p = np.where(total > 0, counts / total, 0.0)
+        return -np.where(p > 0, p * np.log(p), 0.0).sum(axis=-1) / np.log(base)
+
+
 def hti_from_calls(calls: np.ndarray) -> float:
     r"""HTI of binary tile calls.
 
@@ -51,14 +73,8 @@ def hti_from_calls(calls: np.ndarray) -> float:
     n_traits = calls.shape[1]
     if n_traits < 1:
         raise ValueError("calls needs at least one trait column")
-    n_comb = 2**n_traits - 1
-    codes = combination_codes(calls)
-    codes = codes[codes > 0]
-    if n_comb == 1 or codes.size == 0:
-        return 0.0
-    counts = np.bincount(codes, minlength=n_comb + 1)[1:]
-    p = counts[counts > 0] / codes.size
-    value = float(-(p * np.log(p)).sum() / np.log(n_comb))
+    counts = combination_counts(calls)[1:]
+    value = float(normalised_entropy(counts[counts > 0], 2**n_traits - 1))  # the combinations present: 0 log 0 = 0
     return min(max(value, 0.0), 1.0) + 0.0  # never -0.0
 
 
@@ -84,9 +100,7 @@ def combination_shares(calls: np.ndarray) -> np.ndarray:
 
     Sums to 1 when any tile is positive, all zeros otherwise.
     """
-    codes = combination_codes(calls)
-    n_comb = 2 ** np.asarray(calls).shape[1] - 1
-    counts = np.bincount(codes, minlength=n_comb + 1)[1:].astype(float)
+    counts = combination_counts(calls)[1:].astype(float)
     total = counts.sum()
     return counts / total if total else counts
 
@@ -100,11 +114,9 @@ def hti_present(calls: np.ndarray) -> float:
     reported one: it compares across slides on one scale, ``hta``'s does not (a slide with 2 of 3
     combinations evenly mixed scores as high as one with all 3).
     """
-    p = combination_shares(calls)
-    p = p[p > 0]
-    if p.size <= 1:
-        return 0.0
-    return float(min(max(-(p * np.log(p)).sum() / np.log(p.size), 0.0), 1.0))
+    counts = combination_counts(calls)[1:]
+    present = counts[counts > 0]
+    return min(max(float(normalised_entropy(present, present.size)), 0.0), 1.0)
 
 
 def _grid_codes(tensor: np.ndarray, mask: np.ndarray) -> np.ndarray:
@@ -138,10 +150,7 @@ def _regional_hti(codes: np.ndarray, regions: np.ndarray, n_present: int) -> np.
     key = (np.arange(n_rep)[:, None] * n_reg + regions[None, :]) * n_code + codes
     counts = np.bincount(key.ravel(), minlength=n_rep * n_reg * n_code).reshape(n_rep, n_reg, n_code)[:, :, 1:]
     pos = counts.sum(axis=2)
-    with np.errstate(divide="ignore", invalid="ignore"):
-        p = counts / pos[:, :, None]
-        ent = -np.where(p > 0, p * np.log(p), 0.0).sum(axis=2) / np.log(n_present)
-    ent = np.nan_to_num(ent)
+    ent = normalised_entropy(counts, n_present)
     total = pos.sum(axis=1)
     return np.where(total > 0, (ent * pos).sum(axis=1) / np.maximum(total, 1), 0.0)
 
@@ -211,11 +220,7 @@ def bootstrap_ci(
     picks = rng.integers(n_blocks, size=(n_boot, n_blocks))
     times = np.zeros((n_boot, n_blocks))
     np.add.at(times, (np.arange(n_boot)[:, None], picks), 1)
-    counts = (times @ per_block)[:, 1:]  # combination counts of each resample
-    total = counts.sum(axis=1, keepdims=True)
-    with np.errstate(divide="ignore", invalid="ignore"):
-        p = np.where(total > 0, counts / total, 0.0)
-        values = -np.where(p > 0, p * np.log(p), 0.0).sum(axis=1) / np.log(n_comb) if n_comb > 1 else np.zeros(n_boot)
+    values = normalised_entropy((times @ per_block)[:, 1:], n_comb)  # the HTI of each resample
     a = (1 - level) / 2
     h = hti_from_calls(calls)
     return min(float(np.quantile(values, a)), h), max(float(np.quantile(values, 1 - a)), h)
@@ -343,11 +348,18 @@ def hti_stats(
     n_boot: int = BOOTSTRAP,
     permutations: int = PERMUTATIONS,
     seed: int = 0,
+    robust: np.ndarray | None = None,
 ) -> dict:
     """Every per-slide HTI figure of one trait set: the paper's HTI, its CI, ``hta``'s index and spatial
     p-value, the HTI normalised by combinations present, and the robust HTI (from ``soft`` calls and their
-    ``threshold`` when given, else from the hard calls: then equal to the HTI)."""
+    ``threshold`` when given, else from the hard calls: then equal to the HTI).
+
+    ``robust``: the :func:`robust_calls` of ``soft`` and ``threshold`` where the caller has them already
+    (they are not computed again).
+    """
     tensor, mask = np.asarray(tensor, bool), np.asarray(mask, bool)
+    if robust is None:
+        robust = robust_calls(tensor.astype(float) if soft is None else soft, mask, threshold)
     calls = tensor[:, mask].T
     lo, hi = bootstrap_ci(tensor, mask, n_boot, seed=seed)
     sp = spatial_test(tensor, mask, permutations, seed=seed)
@@ -360,6 +372,6 @@ def hti_stats(
         "hta_random": sp["hta_random"],
         "p_spatial": sp["p_spatial"],
         "region_side": sp["region_side"],
-        "hti_robust": hti_robust(tensor.astype(float) if soft is None else soft, mask, threshold),
+        "hti_robust": hti_from_tensor(robust, mask),
         "n_combinations": int((combination_shares(calls) > 0).sum()),
     }

@@ -353,7 +353,7 @@ def tile_partitions(
                 file_size=after.size if after else None,
                 file_mtime_ns=after.mtime_ns if after else None,
                 params_hash=digest,
-                **{**res.info, "file_fingerprint": after.fingerprint if after else None},
+                **{**res.row_info(), "file_fingerprint": after.fingerprint if after else None},
             )
             if res.status == "error" and same_outcome(previous.get(key), row):
                 out.rows[key] = previous[key]  # tried again, failed the same way: its row stays as it was

@@ -19,7 +19,7 @@ import pandas as pd
 
 from . import layout
 from .config import PathomchConfig, target_key
-from .ensemble import ensemble_calls, ensemble_spec, exclusion_advice, select_ensemble, slide_score_rows, too_few_rounds
+from .ensemble import ensemble_spec, ensemble_votes, exclusion_advice, select_ensemble, slide_score_rows, too_few_rounds
 from .evaluation import ROUNDS_MEAN, evaluation_sets, metrics_rows, rounds_summary
 from .files import atomic_path
 from .ingest import training_slides
@@ -110,9 +110,8 @@ def build_ensemble(
             f"for every round after re-tiling"
         )
     base, probs = voted
-    calls = ensemble_calls(probs, e.threshold, e.min_votes)
-    slides = training_slides(store, cohort)
-    scores = slide_score_rows(cohort, trait, "ensemble", base.assign(call=calls), slides, e.threshold)
+    votes = ensemble_votes(base, probs, e.threshold, e.min_votes)
+    scores = slide_score_rows(cohort, trait, "ensemble", votes, training_slides(store, cohort), e.threshold)
     labels = store.read("labels", "cohort = ? AND trait = ?", [cohort, trait])
     splits = store.read("splits", "cohort = ?", [cohort])
     m = metrics_rows(scores[["patient_id", "score"]], evaluation_sets(labels, splits, None))

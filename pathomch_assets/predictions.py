@@ -22,7 +22,7 @@ import pandas as pd
 
 from . import layout
 from .config import PathomchConfig
-from .ensemble import member_vote, slide_score, without_ensemble_note
+from .ensemble import ensemble_votes, slide_score_rows, without_ensemble_note
 from .files import atomic_path, local_copy
 from .ingest import tile_positions
 from .tables import read_parquet
@@ -204,26 +204,17 @@ def score_slide(
     """Write one slide's ensemble tile calls (every trait with a usable ensemble) and its ``slide_scores`` rows;
     whether a model had to run, or None when no trait has a usable ensemble (nothing written)."""
     frames, rows, ran_any = [], [], False
+    e, patient = cfg.ensemble, pd.DataFrame({"slide_id": [sid], "patient_id": [slide["patient_id"]]})
     for trait in members.traits:
         probs, ran = members.probabilities(trait, sid, len(pos), slide["tiles_digest"])
         ran_any |= ran
-        calls, votes, p = member_vote(probs, cfg.ensemble.threshold, cfg.ensemble.min_votes)
-        frames.append(pos.assign(trait=trait, call=calls, votes=votes, p=p))  # p: the robust HTI's
-        rows.append(
-            {
-                "cohort": cohort,
-                "trait": trait,
-                "model": "ensemble",
-                "slide_id": sid,
-                "score": slide_score(calls),
-                "n_tiles": len(pos),
-                "patient_id": slide["patient_id"],
-                "tiles_digest": slide["tiles_digest"],  # the tiles these scores are of
-            }
-        )
+        votes = ensemble_votes(pos.assign(trait=trait), probs, e.threshold, e.min_votes)  # p: the robust HTI's
+        frames.append(votes)
+        rows.append(slide_score_rows(cohort, trait, "ensemble", votes.assign(slide_id=sid), patient, e.threshold))
     if not frames:
         return None
     with atomic_path(layout.slide_calls_file(cfg, cohort, sid)) as tmp:
         pd.concat(frames, ignore_index=True).to_parquet(tmp, index=False)
-    store.write("slide_scores", f"{cohort}/{sid}", pd.DataFrame(rows))
+    scores = pd.concat(rows, ignore_index=True).assign(tiles_digest=slide["tiles_digest"])  # the tiles scored
+    store.write("slide_scores", f"{cohort}/{sid}", scores)
     return ran_any

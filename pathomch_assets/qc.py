@@ -44,9 +44,6 @@ import numpy as np
 
 from .config import QcConfig, default
 
-#: measures per tile, in the order of :func:`tile_qc`'s result (``tiles`` columns after the SPEC ones)
-QC_COLUMNS = ["pen", "blur", "blurred", "dark", "qc"]
-
 #: smallest tile whose blur is measured (the Laplacian of a few rows of a tiny tile says nothing)
 MIN_BLUR_PX = 32
 

@@ -29,6 +29,12 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import dagster as dg
+
+# Private on purpose: dagster 1.13 has no public name for these run tags (its top-level exports only
+# MAX_RUNTIME_SECONDS_TAG from dagster._core.storage.tags), no public partition key or failure reason on DagsterRun,
+# no partition filter on RunsFilter (tags only), and DagsterRun.is_complete_and_waiting_to_retry is not public either.
+# Importing Dagster's own constants fails loudly if they move; copying their strings ("dagster/partition", ...)
+# would silently match nothing.  Revisit when dagster exports them.
 from dagster._core.storage.tags import PARTITION_NAME_TAG, RUN_FAILURE_REASON_TAG, WILL_RETRY_TAG
 
 from .config import PathomchConfig

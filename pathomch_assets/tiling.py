@@ -25,7 +25,7 @@ from typing import NamedTuple
 import numpy as np
 
 from .config import StainConfig, TilingConfig, default
-from .qc import QC_COLUMNS, QcParams, tile_qc
+from .qc import QcParams, tile_qc
 from .slides import (
     LevelChoice,
     SlideError,
@@ -35,6 +35,7 @@ from .slides import (
     open_slide,
     slide_info,
 )
+from .tables import SCHEMAS
 
 #: tiles whose pixels are sampled for a slide's stain statistics (at most; spread over the grid)
 STAIN_SAMPLE_TILES = 256
@@ -119,8 +120,10 @@ class TilingParams:
         )
 
 
-#: ``tiles`` rows: ``idx`` (the record's place in the slide's TFRecord) is None for a tile QC dropped
-TILE_COLUMNS = ["col", "row", "tissue_fraction", "idx", *QC_COLUMNS]
+#: ``tiles`` rows (``tables.SCHEMAS["tiles"]`` without the key ``cohort, slide_id``; after ``idx`` the measures
+#: of :func:`~pathomch_assets.qc.tile_qc`, in its order): ``idx`` (the record's place in the slide's TFRecord) is
+#: None for a tile QC dropped
+TILE_COLUMNS = [c for c in SCHEMAS["tiles"] if c not in ("cohort", "slide_id")]
 
 
 @dataclass
@@ -137,13 +140,23 @@ class SlideTilingResult:
     status: str  # ok | error | no_tissue
     error: str | None = None
     records: list[tuple] = field(default_factory=list)  # TILE_COLUMNS
-    info: dict = field(default_factory=dict)
+    info: dict = field(default_factory=dict)  # the slide's ``slides`` columns, and the DIAGNOSTICS
     seconds: float = 0.0
     stain: dict | None = None  # the slide's ``stain`` row (stain.slide_stain_row), None when not tiled
+
+    #: ``info`` keys that say how this run read the slide (``reader``: tifffile or openslide; ``decode_scale``: the
+    #: JPEG DCT scale the tiles were decoded at) for the benchmarks and tests, not ``slides`` columns: the demo's
+    #: stored digest pins that table's columns, and they are known from the slide and the settings
+    #: (``tiling.reader``, ``tiling.scaled_decode``) rather than results of the tiling
+    DIAGNOSTICS = ("reader", "decode_scale")
 
     def key(self) -> dict:
         """``cohort`` and ``slide_id``, as table rows carry them."""
         return {"cohort": self.cohort, "slide_id": self.slide_id}
+
+    def row_info(self) -> dict:
+        """``info`` less the :attr:`DIAGNOSTICS`: what the slide's ``slides`` row records of this tiling."""
+        return {k: v for k, v in self.info.items() if k not in self.DIAGNOSTICS}
 
     @property
     def n_kept(self) -> int:
