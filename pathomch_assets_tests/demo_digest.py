@@ -393,13 +393,15 @@ def signature() -> dict:
 
 
 def training_derived() -> list[str]:
-    """The tables ``TRAINING_ASSET`` or an asset downstream of it in the demo's asset graph writes (``WRITTEN_BY``)."""
+    """The tables ``TRAINING_ASSET`` or an asset downstream of it in the demo's asset graph writes (``WRITTEN_BY``;
+    assets by name, in any cohort)."""
     import dagster as dg
 
     from pathomch_assets.definitions import defs
 
     graph = defs.resolve_asset_graph()
-    assets = {k.to_user_string() for k in graph.get_all_asset_keys()}
+    keys = graph.get_all_asset_keys()
+    assets = {k.path[-1] for k in keys}  # an asset's name: its key is ``<cohort>/<name>``, one per cohort
     unknown = {a for names in WRITTEN_BY.values() for a in names} - assets
     missing = set(SCHEMAS) - set(WRITTEN_BY)
     if unknown or missing:
@@ -407,7 +409,8 @@ def training_derived() -> list[str]:
             f"demo_digest.WRITTEN_BY: tables {sorted(missing)} have no writer, assets {sorted(unknown)} are not in "
             "the definitions; say which asset writes each table of tables.SCHEMAS"
         )
-    trained = {k.to_user_string() for k in dg.AssetSelection.assets(TRAINING_ASSET).downstream().resolve(graph)}
+    training = [k for k in keys if k.path[-1] == TRAINING_ASSET]
+    trained = {k.path[-1] for k in dg.AssetSelection.assets(*training).downstream().resolve(graph)}
     return sorted(t for t, names in WRITTEN_BY.items() if set(names) & trained)
 
 
