@@ -50,7 +50,7 @@ ui: venv                         ## the Dagster UI on http://127.0.0.1:3000 over
 	PATHOMCH_FIGURES_URL=$(PATHOMCH_FIGURES_URL) $(BIN)/dagster dev -w workspace.yaml
 
 screenshots: venv               ## docs/screenshots/*.png from `dagster dev` over the demo (needs chromium)
-	$(BIN)/python -m pathomch_assets_tests.browser
+	PATHOMCH_FIGURES_URL=$(PATHOMCH_FIGURES_URL) $(BIN)/python -m pathomch_assets_tests.browser
 
 check-defs: venv                 ## validate the Dagster definitions
 	$(BIN)/dagster definitions validate -w workspace.yaml

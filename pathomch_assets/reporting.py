@@ -73,11 +73,13 @@ def figure_file(fig, path, label: str, root=None, dpi: int = 90) -> dict[str, dg
     The metadata holds the file's path under ``label`` and, under ``<label>_image``, the figure itself
     for the asset page:
 
+    - where the files are served over HTTP (``make demo``/``make ui`` serve the demo's ``data_dir``; a
+      bucket's web endpoint) and ``PATHOMCH_FIGURES_URL`` names that address under ``root``: a markdown link
+      to the file, a few hundred bytes, which the UI draws on the asset page itself;
     - when the event is one of a bounded set (:func:`one_bounded_event`: cohort figures, training curves):
-      the figure inline as a small base64 PNG (:func:`md_image`, at most ``EMBED_MAX_BYTES``);
-    - else (per-slide assets, range runs), where the files are served over HTTP (``make ui`` serves the
-      demo's ``data_dir``; a bucket's web endpoint) and ``PATHOMCH_FIGURES_URL`` names that address
-      under ``root``: a markdown link to the file, a few hundred bytes;
+      the figure inline as a small base64 PNG (:func:`md_image`, at most ``EMBED_MAX_BYTES``), which shows
+      without a server, behind the UI's "Show Markdown" (Dagster draws only markdown under 1,000 characters
+      in place); beside a link it is kept as ``<label>_embedded``;
     - else the path only, so an event stays a few KB however many slides a deployment has.
     """
     import os
@@ -91,12 +93,14 @@ def figure_file(fig, path, label: str, root=None, dpi: int = 90) -> dict[str, dg
     with atomic_path(path) as tmp:
         fig.savefig(tmp, format="png", dpi=dpi, bbox_inches="tight")
     meta: dict[str, dg.MetadataValue] = {label: dg.MetadataValue.path(str(path))}
-    image = md_image(fig, label) if one_bounded_event() else None
+    embedded = md_image(fig, label) if one_bounded_event() else None
     base = os.environ.get("PATHOMCH_FIGURES_URL")
-    if image is None and base and root is not None:
+    if base and root is not None:
         rel = str(path).removeprefix(str(root)).lstrip("/")
-        image = dg.MetadataValue.md(f"![{label}]({base.rstrip('/')}/{rel})")
-    if image is not None:
-        meta[f"{label}_image"] = image
+        meta[f"{label}_image"] = dg.MetadataValue.md(f"![{label}]({base.rstrip('/')}/{rel})")
+        if embedded is not None:
+            meta[f"{label}_embedded"] = embedded
+    elif embedded is not None:
+        meta[f"{label}_image"] = embedded
     plt.close(fig)
     return meta

@@ -25,6 +25,9 @@ ROOT = Path(__file__).resolve().parent.parent
 SCREENSHOTS = ROOT / "docs" / "screenshots"
 MANIFEST = SCREENSHOTS / "manifest.json"
 
+#: the code location of workspace.yaml as the UI's paths name it (``<repository>@<location>``)
+LOCATION = "__repository__@pathomch_assets:defs"
+
 #: the asset pages screenshot after the lineage, by the asset's name (its key's last part), for the first cohort
 ASSET_PAGES = ("survival_analysis", "model_evaluation", "slide_cartography")
 
@@ -53,18 +56,17 @@ def sensors_of(repo, key, automated: bool) -> list[str]:
 def pages(defs, cohort: str) -> dict[str, dict]:
     """Each screenshot's page (a path of the UI) and what it shows: asset keys, groups, sensors, partition keys.
 
-    The lineage with every group, then the ``ASSET_PAGES`` of ``cohort`` (their ``cohort`` partition where the
+    The lineage of ``cohort``'s group, then the ``ASSET_PAGES`` of ``cohort`` (their ``cohort`` partition where the
     asset is partitioned by cohort)."""
     import dagster as dg
 
     repo = defs.get_repository_def()
     specs = list(defs.resolve_all_asset_specs())
-    groups = sorted({s.group_name for s in specs})
     out = {
-        "asset_graph": {
-            "page": "/asset-groups?expanded=" + ",".join(groups),
+        "asset_graph": {  # the first cohort's group: its whole graph, each asset with its state
+            "page": f"/locations/{LOCATION}/asset-groups/{cohort}",
             "asset_keys": [],
-            "groups": groups,
+            "groups": [cohort],
             "sensors": [],
             "partition_keys": [],
         }
@@ -140,6 +142,29 @@ def dagster_dev(dagster_home: Path, timeout: float = 180):
             os.killpg(proc.pid, 9)
 
 
+@contextlib.contextmanager
+def figures_served():
+    """Serve the demo's ``data_dir`` at ``PATHOMCH_FIGURES_URL`` (as ``make ui`` does), so that the figures the
+    demo linked there show on the asset pages; nothing when it is unset."""
+    from urllib.parse import urlsplit
+
+    from pathomch_assets.config import DEMO_CONFIG, load_config
+
+    base = os.environ.get("PATHOMCH_FIGURES_URL")
+    if not base:
+        yield
+        return
+    where = urlsplit(base)
+    root = load_config(DEMO_CONFIG, check_files=False).data_dir
+    cmd = [sys.executable, "-m", "http.server", "--bind", where.hostname or "127.0.0.1", "--directory", str(root)]
+    proc = subprocess.Popen([*cmd, str(where.port or 80)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        yield
+    finally:
+        proc.terminate()
+        proc.wait(10)
+
+
 def screenshot(url: str, out: Path, size=(1600, 1000), budget_ms: int = 20000) -> Path:
     """A PNG of ``url`` rendered by headless Chromium (no network beyond localhost)."""
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -173,7 +198,7 @@ def capture(dagster_home: Path, out_dir: Path, shown: dict[str, dict]) -> list[P
     """Screenshots of ``shown``'s pages (``pages``) in ``out_dir``, and its ``manifest.json`` saying what each shows."""
     from importlib.metadata import version
 
-    with dagster_dev(dagster_home) as url:
+    with figures_served(), dagster_dev(dagster_home) as url:
         shots = [screenshot(url + page["page"], out_dir / f"{name}.png") for name, page in shown.items()]
     manifest = {
         "about": "written by `make screenshots` (pathomch_assets_tests/browser.py); checked by test_docs.py",

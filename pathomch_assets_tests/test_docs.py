@@ -116,10 +116,10 @@ def test_the_screenshots_show_what_the_definitions_have():
 
 def test_the_screenshot_pages_follow_per_cohort_asset_keys():
     """The pages are read from the definitions: with keys per cohort (``brca/survival_analysis``) and groups named
-    after cohorts, the first cohort's asset pages and every group are screenshot."""
+    after cohorts, the first cohort's group graph and asset pages are screenshot."""
     import dagster as dg
 
-    from .browser import ASSET_PAGES, pages
+    from .browser import ASSET_PAGES, LOCATION, pages
 
     def asset(cohort, name):
         auto = dg.AutomationCondition.eager() if name != ASSET_PAGES[-1] else None
@@ -133,7 +133,8 @@ def test_the_screenshot_pages_follow_per_cohort_asset_keys():
     assets = [asset(cohort, name) for cohort in ("luad", "brca") for name in ASSET_PAGES]
     sensor = dg.AutomationConditionSensorDefinition("automation", target=dg.AssetSelection.all())
     shown = pages(dg.Definitions(assets=assets, sensors=[sensor]), "brca")
-    assert shown["asset_graph"]["page"] == "/asset-groups?expanded=brca,luad"
+    assert shown["asset_graph"]["page"] == f"/locations/{LOCATION}/asset-groups/brca"
+    assert shown["asset_graph"]["groups"] == ["brca"]
     assert shown["survival_analysis"] == {
         "page": "/assets/brca/survival_analysis",
         "asset_keys": ["brca/survival_analysis"],
