@@ -262,54 +262,31 @@ def evaluate(
         except OSError:  # gone since it was listed: the run looks it up by id
             return {}
 
+    def run(k: str, run_key: str, why: str, with_slide: bool = True, extra: dict | None = None) -> dg.RunRequest:
+        """A run of slide ``k``'s cohort job, saying why, with the slide handed over (``slide``)."""
+        tags = {REASON_TAG: why, **(extra or {}), **(slide(k) if with_slide else {})}
+        return dg.RunRequest(job_name=job_names[cohort_of(k)], partition_key=k, run_key=run_key, tags=tags)
+
     def request(k: str, kind: str) -> dg.RunRequest | None:
         old = old_fp.get(hashes[k])
         if kind == "changed":
             why = "slide changed (new manifest MD5)" if files[k].md5 else "slide changed (new size/mtime)"
             if old == REMOVED:
                 why, old = "slide file back after removal", "removed"
-            return dg.RunRequest(
-                job_name=job_names[cohort_of(k)],
-                partition_key=k,
-                run_key=f"{k}@{old}->{fps[k]}",
-                tags={REASON_TAG: why, **slide(k)},
-            )
+            return run(k, f"{k}@{old}->{fps[k]}", why)
         if kind == "removed":
-            return dg.RunRequest(
-                job_name=job_names[cohort_of(k)],
-                partition_key=k,
-                run_key=f"{k}@{old}->removed",
-                tags={REASON_TAG: "slide file removed"},
-            )
+            return run(k, f"{k}@{old}->removed", "slide file removed", with_slide=False)
         if kind == "new":
-            return dg.RunRequest(
-                job_name=job_names[cohort_of(k)],
-                partition_key=k,
-                run_key=f"{k}@{fps[k]}",
-                tags={REASON_TAG: "new slide", **slide(k)},
-            )
+            return run(k, f"{k}@{fps[k]}", "new slide")
         if kind == "readded":
-            return dg.RunRequest(
-                job_name=job_names[cohort_of(k)],
-                partition_key=k,
-                run_key=f"{k}@{fps[k]}:partition@{now:.0f}",
-                tags={REASON_TAG: "seen slide without a partition", **slide(k)},
-            )
+            return run(k, f"{k}@{fps[k]}:partition@{now:.0f}", "seen slide without a partition")
         attempt, _, run_id = retry[k]
         latest = _latest_run(instance, job_names[cohort_of(k)], k)
         if latest is None or latest.run_id != run_id:  # run again by someone else meanwhile
             retry.pop(k)
             return None
-        return dg.RunRequest(
-            job_name=job_names[cohort_of(k)],
-            partition_key=k,
-            run_key=f"{k}@retry{attempt}:{run_id}",
-            tags={
-                REASON_TAG: f"retry {attempt} of {max_retries}: run {run_id} failed",
-                ATTEMPT_TAG: str(attempt),
-                **slide(k),
-            },
-        )
+        why = f"retry {attempt} of {max_retries}: run {run_id} failed"
+        return run(k, f"{k}@retry{attempt}:{run_id}", why, extra={ATTEMPT_TAG: str(attempt)})
 
     # changed, removed and failed slides first, then new ones; a slide processed again needs no retry
     again = set(changed) | set(removed)

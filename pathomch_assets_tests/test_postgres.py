@@ -147,6 +147,9 @@ def test_backfill_under_the_daemon_on_postgres_keeps_the_gpu_pool(tiny, tmp_path
             assert type(instance.event_log_storage).__name__ == "PostgresEventLogStorage"
             assert type(instance.schedule_storage).__name__ == "PostgresScheduleStorage"
             assert instance.run_coordinator.__class__.__name__ == "QueuedRunCoordinator"
+            # install step 4 of docs/scale-out.md (`dagster instance concurrency set gpu <GPUs>`): a pool first met
+            # by two run workers at once can get a slot from each (Dagster counts, then inserts, its slots)
+            instance.event_log_storage.set_concurrency_slots("gpu", settings["concurrency"]["pools"]["default_limit"])
         # the tiles, labels and splits the models read, in this process on the same instance
         summary = materialize_all(
             build_definitions(cfg), cfg, selection="slide_tiles,expression,labels,splits", log=lambda *a: None
