@@ -535,6 +535,19 @@ def clinical_table(spec: DemoCohortSpec, seed: int, with_slides, planted_hti: di
     return pd.DataFrame(rows)
 
 
+def cohort_entry(name: str, traits, pair) -> dict:
+    """A generated cohort's entry in ``pathomch.yaml``: its files (as the writers below name them), traits and
+    survival pair, relative to the config's folder."""
+    return {
+        "slides_dir": f"{name}/slides",
+        "mrna": f"{name}/EBPlusPlusAdjustPANCAN_IlluminaHiSeq_RNASeqV2.geneExp.tsv",
+        "mirna": f"{name}/pancanMiRs_EBadjOnProtocolPlatformWithoutRepsWithUnCorrectMiRs_08_04_16.csv",
+        "clinical": f"{name}/data_clinical_patient.txt",
+        "traits": list(traits),
+        "survival_pairs": [list(pair)],
+    }
+
+
 def write_clinical(df: pd.DataFrame, path: Path) -> None:
     """cBioPortal ``data_clinical_patient.txt``: four ``#`` lines, then the header."""
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -650,14 +663,7 @@ def build_demo(
         write_mrna(mrna, cdir / "EBPlusPlusAdjustPANCAN_IlluminaHiSeq_RNASeqV2.geneExp.tsv")
         write_mirna(mirna, cdir / "pancanMiRs_EBadjOnProtocolPlatformWithoutRepsWithUnCorrectMiRs_08_04_16.csv")
         write_clinical(clinical_table(spec, seed, with_slides, planted_hti, shares), cdir / "data_clinical_patient.txt")
-        config["cohorts"][spec.name] = {
-            "slides_dir": f"{spec.name}/slides",
-            "mrna": f"{spec.name}/EBPlusPlusAdjustPANCAN_IlluminaHiSeq_RNASeqV2.geneExp.tsv",
-            "mirna": f"{spec.name}/pancanMiRs_EBadjOnProtocolPlatformWithoutRepsWithUnCorrectMiRs_08_04_16.csv",
-            "clinical": f"{spec.name}/data_clinical_patient.txt",
-            "traits": list(spec.traits),
-            "survival_pairs": [list(pair)],
-        }
+        config["cohorts"][spec.name] = cohort_entry(spec.name, spec.traits, pair)
         all_plans.extend((p, cdir / "slides") for p in plans)
     jobs = [(asdict(p), str(d), str(tiles_dir)) for p, d in all_plans]
     progress(f"writing {len(jobs)} demo slides to {out_dir} ...")
@@ -976,16 +982,7 @@ def build_tcga_like(
     for section, values in (overrides or {}).items():
         settings[section] = {**settings.get(section, {}), **values} if isinstance(values, dict) else values
     config = {"data_dir": "output", "duckdb_path": "output/pathomch.duckdb", "seed": seed, **settings}
-    config["cohorts"] = {
-        spec.name: {
-            "slides_dir": f"{spec.name}/slides",
-            "mrna": f"{spec.name}/EBPlusPlusAdjustPANCAN_IlluminaHiSeq_RNASeqV2.geneExp.tsv",
-            "mirna": f"{spec.name}/pancanMiRs_EBadjOnProtocolPlatformWithoutRepsWithUnCorrectMiRs_08_04_16.csv",
-            "clinical": f"{spec.name}/data_clinical_patient.txt",
-            "traits": list(spec.traits),
-            "survival_pairs": [list(pair)],
-        }
-    }
+    config["cohorts"] = {spec.name: cohort_entry(spec.name, spec.traits, pair)}
     cfg_path = out_dir / "pathomch.yaml"
     cfg_path.write_text(
         "# written by pathomch_assets.demo_cohort.build_tcga_like\n" + yaml.safe_dump(config, sort_keys=False)
