@@ -60,6 +60,18 @@ def copy_built(shared: Path, out: Path) -> Path:
     return out
 
 
+@pytest.fixture(autouse=True)
+def _config_env_restored():
+    """``$PATHOMCH_CONFIG`` as it was before the test: the command line sets it for its runs (``cli.py``), so a test
+    calling it in process would hand its configuration to the next test of its worker."""
+    before = os.environ.get("PATHOMCH_CONFIG")
+    yield
+    if before is None:
+        os.environ.pop("PATHOMCH_CONFIG", None)
+    else:
+        os.environ["PATHOMCH_CONFIG"] = before
+
+
 @pytest.fixture(scope="session")
 def small_demo(tmp_path_factory, request):
     """A small demo deployment (60 and 50 patients, larger validation sets) with its config file, nothing
