@@ -64,6 +64,13 @@ DAGSTER_YAML = """\
 concurrency:
   pools:
     default_limit: 1
+# runs launched from the UI, a backfill or a sensor wait in a queue the daemon looks at every second (Dagster's
+# default: every 5 s)
+run_coordinator:
+  module: dagster
+  class: QueuedRunCoordinator
+  config:
+    dequeue_interval_seconds: 1
 # the daemon (dagster dev) fails runs that never start or never finish cancelling, and frees the pool
 # slots of finished runs; runs whose worker crashed are retried (not ones whose asset failed: bad data
 # fails again).  `pathomch materialize` fails its own dead runs itself (runner.clean_dead_runs).
@@ -298,11 +305,16 @@ EXECUTORS = ("in_process", "multiprocess")
 BATCH_JOB = "pathomch_batch"
 
 
-#: a process per step, forked from a server that has imported Dagster and this package once (the job's module,
-#: Dagster's default preload), not started from nothing each time; TensorFlow is not preloaded (not fork-safe),
-#: a step that trains imports it itself.  The forkserver lives as long as the process that first ran such a
-#: batch, and its steps see that process's environment as it was then (one CLI run: no difference)
-STEP_EXECUTOR = dg.multiprocess_executor.configured({"start_method": {"forkserver": {}}}, name="pathomch_multiprocess")
+#: a process per step, forked from a server that has imported Dagster and this package's definitions once, not
+#: started from nothing each time.  Named here: Dagster preloads a job's module, and a job rebuilt by
+#: ``build_reconstructable_job`` has none, so its steps imported the package again each (1.4 s).  TensorFlow is
+#: not preloaded (not fork-safe): a step that trains imports it itself.  The forkserver lives as long as the
+#: process that first ran such a batch, and its steps see that process's environment as it was then (one CLI
+#: run: no difference)
+FORKSERVER_PRELOAD = ["dagster", "pathomch_assets.definitions", "pathomch_assets.runner"]
+STEP_EXECUTOR = dg.multiprocess_executor.configured(
+    {"start_method": {"forkserver": {"preload_modules": FORKSERVER_PRELOAD}}}, name="pathomch_multiprocess"
+)
 
 
 def batch_job(config_path: str | None, asset_keys: list[str]) -> dg.JobDefinition:
@@ -327,8 +339,10 @@ def execute_run(config_path: str | None, asset_keys: list[str], tags: dict) -> t
         __name__, batch_job.__name__, reconstructable_kwargs={"config_path": config_path, "asset_keys": asset_keys}
     )
     instance = dg.DagsterInstance.get()
-    with dg.execute_job(recon, instance, run_config=RUN_CONFIG, tags={**tags, **owner_tags()}) as result:
-        return result.success, result.run_id
+    # not opened as a context manager: that initializes every resource of the run again (TensorFlow's included),
+    # which only reading outputs back needs; success and run id are read off the result as it is
+    result = dg.execute_job(recon, instance, run_config=RUN_CONFIG, tags={**tags, **owner_tags()})
+    return result.success, result.run_id
 
 
 def materialize_all(

@@ -102,5 +102,9 @@ def test_multiprocess_parallel_run_on_object_storage_equals_in_process_run(tiny_
         records[0].dagster_run.run_id, of_type=dg.DagsterEventType.STEP_WORKER_STARTED
     ).records
     assert workers, "multiprocess executor: a worker process per step"
+    for r in records:  # a finished run's resources (TensorFlow's) are not initialized again to report it
+        events = [e.dagster_event.event_type for e in instance.all_logs(r.dagster_run.run_id) if e.dagster_event]
+        end = events.index(dg.DagsterEventType.RUN_SUCCESS)
+        assert dg.DagsterEventType.RESOURCE_INIT_STARTED not in events[end:], r.dagster_run.run_id
     spans = sorted((r.start_time, r.end_time) for r in records if r.start_time and r.end_time)
     assert any(later[0] < earlier[1] for earlier, later in zip(spans, spans[1:])), "no two runs overlapped"
