@@ -272,12 +272,16 @@ class SiteEffectsConfig(_Strict):
 
 class SensorConfig(_Strict):
     """The new-slide sensor (``dagster dev``): how often it looks, how much it asks per look, and how it retries
-    a slide whose run failed (the n-th retry ``retry_backoff_s * 2**(n-1)`` seconds after the failure)."""
+    a slide whose run failed (the n-th retry ``retry_backoff_s * 2**(n-1)`` seconds after the failure); and how
+    often the automation sensor evaluates the eager refresh of the cohort-level assets."""
 
     interval_s: int = Field(60, ge=1, le=86400, description="seconds between two looks at the slide folders")
     max_runs_per_tick: int = Field(500, ge=1, le=100000, description="runs requested per look; the rest follow")
     max_retries: int = Field(3, ge=0, le=100, description="retries of a slide whose run failed, then it is tagged")
     retry_backoff_s: float = Field(120, ge=0, le=86400, description="wait before the first retry (doubles each time)")
+    automation_interval_s: int = Field(
+        30, ge=5, le=86400, description="seconds between two evaluations of the automation conditions (eager refresh)"
+    )
 
 
 class CohortConfig(_Strict):

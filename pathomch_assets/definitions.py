@@ -16,14 +16,14 @@ from .versions import with_tiling_version
 OWNERS = ["team:computational-pathology"]
 
 
-def automation_sensor() -> dg.AutomationConditionSensorDefinition:
+def automation_sensor(interval_s: int = 30) -> dg.AutomationConditionSensorDefinition:
     """Evaluates the assets' automation conditions (eager refresh of evaluation and survival when new
     slides are processed).  Running by default: `dagster dev`'s daemon acts on it without a click."""
     return dg.AutomationConditionSensorDefinition(
         "pathomch_automation",
         target=dg.AssetSelection.all(),
         default_status=dg.DefaultSensorStatus.RUNNING,
-        minimum_interval_seconds=30,
+        minimum_interval_seconds=interval_s,
         description="Refreshes model_evaluation, site_effects and survival_analysis (eager) after new slides are "
         "scored and mapped.",
     )
@@ -86,7 +86,7 @@ def build_definitions(cfg: PathomchConfig | None = None, config_path: str | None
         ),
         asset_checks=asset_checks,
         jobs=list(slide_jobs.values()),
-        sensors=[sensors.build(cfg, slide_jobs), automation_sensor()],
+        sensors=[sensors.build(cfg, slide_jobs), automation_sensor(cfg.sensor.automation_interval_s)],
         # one configuration per run: the resource refuses a file that no longer says what built this graph
         resources={"pathomch": PathomchResource.pinned(cfg, path), "accelerator": AcceleratorResource()},
         executor=executor_from_env(),

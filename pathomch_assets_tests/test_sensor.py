@@ -272,6 +272,46 @@ def test_the_sensor_section_of_the_config_sets_interval_retries_and_backoff(tmp_
         SensorConfig(interval_s=0)
 
 
+def test_the_automation_sensor_looks_as_often_as_the_config_says(tmp_path):
+    from pathomch_assets.config import SensorConfig
+    from pathomch_assets.definitions import build_definitions
+
+    def automation(cfg):
+        return build_definitions(cfg).resolve_sensor_def("pathomch_automation")
+
+    assert automation(config(tmp_path)).minimum_interval_seconds == 30
+    cfg = config(tmp_path).model_copy(update={"sensor": SensorConfig(automation_interval_s=10)})
+    assert automation(cfg).minimum_interval_seconds == 10
+    with pytest.raises(ValueError, match="automation_interval_s"):
+        SensorConfig(automation_interval_s=1)
+
+
+def test_the_local_instance_launches_queued_runs_within_a_second(tmp_path, monkeypatch):
+    """The instance `pathomch` writes for `dagster dev`: runs from the UI, backfills and sensors wait in a queue
+    the daemon reads every second (Dagster's default: 5 s)."""
+    from pathomch_assets.runner import instance_for
+
+    monkeypatch.setenv("DAGSTER_HOME", str(tmp_path / "home"))
+    instance = instance_for(config(tmp_path))
+    assert type(instance.run_coordinator).__name__ == "QueuedRunCoordinator"
+    assert instance.run_coordinator.dequeue_interval_seconds == 1
+
+
+def test_the_tests_dagster_dev_daemon_loops_every_few_seconds():
+    """``browser.dagster_dev``'s hook (``daemon_interval/sitecustomize.py``) reaches the constant Dagster's backfill
+    daemon sleeps on; unset, Dagster's 30 s stands."""
+    import subprocess
+    import sys
+
+    hook = Path(__file__).parent / "daemon_interval"
+    probe = "import dagster._daemon.backfill, dagster._daemon.controller as c; print(c.DEFAULT_DAEMON_INTERVAL_SECONDS)"
+    env = {k: v for k, v in os.environ.items() if k != "PATHOMCH_TEST_DAEMON_INTERVAL_S"} | {"PYTHONPATH": str(hook)}
+    out = {"capture_output": True, "text": True, "timeout": 120}
+    on = subprocess.run([sys.executable, "-c", probe], env={**env, "PATHOMCH_TEST_DAEMON_INTERVAL_S": "3"}, **out)
+    off = subprocess.run([sys.executable, "-c", probe], env=env, **out)
+    assert (on.stdout.split(), off.stdout.split()) == (["3"], ["30"]), (on.stderr, off.stderr)
+
+
 def test_a_seen_slide_without_a_partition_of_its_cohort_is_added_again(tmp_path):
     """An instance from before per-cohort slide partitions (or a deleted partition): the cursor knows the
     slide, its cohort's partitions do not; the tick adds it to them and processes it (finished tiles are reused)."""
