@@ -87,7 +87,9 @@ def small_demo(tmp_path_factory, request):
             cohorts=cohorts,
             workers=1,
             progress=lambda *a: None,
-            overrides={"splits": SMALL_SPLITS, **UNGATED},
+            # 4 epochs, not the demo's 8: test_pipeline's ensembles still find every planted trait (test AUC 1.0
+            # for all four, 2026-12-05); the full demo keeps the demo's training (test_demo_results)
+            overrides={"splits": SMALL_SPLITS, **UNGATED, "training": {"max_epochs": 4}},
         )
 
     shared = built_once(request, tmp_path_factory, "small_demo", build)
@@ -104,7 +106,8 @@ def tiny_inputs(tmp_path_factory, request) -> Path:
     cohort and ``demo/pathomch.yaml``, nothing materialized yet, built once per test run; :func:`materialize_tiny`
     materializes it in place (``tiny_deployment``).
 
-    The sensor looks every 5 s and retries a failed slide after 5 s (defaults 60 s and 120 s) for test_living;
+    The sensor looks every 5 s and retries a failed slide after 5 s, and automation is evaluated every 10 s (defaults
+    60 s, 120 s and 30 s) for test_living;
     those settings change no result and no code version."""
     from pathomch_assets.demo_cohort import DEFAULT_COHORTS, build_demo
 
@@ -123,7 +126,7 @@ def tiny_inputs(tmp_path_factory, request) -> Path:
                 "splits": TINY_SPLITS,
                 "tiling": {"workers": 1},
                 "training": {"max_epochs": 2},
-                "sensor": {"interval_s": 5, "retry_backoff_s": 5},
+                "sensor": {"interval_s": 5, "retry_backoff_s": 5, "automation_interval_s": 10},
             },
         )
 
