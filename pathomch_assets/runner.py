@@ -308,9 +308,9 @@ BATCH_JOB = "pathomch_batch"
 #: a process per step, forked from a server that has imported Dagster and this package's definitions once, not
 #: started from nothing each time.  Named here: Dagster preloads a job's module, and a job rebuilt by
 #: ``build_reconstructable_job`` has none, so its steps imported the package again each (1.4 s).  TensorFlow is
-#: not preloaded (not fork-safe): a step that trains imports it itself.  The forkserver lives as long as the
-#: process that first ran such a batch, and its steps see that process's environment as it was then (one CLI
-#: run: no difference)
+#: not preloaded (not fork-safe): a step that trains imports it itself.  Preloading builds ``defs`` from
+#: ``$PATHOMCH_CONFIG`` as the forkserver starts.  The forkserver lives as long as the process that first ran such
+#: a batch, and its steps see that process's environment as it was then (one CLI run: no difference)
 FORKSERVER_PRELOAD = ["dagster", "pathomch_assets.definitions", "pathomch_assets.runner"]
 STEP_EXECUTOR = dg.multiprocess_executor.configured(
     {"start_method": {"forkserver": {"preload_modules": FORKSERVER_PRELOAD}}}, name="pathomch_multiprocess"

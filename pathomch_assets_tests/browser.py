@@ -105,18 +105,23 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-@contextlib.contextmanager
-def dagster_dev(dagster_home: Path, timeout: float = 180, daemon_interval_s: int = 5):
-    """`dagster dev -w workspace.yaml` on a free port; yields the base URL.  Its daemon looks at backfills every
+def dev_env(dagster_home: Path, daemon_interval_s: int = 5) -> dict[str, str]:
+    """The environment of :func:`dagster_dev`: its instance, and its backfill daemon looking every
     ``daemon_interval_s`` seconds instead of Dagster's 30 (``daemon_interval/sitecustomize.py``)."""
-    port = free_port()
     hook = str(Path(__file__).parent / "daemon_interval")
-    env = {
+    return {
         **os.environ,
         "DAGSTER_HOME": str(dagster_home),
         "PYTHONPATH": os.pathsep.join(filter(None, [hook, os.environ.get("PYTHONPATH")])),
         "PATHOMCH_TEST_DAEMON_INTERVAL_S": str(daemon_interval_s),
     }
+
+
+@contextlib.contextmanager
+def dagster_dev(dagster_home: Path, timeout: float = 180):
+    """`dagster dev -w workspace.yaml` on a free port (environment: :func:`dev_env`); yields the base URL."""
+    port = free_port()
+    env = dev_env(dagster_home)
     log = tempfile.NamedTemporaryFile("w+", suffix=".log", delete=False)
     proc = subprocess.Popen(
         [sys.executable, "-m", "dagster", "dev", "-w", "workspace.yaml", "-p", str(port), "-h", "127.0.0.1"],

@@ -293,38 +293,40 @@ def test_the_local_instance_launches_queued_runs_within_a_second(tmp_path, monke
 
     monkeypatch.setenv("DAGSTER_HOME", str(tmp_path / "home"))
     instance = instance_for(config(tmp_path))
-    assert type(instance.run_coordinator).__name__ == "QueuedRunCoordinator"
-    assert instance.run_coordinator.dequeue_interval_seconds == 1
+    try:
+        assert type(instance.run_coordinator).__name__ == "QueuedRunCoordinator"
+        assert instance.run_coordinator.dequeue_interval_seconds == 1
+    finally:
+        instance.dispose()
 
 
-def test_the_tests_dagster_dev_daemon_loops_every_few_seconds():
-    """``browser.dagster_dev``'s hook (``daemon_interval/sitecustomize.py``) reaches the constant Dagster's backfill
-    daemon sleeps on; unset, Dagster's 30 s stands."""
+def test_the_tests_dagster_dev_daemon_loops_every_few_seconds(tmp_path):
+    """``browser.dagster_dev``'s environment (``daemon_interval/sitecustomize.py``) reaches the constant Dagster's
+    backfill daemon sleeps on; unset, Dagster's 30 s stands; a ``sitecustomize`` it hides still runs."""
     import subprocess
     import sys
 
-    hook = Path(__file__).parent / "daemon_interval"
-    probe = "import dagster._daemon.backfill, dagster._daemon.controller as c; print(c.DEFAULT_DAEMON_INTERVAL_SECONDS)"
-    env = {k: v for k, v in os.environ.items() if k != "PATHOMCH_TEST_DAEMON_INTERVAL_S"} | {"PYTHONPATH": str(hook)}
-    out = {"capture_output": True, "text": True, "timeout": 120}
-    on = subprocess.run([sys.executable, "-c", probe], env={**env, "PATHOMCH_TEST_DAEMON_INTERVAL_S": "3"}, **out)
-    off = subprocess.run([sys.executable, "-c", probe], env=env, **out)
-    assert (on.stdout.split(), off.stdout.split()) == (["3"], ["30"]), (on.stderr, off.stderr)
+    from .browser import dev_env
 
-
-def test_a_seen_slide_without_a_partition_of_its_cohort_is_added_again(tmp_path):
-    """An instance from before per-cohort slide partitions (or a deleted partition): the cursor knows the
-    slide, its cohort's partitions do not; the tick adds it to them and processes it (finished tiles are reused)."""
-    cfg = config(tmp_path)
-    shutil.copy(OPENSLIDE / "small.svs", cfg.cohorts["brca"].slides_dir / "TCGA-AA-0001-01Z-00-DX1.svs")
-    key = "brca/TCGA-AA-0001-01Z-00-DX1"
-    tick = Ticker(sensors.build(cfg, JOBS), dg.DagsterInstance.ephemeral())
-    assert [r.partition_key for r in tick()] == [key] and tick() == []
-    tick.instance.delete_dynamic_partition(slides_name("brca"), key)
-    (req,) = tick()
-    assert (req.partition_key, req.job_name, req.tags["pathomch/reason"]) == (
-        key,
-        "brca_process_slides",
-        "seen slide without a partition",
+    other = tmp_path / "other"
+    other.mkdir()
+    (other / "sitecustomize.py").write_text("import os\nos.environ['OTHER_SITECUSTOMIZE'] = 'ran'\n")
+    probe = (
+        "import os, dagster._daemon.backfill, dagster._daemon.controller as c; "
+        "print(c.DEFAULT_DAEMON_INTERVAL_SECONDS, os.environ.get('OTHER_SITECUSTOMIZE'))"
     )
-    assert tick.instance.get_dynamic_partitions(slides_name("brca")) == [key] and tick() == []
+    env = dev_env(tmp_path / "home", daemon_interval_s=3)
+    env["PYTHONPATH"] += os.pathsep + str(other)
+    out = {"capture_output": True, "text": True, "timeout": 120}
+    on = subprocess.run([sys.executable, "-c", probe], env=env, **out)
+    off = subprocess.run([sys.executable, "-c", probe], env={**env, "PATHOMCH_TEST_DAEMON_INTERVAL_S": ""}, **out)
+    assert (on.stdout.split(), off.stdout.split()) == (["3", "ran"], ["30", "ran"]), (on.stderr, off.stderr)
+
+
+def test_the_forkserver_preloads_modules_that_exist():
+    """A misspelt preload would be skipped without a word (Dagster's forkserver ignores ImportError)."""
+    import importlib.util
+
+    from pathomch_assets.runner import FORKSERVER_PRELOAD
+
+    assert [m for m in FORKSERVER_PRELOAD if importlib.util.find_spec(m) is None] == []
