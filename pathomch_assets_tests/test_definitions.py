@@ -1,6 +1,7 @@
 """The Dagster definitions load, validate with Dagster's own CLI, and the sensor adds slides."""
 
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -108,6 +109,20 @@ def test_loading_the_definitions_imports_neither_tensorflow_nor_matplotlib():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     loaded = set(json.loads(out.strip().splitlines()[-1]))
     assert "dagster" in loaded and not loaded & {"matplotlib", "tensorflow", "keras"}
+
+
+def test_loading_the_definitions_prints_no_warning():
+    """What a user sees from every `pathomch` command, code server and step process: Dagster's warnings about
+    the beta APIs the graph is built on are silenced where it is built, not left to each caller."""
+    out = subprocess.run(
+        [sys.executable, "-c", "import pathomch_assets.definitions"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        check=True,
+        env={**os.environ, "PYTHONWARNINGS": "default"},
+    )
+    assert "Warning" not in out.stderr, out.stderr
 
 
 def test_a_bare_asset_name_selects_it_in_every_cohort_and_a_prefixed_one_in_its_cohort():
