@@ -330,3 +330,21 @@ def test_the_forkserver_preloads_modules_that_exist():
     from pathomch_assets.runner import FORKSERVER_PRELOAD
 
     assert [m for m in FORKSERVER_PRELOAD if importlib.util.find_spec(m) is None] == []
+
+
+def test_a_seen_slide_without_a_partition_of_its_cohort_is_added_again(tmp_path):
+    """An instance from before per-cohort slide partitions (or a deleted partition): the cursor knows the
+    slide, its cohort's partitions do not; the tick adds it to them and processes it (finished tiles are reused)."""
+    cfg = config(tmp_path)
+    shutil.copy(OPENSLIDE / "small.svs", cfg.cohorts["brca"].slides_dir / "TCGA-AA-0001-01Z-00-DX1.svs")
+    key = "brca/TCGA-AA-0001-01Z-00-DX1"
+    tick = Ticker(sensors.build(cfg, JOBS), dg.DagsterInstance.ephemeral())
+    assert [r.partition_key for r in tick()] == [key] and tick() == []
+    tick.instance.delete_dynamic_partition(slides_name("brca"), key)
+    (req,) = tick()
+    assert (req.partition_key, req.job_name, req.tags["pathomch/reason"]) == (
+        key,
+        "brca_process_slides",
+        "seen slide without a partition",
+    )
+    assert tick.instance.get_dynamic_partitions(slides_name("brca")) == [key] and tick() == []
